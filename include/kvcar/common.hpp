@@ -1,0 +1,60 @@
+// kvcar/common.hpp — the few definitions every other kvcar header needs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+/// Marks functions that a codec, a layout or a storage view offers to host *and* device code.
+/// Under g++ alone it expands to nothing, so `.hpp` headers stay plain C++20.
+#if defined(__CUDACC__)
+#define KVCAR_HD __host__ __device__
+#else
+#define KVCAR_HD
+#endif
+
+namespace kvcar {
+
+/// Every error kvcar reports: bad shapes, bad files, bad indices, capacity exhausted.
+/// The message names the object and the problem; the operation that threw changed nothing.
+class error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// Throws kvcar::error with `what` unless `ok`. Used for argument validation on host paths.
+inline void require(bool ok, const std::string& what) {
+    if (!ok) throw error("kvcar: " + what);
+}
+
+/// K or V: the two streams a transformer layer caches.
+enum class kv_kind : std::uint8_t { key = 0, value = 1 };
+
+inline constexpr int kv_kind_count = 2;
+
+inline constexpr const char* to_string(kv_kind k) { return k == kv_kind::key ? "K" : "V"; }
+
+/// The logical shape of a model's KV cache: what a dense fp16 cache would hold per token.
+struct kv_geometry {
+    int n_layers = 0;
+    int n_kv_heads = 0;
+    int head_dim = 0;
+
+    /// Width of one layer's K (or V) token vector.
+    constexpr int token_width() const { return n_kv_heads * head_dim; }
+    /// Bytes an uncompressed fp16 cache spends per token, K and V, all layers: the paper's Eq. 3
+    /// with P = 2, B = L_seq = 1. Compression ratios are measured against this.
+    constexpr std::size_t fp16_bytes_per_token() const {
+        return std::size_t(kv_kind_count) * 2u * std::size_t(n_layers) * std::size_t(token_width());
+    }
+};
+
+inline void validate(const kv_geometry& g) {
+    require(g.n_layers > 0 && g.n_kv_heads > 0 && g.head_dim > 0,
+            "kv_geometry needs positive n_layers, n_kv_heads and head_dim (got " +
+                std::to_string(g.n_layers) + ", " + std::to_string(g.n_kv_heads) + ", " +
+                std::to_string(g.head_dim) + ")");
+}
+
+}  // namespace kvcar

@@ -1,0 +1,1 @@
+int main() { return 0; }  // the test is that every generated header TU compiled
