@@ -4,4 +4,20 @@
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/numeric.hpp"
+
 #include "kvcar/codec/identity.hpp"
+#include "kvcar/codec/linear.hpp"
+#include "kvcar/codec/autoencoder.hpp"
+#include "kvcar/codec/quantized.hpp"
+
+#include "kvcar/layout/dense.hpp"
+#include "kvcar/layout/reuse_map.hpp"
+
+#include "kvcar/storage/contiguous.hpp"
+#include "kvcar/storage/paged.hpp"
+#include "kvcar/kv_cache.hpp"
+
+#include "kvcar/rope.hpp"
+#include "kvcar/reference/attention.hpp"
+
+#include "kvcar/calib/pca.hpp"

@@ -1,0 +1,310 @@
+// kvcar/kv_cache.hpp — the host-side owner of a compressed KV cache: sequences, append, read,
+// memory accounting.
+//
+// kv_cache ties the three parts together: the layout says which (layer, group, K/V) streams are
+// stored and where reused ones read, the codecs (one per stored slot) turn a group's floats into
+// a record, and the storage holds the records. Kernels never see this class, only `view(slot)`,
+// the layout's slot table and the codecs. `append` and `read` here are the host reference path
+// (tests, CPU models); a kernel does the same through the same page_view.
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kvcar/common.hpp"
+#include "kvcar/concepts.hpp"
+#include "kvcar/layout/dense.hpp"
+#include "kvcar/storage/contiguous.hpp"
+#include "kvcar/storage/page_view.hpp"
+
+namespace kvcar {
+
+template <kv_codec Codec, kv_layout Layout = dense_layout, kv_storage Storage = contiguous_storage>
+requires std::constructible_from<Storage, typename Storage::params, std::vector<std::size_t>>
+class kv_cache {
+public:
+    using codec_type = Codec;
+    using layout_type = Layout;
+    using storage_type = Storage;
+    using storage_params = typename Storage::params;
+
+    /// `codecs[slot]` encodes stored slot `slot`; its group_width must be the layout's
+    /// heads_per_group * head_dim.
+    kv_cache(Layout layout, std::vector<Codec> codecs, storage_params params)
+        : layout_(std::move(layout)),
+          codecs_(std::move(codecs)),
+          storage_(params, validated_record_bytes(layout_, codecs_)),
+          live_(std::size_t(storage_.max_sequences()), 0),
+          lengths_(std::size_t(storage_.max_sequences()) * std::size_t(n_layers()), 0) {}
+
+    /// The same codec for every stored slot.
+    kv_cache(Layout layout, const Codec& codec, storage_params params)
+        : kv_cache(layout, std::vector<Codec>(std::size_t(layout.num_slots()), codec), params) {}
+
+    const Layout& layout() const { return layout_; }
+    kv_geometry geometry() const { return layout_.geometry(); }
+    int num_slots() const { return int(codecs_.size()); }
+    const Codec& codec(int slot) const {
+        check_slot(slot);
+        return codecs_[std::size_t(slot)];
+    }
+    const std::vector<Codec>& codecs() const { return codecs_; }
+    const Storage& storage() const { return storage_; }
+    /// Where slot `slot`'s records are, for kernels: record(sequence, token).
+    page_view view(int slot) const {
+        check_slot(slot);
+        return storage_.view(slot);
+    }
+
+    int max_sequences() const { return storage_.max_sequences(); }
+    bool is_live(int seq) const {
+        return seq >= 0 && seq < max_sequences() && live_[std::size_t(seq)] != 0;
+    }
+    int live_sequences() const {
+        int n = 0;
+        for (char l : live_) n += l ? 1 : 0;
+        return n;
+    }
+
+    /// Starts an empty sequence and returns its id, the lowest one not in use.
+    int add_sequence() {
+        for (int seq = 0; seq < max_sequences(); ++seq) {
+            if (live_[std::size_t(seq)]) continue;
+            live_[std::size_t(seq)] = 1;
+            return seq;
+        }
+        throw error("kvcar: kv_cache: all " + std::to_string(max_sequences()) +
+                    " sequences are in use");
+    }
+    /// Ends a sequence and frees its storage; its id may be handed out again.
+    void remove_sequence(int seq) {
+        check_live(seq);
+        storage_.release(seq);
+        live_[std::size_t(seq)] = 0;
+        for (int layer = 0; layer < n_layers(); ++layer) length_ref(seq, layer) = 0;
+    }
+
+    /// Tokens appended to every layer: the prefix attention may use in all layers.
+    int length(int seq) const {
+        check_live(seq);
+        int shortest = length_ref(seq, 0);
+        for (int layer = 1; layer < n_layers(); ++layer) {
+            if (length_ref(seq, layer) < shortest) shortest = length_ref(seq, layer);
+        }
+        return shortest;
+    }
+    int length(int seq, int layer) const {
+        check_live(seq);
+        check_layer(layer);
+        return length_ref(seq, layer);
+    }
+    /// Tokens the storage holds room for now (all layers and slots alike).
+    int capacity(int seq) const {
+        check_live(seq);
+        return storage_.capacity(seq);
+    }
+
+    /// Appends n tokens of one layer at positions length(seq, layer) .. + n. `k` and `v` are
+    /// [n][n_kv_heads * head_dim] row-major. Groups whose slot this layer does not own (reused)
+    /// are not stored: they read their source's tokens at the same positions.
+    void append(int seq, int layer, std::span<const float> k, std::span<const float> v) {
+        check_live(seq);
+        check_layer(layer);
+        const std::size_t width = std::size_t(geometry().token_width());
+        if (k.size() != v.size()) {
+            throw error("kvcar: kv_cache: append to layer " + std::to_string(layer) + " got " +
+                        std::to_string(k.size()) + " K floats but " + std::to_string(v.size()) +
+                        " V floats");
+        }
+        if (k.size() % width != 0) {
+            throw error("kvcar: kv_cache: append to layer " + std::to_string(layer) + " got " +
+                        std::to_string(k.size()) + " floats, not a multiple of the token width " +
+                        std::to_string(width));
+        }
+        const int n = int(k.size() / width);
+        const int begin = length_ref(seq, layer);
+        if (n == 0) return;
+        if (std::size_t(begin) + std::size_t(n) > std::size_t(max_tokens_bound())) {
+            throw error("kvcar: kv_cache: appending " + std::to_string(n) + " tokens to sequence " +
+                        std::to_string(seq) + " layer " + std::to_string(layer) + " (length " +
+                        std::to_string(begin) + ") exceeds max_tokens " +
+                        std::to_string(max_tokens_bound()));
+        }
+        const int end = begin + n;
+        // All or nothing: storage either makes room for every token or throws untouched, and
+        // nothing below can fail.
+        if (storage_.capacity(seq) < end) storage_.reserve(seq, end);
+
+        const int groups = layout_.groups_per_layer();
+        const std::size_t group_width =
+            std::size_t(layout_.heads_per_group()) * std::size_t(geometry().head_dim);
+        for (kv_kind kind : {kv_kind::key, kv_kind::value}) {
+            const float* src = (kind == kv_kind::key ? k : v).data();
+            for (int g = 0; g < groups; ++g) {
+                if (!layout_.owns(layer, g, kind)) continue;
+                const int slot = layout_.slot(layer, g, kind);
+                const Codec& c = codecs_[std::size_t(slot)];
+                const page_view pv = storage_.view(slot);
+                for (int t = 0; t < n; ++t) {
+                    c.encode(src + std::size_t(t) * width + std::size_t(g) * group_width,
+                             pv.record(seq, begin + t));
+                }
+            }
+        }
+        length_ref(seq, layer) = end;
+    }
+
+    /// Decodes tokens [begin, end) of one layer's K or V into `out`, [(end - begin)][n_kv_heads *
+    /// head_dim]. A reused group decodes its source slot at the same token positions.
+    void read(int seq, int layer, kv_kind kind, int begin, int end, std::span<float> out) const {
+        check_live(seq);
+        check_layer(layer);
+        if (kind != kv_kind::key && kind != kv_kind::value) {
+            throw error("kvcar: kv_cache: read of kind " + std::to_string(int(kind)) +
+                        ", neither K nor V");
+        }
+        if (begin < 0 || begin > end) {
+            throw error("kvcar: kv_cache: read of tokens [" + std::to_string(begin) + ", " +
+                        std::to_string(end) + ") is not a range (need 0 <= begin <= end)");
+        }
+        if (end > length_ref(seq, layer)) {
+            throw error("kvcar: kv_cache: reading past a sequence's length: tokens [" +
+                        std::to_string(begin) + ", " + std::to_string(end) + ") of layer " +
+                        std::to_string(layer) + " but sequence " + std::to_string(seq) + " has " +
+                        std::to_string(length_ref(seq, layer)));
+        }
+        const int groups = layout_.groups_per_layer();
+        for (int g = 0; g < groups; ++g) {
+            const slot_owner src = layout_.owner(layout_.slot(layer, g, kind));
+            if (end > length_ref(seq, src.layer)) {
+                throw error("kvcar: kv_cache: reading past a sequence's length: layer " +
+                            std::to_string(layer) + " group " + std::to_string(g) + " " +
+                            to_string(kind) + " reuses layer " + std::to_string(src.layer) +
+                            " group " + std::to_string(src.group) + ", which holds " +
+                            std::to_string(length_ref(seq, src.layer)) + " tokens of sequence " +
+                            std::to_string(seq) + ", but tokens up to " + std::to_string(end) +
+                            " were asked for");
+            }
+        }
+        const std::size_t width = std::size_t(geometry().token_width());
+        const std::size_t needed = std::size_t(end - begin) * width;
+        if (out.size() < needed) {
+            throw error("kvcar: kv_cache: out span too small: " + std::to_string(out.size()) +
+                        " floats for " + std::to_string(end - begin) + " tokens of " +
+                        std::to_string(width) + " floats");
+        }
+
+        const std::size_t group_width =
+            std::size_t(layout_.heads_per_group()) * std::size_t(geometry().head_dim);
+        for (int g = 0; g < groups; ++g) {
+            const int slot = layout_.slot(layer, g, kind);
+            const Codec& c = codecs_[std::size_t(slot)];
+            const page_view pv = storage_.view(slot);
+            for (int t = begin; t < end; ++t) {
+                float* dst = out.data() + std::size_t(t - begin) * width;
+                c.decode(pv.record(seq, t), dst + std::size_t(g) * group_width);
+            }
+        }
+    }
+
+    /// Stored bytes per token, all layers, K and V: Σ over stored slots of the record size.
+    std::size_t bytes_per_token() const {
+        std::size_t sum = 0;
+        for (const Codec& c : codecs_) sum += std::size_t(c.bytes_per_group());
+        return sum;
+    }
+    /// Bytes of records written: for every live sequence and stored slot, the tokens its owner
+    /// layer appended times the slot's record size.
+    std::size_t bytes_used() const {
+        std::size_t sum = 0;
+        for (int seq = 0; seq < max_sequences(); ++seq) {
+            if (!live_[std::size_t(seq)]) continue;
+            for (int slot = 0; slot < num_slots(); ++slot) {
+                const slot_owner o = layout_.owner(slot);
+                sum += std::size_t(length_ref(seq, o.layer)) *
+                       std::size_t(codecs_[std::size_t(slot)].bytes_per_group());
+            }
+        }
+        return sum;
+    }
+    /// Bytes the storage holds for live sequences (whole regions or pages, used or not).
+    std::size_t bytes_reserved() const { return storage_.bytes_reserved(); }
+    /// How many times smaller than a dense fp16 cache of the same geometry, per token.
+    double compression_ratio() const {
+        return double(geometry().fp16_bytes_per_token()) / double(bytes_per_token());
+    }
+
+private:
+    static std::vector<std::size_t> validated_record_bytes(const Layout& layout,
+                                                           const std::vector<Codec>& codecs) {
+        require(int(codecs.size()) == layout.num_slots(),
+                "kv_cache: " + std::to_string(codecs.size()) + " codecs for a layout of " +
+                    std::to_string(layout.num_slots()) + " slots (one codec per slot)");
+        const int group_width = layout.heads_per_group() * layout.geometry().head_dim;
+        std::vector<std::size_t> bytes(codecs.size());
+        for (std::size_t slot = 0; slot < codecs.size(); ++slot) {
+            const Codec& c = codecs[slot];
+            const slot_owner o = layout.owner(int(slot));
+            const std::string name = "kv_cache: codec for slot " + std::to_string(slot) +
+                                     " (layer " + std::to_string(o.layer) + ", group " +
+                                     std::to_string(o.group) + ", " + to_string(o.kind) + ")";
+            require(int(c.group_width()) == group_width,
+                    name + " has group width " + std::to_string(int(c.group_width())) +
+                        ", the layout's groups are " + std::to_string(group_width) + " wide");
+            bytes[slot] = std::size_t(c.bytes_per_group());
+            require(bytes[slot] > 0 && bytes[slot] % 4 == 0,
+                    name + " has records of " + std::to_string(bytes[slot]) +
+                        " bytes; records must be a positive multiple of 4 bytes");
+        }
+        return bytes;
+    }
+
+    int n_layers() const { return layout_.geometry().n_layers; }
+    // Largest token count a sequence may reach; storages that do not say are bounded by capacity.
+    int max_tokens_bound() const {
+        if constexpr (requires(const Storage& s) { s.max_tokens(); }) {
+            return storage_.max_tokens();
+        } else {
+            return 0x7fffffff;
+        }
+    }
+    int& length_ref(int seq, int layer) {
+        return lengths_[std::size_t(seq) * std::size_t(n_layers()) + std::size_t(layer)];
+    }
+    int length_ref(int seq, int layer) const {
+        return lengths_[std::size_t(seq) * std::size_t(n_layers()) + std::size_t(layer)];
+    }
+    void check_live(int seq) const {
+        if (!is_live(seq)) {
+            throw error("kvcar: kv_cache: sequence " + std::to_string(seq) + " is not live");
+        }
+    }
+    void check_layer(int layer) const {
+        if (layer < 0 || layer >= n_layers()) {
+            throw error("kvcar: kv_cache: layer " + std::to_string(layer) + " out of range [0, " +
+                        std::to_string(n_layers()) + ")");
+        }
+    }
+    void check_slot(int slot) const {
+        if (slot < 0 || slot >= num_slots()) {
+            throw error("kvcar: kv_cache: slot " + std::to_string(slot) + " out of range [0, " +
+                        std::to_string(num_slots()) + ")");
+        }
+    }
+
+    Layout layout_;
+    std::vector<Codec> codecs_;
+    Storage storage_;
+    std::vector<char> live_;    // [sequence]
+    std::vector<int> lengths_;  // [sequence][layer] tokens appended
+};
+
+template <class C, class L = dense_layout, class S = contiguous_storage>
+using KvCache = kv_cache<C, L, S>;
+
+}  // namespace kvcar

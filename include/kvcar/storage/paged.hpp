@@ -1,0 +1,200 @@
+// kvcar/storage/paged.hpp — a pool of fixed-size pages per slot and one block table, as in vLLM.
+//
+// A sequence holds only the pages its tokens need, so many sequences of different lengths share
+// memory without each reserving max_tokens. Every slot has its own pool ([num_pages][page_size]
+// [record]), but page p means the same tokens in every slot, so one block table serves them all:
+// a kernel reading K and V of all layers looks each page up once.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kvcar/common.hpp"
+#include "kvcar/concepts.hpp"
+#include "kvcar/storage/page_view.hpp"
+
+namespace kvcar {
+
+class paged_storage {
+public:
+    struct params {
+        int max_sequences;
+        int max_tokens;
+        int page_size = 16;
+        int num_pages;
+    };
+
+    static constexpr std::size_t pool_alignment = 256;
+    /// What block-table entries of pages a sequence does not hold contain: a real page, so a
+    /// kernel that speculatively loads past a sequence's end stays inside the pool. The number of
+    /// pages held, not the table, says which entries are live.
+    static constexpr std::int32_t unused_page = 0;
+
+    paged_storage(params p, std::vector<std::size_t> record_bytes_per_slot)
+        : params_(p), record_bytes_(std::move(record_bytes_per_slot)) {
+        require(p.max_sequences > 0 && p.max_tokens > 0 && p.page_size > 0 && p.num_pages > 0,
+                "paged_storage: max_sequences, max_tokens, page_size and num_pages must be "
+                "positive (got " +
+                    std::to_string(p.max_sequences) + ", " + std::to_string(p.max_tokens) + ", " +
+                    std::to_string(p.page_size) + ", " + std::to_string(p.num_pages) + ")");
+        require(!record_bytes_.empty(), "paged_storage: needs at least one slot");
+        for (std::size_t s = 0; s < record_bytes_.size(); ++s) {
+            require(record_bytes_[s] > 0 && record_bytes_[s] % 4 == 0,
+                    "paged_storage: slot " + std::to_string(s) + " has records of " +
+                        std::to_string(record_bytes_[s]) +
+                        " bytes; records must be a positive multiple of 4 bytes");
+        }
+        pages_per_sequence_ = (p.max_tokens + p.page_size - 1) / p.page_size;
+        block_table_.assign(std::size_t(p.max_sequences) * std::size_t(pages_per_sequence_),
+                            unused_page);
+        pages_held_.assign(std::size_t(p.max_sequences), 0);
+        // A stack whose top is the lowest page: a fresh storage hands out pages 0, 1, 2, ...
+        free_pages_.reserve(std::size_t(p.num_pages));
+        for (int page = p.num_pages - 1; page >= 0; --page) free_pages_.push_back(page);
+        pools_.reserve(record_bytes_.size());
+        for (std::size_t bytes : record_bytes_) {
+            pools_.push_back(allocate(std::size_t(p.num_pages) * std::size_t(p.page_size) * bytes));
+        }
+    }
+
+    /// Makes room for `sequence`'s first `tokens` tokens in every slot, taking pages from the
+    /// free list; all or nothing: when the free pages do not suffice, throws and takes none.
+    void reserve(int sequence, int tokens) {
+        check_sequence(sequence);
+        if (tokens < 0) {
+            throw error("kvcar: paged_storage: sequence " + std::to_string(sequence) +
+                        " cannot reserve a negative token count " + std::to_string(tokens));
+        }
+        if (tokens > params_.max_tokens) {
+            throw error("kvcar: paged_storage: sequence " + std::to_string(sequence) + " needs " +
+                        std::to_string(tokens) + " tokens, more than max_tokens " +
+                        std::to_string(params_.max_tokens));
+        }
+        const int needed = (tokens + params_.page_size - 1) / params_.page_size;
+        int& held = pages_held_[std::size_t(sequence)];
+        if (needed <= held) return;
+        const int more = needed - held;
+        if (more > free_pages()) {
+            throw error("kvcar: paged_storage: out of pages: sequence " + std::to_string(sequence) +
+                        " needs " + std::to_string(more) + " more page" + (more == 1 ? "" : "s") +
+                        ", " + std::to_string(free_pages()) + " free");
+        }
+        std::int32_t* row = block_table_.data() + row_offset(sequence);
+        for (; held < needed; ++held) {
+            row[held] = free_pages_.back();
+            free_pages_.pop_back();
+        }
+    }
+    /// Returns the sequence's pages to the free list (in reverse, so the next reserve of the same
+    /// length gets the same pages back in order).
+    void release(int sequence) {
+        check_sequence(sequence);
+        std::int32_t* row = block_table_.data() + row_offset(sequence);
+        int& held = pages_held_[std::size_t(sequence)];
+        for (; held > 0; --held) {
+            free_pages_.push_back(row[held - 1]);
+            row[held - 1] = unused_page;
+        }
+    }
+    /// Tokens `sequence` may hold now: its pages' tokens, never more than max_tokens.
+    int capacity(int sequence) const {
+        check_sequence(sequence);
+        const int tokens = pages_held_[std::size_t(sequence)] * params_.page_size;
+        return tokens < params_.max_tokens ? tokens : params_.max_tokens;
+    }
+    int max_sequences() const { return params_.max_sequences; }
+    int max_tokens() const { return params_.max_tokens; }
+    int page_size() const { return params_.page_size; }
+    int num_pages() const { return params_.num_pages; }
+    int pages_per_sequence() const { return pages_per_sequence_; }
+    int free_pages() const { return int(free_pages_.size()); }
+    int pages_held(int sequence) const {
+        check_sequence(sequence);
+        return pages_held_[std::size_t(sequence)];
+    }
+    /// The pages `sequence` holds, in token order.
+    std::vector<std::int32_t> pages(int sequence) const {
+        check_sequence(sequence);
+        const std::int32_t* row = block_table_.data() + row_offset(sequence);
+        return std::vector<std::int32_t>(row, row + pages_held_[std::size_t(sequence)]);
+    }
+    int num_slots() const { return int(record_bytes_.size()); }
+    std::size_t record_bytes(int slot) const {
+        check_slot(slot);
+        return record_bytes_[std::size_t(slot)];
+    }
+
+    page_view view(int slot) const {
+        check_slot(slot);
+        page_view v;
+        v.pool = pools_[std::size_t(slot)].get();
+        v.record_bytes = record_bytes_[std::size_t(slot)];
+        v.page_size = params_.page_size;
+        v.block_table = block_table_.data();
+        v.pages_per_sequence = pages_per_sequence_;
+        return v;
+    }
+
+    /// Bytes of the pages sequences hold (all slots).
+    std::size_t bytes_reserved() const {
+        return std::size_t(params_.num_pages - free_pages()) * bytes_per_page();
+    }
+    /// Bytes of all pools, held or free.
+    std::size_t bytes_allocated() const {
+        return std::size_t(params_.num_pages) * bytes_per_page();
+    }
+
+private:
+    struct aligned_delete {
+        void operator()(std::byte* p) const {
+            ::operator delete[](p, std::align_val_t(pool_alignment));
+        }
+    };
+    using pool_ptr = std::unique_ptr<std::byte[], aligned_delete>;
+
+    // The one place this storage allocates (a device allocator replaces this). Zeroed, so a
+    // kernel that loads a whole page and masks the tail never reads NaN garbage (NaN * 0 = NaN).
+    static pool_ptr allocate(std::size_t bytes) {
+        void* raw = ::operator new[](bytes, std::align_val_t(pool_alignment));
+        auto* p = static_cast<std::byte*>(raw);
+        std::memset(p, 0, bytes);
+        return pool_ptr(p);
+    }
+
+    std::size_t row_offset(int sequence) const {
+        return std::size_t(sequence) * std::size_t(pages_per_sequence_);
+    }
+    std::size_t bytes_per_page() const {
+        std::size_t sum = 0;
+        for (std::size_t b : record_bytes_) sum += b;
+        return sum * std::size_t(params_.page_size);
+    }
+    void check_sequence(int sequence) const {
+        if (sequence < 0 || sequence >= params_.max_sequences) {
+            throw error("kvcar: paged_storage: sequence " + std::to_string(sequence) +
+                        " out of range [0, " + std::to_string(params_.max_sequences) + ")");
+        }
+    }
+    void check_slot(int slot) const {
+        if (slot < 0 || slot >= num_slots()) {
+            throw error("kvcar: paged_storage: slot " + std::to_string(slot) +
+                        " out of range [0, " + std::to_string(num_slots()) + ")");
+        }
+    }
+
+    params params_;
+    std::vector<std::size_t> record_bytes_;
+    std::vector<pool_ptr> pools_;
+    std::vector<std::int32_t> block_table_;  // [sequence][pages_per_sequence] page ids
+    std::vector<int> pages_held_;            // [sequence] live entries of its block-table row
+    std::vector<std::int32_t> free_pages_;   // stack of free page ids
+    int pages_per_sequence_ = 0;
+};
+
+}  // namespace kvcar
