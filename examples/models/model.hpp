@@ -1,0 +1,123 @@
+// examples/models/model.hpp — load a GPT-2 or Llama checkpoint from any of the three formats
+// (HF safetensors folder, single .safetensors file beside its config.json, llama2.c .bin) into
+// one object whose forward pass fills any kvcar cache.
+#pragma once
+
+#include <filesystem>
+#include <span>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "kvcar/common.hpp"
+#include "kvcar/io/hf_config.hpp"
+#include "kvcar/io/llama2c.hpp"
+#include "kvcar/io/safetensors.hpp"
+
+#include "examples/models/gpt2.hpp"
+#include "examples/models/llama.hpp"
+#include "examples/models/model_common.hpp"
+
+namespace kvcar::examples {
+
+/// Where a checkpoint came from, which decides the tokenizer a tool pairs with it.
+enum class checkpoint_format { huggingface, llama2c };
+
+class language_model {
+public:
+    /// `path`: a Hugging Face model folder (config.json + model.safetensors or a sharded index),
+    /// a .safetensors / .index.json file whose folder holds config.json, or a llama2.c .bin.
+    static language_model load(const std::string& path, model_options options = {}) {
+        namespace fs = std::filesystem;
+        std::error_code ec;
+        require(fs::exists(path, ec), "model: '" + path + "' does not exist");
+        const bool is_dir = fs::is_directory(path, ec);
+        if (!is_dir && fs::path(path).extension() == ".bin") {
+            return language_model(llama_model::from_llama2c(io::load_llama2c(path), options),
+                                  checkpoint_format::llama2c, path);
+        }
+        const fs::path folder = is_dir ? fs::path(path) : fs::path(path).parent_path();
+        const io::model_config c = io::load_hf_config((folder / "config.json").string());
+        const io::safetensors_model st = io::safetensors_model::open(path);
+        if (c.architecture == io::model_config::arch::gpt2) {
+            require(c.activation == "gelu_new" || c.activation == "gelu_pytorch_tanh",
+                    "model: " + c.source + ": GPT-2 activation '" + c.activation +
+                        "' is not supported (only the tanh GELU: gelu_new)");
+            gpt2_config g;
+            g.vocab_size = c.vocab_size;
+            g.max_positions = c.max_positions;
+            g.d_model = c.d_model;
+            g.n_layers = c.n_layers;
+            g.n_heads = c.n_heads;
+            g.d_ff = c.d_ff;
+            g.norm_eps = c.norm_eps;
+            return language_model(gpt2_model::from_safetensors(st, g, options),
+                                  checkpoint_format::huggingface, path);
+        }
+        require(c.activation == "silu",
+                "model: " + c.source + ": Llama activation '" + c.activation +
+                    "' is not supported (only silu)");
+        llama_config l;
+        l.vocab_size = c.vocab_size;
+        l.max_positions = c.max_positions;
+        l.d_model = c.d_model;
+        l.n_layers = c.n_layers;
+        l.n_heads = c.n_heads;
+        l.n_kv_heads = c.n_kv_heads;
+        l.head_dim = c.head_dim;
+        l.d_ff = c.d_ff;
+        l.norm_eps = c.norm_eps;
+        l.rope = {.theta = c.rope_theta, .style = rope_style::half};
+        return language_model(llama_model::from_safetensors(st, l, c.tie_embeddings, options),
+                              checkpoint_format::huggingface, path);
+    }
+
+    language_model(gpt2_model m, checkpoint_format f, std::string path)
+        : impl_(std::move(m)), format_(f), path_(std::move(path)) {}
+    language_model(llama_model m, checkpoint_format f, std::string path)
+        : impl_(std::move(m)), format_(f), path_(std::move(path)) {}
+
+    checkpoint_format format() const { return format_; }
+    const std::string& path() const { return path_; }
+    bool is_gpt2() const { return std::holds_alternative<gpt2_model>(impl_); }
+    const char* architecture() const { return is_gpt2() ? "gpt2" : "llama"; }
+    int vocab_size() const {
+        return std::visit([](const auto& m) { return m.vocab_size(); }, impl_);
+    }
+    int max_positions() const {
+        return std::visit([](const auto& m) { return m.max_positions(); }, impl_);
+    }
+    kv_geometry cache_geometry() const {
+        return std::visit([](const auto& m) { return m.cache_geometry(); }, impl_);
+    }
+    const model_options& options() const {
+        return std::visit([](const auto& m) -> const model_options& { return m.options(); },
+                          impl_);
+    }
+
+    /// One line for a tool's banner: "llama, 6 layers, 4 heads (2 KV) of 32, vocab 50257, ...".
+    std::string describe() const {
+        const kv_geometry g = cache_geometry();
+        return std::string(architecture()) + ", " + std::to_string(g.n_layers) + " layers, " +
+               std::to_string(g.n_kv_heads) + " KV heads of " + std::to_string(g.head_dim) +
+               ", vocab " + std::to_string(vocab_size()) + ", context " +
+               std::to_string(max_positions()) +
+               (is_gpt2() ? "" : std::string(", keys cached ") + to_string(options().keys));
+    }
+
+    /// See gpt2_model::forward / llama_model::forward.
+    template <class Cache>
+    std::vector<float> forward(Cache& cache, int seq, std::span<const int> tokens,
+                               logits_for which = logits_for::all) const {
+        return std::visit([&](const auto& m) { return m.forward(cache, seq, tokens, which); },
+                          impl_);
+    }
+
+private:
+    std::variant<gpt2_model, llama_model> impl_;
+    checkpoint_format format_;
+    std::string path_;
+};
+
+}  // namespace kvcar::examples

@@ -1,0 +1,155 @@
+// examples/models/tensor_ops.hpp — the handful of CPU kernels a GPT-2 or Llama forward needs.
+//
+// Plain loops, float accumulation, no -ffast-math: results depend only on the order written
+// here, so a run is reproducible bit for bit and close to PyTorch's float32 (to ~1e-6 relative).
+// Only the matmul is threaded, over output rows, because it is where >95% of the time goes.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kvcar/common.hpp"
+
+namespace kvcar::examples {
+
+/// Threads to use: `requested` if positive, else every hardware thread (at least 1).
+inline int resolve_threads(int requested) {
+    if (requested > 0) return requested;
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw == 0 ? 1 : int(hw);
+}
+
+/// Calls body(begin, end) on `threads` contiguous slices of [0, count). Threads are started per
+/// call: at a few microseconds each, that is noise next to a matmul worth splitting, and it
+/// keeps the code free of a pool's locking. Small work (`work` below ~64k multiply-adds) stays on
+/// the calling thread.
+template <class Body>
+void parallel_for(int count, int threads, double work, Body&& body) {
+    threads = std::min(threads, count);
+    if (threads <= 1 || work < 65536.0) {
+        if (count > 0) body(0, count);
+        return;
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(std::size_t(threads - 1));
+    const int per = (count + threads - 1) / threads;
+    for (int t = 1; t < threads; ++t) {
+        const int begin = t * per;
+        const int end = std::min(count, begin + per);
+        if (begin >= end) break;
+        pool.emplace_back([&body, begin, end] { body(begin, end); });
+    }
+    body(0, std::min(count, per));
+    for (std::thread& th : pool) th.join();
+}
+
+/// Dot product of two float vectors with eight independent partial sums: the compiler can keep
+/// them in one or two SIMD registers without reassociating anything (which -ffast-math would).
+inline float dot(const float* a, const float* b, int n) {
+    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        for (int j = 0; j < 8; ++j) part[j] += a[i + j] * b[i + j];
+    }
+    for (; i < n; ++i) part[i % 8] += a[i] * b[i];
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+/// out[t][o] = Σ_i in[t][i] · w[o][i] + bias[o], for n tokens. `w` is [out_dim][in_dim], the
+/// layout of torch.nn.Linear (so one weight row is contiguous); `bias` may be empty.
+///
+/// Threads split the *output rows*: each thread streams its own slice of `w` once and reuses it
+/// for all n tokens while the activations (n · in_dim floats) stay in cache. For the LM head
+/// (50k × d_model) this is the whole cost of a forward pass.
+inline void matmul(std::span<float> out, std::span<const float> in, std::span<const float> w,
+                   std::span<const float> bias, int n, int in_dim, int out_dim, int threads) {
+    require(in.size() == std::size_t(n) * std::size_t(in_dim) &&
+                w.size() == std::size_t(out_dim) * std::size_t(in_dim) &&
+                out.size() == std::size_t(n) * std::size_t(out_dim) &&
+                (bias.empty() || bias.size() == std::size_t(out_dim)),
+            "matmul: shapes disagree (n " + std::to_string(n) + ", in " + std::to_string(in_dim) +
+                ", out " + std::to_string(out_dim) + ")");
+    const double work = double(n) * double(in_dim) * double(out_dim);
+    parallel_for(out_dim, threads, work, [&](int begin, int end) {
+        for (int o = begin; o < end; ++o) {
+            const float* row = w.data() + std::size_t(o) * std::size_t(in_dim);
+            const float b = bias.empty() ? 0.0f : bias[std::size_t(o)];
+            for (int t = 0; t < n; ++t) {
+                out[std::size_t(t) * std::size_t(out_dim) + std::size_t(o)] =
+                    dot(in.data() + std::size_t(t) * std::size_t(in_dim), row, in_dim) + b;
+            }
+        }
+    });
+}
+
+/// LayerNorm over each of n rows of `dim`: (x - mean) / sqrt(var + eps) · weight + bias, with
+/// the biased variance, as torch.nn.LayerNorm.
+inline void layernorm(std::span<float> out, std::span<const float> in, std::span<const float> weight,
+                      std::span<const float> bias, int n, int dim, float eps) {
+    for (int t = 0; t < n; ++t) {
+        const float* x = in.data() + std::size_t(t) * std::size_t(dim);
+        float* y = out.data() + std::size_t(t) * std::size_t(dim);
+        float mean = 0.0f;
+        for (int i = 0; i < dim; ++i) mean += x[i];
+        mean /= float(dim);
+        float var = 0.0f;
+        for (int i = 0; i < dim; ++i) var += (x[i] - mean) * (x[i] - mean);
+        var /= float(dim);
+        const float inv_std = 1.0f / std::sqrt(var + eps);
+        for (int i = 0; i < dim; ++i) {
+            y[i] = (x[i] - mean) * inv_std * weight[std::size_t(i)] + bias[std::size_t(i)];
+        }
+    }
+}
+
+/// RMSNorm over each of n rows: x / sqrt(mean(x²) + eps) · weight (Llama; no mean, no bias).
+inline void rmsnorm(std::span<float> out, std::span<const float> in, std::span<const float> weight,
+                    int n, int dim, float eps) {
+    for (int t = 0; t < n; ++t) {
+        const float* x = in.data() + std::size_t(t) * std::size_t(dim);
+        float* y = out.data() + std::size_t(t) * std::size_t(dim);
+        float sum_sq = 0.0f;
+        for (int i = 0; i < dim; ++i) sum_sq += x[i] * x[i];
+        const float inv_rms = 1.0f / std::sqrt(sum_sq / float(dim) + eps);
+        for (int i = 0; i < dim; ++i) y[i] = weight[std::size_t(i)] * (x[i] * inv_rms);
+    }
+}
+
+/// GELU, tanh approximation (GPT-2's "gelu_new"):
+/// 0.5 x (1 + tanh(sqrt(2/π) (x + 0.044715 x³))).
+inline void gelu_tanh(std::span<float> x) {
+    const float sqrt_2_over_pi = 0.7978845608028654f;
+    for (float& v : x) {
+        const float cube = 0.044715f * v * v * v;
+        v = 0.5f * v * (1.0f + std::tanh(sqrt_2_over_pi * (v + cube)));
+    }
+}
+
+/// SwiGLU's gate: gate[i] = silu(gate[i]) · up[i], silu(x) = x / (1 + e^-x).
+inline void silu_mul(std::span<float> gate, std::span<const float> up) {
+    for (std::size_t i = 0; i < gate.size(); ++i) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+}
+
+/// x += y, elementwise (the residual stream).
+inline void add_inplace(std::span<float> x, std::span<const float> y) {
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+}
+
+/// log softmax(logits)[target], in double: the per-token loss of perplexity is its negative.
+inline double log_prob(std::span<const float> logits, int target) {
+    double max_logit = -INFINITY;
+    for (float v : logits) max_logit = std::max(max_logit, double(v));
+    double sum = 0.0;
+    for (float v : logits) sum += std::exp(double(v) - max_logit);
+    return double(logits[std::size_t(target)]) - max_logit - std::log(sum);
+}
+
+}  // namespace kvcar::examples

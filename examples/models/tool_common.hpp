@@ -1,0 +1,294 @@
+// examples/models/tool_common.hpp — what the command-line tools share: a small option parser,
+// the tokenizer that goes with a checkpoint, a progress line, and the KV cache report.
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "kvcar/common.hpp"
+
+#include "examples/common/gpt2_tokenizer.hpp"
+#include "examples/common/llama2c_tokenizer.hpp"
+#include "examples/models/kv_dispatch.hpp"
+#include "examples/models/model.hpp"
+
+#ifndef KVCAR_SHARED_DATA
+#define KVCAR_SHARED_DATA "../shared/data"
+#endif
+
+namespace kvcar::examples {
+
+/// The shared data folder the tools default to (compiled in; see examples/CMakeLists.txt).
+inline std::string shared_data_dir() { return KVCAR_SHARED_DATA; }
+
+// ---------------------------------------------------------------------------------------------
+// Command line: `--name value` options and `--flag`s, declared up front so a typo is an error.
+
+struct option_spec {
+    std::string name;   ///< without the leading "--"
+    std::string value;  ///< placeholder shown in the usage ("N", "PATH"); empty for a flag
+    std::string help;
+};
+
+class command_line {
+public:
+    command_line(std::string tool, std::string summary, std::vector<option_spec> specs)
+        : tool_(std::move(tool)), summary_(std::move(summary)), specs_(std::move(specs)) {
+        specs_.push_back({"help", "", "print this help"});
+    }
+
+    /// Returns false after printing the usage when --help was given; throws on a bad command line.
+    bool parse(int argc, char** argv) {
+        for (int i = 1; i < argc; ++i) {
+            std::string_view arg = argv[i];
+            require(arg.starts_with("--"), tool_ + ": unexpected argument '" + std::string(arg) +
+                                               "' (options start with --; see --help)");
+            std::string name(arg.substr(2));
+            std::string value;
+            bool has_inline_value = false;
+            if (const auto eq = name.find('='); eq != std::string::npos) {
+                value = name.substr(eq + 1);
+                name = name.substr(0, eq);
+                has_inline_value = true;
+            }
+            const option_spec* spec = find(name);
+            require(spec != nullptr, tool_ + ": unknown option --" + name + " (see --help)");
+            if (spec->value.empty()) {
+                require(!has_inline_value, tool_ + ": --" + name + " takes no value");
+                values_[name] = "1";
+                continue;
+            }
+            if (!has_inline_value) {
+                require(i + 1 < argc, tool_ + ": --" + name + " needs a value (" + spec->value + ")");
+                value = argv[++i];
+            }
+            values_[name] = value;
+        }
+        if (has("help")) {
+            std::printf("%s", usage().c_str());
+            return false;
+        }
+        return true;
+    }
+
+    std::string usage() const {
+        std::string u = "usage: " + tool_ + " [options]\n" + summary_ + "\n\noptions:\n";
+        for (const option_spec& s : specs_) {
+            std::string left = "  --" + s.name + (s.value.empty() ? "" : " " + s.value);
+            if (left.size() < 28) left.resize(28, ' ');
+            u += left + " " + s.help + "\n";
+        }
+        return u;
+    }
+
+    bool has(const std::string& name) const { return values_.count(name) != 0; }
+    std::string get(const std::string& name, const std::string& fallback = "") const {
+        const auto it = values_.find(name);
+        return it == values_.end() ? fallback : it->second;
+    }
+    std::string required(const std::string& name) const {
+        require(has(name), tool_ + ": --" + name + " is required (see --help)");
+        return get(name);
+    }
+    long long get_int(const std::string& name, long long fallback) const {
+        if (!has(name)) return fallback;
+        const std::string v = get(name);
+        std::size_t used = 0;
+        long long x = 0;
+        try {
+            x = std::stoll(v, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        require(used == v.size() && !v.empty(),
+                tool_ + ": --" + name + " needs an integer, got '" + v + "'");
+        return x;
+    }
+    double get_double(const std::string& name, double fallback) const {
+        if (!has(name)) return fallback;
+        const std::string v = get(name);
+        std::size_t used = 0;
+        double x = 0;
+        try {
+            x = std::stod(v, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        require(used == v.size() && !v.empty(),
+                tool_ + ": --" + name + " needs a number, got '" + v + "'");
+        return x;
+    }
+    const std::string& tool() const { return tool_; }
+
+private:
+    const option_spec* find(const std::string& name) const {
+        for (const option_spec& s : specs_)
+            if (s.name == name) return &s;
+        return nullptr;
+    }
+
+    std::string tool_, summary_;
+    std::vector<option_spec> specs_;
+    std::map<std::string, std::string> values_;
+};
+
+/// The options every tool has: the checkpoint, its tokenizer, the cache and the threads.
+inline std::vector<option_spec> model_options_spec(const std::string& default_kv) {
+    std::string kv_names;
+    for (const std::string& n : kv_codec_names()) kv_names += (kv_names.empty() ? "" : " | ") + n;
+    return {
+        {"model", "PATH", "HF model folder (config.json + model.safetensors) or llama2.c .bin"},
+        {"tokenizer", "PATH", "llama2.c tokenizer.bin (for .bin models; default: tokenizer.bin "
+                              "beside the model)"},
+        {"tokenizer-dir", "DIR", "folder with GPT-2 vocab.json + merges.txt (HF models; default: "
+                                 "the model folder if it has them, else shared/data/tokenizers/gpt2)"},
+        {"kv", "NAME", "KV cache codec: " + kv_names + " (default " + default_kv + ")"},
+        {"keys", "post|pre", "Llama: cache keys after RoPE (default) or before (RoPE on read)"},
+        {"threads", "N", "matmul threads (default: all hardware threads)"},
+    };
+}
+
+inline model_options parse_model_options(const command_line& cl) {
+    model_options o;
+    o.threads = int(cl.get_int("threads", 0));
+    require(o.threads >= 0, cl.tool() + ": --threads must not be negative");
+    const std::string keys = cl.get("keys", "post");
+    require(keys == "post" || keys == "pre",
+            cl.tool() + ": --keys must be 'post' or 'pre', got '" + keys + "'");
+    o.keys = keys == "pre" ? cached_keys::pre_rope : cached_keys::post_rope;
+    return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizers: GPT-2 BPE for Hugging Face checkpoints, tokenizer.bin for llama2.c ones.
+
+class text_tokenizer {
+public:
+    /// The tokenizer for `model`, from --tokenizer / --tokenizer-dir or the defaults; its
+    /// vocabulary must be the model's.
+    static text_tokenizer for_model(const language_model& model, const command_line& cl) {
+        namespace fs = std::filesystem;
+        if (model.format() == checkpoint_format::llama2c) {
+            const std::string path =
+                cl.has("tokenizer")
+                    ? cl.get("tokenizer")
+                    : (fs::path(model.path()).parent_path() / "tokenizer.bin").string();
+            require(fs::exists(path), cl.tool() + ": llama2.c tokenizer '" + path +
+                                          "' not found (give --tokenizer PATH)");
+            text_tokenizer t(llama2c_tokenizer::load(path, model.vocab_size()));
+            check_tokenizer_vocab(t.vocab_size(), model.vocab_size(), path);
+            return t;
+        }
+        std::string dir = cl.get("tokenizer-dir");
+        if (dir.empty()) {
+            const fs::path folder = fs::is_directory(model.path())
+                                        ? fs::path(model.path())
+                                        : fs::path(model.path()).parent_path();
+            dir = fs::exists(folder / "vocab.json") && fs::exists(folder / "merges.txt")
+                      ? folder.string()
+                      : shared_data_dir() + "/tokenizers/gpt2";
+        }
+        text_tokenizer t(gpt2_tokenizer::load(dir + "/vocab.json", dir + "/merges.txt"));
+        check_tokenizer_vocab(t.vocab_size(), model.vocab_size(), dir + "/vocab.json");
+        return t;
+    }
+
+    bool is_llama2c() const { return std::holds_alternative<llama2c_tokenizer>(impl_); }
+
+    /// Ids of `text`, with llama2.c's BOS in front when `bos` (GPT-2 has no BOS convention).
+    std::vector<int> encode(std::string_view text, bool bos) const {
+        if (const auto* l = std::get_if<llama2c_tokenizer>(&impl_)) return l->encode(text, bos, false);
+        return std::get<gpt2_tokenizer>(impl_).encode(text);
+    }
+    /// The text of `id` as it follows `prev` (llama2.c drops the space after BOS).
+    std::string piece(int prev, int id) const {
+        if (const auto* l = std::get_if<llama2c_tokenizer>(&impl_)) {
+            if (id == llama2c_tokenizer::bos_id || id == llama2c_tokenizer::eos_id) return "";
+            return l->decode_piece(prev, id);
+        }
+        return std::get<gpt2_tokenizer>(impl_).piece(id);
+    }
+    /// Generating this id ends the text: <|endoftext|> for GPT-2; BOS or EOS for llama2.c (run.c
+    /// stops on BOS).
+    bool ends_text(int id) const {
+        if (is_llama2c()) return id == llama2c_tokenizer::bos_id || id == llama2c_tokenizer::eos_id;
+        return id == std::get<gpt2_tokenizer>(impl_).eos_id();
+    }
+    int vocab_size() const {
+        return std::visit([](const auto& t) { return t.vocab_size(); }, impl_);
+    }
+
+private:
+    explicit text_tokenizer(gpt2_tokenizer t) : impl_(std::move(t)) {}
+    explicit text_tokenizer(llama2c_tokenizer t) : impl_(std::move(t)) {}
+
+    std::variant<gpt2_tokenizer, llama2c_tokenizer> impl_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Reporting.
+
+using clock_type = std::chrono::steady_clock;
+
+inline double seconds_since(clock_type::time_point start) {
+    return std::chrono::duration<double>(clock_type::now() - start).count();
+}
+
+/// "12.3 KiB", "4.0 MiB": cache sizes at a glance.
+inline std::string human_bytes(double bytes) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB"};
+    int u = 0;
+    while (bytes >= 1024.0 && u < 3) {
+        bytes /= 1024.0;
+        ++u;
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", bytes, units[u]);
+    return buf;
+}
+
+/// What the cache spent: the most bytes its records took at once (and the storage held for
+/// them), per token, and how much smaller than an fp16 cache of the same model.
+template <class Cache>
+void print_cache_report(std::FILE* out, const std::string& kv, const Cache& cache,
+                        std::size_t peak_bytes_used, std::size_t peak_bytes_reserved) {
+    std::fprintf(out, "kv cache: %s, %zu bytes used at peak (%s; storage held %s), "
+                      "%zu bytes/token, compression %.2fx vs fp16\n",
+                 kv.c_str(), peak_bytes_used, human_bytes(double(peak_bytes_used)).c_str(),
+                 human_bytes(double(peak_bytes_reserved)).c_str(), cache.bytes_per_token(),
+                 cache.compression_ratio());
+}
+
+/// A progress line on stderr, rewritten in place at most a few times a second.
+class progress_line {
+public:
+    explicit progress_line(bool enabled = true) : enabled_(enabled) {}
+    void update(const std::string& text, bool force = false) {
+        if (!enabled_) return;
+        const auto now = clock_type::now();
+        if (!force && now - last_ < std::chrono::milliseconds(250)) return;
+        last_ = now;
+        std::fprintf(stderr, "\r%s\033[K", text.c_str());
+        std::fflush(stderr);
+        shown_ = true;
+    }
+    void finish() {
+        if (shown_) std::fprintf(stderr, "\n");
+        shown_ = false;
+    }
+
+private:
+    bool enabled_;
+    bool shown_ = false;
+    clock_type::time_point last_{};
+};
+
+}  // namespace kvcar::examples

@@ -1,0 +1,139 @@
+// kvcar-generate — continue a prompt with a GPT-2 or Llama checkpoint whose KV cache is a kvcar
+// cache, and report what the cache cost.
+//
+//   kvcar-generate --model shared/data/models/gpt2-tiny --prompt "The history of" --steps 40
+//   kvcar-generate --model aidreams260K.bin --tokenizer aidreams_tok512.bin --prompt ""
+//
+// The prompt is prefilled in one forward pass, then each new token is one decode step (the
+// model's forward on one token, attending to everything cached so far).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "examples/models/kv_dispatch.hpp"
+#include "examples/models/model.hpp"
+#include "examples/models/tool_common.hpp"
+
+namespace ex = kvcar::examples;
+
+namespace {
+
+/// The next token: argmax when temperature is 0, else a draw from softmax(logits / T)
+/// restricted to the top_k most likely tokens (top_k 0: all of them).
+int sample(const std::vector<float>& logits, double temperature, int top_k, std::mt19937_64& rng) {
+    const int vocab = int(logits.size());
+    if (temperature <= 0.0) return int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    std::vector<int> ids(static_cast<std::size_t>(vocab));
+    for (int i = 0; i < vocab; ++i) ids[std::size_t(i)] = i;
+    const int k = top_k > 0 ? std::min(top_k, vocab) : vocab;
+    std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),
+                      [&](int a, int b) { return logits[std::size_t(a)] > logits[std::size_t(b)]; });
+    std::vector<double> weights(static_cast<std::size_t>(k));
+    const double top = logits[std::size_t(ids[0])];
+    for (int i = 0; i < k; ++i)
+        weights[std::size_t(i)] = std::exp((double(logits[std::size_t(ids[std::size_t(i)])]) - top) / temperature);
+    std::discrete_distribution<int> pick(weights.begin(), weights.end());
+    return ids[std::size_t(pick(rng))];
+}
+
+int run(int argc, char** argv) {
+    std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
+    specs.insert(specs.end(), {
+        {"prompt", "TEXT", "text to continue (llama2.c models: may be empty, starting from BOS)"},
+        {"steps", "N", "tokens to generate (default 64; stops early at end of text or context)"},
+        {"temperature", "T", "sampling temperature; 0 = greedy (default 0.8)"},
+        {"top-k", "K", "sample among the K most likely tokens; 0 = all (default 40)"},
+        {"seed", "S", "random seed (default 42)"},
+    });
+    ex::command_line cl("kvcar-generate", "Generate text with a model whose KV cache is kvcar's.",
+                        specs);
+    if (!cl.parse(argc, argv)) return 0;
+
+    const std::string kv = cl.get("kv", "identity-f16");
+    const int steps = int(cl.get_int("steps", 64));
+    const double temperature = cl.get_double("temperature", 0.8);
+    const int top_k = int(cl.get_int("top-k", 40));
+    kvcar::require(steps >= 0, "kvcar-generate: --steps must not be negative");
+    kvcar::require(temperature >= 0.0, "kvcar-generate: --temperature must not be negative");
+    kvcar::require(top_k >= 0, "kvcar-generate: --top-k must not be negative");
+    std::mt19937_64 rng(std::uint64_t(cl.get_int("seed", 42)));
+
+    const auto load_start = ex::clock_type::now();
+    const ex::language_model model =
+        ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
+    const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
+    std::fprintf(stderr, "model: %s (%s), loaded in %.2f s\n", model.path().c_str(),
+                 model.describe().c_str(), ex::seconds_since(load_start));
+
+    const std::string prompt = cl.required("prompt");
+    const std::vector<int> prompt_ids = tokenizer.encode(prompt, /*bos=*/tokenizer.is_llama2c());
+    kvcar::require(!prompt_ids.empty(), "kvcar-generate: the prompt is empty");
+    kvcar::require(int(prompt_ids.size()) <= model.max_positions(),
+                   "kvcar-generate: the prompt has " + std::to_string(prompt_ids.size()) +
+                       " tokens, more than the model's context of " +
+                       std::to_string(model.max_positions()));
+    const int capacity = std::min<long long>(model.max_positions(),
+                                             (long long)prompt_ids.size() + steps);
+
+    return ex::with_kv_cache(kv, model.cache_geometry(), {1, capacity}, [&](auto& cache) {
+        const int seq = cache.add_sequence();
+        std::vector<int> ids = prompt_ids;
+        int prev = -1;
+        for (int id : ids) {
+            std::fputs(tokenizer.piece(prev, id).c_str(), stdout);
+            prev = id;
+        }
+        std::fflush(stdout);
+
+        const auto prefill_start = ex::clock_type::now();
+        std::vector<float> logits = model.forward(cache, seq, ids, ex::logits_for::last);
+        const double prefill_s = ex::seconds_since(prefill_start);
+
+        const auto decode_start = ex::clock_type::now();
+        int generated = 0;
+        const char* stop = "steps done";
+        while (generated < steps) {
+            const int next = sample(logits, temperature, top_k, rng);
+            if (tokenizer.ends_text(next)) {
+                stop = "end of text";
+                break;
+            }
+            ids.push_back(next);
+            ++generated;
+            std::fputs(tokenizer.piece(prev, next).c_str(), stdout);
+            std::fflush(stdout);
+            prev = next;
+            if (generated == steps) break;
+            if (cache.length(seq) >= capacity) {
+                stop = "context full";
+                break;
+            }
+            logits = model.forward(cache, seq, std::span<const int>(&ids.back(), 1),
+                                   ex::logits_for::last);
+        }
+        const double decode_s = ex::seconds_since(decode_start);
+        std::printf("\n");
+
+        std::fprintf(stderr, "\nprompt: %zu tokens, prefill %.3f s (%.1f tokens/s)\n",
+                     prompt_ids.size(), prefill_s, double(prompt_ids.size()) / prefill_s);
+        std::fprintf(stderr, "generated: %d tokens (%s), %.3f s (%.1f tokens/s)\n", generated, stop,
+                     decode_s, decode_s > 0 ? double(generated) / decode_s : 0.0);
+        ex::print_cache_report(stderr, kv, cache, cache.bytes_used(), cache.bytes_reserved());
+        return 0;
+    });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}

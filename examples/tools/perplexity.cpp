@@ -1,0 +1,190 @@
+// kvcar-perplexity — perplexity of a model whose KV cache is a kvcar cache, on WikiText-2 or
+// any text, with a sliding window.
+//
+//   kvcar-perplexity --model shared/data/models/gpt2-tiny                      (wiki.test.raw)
+//   kvcar-perplexity --model M --tokens-file shared/data/wikitext-2/wiki.test.tokens
+//                    --ctx 512 --stride 512 --max-tokens 20000 --kv identity-f32
+//
+// Method (Hugging Face's "perplexity of fixed-length models"): the text is tokenized once into
+// ids[0..N). Window w feeds the ctx tokens starting at w·stride (fewer at the end), each input
+// predicting the token after it. The first window scores all its predictions; each later window
+// scores only its last `stride` ones, which have at least ctx - stride tokens of context, so
+// every token 1..N-1 is scored exactly once. stride == ctx gives non-overlapping windows (the
+// data README's reference numbers); a smaller stride costs ctx/stride times more compute and
+// gives every scored token more context. PPL = exp(mean negative log-likelihood).
+//
+// Every window starts a fresh sequence in the cache, prefilled in one forward pass: the logits
+// of every position come from attention over K/V read back through the codec.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "examples/models/kv_dispatch.hpp"
+#include "examples/models/model.hpp"
+#include "examples/models/tensor_ops.hpp"
+#include "examples/models/tool_common.hpp"
+
+namespace ex = kvcar::examples;
+
+namespace {
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    kvcar::require(bool(in), "kvcar-perplexity: cannot open '" + path + "'");
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+/// WikiText-2 raw joined the usual way (GPTQ, most KV-cache papers): the file's lines, each
+/// kept with its "\n", blank ones (" \n") made empty, joined with "\n\n" — the string
+/// `"\n\n".join(load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"])`.
+std::string wikitext_joined(const std::string& raw) {
+    std::string out;
+    out.reserve(raw.size() * 2);
+    std::size_t pos = 0;
+    bool first = true;
+    while (pos < raw.size()) {
+        std::size_t end = raw.find('\n', pos);
+        end = end == std::string::npos ? raw.size() : end + 1;
+        std::string_view line(raw.data() + pos, end - pos);
+        if (line == " \n") line = {};
+        if (!first) out += "\n\n";
+        out += line;
+        first = false;
+        pos = end;
+    }
+    return out;
+}
+
+int run(int argc, char** argv) {
+    std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
+    specs.insert(specs.end(), {
+        {"text", "FILE", "WikiText raw file, joined the usual way (default: "
+                         "shared/data/wikitext-2/wiki.test.raw)"},
+        {"tokens-file", "FILE", "any text file read as it is (e.g. wiki.test.tokens)"},
+        {"ctx", "N", "window length in tokens (default 512, at most the model's context)"},
+        {"stride", "N", "tokens between window starts; only the last `stride` predictions of a "
+                        "window after the first are scored (default: ctx)"},
+        {"max-tokens", "N", "use only the first N tokens of the text (default: all)"},
+        {"quiet", "", "no progress line"},
+    });
+    ex::command_line cl("kvcar-perplexity",
+                        "Sliding-window perplexity of a model whose KV cache is kvcar's.", specs);
+    if (!cl.parse(argc, argv)) return 0;
+
+    const std::string kv = cl.get("kv", "identity-f16");
+    const ex::language_model model =
+        ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
+    const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
+
+    const int ctx = int(cl.get_int("ctx", std::min(512, model.max_positions())));
+    const int stride = int(cl.get_int("stride", ctx));
+    kvcar::require(ctx >= 1 && ctx <= model.max_positions(),
+                   "kvcar-perplexity: --ctx " + std::to_string(ctx) +
+                       " must be in [1, the model's context " +
+                       std::to_string(model.max_positions()) + "]");
+    kvcar::require(stride >= 1 && stride <= ctx, "kvcar-perplexity: --stride " +
+                                                     std::to_string(stride) + " must be in [1, ctx " +
+                                                     std::to_string(ctx) + "]");
+    kvcar::require(!(cl.has("text") && cl.has("tokens-file")),
+                   "kvcar-perplexity: give --text or --tokens-file, not both");
+
+    std::string source, text;
+    if (cl.has("tokens-file")) {
+        source = cl.get("tokens-file");
+        text = read_file(source);
+    } else {
+        source = cl.get("text", ex::shared_data_dir() + "/wikitext-2/wiki.test.raw");
+        text = wikitext_joined(read_file(source));
+    }
+    const auto tokenize_start = ex::clock_type::now();
+    std::vector<int> ids = tokenizer.encode(text, /*bos=*/tokenizer.is_llama2c());
+    const std::size_t total_tokens = ids.size();
+    if (cl.has("max-tokens")) {
+        const long long max_tokens = cl.get_int("max-tokens", 0);
+        kvcar::require(max_tokens >= 2, "kvcar-perplexity: --max-tokens must be at least 2");
+        if (ids.size() > std::size_t(max_tokens)) ids.resize(std::size_t(max_tokens));
+    }
+    kvcar::require(ids.size() >= 2, "kvcar-perplexity: '" + source + "' has " +
+                                        std::to_string(ids.size()) +
+                                        " tokens; perplexity needs at least 2");
+    const long long n = (long long)ids.size();
+    std::fprintf(stderr, "model: %s (%s)\n", model.path().c_str(), model.describe().c_str());
+    std::fprintf(stderr, "text: %s, %zu tokens (tokenized in %.2f s), using %lld\n",
+                 source.c_str(), total_tokens, ex::seconds_since(tokenize_start), n);
+
+    // Windows: inputs [begin, begin + len) with len = min(ctx, n - 1 - begin), so that every
+    // input has a target; the loop ends once the last token has been scored.
+    long long windows = 0;
+    for (long long begin = 0, end = 1; end < n; begin += stride) {
+        end = std::min(begin + ctx, n - 1) + 1;
+        ++windows;
+    }
+
+    ex::progress_line progress(!cl.has("quiet"));
+    return ex::with_kv_cache(kv, model.cache_geometry(), {1, ctx}, [&](auto& cache) {
+        const int vocab = model.vocab_size();
+        double nll = 0.0;
+        long long scored = 0;
+        long long scored_end = 1;  // tokens [1, scored_end) have been scored
+        std::size_t peak_bytes = 0, peak_reserved = 0;
+        const auto start = ex::clock_type::now();
+        long long fed = 0, w = 0;
+        for (long long begin = 0; scored_end < n; begin += stride, ++w) {
+            const long long len = std::min<long long>(ctx, n - 1 - begin);
+            const std::span<const int> inputs(&ids[std::size_t(begin)], std::size_t(len));
+            const int seq = cache.add_sequence();
+            const std::vector<float> logits = model.forward(cache, seq, inputs);
+            peak_bytes = std::max(peak_bytes, cache.bytes_used());
+            peak_reserved = std::max(peak_reserved, cache.bytes_reserved());
+            cache.remove_sequence(seq);
+            fed += len;
+
+            // Input i (token begin + i) predicts token begin + i + 1; score the new ones.
+            for (long long i = 0; i < len; ++i) {
+                const long long target = begin + i + 1;
+                if (target < scored_end) continue;
+                const std::span<const float> row(&logits[std::size_t(i) * std::size_t(vocab)],
+                                                 std::size_t(vocab));
+                nll -= ex::log_prob(row, ids[std::size_t(target)]);
+                ++scored;
+            }
+            scored_end = begin + len + 1;
+
+            const double s = ex::seconds_since(start);
+            char line[200];
+            std::snprintf(line, sizeof line,
+                          "window %lld/%lld  scored %lld tokens  ppl %.3f  %.0f tokens/s", w + 1,
+                          windows, scored, std::exp(nll / double(scored)), double(fed) / s);
+            progress.update(line, scored_end >= n);
+        }
+        progress.finish();
+        const double seconds = ex::seconds_since(start);
+
+        std::printf("perplexity: %.4f\n", std::exp(nll / double(scored)));
+        std::printf("tokens scored: %lld (windows %lld, ctx %d, stride %d)\n", scored, w, ctx,
+                    stride);
+        std::printf("mean nll: %.6f nats/token\n", nll / double(scored));
+        std::printf("time: %.1f s, %.1f tokens/s fed through the model\n", seconds,
+                    double(fed) / seconds);
+        ex::print_cache_report(stdout, kv, cache, peak_bytes, peak_reserved);
+        return 0;
+    });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}

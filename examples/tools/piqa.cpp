@@ -1,0 +1,171 @@
+// kvcar-piqa — zero-shot PIQA accuracy of a model whose KV cache is a kvcar cache.
+//
+//   kvcar-piqa --model shared/data/models/gpt2-tiny --piqa shared/data/piqa --limit 200
+//
+// Each example is a goal and two solutions. A solution's score is the log-probability the model
+// gives its tokens after the goal, i.e. of the continuation in tokenize(goal + " " + sol) past
+// tokenize(goal) (lm-evaluation-harness's split). Two accuracies: the solution with the higher
+// summed log-probability (`acc`), and with the higher mean log-probability per continuation
+// token (`acc_per_token`, which does not favour short solutions).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "kvcar/io/json.hpp"
+
+#include "examples/models/kv_dispatch.hpp"
+#include "examples/models/model.hpp"
+#include "examples/models/tensor_ops.hpp"
+#include "examples/models/tool_common.hpp"
+
+namespace ex = kvcar::examples;
+
+namespace {
+
+struct piqa_example {
+    std::string goal;
+    std::string solutions[2];
+    int label = 0;  // index of the correct solution
+};
+
+std::vector<piqa_example> load_piqa(const std::string& dir) {
+    const std::string data_path = dir + "/dev.jsonl";
+    const std::string labels_path = dir + "/dev-labels.lst";
+    std::ifstream data(data_path), labels(labels_path);
+    kvcar::require(bool(data), "kvcar-piqa: cannot open '" + data_path + "'");
+    kvcar::require(bool(labels), "kvcar-piqa: cannot open '" + labels_path + "'");
+    std::vector<piqa_example> out;
+    std::string line, label;
+    int line_no = 0;
+    while (std::getline(data, line)) {
+        ++line_no;
+        if (line.empty()) continue;
+        const std::string where = data_path + " line " + std::to_string(line_no);
+        const kvcar::io::json_value j = kvcar::io::parse_json(line, where);
+        piqa_example e;
+        e.goal = j.at("goal").as_string();
+        e.solutions[0] = j.at("sol1").as_string();
+        e.solutions[1] = j.at("sol2").as_string();
+        kvcar::require(bool(std::getline(labels, label)),
+                       "kvcar-piqa: " + labels_path + " has fewer labels than " + data_path +
+                           " has examples (" + std::to_string(out.size() + 1) + "+)");
+        kvcar::require(label == "0" || label == "1", "kvcar-piqa: " + labels_path + " line " +
+                                                         std::to_string(out.size() + 1) +
+                                                         " is '" + label + "', not 0 or 1");
+        e.label = label == "1" ? 1 : 0;
+        out.push_back(std::move(e));
+    }
+    kvcar::require(!out.empty(), "kvcar-piqa: " + data_path + " holds no examples");
+    return out;
+}
+
+int run(int argc, char** argv) {
+    std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
+    specs.insert(specs.end(), {
+        {"piqa", "DIR", "folder with dev.jsonl and dev-labels.lst (default: shared/data/piqa)"},
+        {"limit", "N", "evaluate only the first N examples (default: all 1838)"},
+        {"quiet", "", "no progress line"},
+    });
+    ex::command_line cl("kvcar-piqa", "Zero-shot PIQA accuracy of a model whose KV cache is kvcar's.",
+                        specs);
+    if (!cl.parse(argc, argv)) return 0;
+
+    const std::string kv = cl.get("kv", "identity-f16");
+    const ex::language_model model =
+        ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
+    const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
+    std::vector<piqa_example> examples = load_piqa(cl.get("piqa", ex::shared_data_dir() + "/piqa"));
+    if (cl.has("limit")) {
+        const long long limit = cl.get_int("limit", 0);
+        kvcar::require(limit > 0, "kvcar-piqa: --limit must be positive");
+        if (examples.size() > std::size_t(limit)) examples.resize(std::size_t(limit));
+    }
+    std::fprintf(stderr, "model: %s (%s)\n", model.path().c_str(), model.describe().c_str());
+
+    const int context = model.max_positions();
+    ex::progress_line progress(!cl.has("quiet"));
+    return ex::with_kv_cache(kv, model.cache_geometry(), {1, context}, [&](auto& cache) {
+        const int vocab = model.vocab_size();
+        int correct_sum = 0, correct_mean = 0, truncated = 0;
+        long long tokens_fed = 0;
+        std::size_t peak_bytes = 0, peak_reserved = 0;
+        const auto start = ex::clock_type::now();
+        for (std::size_t e = 0; e < examples.size(); ++e) {
+            const piqa_example& ex_ = examples[e];
+            const std::vector<int> goal_ids = tokenizer.encode(ex_.goal, tokenizer.is_llama2c());
+            double sum[2], mean[2];
+            for (int s = 0; s < 2; ++s) {
+                std::vector<int> ids =
+                    tokenizer.encode(ex_.goal + " " + ex_.solutions[s], tokenizer.is_llama2c());
+                // The continuation: tokens past the goal's own tokenization (at least one).
+                std::size_t first = std::min(goal_ids.size(), ids.size() - 1);
+                // Too long for the context: drop the oldest goal tokens, keep the continuation.
+                if (ids.size() > std::size_t(context)) {
+                    const std::size_t drop = ids.size() - std::size_t(context);
+                    ++truncated;
+                    ids.erase(ids.begin(), ids.begin() + std::ptrdiff_t(drop));
+                    first = first > drop ? first - drop : 1;
+                }
+                first = std::max<std::size_t>(first, 1);
+                const int seq = cache.add_sequence();
+                // Logits of position i predict token i + 1: only inputs up to the last but one.
+                const std::span<const int> inputs(ids.data(), ids.size() - 1);
+                const std::vector<float> logits = model.forward(cache, seq, inputs);
+                peak_bytes = std::max(peak_bytes, cache.bytes_used());
+                peak_reserved = std::max(peak_reserved, cache.bytes_reserved());
+                cache.remove_sequence(seq);
+                tokens_fed += (long long)inputs.size();
+
+                double lp = 0.0;
+                for (std::size_t t = first; t < ids.size(); ++t) {
+                    lp += ex::log_prob(std::span<const float>(&logits[(t - 1) * std::size_t(vocab)],
+                                                              std::size_t(vocab)),
+                                       ids[t]);
+                }
+                sum[s] = lp;
+                mean[s] = lp / double(ids.size() - first);
+            }
+            // Ties go to solution 0, as argmax does in lm-evaluation-harness.
+            correct_sum += int((sum[1] > sum[0] ? 1 : 0) == ex_.label);
+            correct_mean += int((mean[1] > mean[0] ? 1 : 0) == ex_.label);
+
+            char line[200];
+            const double done = double(e + 1);
+            std::snprintf(line, sizeof line,
+                          "example %zu/%zu  acc %.4f  acc_per_token %.4f  %.0f tokens/s", e + 1,
+                          examples.size(), correct_sum / done, correct_mean / done,
+                          double(tokens_fed) / ex::seconds_since(start));
+            progress.update(line, e + 1 == examples.size());
+        }
+        progress.finish();
+        const double n = double(examples.size());
+        const double seconds = ex::seconds_since(start);
+        std::printf("piqa examples: %zu%s\n", examples.size(),
+                    truncated ? (" (" + std::to_string(truncated) +
+                                 " sequences cut to the context)").c_str()
+                              : "");
+        std::printf("acc (summed log-prob):        %.4f  (%d/%zu)\n", correct_sum / n,
+                    correct_sum, examples.size());
+        std::printf("acc_per_token (mean log-prob): %.4f  (%d/%zu)\n", correct_mean / n,
+                    correct_mean, examples.size());
+        std::printf("time: %.1f s, %.1f tokens/s fed through the model\n", seconds,
+                    double(tokens_fed) / seconds);
+        ex::print_cache_report(stdout, kv, cache, peak_bytes, peak_reserved);
+        return 0;
+    });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}
