@@ -9,6 +9,7 @@
 #include "kvcar/codec/linear.hpp"
 #include "kvcar/codec/autoencoder.hpp"
 #include "kvcar/codec/quantized.hpp"
+#include "kvcar/codec/any.hpp"
 
 #include "kvcar/layout/dense.hpp"
 #include "kvcar/layout/reuse_map.hpp"
@@ -21,3 +22,11 @@
 #include "kvcar/reference/attention.hpp"
 
 #include "kvcar/calib/pca.hpp"
+#include "kvcar/calib/autoencoder_training.hpp"
+#include "kvcar/calib/reuse_selection.hpp"
+
+#include "kvcar/io/json.hpp"
+#include "kvcar/io/safetensors.hpp"
+#include "kvcar/io/hf_config.hpp"
+#include "kvcar/io/llama2c.hpp"
+#include "kvcar/io/codec_file.hpp"

@@ -1,0 +1,645 @@
+// kvcar/io/codec_file.hpp — everything a model needs to build its compressed KV cache, and the
+// file that stores it (docs/codec_file.md describes the format).
+//
+// A codec_set is what calibration produces and a model loads: the geometry it was made for, the
+// K and V reuse lists (which heads read an earlier layer's slot), and for every stored slot its
+// codec (identity, linear or autoencoder) and latent storage. It owns all parameter memory;
+// `codecs()` hands out any_codec views into it, one per stored slot, in the layout's order, so
+//   kv_cache<any_codec, reuse_map> cache(set.layout(), set.codecs(), storage_params);
+// builds the cache a file describes. The file is safetensors (codec tensors, f32) with one JSON
+// document in the `__metadata__` entry "kvcar"; loading validates every field and every tensor
+// against each other and against the model's geometry, naming the file in every message.
+//
+// Autoencoders are stored folded (BatchNorm merged into the FC before it, see
+// codec/autoencoder.hpp): that is exactly what inference runs, and nothing is lost for it. The
+// unfolded training form (BatchNorm γ, β and running statistics) is not stored; to fine-tune
+// again, recreate it from the folded weights with γ = √(var + eps), β = mean measured on data.
+#pragma once
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <set>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "kvcar/codec/any.hpp"
+#include "kvcar/codec/autoencoder.hpp"
+#include "kvcar/codec/linear.hpp"
+#include "kvcar/common.hpp"
+#include "kvcar/concepts.hpp"
+#include "kvcar/io/json.hpp"
+#include "kvcar/io/safetensors.hpp"
+#include "kvcar/layout/reuse_map.hpp"
+
+namespace kvcar::io {
+
+/// The format name and version this header writes and reads.
+inline constexpr const char* codec_file_format = "kvcar-codec";
+inline constexpr int codec_file_version = 1;
+
+/// The codec of one stored slot, owning its parameters.
+struct slot_codec {
+    int layer = 0;
+    int group = 0;
+    kv_kind kind = kv_kind::key;
+    codec_kind codec = codec_kind::identity;
+    latent_storage storage = latent_storage::f16;
+    int width = 0;                   // D, the group width (every kind)
+    linear_params linear;            // codec == linear
+    folded_autoencoder autoencoder;  // codec == autoencoder
+
+    static slot_codec identity(int layer, int group, kv_kind kind, int width,
+                               latent_storage storage = latent_storage::f16) {
+        slot_codec s;
+        s.layer = layer;
+        s.group = group;
+        s.kind = kind;
+        s.codec = codec_kind::identity;
+        s.storage = storage;
+        s.width = width;
+        return s;
+    }
+    static slot_codec make_linear(int layer, int group, kv_kind kind, linear_params params,
+                                  latent_storage storage = latent_storage::f16) {
+        slot_codec s = identity(layer, group, kind, params.width, storage);
+        s.codec = codec_kind::linear;
+        s.linear = std::move(params);
+        return s;
+    }
+    static slot_codec make_autoencoder(int layer, int group, kv_kind kind,
+                                       folded_autoencoder params,
+                                       latent_storage storage = latent_storage::f16) {
+        slot_codec s = identity(layer, group, kind, params.width, storage);
+        s.codec = codec_kind::autoencoder;
+        s.autoencoder = std::move(params);
+        return s;
+    }
+
+    /// d: stored latent elements per token.
+    int latent_width() const {
+        switch (codec) {
+            case codec_kind::linear:
+                return linear.rank;
+            case codec_kind::autoencoder:
+                return autoencoder.latent;
+            case codec_kind::identity:
+            default:
+                return width;
+        }
+    }
+
+    /// "(3, 0, K)", as messages name a slot.
+    std::string name() const {
+        std::string s(1, '(');
+        s += std::to_string(layer);
+        s += ", ";
+        s += std::to_string(group);
+        s += ", ";
+        s += to_string(kind);
+        s += ')';
+        return s;
+    }
+
+    /// Checks the codec's own fields and parameters (not its place in a set): throws naming the
+    /// slot and the problem.
+    void validate() const {
+        const std::string me = "slot " + name() + ": ";
+        require(kind == kv_kind::key || kind == kv_kind::value,
+                me + "kind " + std::to_string(int(kind)) + " is neither K nor V");
+        require(parse_codec_kind(to_string(codec)).has_value(),
+                me + "unknown codec kind " + std::to_string(int(codec)));
+        require(parse_latent_storage(to_string(storage)).has_value(),
+                me + "unknown latent storage " + std::to_string(int(storage)));
+        require(width > 0, me + "width must be positive (got " + std::to_string(width) + ")");
+        try {
+            if (codec == codec_kind::linear) {
+                linear.validate();
+                require(linear.width == width,
+                        "linear_params: width " + std::to_string(linear.width) +
+                            " differs from the slot's width " + std::to_string(width));
+            } else if (codec == codec_kind::autoencoder) {
+                autoencoder.validate();
+                require(autoencoder.width == width,
+                        "folded_autoencoder: width " + std::to_string(autoencoder.width) +
+                            " differs from the slot's width " + std::to_string(width));
+            }
+            view().validate();
+        } catch (const error& e) {
+            throw error("kvcar: " + me + strip(e.what()));
+        }
+    }
+
+    /// The run-time codec over this slot's parameters (valid while *this lives, unmodified).
+    any_codec view() const {
+        any_codec a;
+        a.kind = codec;
+        a.storage = storage;
+        a.width = width;
+        a.latent = latent_width();
+        if (codec == codec_kind::linear) {
+            a.heads = linear.heads;
+            a.tensors[0] = linear.mean.data();
+            a.tensors[1] = linear.basis.data();
+        } else if (codec == codec_kind::autoencoder) {
+            const folded_autoencoder& f = autoencoder;
+            a.hidden = f.hidden;
+            a.slope = f.slope;
+            const float* t[8] = {f.enc1_w.data(),  f.enc1_b.data(), f.enc2_wt.data(),
+                                 f.enc2_b.data(),  f.dec1_w.data(), f.dec1_b.data(),
+                                 f.dec2_wt.data(), f.dec2_b.data()};
+            for (int i = 0; i < 8; ++i) a.tensors[i] = t[i];
+        }
+        return a;
+    }
+
+    /// A message without its "kvcar: " prefix, to nest it in another.
+    static std::string strip(const char* what) {
+        std::string s(what);
+        if (s.rfind("kvcar: ", 0) == 0) s.erase(0, 7);
+        return s;
+    }
+};
+
+/// Free-form provenance, stored as given.
+struct codec_model_info {
+    std::string architecture;  // "gpt2", "llama", ...
+    std::string name;          // e.g. the checkpoint's folder name
+};
+struct codec_calibration_info {
+    std::string text;  // what the codecs were fitted on, e.g. "wikitext-2 validation"
+    std::int64_t tokens = 0;
+    std::string notes;
+};
+
+struct codec_set {
+    kv_geometry geometry;
+    int heads_per_group = 1;
+    std::vector<reuse_entry> key_reuse, value_reuse;
+    std::vector<slot_codec> slots;  // one per stored slot, any order
+    codec_model_info model;
+    codec_calibration_info calibration;
+
+    /// Every (layer, group) stored with the same codec kind `identity` of `storage`: the
+    /// uncompressed baseline, and a starting point to replace some slots' codecs.
+    static codec_set identity(kv_geometry geometry, int heads_per_group = 1,
+                              latent_storage storage = latent_storage::f16) {
+        codec_set s;
+        s.geometry = geometry;
+        s.heads_per_group = heads_per_group;
+        const reuse_map map = s.layout();
+        for (int slot = 0; slot < map.num_slots(); ++slot) {
+            const slot_owner o = map.owner(slot);
+            s.slots.push_back(
+                slot_codec::identity(o.layer, o.group, o.kind, map.group_width(), storage));
+        }
+        return s;
+    }
+
+    /// The layout: reuse_map validates the geometry and the reuse lists.
+    reuse_map layout() const {
+        try {
+            return reuse_map(geometry, heads_per_group, key_reuse, value_reuse);
+        } catch (const error& e) {
+            throw error("kvcar: codec_set: " + slot_codec::strip(e.what()));
+        }
+    }
+
+    /// The codec of (layer, group, kind) as stored in `slots`, or null (reused or missing).
+    const slot_codec* find(int layer, int group, kv_kind kind) const {
+        for (const slot_codec& s : slots)
+            if (s.layer == layer && s.group == group && s.kind == kind) return &s;
+        return nullptr;
+    }
+
+    /// Throws kvcar::error naming the first problem: layout, a slot out of range, listed twice,
+    /// reused (stores nothing) or missing, a codec whose width is not the group width, or whose
+    /// parameters are invalid.
+    void validate() const { (void)ordered_slots(); }
+
+    /// Views of every stored slot's codec, indexed by the layout's slot number. Valid while this
+    /// set lives and its slots are not modified.
+    std::vector<any_codec> codecs() const {
+        const std::vector<const slot_codec*> order = ordered_slots();
+        std::vector<any_codec> out;
+        out.reserve(order.size());
+        for (const slot_codec* s : order) out.push_back(s->view());
+        return out;
+    }
+
+    /// Bytes the cache stores per token, all layers, K and V.
+    std::size_t bytes_per_token() const {
+        std::size_t total = 0;
+        for (const any_codec& c : codecs()) total += c.bytes_per_group();
+        return total;
+    }
+    /// fp16 bytes per token / stored bytes per token.
+    double compression_ratio() const {
+        return double(geometry.fp16_bytes_per_token()) / double(bytes_per_token());
+    }
+
+private:
+    /// Validates everything and returns the slots in the layout's slot order.
+    std::vector<const slot_codec*> ordered_slots() const {
+        const reuse_map map = layout();
+        const std::string me = "codec_set: ";
+        const int groups = map.groups_per_layer();
+        std::vector<const slot_codec*> order(std::size_t(map.num_slots()), nullptr);
+        for (const slot_codec& s : slots) {
+            require(s.layer >= 0 && s.layer < geometry.n_layers,
+                    me + "slot " + s.name() + " has layer " + std::to_string(s.layer) +
+                        " out of range [0, " + std::to_string(geometry.n_layers) + ")");
+            require(s.group >= 0 && s.group < groups,
+                    me + "slot " + s.name() + " has group " + std::to_string(s.group) +
+                        " out of range [0, " + std::to_string(groups) + ")");
+            require(s.kind == kv_kind::key || s.kind == kv_kind::value,
+                    me + "slot " + s.name() + " is neither K nor V");
+            if (!map.owns(s.layer, s.group, s.kind)) {
+                const slot_owner src = map.owner(map.slot(s.layer, s.group, s.kind));
+                throw error("kvcar: " + me + "slot " + s.name() + " is reused (it reads layer " +
+                            std::to_string(src.layer) + " group " + std::to_string(src.group) +
+                            ") and stores nothing, but has a codec");
+            }
+            const slot_codec*& at = order[std::size_t(map.slot(s.layer, s.group, s.kind))];
+            require(at == nullptr, me + "slot " + s.name() + " is listed twice");
+            at = &s;
+            require(s.width == map.group_width(),
+                    me + "slot " + s.name() + " has width " + std::to_string(s.width) +
+                        " but a group is " + std::to_string(map.heads_per_group()) + " heads x " +
+                        std::to_string(geometry.head_dim) + " = " +
+                        std::to_string(map.group_width()));
+            if (s.codec == codec_kind::linear)
+                require(s.linear.heads == heads_per_group,
+                        me + "slot " + s.name() + " is a linear codec over " +
+                            std::to_string(s.linear.heads) + " heads but a group has " +
+                            std::to_string(heads_per_group));
+            try {
+                s.validate();
+            } catch (const error& e) {
+                throw error("kvcar: " + me + slot_codec::strip(e.what()));
+            }
+        }
+        for (std::size_t i = 0; i < order.size(); ++i) {
+            if (order[i]) continue;
+            const slot_owner o = map.owner(int(i));
+            throw error("kvcar: " + me + "stored slot " +
+                        slot_codec::identity(o.layer, o.group, o.kind, 0).name() + " has no codec");
+        }
+        return order;
+    }
+};
+
+namespace detail {
+
+/// One tensor of a slot's codec: its name after the slot prefix, its data, its shape.
+template <class Vector>
+struct codec_tensor {
+    std::string suffix;
+    Vector* data;
+    std::vector<std::int64_t> shape;
+};
+
+inline std::string slot_prefix(int layer, int group, kv_kind kind) {
+    std::string s(1, 'L');
+    s += std::to_string(layer);
+    s += ".G";
+    s += std::to_string(group);
+    s += '.';
+    s += to_string(kind);
+    s += '.';
+    return s;
+}
+
+/// The tensors a slot's codec has, in file order, shaped from its shape fields (width, rank or
+/// hidden and latent), not from its vectors: a slot being loaded has the fields and empty
+/// vectors, which `data` then points at.
+template <class Slot>
+auto codec_tensors(Slot& s) {
+    using vector =
+        std::conditional_t<std::is_const_v<Slot>, const std::vector<float>, std::vector<float>>;
+    using i64 = std::int64_t;
+    std::vector<codec_tensor<vector>> t;
+    if (s.codec == codec_kind::linear) {
+        const i64 D = s.linear.width, d = s.linear.rank;
+        t.push_back({"mean", &s.linear.mean, {D}});
+        t.push_back({"basis", &s.linear.basis, {D, d}});
+    } else if (s.codec == codec_kind::autoencoder) {
+        auto& f = s.autoencoder;
+        const i64 D = f.width, h = f.hidden, d = f.latent;
+        t.push_back({"enc1_w", &f.enc1_w, {h, D}});
+        t.push_back({"enc1_b", &f.enc1_b, {h}});
+        t.push_back({"enc2_wt", &f.enc2_wt, {h, d}});
+        t.push_back({"enc2_b", &f.enc2_b, {d}});
+        t.push_back({"dec1_w", &f.dec1_w, {h, d}});
+        t.push_back({"dec1_b", &f.dec1_b, {h}});
+        t.push_back({"dec2_wt", &f.dec2_wt, {h, D}});
+        t.push_back({"dec2_b", &f.dec2_b, {D}});
+    }
+    return t;
+}
+
+/// Little-endian bytes of floats (a copy only on big-endian hosts).
+inline std::span<const std::byte> le_bytes(const std::vector<float>& v,
+                                           std::vector<std::vector<std::byte>>& keep) {
+    if constexpr (std::endian::native == std::endian::little) {
+        return std::as_bytes(std::span<const float>(v));
+    } else {
+        std::vector<std::byte> b(v.size() * 4);
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            std::uint32_t u;
+            std::memcpy(&u, &v[i], 4);
+            for (int k = 0; k < 4; ++k) b[i * 4 + std::size_t(k)] = std::byte(u >> (8 * k));
+        }
+        keep.push_back(std::move(b));
+        return keep.back();
+    }
+}
+
+inline json_value reuse_json(const std::vector<reuse_entry>& entries) {
+    json_value a = json_value::array();
+    for (const reuse_entry& e : entries)
+        a.push_back(
+            json_value(json_value::array_type{e.layer, e.group, e.source_layer, e.source_group}));
+    return a;
+}
+
+/// Reads the JSON metadata of a codec file, reporting problems as "codec file <path>: ...".
+class codec_metadata_reader {
+public:
+    explicit codec_metadata_reader(std::string path) : path_(std::move(path)) {}
+
+    [[noreturn]] void fail(const std::string& problem) const {
+        throw error("kvcar: codec file " + path_ + ": " + problem);
+    }
+
+    const json_value& member(const json_value& obj, const char* key,
+                             const std::string& where) const {
+        const json_value* v = obj.find(key);
+        if (!v) fail(where + " has no \"" + key + "\"");
+        return *v;
+    }
+    std::string get_string(const json_value& obj, const char* key, const std::string& where) const {
+        const json_value& v = member(obj, key, where);
+        if (!v.is_string())
+            fail(where + " \"" + key + "\" is " + json_value::kind_name(v.type()) +
+                 ", expected a string");
+        return v.as_string();
+    }
+    int get_int(const json_value& obj, const char* key, const std::string& where) const {
+        return as_int(member(obj, key, where), where + " \"" + key + "\"");
+    }
+    int as_int(const json_value& v, const std::string& what) const {
+        if (!v.is_integer() || v.as_int() < std::int64_t(-2147483647 - 1) ||
+            v.as_int() > std::int64_t(2147483647))
+            fail(what + " is " +
+                 (v.is_number() ? std::string("not a 32-bit integer")
+                                : std::string(json_value::kind_name(v.type()))) +
+                 ", expected an integer");
+        return int(v.as_int());
+    }
+    const json_value& get_object(const json_value& obj, const char* key,
+                                 const std::string& where) const {
+        const json_value& v = member(obj, key, where);
+        if (!v.is_object())
+            fail(where + " \"" + key + "\" is " + json_value::kind_name(v.type()) +
+                 ", expected an object");
+        return v;
+    }
+    const json_value& get_array(const json_value& obj, const char* key,
+                                const std::string& where) const {
+        const json_value& v = member(obj, key, where);
+        if (!v.is_array())
+            fail(where + " \"" + key + "\" is " + json_value::kind_name(v.type()) +
+                 ", expected an array");
+        return v;
+    }
+
+    std::vector<reuse_entry> reuse_list(const json_value& root, const char* key) const {
+        const json_value& a = get_array(root, key, "metadata");
+        std::vector<reuse_entry> out;
+        for (std::size_t i = 0; i < a.size(); ++i) {
+            const std::string what = std::string(key) + "[" + std::to_string(i) + "]";
+            const json_value& e = a.at(i);
+            if (!e.is_array() || e.size() != 4)
+                fail(what +
+                     " is not an array of 4 integers [layer, group, source_layer, "
+                     "source_group]");
+            out.push_back({as_int(e.at(0), what + "[0]"), as_int(e.at(1), what + "[1]"),
+                           as_int(e.at(2), what + "[2]"), as_int(e.at(3), what + "[3]")});
+        }
+        return out;
+    }
+
+private:
+    std::string path_;
+};
+
+}  // namespace detail
+
+/// Writes `set` to `path` (validated first; written to path.tmp and renamed, so a failure
+/// leaves no half file).
+inline void save_codec_set(const codec_set& set, const std::string& path) {
+    set.validate();
+    const reuse_map map = set.layout();
+    json_value model = json_value::object();
+    model.set("architecture", set.model.architecture);
+    model.set("n_layers", set.geometry.n_layers);
+    model.set("n_kv_heads", set.geometry.n_kv_heads);
+    model.set("head_dim", set.geometry.head_dim);
+    model.set("name", set.model.name);
+
+    std::vector<tensor_to_write> tensors;
+    std::vector<std::vector<std::byte>> keep;
+    std::vector<std::string> names;
+    json_value slots = json_value::array();
+    for (int i = 0; i < map.num_slots(); ++i) {
+        const slot_owner o = map.owner(i);
+        const slot_codec& s = *set.find(o.layer, o.group, o.kind);
+        json_value j = json_value::object();
+        j.set("layer", s.layer);
+        j.set("group", s.group);
+        j.set("kind", to_string(s.kind));
+        j.set("codec", to_string(s.codec));
+        j.set("width", s.width);
+        j.set("latent", s.latent_width());
+        if (s.codec == codec_kind::linear) j.set("heads", s.linear.heads);
+        if (s.codec == codec_kind::autoencoder) {
+            j.set("hidden", s.autoencoder.hidden);
+            j.set("slope", double(s.autoencoder.slope));
+        }
+        j.set("storage", to_string(s.storage));
+        slots.push_back(std::move(j));
+        for (const auto& t : detail::codec_tensors(s)) {
+            tensors.push_back({detail::slot_prefix(s.layer, s.group, s.kind) + t.suffix, dtype::f32,
+                               t.shape, detail::le_bytes(*t.data, keep)});
+        }
+    }
+    json_value calibration = json_value::object();
+    calibration.set("text", set.calibration.text);
+    calibration.set("tokens", set.calibration.tokens);
+    calibration.set("notes", set.calibration.notes);
+
+    json_value root = json_value::object();
+    root.set("format", codec_file_format);
+    root.set("version", codec_file_version);
+    root.set("model", std::move(model));
+    root.set("heads_per_group", set.heads_per_group);
+    root.set("key_reuse", detail::reuse_json(set.key_reuse));
+    root.set("value_reuse", detail::reuse_json(set.value_reuse));
+    root.set("slots", std::move(slots));
+    root.set("calibration", std::move(calibration));
+    write_safetensors(path, tensors, {{"kvcar", to_json(root)}});
+}
+
+/// Reads and validates a codec file (every field, tensor and reference; see
+/// docs/codec_file.md). Throws kvcar::error "codec file <path>: <problem>".
+inline codec_set load_codec_set(const std::string& path) {
+    const detail::codec_metadata_reader r(path);
+    safetensors_file file = [&] {
+        try {
+            return safetensors_file::open(path);
+        } catch (const error& e) {
+            r.fail(slot_codec::strip(e.what()));
+        }
+    }();
+    const auto meta = file.metadata().find("kvcar");
+    if (meta == file.metadata().end())
+        r.fail("is not a kvcar codec file: its safetensors metadata has no \"kvcar\" entry");
+    json_value root;
+    try {
+        root = parse_json(meta->second, path + " metadata");
+    } catch (const json_error& e) {
+        r.fail("metadata is not valid JSON: " + std::to_string(e.line()) + ":" +
+               std::to_string(e.column()) + ": " + e.problem());
+    }
+    if (!root.is_object()) r.fail("metadata is not a JSON object");
+    const std::string format = r.get_string(root, "format", "metadata");
+    if (format != codec_file_format)
+        r.fail("is not a kvcar codec file: format is \"" + format + "\", expected \"" +
+               codec_file_format + "\"");
+    const int version = r.get_int(root, "version", "metadata");
+    if (version != codec_file_version)
+        r.fail("has format version " + std::to_string(version) + "; this kvcar reads version " +
+               std::to_string(codec_file_version));
+
+    codec_set set;
+    const json_value& model = r.get_object(root, "model", "metadata");
+    set.model.architecture = r.get_string(model, "architecture", "model");
+    set.model.name = r.get_string(model, "name", "model");
+    set.geometry.n_layers = r.get_int(model, "n_layers", "model");
+    set.geometry.n_kv_heads = r.get_int(model, "n_kv_heads", "model");
+    set.geometry.head_dim = r.get_int(model, "head_dim", "model");
+    set.heads_per_group = r.get_int(root, "heads_per_group", "metadata");
+    set.key_reuse = r.reuse_list(root, "key_reuse");
+    set.value_reuse = r.reuse_list(root, "value_reuse");
+    if (const json_value* cal = root.find("calibration")) {
+        if (!cal->is_object()) r.fail("metadata \"calibration\" is not an object");
+        if (cal->contains("text")) set.calibration.text = r.get_string(*cal, "text", "calibration");
+        if (cal->contains("notes"))
+            set.calibration.notes = r.get_string(*cal, "notes", "calibration");
+        if (const json_value* tokens = cal->find("tokens")) {
+            if (!tokens->is_integer() || tokens->as_int() < 0)
+                r.fail("calibration \"tokens\" is not a non-negative integer");
+            set.calibration.tokens = tokens->as_int();
+        }
+    }
+
+    const json_value& slots = r.get_array(root, "slots", "metadata");
+    std::set<std::string> used_tensors;
+    set.slots.reserve(slots.size());
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+        const std::string where = "slots[" + std::to_string(i) + "]";
+        const json_value& j = slots.at(i);
+        if (!j.is_object()) r.fail(where + " is not an object");
+        slot_codec s;
+        s.layer = r.get_int(j, "layer", where);
+        s.group = r.get_int(j, "group", where);
+        const std::string kind = r.get_string(j, "kind", where);
+        if (kind != "K" && kind != "V") r.fail(where + " kind is \"" + kind + "\", not K or V");
+        s.kind = kind == "K" ? kv_kind::key : kv_kind::value;
+        const std::string slot_where = where + " " + s.name();
+        const std::string codec = r.get_string(j, "codec", slot_where);
+        const auto ck = parse_codec_kind(codec);
+        if (!ck)
+            r.fail(slot_where + " has unknown codec \"" + codec +
+                   "\" (expected identity, linear or autoencoder)");
+        s.codec = *ck;
+        const std::string storage = r.get_string(j, "storage", slot_where);
+        const auto st = parse_latent_storage(storage);
+        if (!st)
+            r.fail(slot_where + " has unknown storage \"" + storage +
+                   "\" (expected f32, f16, bf16, int8 or fp8_e4m3)");
+        s.storage = *st;
+        s.width = r.get_int(j, "width", slot_where);
+        const int latent = r.get_int(j, "latent", slot_where);
+        if (s.width <= 0 || latent <= 0)
+            r.fail(slot_where + " width and latent must be positive (got " +
+                   std::to_string(s.width) + ", " + std::to_string(latent) + ")");
+        if (s.codec == codec_kind::identity && latent != s.width)
+            r.fail(slot_where + " is an identity codec with latent " + std::to_string(latent) +
+                   " but width " + std::to_string(s.width));
+        if (s.codec == codec_kind::linear) {
+            s.linear.width = s.width;
+            s.linear.rank = latent;
+            s.linear.heads = r.get_int(j, "heads", slot_where);
+        } else if (s.codec == codec_kind::autoencoder) {
+            s.autoencoder.width = s.width;
+            s.autoencoder.latent = latent;
+            s.autoencoder.hidden = r.get_int(j, "hidden", slot_where);
+            if (s.autoencoder.hidden <= 0)
+                r.fail(slot_where + " hidden must be positive (got " +
+                       std::to_string(s.autoencoder.hidden) + ")");
+            const json_value& slope = r.member(j, "slope", slot_where);
+            if (!slope.is_number()) r.fail(slot_where + " slope is not a number");
+            s.autoencoder.slope = float(slope.as_double());
+        }
+        for (const auto& t : detail::codec_tensors(s)) {
+            const std::string name = detail::slot_prefix(s.layer, s.group, s.kind) + t.suffix;
+            if (!file.contains(name))
+                r.fail(slot_where + " (" + codec + ") needs tensor '" + name +
+                       "', which the file does not have");
+            const tensor_view v = file.tensor(name);
+            if (v.dtype != dtype::f32)
+                r.fail("tensor '" + name + "' has dtype " + dtype_name(v.dtype) + ", expected F32");
+            if (v.shape != t.shape)
+                r.fail("tensor '" + name + "' has shape " + detail::shape_text(v.shape) +
+                       ", expected " + detail::shape_text(t.shape) + " from " + slot_where);
+            *t.data = tensor_to_float(v, name);
+            used_tensors.insert(name);
+        }
+        set.slots.push_back(std::move(s));
+    }
+    for (const std::string& name : file.names())
+        if (!used_tensors.count(name))
+            r.fail("tensor '" + name + "' belongs to no slot of the metadata");
+
+    try {
+        set.validate();
+    } catch (const error& e) {
+        r.fail(slot_codec::strip(e.what()));
+    }
+    return set;
+}
+
+/// Loads a codec file for a model of geometry `expected`: as load_codec_set(path), and the file
+/// must have been made for that geometry.
+inline codec_set load_codec_set(const std::string& path, const kv_geometry& expected) {
+    codec_set set = load_codec_set(path);
+    const kv_geometry& g = set.geometry;
+    if (g.n_layers != expected.n_layers || g.n_kv_heads != expected.n_kv_heads ||
+        g.head_dim != expected.head_dim)
+        throw error("kvcar: codec file " + path + " was made for " + std::to_string(g.n_layers) +
+                    " layers x " + std::to_string(g.n_kv_heads) + " KV heads x " +
+                    std::to_string(g.head_dim) + ", this model has " +
+                    std::to_string(expected.n_layers) + " x " +
+                    std::to_string(expected.n_kv_heads) + " x " +
+                    std::to_string(expected.head_dim));
+    return set;
+}
+
+}  // namespace kvcar::io
