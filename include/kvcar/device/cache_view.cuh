@@ -1,0 +1,68 @@
+// kvcar/device/cache_view.cuh — what a kernel is given to read (and write) a kvcar cache.
+//
+// A cache_view is a small value (pass it by value as a kernel argument) holding device pointers
+// to: one page_view per stored slot (pool + block table + page size), one codec per stored slot,
+// and the layout's slot table flattened to [layer][group][K/V]. A kernel finds the record of
+// token t of sequence s for (layer, group, kind) with two loads and one multiply:
+//
+//     const int slot = view.slot(layer, group, kind);          // reuse maps resolve here
+//     const std::byte* rec = view.slots[slot].record(s, t);    // paging resolves here
+//     view.codecs[slot].decode(rec, x);                        // the codec turns it into floats
+//
+// The owner (kvcar::cuda::device_kv_cache) keeps every pointer valid while it lives and is not
+// modified; a view taken before an append stays valid after it (pages never move).
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "kvcar/device/cache_view.cuh needs nvcc"
+#endif
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kvcar/common.hpp"
+#include "kvcar/storage/page_view.hpp"
+
+namespace kvcar::device {
+
+template <class Codec>
+struct cache_view {
+    using codec_type = Codec;
+
+    const page_view* slots = nullptr;          ///< [num_slots] where each stored slot's records are
+    const Codec* codecs = nullptr;             ///< [num_slots] the codec of each stored slot
+    const std::int32_t* read_slots = nullptr;  ///< [n_layers][groups][2] slot each triple reads
+    const std::int32_t* write_slots = nullptr; ///< same index: slot it owns and writes, or -1
+    int n_layers = 0;
+    int n_kv_heads = 0;
+    int head_dim = 0;
+    int heads_per_group = 0;   ///< KV heads in one group (one record per token per slot)
+    int groups_per_layer = 0;  ///< n_kv_heads / heads_per_group
+    int num_slots = 0;
+    int max_sequences = 0;
+    // Host-side sizing hints for kernels' shared memory (the owner fills them):
+    int max_latent_width = 0;          ///< widest latent of any slot's codec
+    int decode_scratch_per_token = 0;  ///< max over slots of decode_scratch_floats(codec, 1)
+
+    /// Floats in one group: the codecs' group_width().
+    KVCAR_HD int group_width() const { return heads_per_group * head_dim; }
+    /// Floats in one layer's K (or V) token vector.
+    KVCAR_HD int token_width() const { return n_kv_heads * head_dim; }
+    /// Index of (layer, group, kind) in read_slots / write_slots (the dense layout's numbering).
+    KVCAR_HD int logical_index(int layer, int group, kv_kind kind) const {
+        return (layer * groups_per_layer + group) * kv_kind_count + int(kind);
+    }
+    /// The stored slot (layer, group, kind) reads: its own, or an earlier layer's under reuse.
+    /// Precondition: 0 <= layer < n_layers, 0 <= group < groups_per_layer.
+    __device__ int slot(int layer, int group, kv_kind kind) const {
+        return read_slots[logical_index(layer, group, kind)];
+    }
+    /// The record of `token` of `sequence` that (layer, group, kind) reads.
+    /// Precondition: `token` is below the sequence's length in the slot's owner layer.
+    __device__ const std::byte* record(int layer, int group, kv_kind kind, int sequence,
+                                       int token) const {
+        return slots[slot(layer, group, kind)].record(sequence, token);
+    }
+};
+
+}  // namespace kvcar::device

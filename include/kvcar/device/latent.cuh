@@ -1,0 +1,257 @@
+// kvcar/device/latent.cuh — reading stored latents on the device: thread groups, what each
+// codec's record holds, and a cooperative loader that turns records into floats.
+//
+// Every kvcar codec but a user's opaque one stores a record as d latent elements, either plain
+// (identity, linear, autoencoder: d elements of T) or quantized (d elements of Q, padded to 4
+// bytes, then an f32 scale and an f32 offset). `latent_record` reads element j of either kind
+// as a float; `load_latents` has a group of threads dequantize a tile of tokens with the widest
+// loads the record alignment allows (16 bytes for f16 heads of 64 or 128: one LDG.128 brings 8
+// elements), which is what lets an uncompressed cache be read at copy bandwidth.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "kvcar/device/latent.cuh needs nvcc"
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include <cuda_fp16.h>
+
+#include "kvcar/codec/autoencoder.hpp"
+#include "kvcar/codec/identity.hpp"
+#include "kvcar/codec/linear.hpp"
+#include "kvcar/codec/quantized.hpp"
+#include "kvcar/common.hpp"
+#include "kvcar/concepts.hpp"
+#include "kvcar/numeric.hpp"
+#include "kvcar/storage/page_view.hpp"
+
+namespace kvcar::device {
+
+// ---------------------------------------------------------------------------------------------
+// Thread groups: who cooperates on one call. Functions taking a `Group` must be called by every
+// thread of the group (they synchronize it). Blocks are one-dimensional (threadIdx.x only).
+
+/// All BLOCK_THREADS threads of a one-dimensional block.
+template <int BLOCK_THREADS>
+struct block_group {
+    static constexpr int size = BLOCK_THREADS;
+    __device__ int rank() const { return int(threadIdx.x); }
+    __device__ void sync() const { __syncthreads(); }
+};
+
+/// The 32 lanes of the calling warp (all must be converged at the call).
+struct warp_group {
+    static constexpr int size = 32;
+    __device__ int rank() const { return int(threadIdx.x) & 31; }
+    __device__ void sync() const { __syncwarp(); }
+};
+
+/// Sum over the warp; every lane gets the result.
+__device__ inline float warp_sum(float x) {
+    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+/// Maximum over the warp; every lane gets the result.
+__device__ inline float warp_max(float x) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+    return x;
+}
+/// Minimum over the warp; every lane gets the result.
+__device__ inline float warp_min(float x) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        x = fminf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+    return x;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element conversion. The same values as kvcar::to_float (the conversions are exact), through
+// the hardware converter where there is one.
+
+__device__ inline float load_float(float x) { return x; }
+__device__ inline float load_float(f16 x) { return __half2float(__ushort_as_half(x.bits)); }
+__device__ inline float load_float(bf16 x) { return __uint_as_float(std::uint32_t(x.bits) << 16); }
+__device__ inline float load_float(fp8_e4m3 x) {
+    // E4M3 and binary16 differ only in exponent bias (7 vs 15) and width: the bits shifted into a
+    // half and scaled by 2^8 give the value exactly, subnormals included. 0x7f/0xff is NaN.
+    if ((x.bits & 0x7fu) == 0x7fu) return __uint_as_float(0x7fc00000u);
+    const std::uint16_t h = std::uint16_t(((x.bits & 0x80u) << 8) | ((x.bits & 0x7fu) << 7));
+    return __half2float(__ushort_as_half(h)) * 256.0f;
+}
+/// A quantized int8 element's value before scale and offset: q + 1/2 (see quantized.hpp).
+__device__ inline float load_float(std::int8_t q) { return float(q) + 0.5f; }
+
+// ---------------------------------------------------------------------------------------------
+// Codec families: how a record becomes the group's floats.
+
+enum class codec_family {
+    identity,  ///< the latent is the group (identity, or quantized identity)
+    affine,    ///< x̂ = P z + μ with a linear_codec's parameters (linear, quantized linear)
+    mlp,       ///< the paper's autoencoder decoder (autoencoder, quantized autoencoder)
+    latent,    ///< another latent codec with a kvcar record: load z, then from_latent per token
+    opaque,    ///< anything else: decode() per token, one thread each
+};
+
+template <class Codec>
+struct codec_traits {
+    static constexpr codec_family family = codec_family::opaque;
+    static constexpr bool quantized = false;
+};
+template <float_element T>
+struct codec_traits<identity_codec<T>> {
+    static constexpr codec_family family = codec_family::identity;
+    static constexpr bool quantized = false;
+    using element = T;
+};
+template <float_element T>
+struct codec_traits<linear_codec<T>> {
+    static constexpr codec_family family = codec_family::affine;
+    static constexpr bool quantized = false;
+    using element = T;
+};
+template <float_element T>
+struct codec_traits<autoencoder_codec<T>> {
+    static constexpr codec_family family = codec_family::mlp;
+    static constexpr bool quantized = false;
+    using element = T;
+};
+template <class Inner, class Q>
+struct codec_traits<quantized_codec<Inner, Q>> {
+    static constexpr codec_family family = codec_traits<Inner>::family == codec_family::opaque
+                                               ? codec_family::latent
+                                               : codec_traits<Inner>::family;
+    static constexpr bool quantized = true;
+    using element = Q;
+};
+
+/// Codecs whose record `latent_record` can read (every kvcar codec).
+template <class Codec>
+concept has_latent_record = codec_traits<Codec>::family != codec_family::opaque;
+
+/// The codec that turns z into x̂: the codec itself, or what a quantized_codec wraps (repeatedly).
+template <class Codec>
+__host__ __device__ const auto& core_of(const Codec& c) {
+    if constexpr (requires { typename Codec::inner_codec; }) {
+        return core_of(c.inner);
+    } else {
+        return c;
+    }
+}
+
+/// Element j of one record's latent, as a float. Construct once per record (a quantized record's
+/// scale and offset are read here), then index.
+template <has_latent_record Codec>
+struct latent_record {
+    using element = typename codec_traits<Codec>::element;
+    static constexpr bool quantized = codec_traits<Codec>::quantized;
+
+    const element* elements;
+    float scale = 1.0f;
+    float offset = 0.0f;
+
+    __device__ latent_record(const Codec& c, const std::byte* record)
+        : elements(reinterpret_cast<const element*>(record)) {
+        if constexpr (quantized) {
+            // Records are 4-byte aligned and scale_offset_bytes() is a multiple of 4.
+            const float* header = reinterpret_cast<const float*>(record + c.scale_offset_bytes());
+            scale = header[0];
+            offset = header[1];
+        }
+    }
+    __device__ float operator[](int j) const { return dequantize(load_float(elements[j])); }
+    /// The stored element value v (after load_float) → the latent: v · scale + offset.
+    __device__ float dequantize(float v) const {
+        if constexpr (quantized) {
+            return v * scale + offset;
+        } else {
+            return v;
+        }
+    }
+};
+
+namespace detail {
+
+/// Loads BYTES bytes (16, 8 or 4) at `p`, which must be BYTES-aligned, as E elements converted
+/// to floats.
+template <class E, int BYTES>
+__device__ void load_chunk(const std::byte* p, float (&out)[BYTES / sizeof(E)]) {
+    constexpr int n = BYTES / int(sizeof(E));
+    E e[n];
+    if constexpr (BYTES == 16) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(p);
+        memcpy(e, &raw, 16);
+    } else if constexpr (BYTES == 8) {
+        const uint2 raw = *reinterpret_cast<const uint2*>(p);
+        memcpy(e, &raw, 8);
+    } else {
+        static_assert(BYTES == 4, "chunks are 4, 8 or 16 bytes");
+        const unsigned raw = *reinterpret_cast<const unsigned*>(p);
+        memcpy(e, &raw, 4);
+    }
+#pragma unroll
+    for (int i = 0; i < n; ++i) out[i] = load_float(e[i]);
+}
+
+template <int BYTES, class Group, class Codec>
+__device__ void load_latents_chunked(Group g, const Codec& c, const page_view& pv, int seq,
+                                     int t0, int n, int first, int count, float* dst,
+                                     int stride) {
+    using E = typename latent_record<Codec>::element;
+    constexpr int per_chunk = BYTES / int(sizeof(E));
+    const int chunks = count / per_chunk;  // the caller checked count % per_chunk == 0
+    for (int idx = g.rank(); idx < n * chunks; idx += Group::size) {
+        const int t = idx / chunks;
+        const int chunk = idx - t * chunks;
+        const std::byte* rec = pv.record(seq, t0 + t);
+        const latent_record<Codec> r(c, rec);
+        float v[per_chunk];
+        load_chunk<E, BYTES>(rec + (std::size_t(first) + std::size_t(chunk) * per_chunk) * sizeof(E),
+                             v);
+        float* out = dst + std::size_t(t) * stride + chunk * per_chunk;
+#pragma unroll
+        for (int i = 0; i < per_chunk; ++i) out[i] = r.dequantize(v[i]);
+    }
+}
+
+}  // namespace detail
+
+/// Group-cooperative: dequantizes latent elements [first, first + count) of tokens
+/// [t0, t0 + n) of `seq` into dst[t * stride + e] (t < n, e < count), as floats.
+///
+/// Uses 16-byte loads when the record size, `first` and `count` (in bytes) are multiples of 16,
+/// else 8- or 4-byte loads, else one element at a time. Consecutive threads take consecutive
+/// chunks of one token, so a warp reads whole records (coalesced). Does not synchronize: call
+/// g.sync() before reading dst from other threads.
+/// Preconditions: tokens t0 .. t0 + n - 1 are within the sequence's capacity in this slot;
+/// first + count <= c.latent_width().
+template <class Group, has_latent_record Codec>
+__device__ void load_latents(Group g, const Codec& c, const page_view& pv, int seq, int t0, int n,
+                             int first, int count, float* dst, int stride) {
+    using E = typename latent_record<Codec>::element;
+    const std::size_t rb = pv.record_bytes;
+    const std::size_t first_bytes = std::size_t(first) * sizeof(E);
+    const std::size_t count_bytes = std::size_t(count) * sizeof(E);
+    auto fits = [&](std::size_t bytes) {
+        return rb % bytes == 0 && first_bytes % bytes == 0 && count_bytes % bytes == 0;
+    };
+    if (fits(16)) {
+        detail::load_latents_chunked<16>(g, c, pv, seq, t0, n, first, count, dst, stride);
+    } else if (fits(8)) {
+        detail::load_latents_chunked<8>(g, c, pv, seq, t0, n, first, count, dst, stride);
+    } else if (fits(4)) {
+        detail::load_latents_chunked<4>(g, c, pv, seq, t0, n, first, count, dst, stride);
+    } else {
+        for (int idx = g.rank(); idx < n * count; idx += Group::size) {
+            const int t = idx / count;
+            const int e = idx - t * count;
+            const latent_record<Codec> r(c, pv.record(seq, t0 + t));
+            dst[std::size_t(t) * stride + e] = r[first + e];
+        }
+    }
+}
+
+}  // namespace kvcar::device

@@ -1,0 +1,142 @@
+// kvcar/kernels/append.cuh — encode new tokens' K/V and write their records into a device cache.
+//
+// One launch per layer per step appends a batch of sequences at once: a decode step (one token
+// each) or a prefill chunk (many tokens each). One warp encodes one record — one (token, group,
+// K/V) — through device::warp_encode; groups whose slot this layer does not own (reused from an
+// earlier layer) are skipped, as kv_cache::append does. Records of one token are written by
+// different warps, records of different tokens land in different page positions: no two warps
+// write the same bytes.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "kvcar/kernels/append.cuh needs nvcc"
+#endif
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "kvcar/common.hpp"
+#include "kvcar/cuda/device_kv_cache.cuh"
+#include "kvcar/cuda/error.cuh"
+#include "kvcar/device/cache_view.cuh"
+#include "kvcar/device/encode.cuh"
+
+namespace kvcar::kernels {
+
+/// Device-side arguments of an append. Every pointer is device memory.
+struct append_params {
+    const float* k = nullptr;  ///< [total_tokens][n_kv_heads * head_dim], row-major
+    const float* v = nullptr;  ///< same shape as k
+    const std::int32_t* token_offsets = nullptr;  ///< [batch + 1]: item b owns rows [off[b], off[b+1])
+    const std::int32_t* sequences = nullptr;      ///< [batch] cache sequence of each item
+    const std::int32_t* positions = nullptr;      ///< [batch] cache position of each item's first row
+    int batch = 0;
+    int total_tokens = 0;  ///< token_offsets[batch]
+    int layer = 0;
+};
+
+namespace detail {
+
+inline constexpr int append_warps = 4;
+
+template <class Codec>
+__global__ void __launch_bounds__(append_warps * 32)
+    append_kernel(device::cache_view<Codec> cache, append_params p, int scratch_per_warp) {
+    extern __shared__ float scratch[];
+    const int warp = int(threadIdx.x) >> 5;
+    const long long record = (long long)blockIdx.x * append_warps + warp;
+    const int per_token = cache.groups_per_layer * kv_kind_count;
+    const long long row_ll = record / per_token;
+    if (row_ll >= p.total_tokens) return;  // whole warps leave together
+    const int row = int(row_ll);
+    const int rest = int(record - row_ll * per_token);
+    const int group = rest / kv_kind_count;
+    const kv_kind kind = kv_kind(rest % kv_kind_count);
+    const int slot = cache.write_slots[cache.logical_index(p.layer, group, kind)];
+    if (slot < 0) return;  // reused: this layer stores nothing for the group
+    // The item owning this row: the last b with token_offsets[b] <= row.
+    int lo = 0, hi = p.batch - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (p.token_offsets[mid] <= row) lo = mid; else hi = mid - 1;
+    }
+    const int position = p.positions[lo] + (row - p.token_offsets[lo]);
+    const float* x = (kind == kv_kind::key ? p.k : p.v) + std::size_t(row) * cache.token_width() +
+                     std::size_t(group) * cache.group_width();
+    std::byte* out = cache.slots[slot].record(p.sequences[lo], position);
+    device::warp_encode(cache.codecs[slot], x, out, scratch + warp * scratch_per_warp);
+}
+
+}  // namespace detail
+
+/// Enqueues the encode + write of p.total_tokens rows on `stream`. The pages for every written
+/// position must already be in the block table (device_kv_cache::prepare_append does that).
+/// `max_latent_width`: the widest latent of the view's codecs (sizes the warps' scratch).
+template <class Codec>
+void append(const device::cache_view<Codec>& cache, const append_params& p, int max_latent_width,
+            cudaStream_t stream = nullptr) {
+    require(p.batch >= 0 && p.total_tokens >= 0, "append: batch and total_tokens must not be negative");
+    require(p.layer >= 0 && p.layer < cache.n_layers,
+            "append: layer " + std::to_string(p.layer) + " is out of range [0, " +
+                std::to_string(cache.n_layers) + ")");
+    if (p.batch == 0 || p.total_tokens == 0) return;
+    require(p.k && p.v && p.token_offsets && p.sequences && p.positions,
+            "append: k, v, token_offsets, sequences and positions must be device pointers");
+    const long long records =
+        (long long)p.total_tokens * cache.groups_per_layer * kv_kind_count;
+    const long long blocks = (records + detail::append_warps - 1) / detail::append_warps;
+    require(blocks < (1ll << 31), "append: too many records for one launch");
+    const int per_warp = std::max(max_latent_width, 1);
+    const std::size_t smem = sizeof(float) * std::size_t(per_warp) * detail::append_warps;
+    auto kernel = detail::append_kernel<Codec>;
+    if (smem > 48 * 1024) {
+        KVCAR_CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    }
+    kernel<<<unsigned(blocks), detail::append_warps * 32, smem, stream>>>(cache, p, per_warp);
+    KVCAR_CUDA_CHECK_LAUNCH("append_kernel");
+}
+
+/// Appends counts[i] tokens to sequences[i] in `layer` of a device cache: k and v are device
+/// [Σ counts][n_kv_heads * head_dim] floats, the items' rows one after another. Plans the pages
+/// (all or nothing; a host-side error changes nothing), then enqueues the encode on `stream`.
+template <class Codec, class Layout>
+void append(cuda::device_kv_cache<Codec, Layout>& cache, int layer, std::span<const int> sequences,
+            std::span<const int> counts, const float* k, const float* v,
+            cudaStream_t stream = nullptr) {
+    const std::vector<std::int32_t> positions = cache.prepare_append(layer, sequences, counts, stream);
+    const int batch = int(sequences.size());
+    std::vector<std::int32_t> host(3 * std::size_t(batch) + 1);
+    int total = 0;
+    for (int b = 0; b < batch; ++b) {
+        host[std::size_t(b)] = total;
+        total += counts[std::size_t(b)];
+    }
+    host[std::size_t(batch)] = total;
+    for (int b = 0; b < batch; ++b) {
+        host[std::size_t(batch + 1 + b)] = sequences[std::size_t(b)];
+        host[std::size_t(2 * batch + 1 + b)] = positions[std::size_t(b)];
+    }
+    if (total == 0) return;
+    std::int32_t* dev = cache.scratch_ints(host.size());
+    KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), host.size() * sizeof(std::int32_t),
+                                     cudaMemcpyHostToDevice, stream));
+    append_params p;
+    p.k = k;
+    p.v = v;
+    p.token_offsets = dev;
+    p.sequences = dev + batch + 1;
+    p.positions = dev + 2 * batch + 1;
+    p.batch = batch;
+    p.total_tokens = total;
+    p.layer = layer;
+    append(cache.view(), p, cache.max_latent_width(), stream);
+}
+
+}  // namespace kvcar::kernels
