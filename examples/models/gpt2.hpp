@@ -125,6 +125,8 @@ public:
 
     const gpt2_config& config() const { return config_; }
     const model_options& options() const { return options_; }
+    /// The weights, for a backend that copies them elsewhere (examples/models/cuda).
+    const gpt2_weights& weights() const { return w_; }
     int vocab_size() const { return config_.vocab_size; }
     int max_positions() const { return config_.max_positions; }
     /// The shape of the KV cache this model fills: every head is a KV head.

@@ -169,6 +169,8 @@ public:
 
     const llama_config& config() const { return config_; }
     const model_options& options() const { return options_; }
+    /// The weights, for a backend that copies them elsewhere (examples/models/cuda).
+    const llama_weights& weights() const { return w_; }
     int vocab_size() const { return config_.vocab_size; }
     int max_positions() const { return config_.max_positions; }
     kv_geometry cache_geometry() const {

@@ -81,6 +81,9 @@ public:
     checkpoint_format format() const { return format_; }
     const std::string& path() const { return path_; }
     bool is_gpt2() const { return std::holds_alternative<gpt2_model>(impl_); }
+    /// The model inside, or null when it is the other architecture (for other backends).
+    const gpt2_model* as_gpt2() const { return std::get_if<gpt2_model>(&impl_); }
+    const llama_model* as_llama() const { return std::get_if<llama_model>(&impl_); }
     const char* architecture() const { return is_gpt2() ? "gpt2" : "llama"; }
     int vocab_size() const {
         return std::visit([](const auto& m) { return m.vocab_size(); }, impl_);

@@ -156,6 +156,27 @@ inline std::vector<option_spec> model_options_spec(const std::string& default_kv
     };
 }
 
+/// --device, for the tools that have a CUDA path (generate, perplexity).
+inline option_spec device_option_spec() {
+#ifdef KVCAR_WITH_CUDA
+    return {"device", "cpu|cuda", "run the model on the CPU (default) or the CUDA GPU"};
+#else
+    return {"device", "cpu|cuda", "run the model on the CPU (default; this build has no CUDA)"};
+#endif
+}
+
+/// True for --device cuda. A build without CUDA refuses it rather than silently using the CPU.
+inline bool parse_use_cuda(const command_line& cl) {
+    const std::string device = cl.get("device", "cpu");
+    require(device == "cpu" || device == "cuda",
+            cl.tool() + ": --device must be 'cpu' or 'cuda', got '" + device + "'");
+#ifndef KVCAR_WITH_CUDA
+    require(device != "cuda", cl.tool() + ": --device cuda needs a build with CUDA (this one was "
+                                          "configured without nvcc)");
+#endif
+    return device == "cuda";
+}
+
 inline model_options parse_model_options(const command_line& cl) {
     model_options o;
     o.threads = int(cl.get_int("threads", 0));

@@ -1,11 +1,13 @@
 // kvcar-generate — continue a prompt with a GPT-2 or Llama checkpoint whose KV cache is a kvcar
 // cache, and report what the cache cost.
 //
-//   kvcar-generate --model shared/data/models/gpt2-tiny --prompt "The history of" --steps 40
+//   kvcar-generate --model models/gpt2-tiny --prompt "The history of" --steps 40   (demo model)
+//   kvcar-generate --model shared/data/models/gpt2-tiny --prompt "The history of" --device cuda
 //   kvcar-generate --model aidreams260K.bin --tokenizer aidreams_tok512.bin --prompt ""
 //
 // The prompt is prefilled in one forward pass, then each new token is one decode step (the
-// model's forward on one token, attending to everything cached so far).
+// model's forward on one token, attending to everything cached so far). --device cuda runs the
+// same model on the GPU (examples/models/cuda) with a device cache of the same codec.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -17,6 +19,9 @@
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tool_common.hpp"
+#ifdef KVCAR_WITH_CUDA
+#include "examples/models/cuda/backend.hpp"
+#endif
 
 namespace ex = kvcar::examples;
 
@@ -43,6 +48,7 @@ int sample(const std::vector<float>& logits, double temperature, int top_k, std:
 int run(int argc, char** argv) {
     std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
     specs.insert(specs.end(), {
+        ex::device_option_spec(),
         {"prompt", "TEXT", "text to continue (llama2.c models: may be empty, starting from BOS)"},
         {"steps", "N", "tokens to generate (default 64; stops early at end of text or context)"},
         {"temperature", "T", "sampling temperature; 0 = greedy (default 0.8)"},
@@ -61,6 +67,7 @@ int run(int argc, char** argv) {
     kvcar::require(temperature >= 0.0, "kvcar-generate: --temperature must not be negative");
     kvcar::require(top_k >= 0, "kvcar-generate: --top-k must not be negative");
     std::mt19937_64 rng(std::uint64_t(cl.get_int("seed", 42)));
+    [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
 
     const auto load_start = ex::clock_type::now();
     const ex::language_model model =
@@ -79,7 +86,9 @@ int run(int argc, char** argv) {
     const int capacity = std::min<long long>(model.max_positions(),
                                              (long long)prompt_ids.size() + steps);
 
-    return ex::with_kv_cache(kv, model.cache_geometry(), {1, capacity}, [&](auto& cache) {
+    // The generation loop, for a CPU cache (model.forward) or the CUDA session alike: `cache`
+    // gives add_sequence/length and the report, `forward` runs tokens through the model.
+    const auto generate = [&](auto& cache, auto&& forward) {
         const int seq = cache.add_sequence();
         std::vector<int> ids = prompt_ids;
         int prev = -1;
@@ -90,7 +99,7 @@ int run(int argc, char** argv) {
         std::fflush(stdout);
 
         const auto prefill_start = ex::clock_type::now();
-        std::vector<float> logits = model.forward(cache, seq, ids, ex::logits_for::last);
+        std::vector<float> logits = forward(cache, seq, std::span<const int>(ids));
         const double prefill_s = ex::seconds_since(prefill_start);
 
         const auto decode_start = ex::clock_type::now();
@@ -112,8 +121,7 @@ int run(int argc, char** argv) {
                 stop = "context full";
                 break;
             }
-            logits = model.forward(cache, seq, std::span<const int>(&ids.back(), 1),
-                                   ex::logits_for::last);
+            logits = forward(cache, seq, std::span<const int>(&ids.back(), 1));
         }
         const double decode_s = ex::seconds_since(decode_start);
         std::printf("\n");
@@ -124,6 +132,21 @@ int run(int argc, char** argv) {
                      decode_s, decode_s > 0 ? double(generated) / decode_s : 0.0);
         ex::print_cache_report(stderr, kv, cache, cache.bytes_used(), cache.bytes_reserved());
         return 0;
+    };
+
+#ifdef KVCAR_WITH_CUDA
+    if (use_cuda) {
+        std::fprintf(stderr, "device: %s\n", ex::cuda_backend::device_description().c_str());
+        ex::cuda_backend::session gpu(model, kv, {.max_sequences = 1, .max_tokens = capacity});
+        return generate(gpu, [](auto& session, int seq, std::span<const int> tokens) {
+            return session.forward(seq, tokens, ex::logits_for::last);
+        });
+    }
+#endif
+    return ex::with_kv_cache(kv, model.cache_geometry(), {1, capacity}, [&](auto& cache) {
+        return generate(cache, [&](auto& c, int seq, std::span<const int> tokens) {
+            return model.forward(c, seq, tokens, ex::logits_for::last);
+        });
     });
 }
 

@@ -2,6 +2,7 @@
 // any text, with a sliding window.
 //
 //   kvcar-perplexity --model shared/data/models/gpt2-tiny                      (wiki.test.raw)
+//   kvcar-perplexity --model models/gpt2-tiny     (demo model; its excerpt without shared data)
 //   kvcar-perplexity --model M --tokens-file shared/data/wikitext-2/wiki.test.tokens
 //                    --ctx 512 --stride 512 --max-tokens 20000 --kv identity-f32
 //
@@ -14,11 +15,13 @@
 // gives every scored token more context. PPL = exp(mean negative log-likelihood).
 //
 // Every window starts a fresh sequence in the cache, prefilled in one forward pass: the logits
-// of every position come from attention over K/V read back through the codec.
+// of every position come from attention over K/V read back through the codec. With
+// --device cuda the model and its cache live on the GPU, which returns only the log-probabilities.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -28,6 +31,9 @@
 #include "examples/models/model.hpp"
 #include "examples/models/tensor_ops.hpp"
 #include "examples/models/tool_common.hpp"
+#ifdef KVCAR_WITH_CUDA
+#include "examples/models/cuda/backend.hpp"
+#endif
 
 namespace ex = kvcar::examples;
 
@@ -62,23 +68,44 @@ std::string wikitext_joined(const std::string& raw) {
     return out;
 }
 
+/// --text's default: WikiText-2 test from the shared data when it is there, else the excerpt
+/// shipped with the demo model (models/wikitext-2-test-excerpt.txt, beside or one folder above
+/// the model), so `kvcar-perplexity --model models/gpt2-tiny` runs on a fresh checkout.
+std::string default_text(const std::string& model_path) {
+    namespace fs = std::filesystem;
+    const std::string shared = ex::shared_data_dir() + "/wikitext-2/wiki.test.raw";
+    if (fs::exists(shared)) return shared;
+    fs::path folder(model_path);
+    if (!fs::is_directory(folder)) folder = folder.parent_path();
+    folder = folder.lexically_normal();
+    if (folder.filename().empty()) folder = folder.parent_path();  // "models/gpt2-tiny/"
+    for (const fs::path& p : {folder / "wikitext-2-test-excerpt.txt",
+                              folder.parent_path() / "wikitext-2-test-excerpt.txt"}) {
+        if (fs::exists(p)) return p.string();
+    }
+    return shared;  // absent: the error names the file the user most likely wants
+}
+
 int run(int argc, char** argv) {
     std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
     specs.insert(specs.end(), {
         {"text", "FILE", "WikiText raw file, joined the usual way (default: "
-                         "shared/data/wikitext-2/wiki.test.raw)"},
+                         "shared/data/wikitext-2/wiki.test.raw, else "
+                         "models/wikitext-2-test-excerpt.txt)"},
         {"tokens-file", "FILE", "any text file read as it is (e.g. wiki.test.tokens)"},
         {"ctx", "N", "window length in tokens (default 512, at most the model's context)"},
         {"stride", "N", "tokens between window starts; only the last `stride` predictions of a "
                         "window after the first are scored (default: ctx)"},
         {"max-tokens", "N", "use only the first N tokens of the text (default: all)"},
         {"quiet", "", "no progress line"},
+        ex::device_option_spec(),
     });
     ex::command_line cl("kvcar-perplexity",
                         "Sliding-window perplexity of a model whose KV cache is kvcar's.", specs);
     if (!cl.parse(argc, argv)) return 0;
 
     const std::string kv = cl.get("kv", "identity-f16");
+    [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
     const ex::language_model model =
         ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
@@ -100,7 +127,7 @@ int run(int argc, char** argv) {
         source = cl.get("tokens-file");
         text = read_file(source);
     } else {
-        source = cl.get("text", ex::shared_data_dir() + "/wikitext-2/wiki.test.raw");
+        source = cl.has("text") ? cl.get("text") : default_text(model.path());
         text = wikitext_joined(read_file(source));
     }
     const auto tokenize_start = ex::clock_type::now();
@@ -128,8 +155,10 @@ int run(int argc, char** argv) {
     }
 
     ex::progress_line progress(!cl.has("quiet"));
-    return ex::with_kv_cache(kv, model.cache_geometry(), {1, ctx}, [&](auto& cache) {
-        const int vocab = model.vocab_size();
+    // The window loop, for a CPU cache or the CUDA session alike. log_probs(cache, seq, inputs,
+    // targets, first) runs `inputs` through the model as a fresh sequence and returns
+    // log p(targets[i]) after input i, for i >= first (the predictions this window scores).
+    const auto evaluate = [&](auto& cache, auto&& log_probs) {
         double nll = 0.0;
         long long scored = 0;
         long long scored_end = 1;  // tokens [1, scored_end) have been scored
@@ -139,22 +168,17 @@ int run(int argc, char** argv) {
         for (long long begin = 0; scored_end < n; begin += stride, ++w) {
             const long long len = std::min<long long>(ctx, n - 1 - begin);
             const std::span<const int> inputs(&ids[std::size_t(begin)], std::size_t(len));
+            const std::span<const int> targets(&ids[std::size_t(begin + 1)], std::size_t(len));
             const int seq = cache.add_sequence();
-            const std::vector<float> logits = model.forward(cache, seq, inputs);
+            // Input i (token begin + i) predicts token begin + i + 1; score the new ones.
+            const long long first = std::max(0ll, scored_end - 1 - begin);
+            const std::vector<double> lp = log_probs(cache, seq, inputs, targets, first);
             peak_bytes = std::max(peak_bytes, cache.bytes_used());
             peak_reserved = std::max(peak_reserved, cache.bytes_reserved());
             cache.remove_sequence(seq);
             fed += len;
-
-            // Input i (token begin + i) predicts token begin + i + 1; score the new ones.
-            for (long long i = 0; i < len; ++i) {
-                const long long target = begin + i + 1;
-                if (target < scored_end) continue;
-                const std::span<const float> row(&logits[std::size_t(i) * std::size_t(vocab)],
-                                                 std::size_t(vocab));
-                nll -= ex::log_prob(row, ids[std::size_t(target)]);
-                ++scored;
-            }
+            for (const double v : lp) nll -= v;
+            scored += (long long)lp.size();
             scored_end = begin + len + 1;
 
             const double s = ex::seconds_since(start);
@@ -175,6 +199,34 @@ int run(int argc, char** argv) {
                     double(fed) / seconds);
         ex::print_cache_report(stdout, kv, cache, peak_bytes, peak_reserved);
         return 0;
+    };
+
+#ifdef KVCAR_WITH_CUDA
+    if (use_cuda) {
+        std::fprintf(stderr, "device: %s\n", ex::cuda_backend::device_description().c_str());
+        ex::cuda_backend::session gpu(model, kv, {.max_sequences = 1, .max_tokens = ctx});
+        return evaluate(gpu, [](auto& session, int seq, std::span<const int> inputs,
+                                std::span<const int> targets, long long first) {
+            // Log-probabilities come back from the GPU for every input; keep the scored ones.
+            std::vector<double> lp = session.log_probs(seq, inputs, targets);
+            lp.erase(lp.begin(), lp.begin() + first);
+            return lp;
+        });
+    }
+#endif
+    return ex::with_kv_cache(kv, model.cache_geometry(), {1, ctx}, [&](auto& cache) {
+        const int vocab = model.vocab_size();
+        return evaluate(cache, [&](auto& c, int seq, std::span<const int> inputs,
+                                   std::span<const int> targets, long long first) {
+            const std::vector<float> logits = model.forward(c, seq, inputs);
+            std::vector<double> lp;
+            for (long long i = first; i < (long long)inputs.size(); ++i) {
+                const std::span<const float> row(&logits[std::size_t(i) * std::size_t(vocab)],
+                                                 std::size_t(vocab));
+                lp.push_back(ex::log_prob(row, targets[std::size_t(i)]));
+            }
+            return lp;
+        });
     });
 }
 

@@ -53,7 +53,9 @@ struct prefill_attention_params {
 namespace detail {
 
 /// One thread per query: its sequence and the number of tokens it sees.
-__global__ void expand_queries_kernel(prefill_attention_params p, std::int32_t* item_sequences,
+// static: a non-template kernel in a header would be defined once per translation unit that
+// includes it, and two such units in one program would not link.
+static __global__ void expand_queries_kernel(prefill_attention_params p, std::int32_t* item_sequences,
                                       std::int32_t* item_lengths, std::int32_t* item_positions) {
     const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
     if (i >= p.total_queries) return;

@@ -1,0 +1,83 @@
+// examples/models/cuda/backend.hpp — the CUDA backend of the reference models, as the tools see
+// it: plain C++ (no CUDA headers), so kvcar-generate and kvcar-perplexity stay host code compiled
+// by the C++ compiler and link backend.cu only when kvcar was built with CUDA (KVCAR_WITH_CUDA).
+//
+//     const auto model = language_model::load("models/gpt2-tiny");
+//     cuda_backend::session gpu(model, "identity-f16", {.max_sequences = 1, .max_tokens = 512});
+//     const int seq = gpu.add_sequence();
+//     std::vector<float> logits = gpu.forward(seq, prompt_ids, logits_for::last);
+//
+// A session is the model's weights on the GPU plus one paged device KV cache of the codec that
+// the run-time name picks (the same names as the CPU's --kv; see kv_dispatch.hpp).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvcar/common.hpp"
+
+#include "examples/models/model.hpp"
+#include "examples/models/model_common.hpp"
+
+namespace kvcar::examples::cuda_backend {
+
+/// The names `session` accepts for its cache.
+const std::vector<std::string>& kv_names();
+
+/// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)" for the current device; throws kvcar::error when
+/// there is no usable GPU.
+std::string device_description();
+
+struct session_params {
+    int max_sequences = 1;  ///< sequence ids live at once
+    int max_tokens = 0;     ///< tokens per sequence; 0 = the model's context
+    int page_size = 16;     ///< tokens per page of the device cache
+    /// Pages in the pool; 0 = enough for max_sequences full sequences.
+    int num_pages = 0;
+};
+
+class session {
+public:
+    /// Uploads `model`'s weights and builds a device cache of codec `kv`. Throws kvcar::error for
+    /// an unknown name (listing the known ones), bad params or a CUDA failure.
+    session(const language_model& model, const std::string& kv, session_params params);
+    ~session();
+    session(session&&) noexcept;
+    session& operator=(session&&) noexcept;
+
+    int add_sequence();
+    void remove_sequence(int seq);
+    int length(int seq) const;
+
+    /// Appends `tokens` to `seq` and returns logits [n][vocab] or [1][vocab] (logits_for::last),
+    /// like language_model::forward on the CPU.
+    std::vector<float> forward(int seq, std::span<const int> tokens,
+                               logits_for which = logits_for::all);
+    /// A batch: item b appends counts[b] of `tokens` (in order) to sequences[b]; returns
+    /// [Σ counts][vocab] or [items][vocab] (each item's last token).
+    std::vector<float> forward(std::span<const int> sequences, std::span<const int> counts,
+                               std::span<const int> tokens, logits_for which = logits_for::all);
+    /// Appends `tokens` to `seq` and returns log p(targets[i] | tokens[0..i], earlier tokens)
+    /// for every i, computed on the GPU (only these doubles come back).
+    std::vector<double> log_probs(int seq, std::span<const int> tokens,
+                                  std::span<const int> targets);
+
+    // The cache report (the same names as kv_cache, for print_cache_report).
+    std::size_t bytes_per_token() const;
+    double compression_ratio() const;
+    /// Bytes of records the live sequences hold now.
+    std::size_t bytes_used() const;
+    /// Device bytes of the cache's page pools.
+    std::size_t bytes_reserved() const;
+    /// Device bytes of the model's weights.
+    std::size_t weight_bytes() const;
+
+private:
+    struct impl;
+    std::unique_ptr<impl> impl_;
+};
+
+}  // namespace kvcar::examples::cuda_backend

@@ -1,0 +1,447 @@
+// examples/models/cuda/device_model.cuh — GPT-2 and Llama on a CUDA GPU, their KV cache a
+// kvcar::cuda::device_kv_cache.
+//
+// The same model as examples/models/gpt2.hpp and llama.hpp (read those for the math), with its
+// weights uploaded once (fp32) and every step on one stream:
+//
+//   x = embed(tokens, positions)                         embed_kernel
+//   for each layer:
+//       h = norm_1(x)                                    layernorm / rmsnorm kernel
+//       qkv = h · W_qkvᵀ                                 one cuBLAS GEMM ([q | k | v] rows fused)
+//       q, k, v = split(qkv) (+ bias) (+ RoPE)           split_qkv_kernel, rope_kernel
+//       kvcar::kernels::append(cache, layer, k, v)       K/V encoded through the codec, paged
+//       a = prefill_attention or decode_attention        reads K/V back *through the codec*
+//       x += a · W_oᵀ (+ bias)                           GEMM, residual_kernel
+//       h = norm_2(x); x += MLP(h)                       GEMMs + activation kernels
+//   logits = norm_f(x) · W_headᵀ                         GEMM (all rows, or each item's last)
+//
+// A forward pass takes a *batch*: item b appends counts[b] tokens to sequence sequences[b], each
+// at its own position, so prompts of different lengths prefill together and a decode step runs
+// every sequence's next token in one pass (one GEMM per weight for the whole batch). When every
+// item has one token the attention is kvcar's decode kernel (split-KV over pages); otherwise the
+// causal prefill kernel.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "examples/models/cuda/device_model.cuh needs nvcc"
+#endif
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "kvcar/common.hpp"
+#include "kvcar/cuda/buffer.cuh"
+#include "kvcar/cuda/device_kv_cache.cuh"
+#include "kvcar/cuda/error.cuh"
+#include "kvcar/kernels/append.cuh"
+#include "kvcar/kernels/decode_attention.cuh"
+#include "kvcar/kernels/prefill_attention.cuh"
+#include "kvcar/reference/attention.hpp"
+
+#include "examples/models/cuda/device_ops.cuh"
+#include "examples/models/model.hpp"
+#include "examples/models/model_common.hpp"
+
+namespace kvcar::examples::cuda_model {
+
+/// The tokens of one forward pass: item b appends counts[b] tokens, the next counts[b] entries of
+/// `tokens`, to cache sequence sequences[b] (each sequence at most once).
+struct token_batch {
+    std::span<const int> sequences;
+    std::span<const int> counts;
+    std::span<const int> tokens;
+};
+
+/// A stream created for one model and destroyed with it. A *blocking* stream: it waits for
+/// work on the legacy default stream, where a device_kv_cache zeroes its pools and uploads
+/// block tables with plain cudaMemset / cudaMemcpy, so nothing here can overtake them.
+class owned_stream {
+public:
+    owned_stream() { KVCAR_CUDA_CHECK(cudaStreamCreate(&stream_)); }
+    owned_stream(const owned_stream&) = delete;
+    owned_stream& operator=(const owned_stream&) = delete;
+    ~owned_stream() {
+        if (stream_) cudaStreamDestroy(stream_);
+    }
+    cudaStream_t get() const { return stream_; }
+
+private:
+    cudaStream_t stream_ = nullptr;
+};
+
+/// One transformer block's weights on the device. GPT-2 and Llama share the shape of the list:
+/// norms, the fused [q | k | v] projection, the output projection, and the MLP, whose first
+/// matrix is c_fc for GPT-2 and the fused [gate | up] for Llama. Biases are empty for Llama.
+struct device_layer {
+    cuda::device_buffer<float> norm1_w, norm1_b;  // [D]
+    cuda::device_buffer<float> qkv_w, qkv_b;      // [Q + 2 KV][D], [Q + 2 KV]
+    cuda::device_buffer<float> o_w, o_b;          // [D][Q], [D]
+    cuda::device_buffer<float> norm2_w, norm2_b;  // [D]
+    cuda::device_buffer<float> up_w, up_b;        // GPT-2 [F][D], [F]; Llama [2F][D] (gate, up)
+    cuda::device_buffer<float> down_w, down_b;    // [D][F], [D]
+};
+
+/// A GPT-2 or Llama model on the current CUDA device, fp32 weights, one stream, one cuBLAS handle.
+/// Not copyable or movable (the handle is bound to the stream); hold it by pointer to move it.
+class device_model {
+public:
+    /// Uploads `host`'s weights. The host model may be dropped afterwards.
+    explicit device_model(const language_model& host)
+        : geometry_(host.cache_geometry()), vocab_(host.vocab_size()),
+          max_positions_(host.max_positions()), blas_(stream_.get()) {
+        const auto up = [](const std::vector<float>& v) { return cuda::device_buffer<float>(v); };
+        const auto concat = [](const std::vector<float>& a, const std::vector<float>& b,
+                               const std::vector<float>& c) {
+            std::vector<float> all(a);
+            all.insert(all.end(), b.begin(), b.end());
+            all.insert(all.end(), c.begin(), c.end());
+            return cuda::device_buffer<float>(all);
+        };
+        if (const gpt2_model* g = host.as_gpt2()) {
+            const gpt2_config& c = g->config();
+            const gpt2_weights& w = g->weights();
+            gpt2_ = true;
+            d_model_ = c.d_model;
+            d_ff_ = c.d_ff;
+            n_heads_ = c.n_heads;
+            norm_eps_ = c.norm_eps;
+            attention_ = attention_params{.n_heads = c.n_heads};
+            token_embedding_ = up(w.token_embedding);
+            position_embedding_ = up(w.position_embedding);
+            for (const gpt2_layer& L : w.layers) {
+                device_layer d;
+                d.norm1_w = up(L.ln1_weight);
+                d.norm1_b = up(L.ln1_bias);
+                d.qkv_w = up(L.qkv_weight);  // already [q; k; v] rows
+                d.qkv_b = up(L.qkv_bias);
+                d.o_w = up(L.proj_weight);
+                d.o_b = up(L.proj_bias);
+                d.norm2_w = up(L.ln2_weight);
+                d.norm2_b = up(L.ln2_bias);
+                d.up_w = up(L.fc_weight);
+                d.up_b = up(L.fc_bias);
+                d.down_w = up(L.out_weight);
+                d.down_b = up(L.out_bias);
+                layers_.push_back(std::move(d));
+            }
+            final_norm_w_ = up(w.final_norm_weight);
+            final_norm_b_ = up(w.final_norm_bias);
+            if (!w.lm_head.empty()) lm_head_ = up(w.lm_head);
+        } else {
+            const llama_model& m = *host.as_llama();
+            const llama_config& c = m.config();
+            const llama_weights& w = m.weights();
+            gpt2_ = false;
+            d_model_ = c.d_model;
+            d_ff_ = c.d_ff;
+            n_heads_ = c.n_heads;
+            norm_eps_ = c.norm_eps;
+            rope_ = c.rope;
+            rotate_before_storing_ = m.options().keys == cached_keys::post_rope;
+            attention_ = m.attention();
+            token_embedding_ = up(w.token_embedding);
+            for (const llama_layer& L : w.layers) {
+                device_layer d;
+                d.norm1_w = up(L.attn_norm);
+                d.qkv_w = concat(L.wq, L.wk, L.wv);
+                d.o_w = up(L.wo);
+                d.norm2_w = up(L.ffn_norm);
+                d.up_w = concat(L.w_gate, L.w_up, {});
+                d.down_w = up(L.w_down);
+                layers_.push_back(std::move(d));
+            }
+            final_norm_w_ = up(w.final_norm);
+            if (!w.lm_head.empty()) lm_head_ = up(w.lm_head);
+        }
+        KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
+    }
+
+    device_model(const device_model&) = delete;
+    device_model& operator=(const device_model&) = delete;
+
+    bool is_gpt2() const { return gpt2_; }
+    int vocab_size() const { return vocab_; }
+    int max_positions() const { return max_positions_; }
+    kv_geometry cache_geometry() const { return geometry_; }
+    /// How attention reads the cache (RoPE on read for Llama with pre-RoPE keys).
+    const attention_params& attention() const { return attention_; }
+    cudaStream_t stream() const { return stream_.get(); }
+    /// Bytes of weights on the device (a tied head counted once).
+    std::size_t weight_bytes() const {
+        std::size_t sum = token_embedding_.bytes() + position_embedding_.bytes() +
+                          final_norm_w_.bytes() + final_norm_b_.bytes() + lm_head_.bytes();
+        for (const device_layer& d : layers_) {
+            for (const auto* b : {&d.norm1_w, &d.norm1_b, &d.qkv_w, &d.qkv_b, &d.o_w, &d.o_b,
+                                  &d.norm2_w, &d.norm2_b, &d.up_w, &d.up_b, &d.down_w, &d.down_b})
+                sum += b->bytes();
+        }
+        return sum;
+    }
+
+    /// Runs the batch through the model, appending every item's K/V to `cache`; returns logits
+    /// [Σ counts][vocab] (logits_for::all) or [items][vocab], each item's last token
+    /// (logits_for::last). Host-side errors (bad ids, too long, unknown or repeated sequence,
+    /// cache of another shape, out of pages) throw before the cache changes.
+    template <class Codec, class Layout>
+    std::vector<float> forward(cuda::device_kv_cache<Codec, Layout>& cache,
+                               const token_batch& batch, logits_for which = logits_for::all) {
+        const int rows = run(cache, batch, which);
+        std::vector<float> logits(std::size_t(rows) * std::size_t(vocab_));
+        KVCAR_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.data(),
+                                         logits.size() * sizeof(float), cudaMemcpyDeviceToHost,
+                                         stream_.get()));
+        KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+        return logits;
+    }
+
+    /// One sequence's chunk: forward(cache, {{seq}, {n}, tokens}, which).
+    template <class Codec, class Layout>
+    std::vector<float> forward(cuda::device_kv_cache<Codec, Layout>& cache, int seq,
+                               std::span<const int> tokens, logits_for which = logits_for::all) {
+        const int count = int(tokens.size());
+        return forward(cache, token_batch{{&seq, 1}, {&count, 1}, tokens}, which);
+    }
+
+    /// Runs the batch like forward(…, logits_for::all) and returns, for every row r,
+    /// log softmax(logits[r])[targets[r]] (in double), computed on the device: perplexity needs
+    /// 8 bytes per token back, not a row of the vocabulary.
+    template <class Codec, class Layout>
+    std::vector<double> log_probs(cuda::device_kv_cache<Codec, Layout>& cache,
+                                  const token_batch& batch, std::span<const int> targets) {
+        require(targets.size() == batch.tokens.size(),
+                "cuda model: " + std::to_string(targets.size()) + " targets for " +
+                    std::to_string(batch.tokens.size()) + " tokens");
+        for (std::size_t i = 0; i < targets.size(); ++i) {
+            require(targets[i] >= 0 && targets[i] < vocab_,
+                    "cuda model: target " + std::to_string(i) + " has id " +
+                        std::to_string(targets[i]) + ", outside the vocabulary [0, " +
+                        std::to_string(vocab_) + ")");
+        }
+        const std::vector<std::int32_t> host_targets(targets.begin(), targets.end());
+        const int rows = run(cache, batch, logits_for::all);
+        std::int32_t* t = grow(targets_, std::size_t(rows));
+        double* out = grow(log_probs_, std::size_t(rows));
+        KVCAR_CUDA_CHECK(cudaMemcpyAsync(t, host_targets.data(), std::size_t(rows) * 4,
+                                         cudaMemcpyHostToDevice, stream_.get()));
+        cuda_ops::log_prob_kernel<<<unsigned(rows), cuda_ops::row_threads, 0, stream_.get()>>>(
+            out, logits_.data(), t, vocab_);
+        KVCAR_CUDA_CHECK_LAUNCH("log_prob_kernel");
+        std::vector<double> result(static_cast<std::size_t>(rows));
+        KVCAR_CUDA_CHECK(cudaMemcpyAsync(result.data(), out, result.size() * sizeof(double),
+                                         cudaMemcpyDeviceToHost, stream_.get()));
+        KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+        return result;
+    }
+
+private:
+    /// Checks everything that can be checked on the host, so a bad batch changes nothing.
+    template <class Codec, class Layout>
+    void validate(const cuda::device_kv_cache<Codec, Layout>& cache, const token_batch& b,
+                  std::vector<int>& first_positions) const {
+        const std::string who = gpt2_ ? "gpt2 (cuda)" : "llama (cuda)";
+        check_cache_geometry(who, cache.geometry(), geometry_);
+        require(b.sequences.size() == b.counts.size(),
+                who + ": " + std::to_string(b.sequences.size()) + " sequences but " +
+                    std::to_string(b.counts.size()) + " token counts");
+        require(!b.sequences.empty(), who + ": the batch has no sequences");
+        std::size_t total = 0;
+        for (int c : b.counts) {
+            require(c > 0, who + ": a sequence in the batch has " + std::to_string(c) +
+                               " tokens (a forward pass needs at least one per sequence)");
+            total += std::size_t(c);
+        }
+        require(total == b.tokens.size(), who + ": the counts add up to " +
+                                              std::to_string(total) + " tokens but " +
+                                              std::to_string(b.tokens.size()) + " were given");
+        first_positions.clear();
+        std::size_t offset = 0;
+        for (std::size_t i = 0; i < b.sequences.size(); ++i) {
+            const int seq = b.sequences[i];
+            require(cache.is_live(seq), who + ": sequence " + std::to_string(seq) +
+                                            " is not live in the cache");
+            for (std::size_t j = 0; j < i; ++j)
+                require(b.sequences[j] != seq, who + ": sequence " + std::to_string(seq) +
+                                                   " appears twice in one batch");
+            const int pos0 = cache.length(seq);
+            check_chunk(who, b.tokens.subspan(offset, std::size_t(b.counts[i])), pos0, vocab_,
+                        max_positions_, cache.max_tokens());
+            first_positions.push_back(pos0);
+            offset += std::size_t(b.counts[i]);
+        }
+    }
+
+    /// The forward pass; leaves the logits in logits_ and returns their rows.
+    template <class Codec, class Layout>
+    int run(cuda::device_kv_cache<Codec, Layout>& cache, const token_batch& b, logits_for which) {
+        std::vector<int> first_positions;
+        validate(cache, b, first_positions);
+        const cudaStream_t s = stream_.get();
+        const cublasHandle_t blas = blas_.get();
+        const int n = int(b.tokens.size()), items = int(b.sequences.size());
+        const int D = d_model_, F = d_ff_, V = vocab_, hd = geometry_.head_dim;
+        const int Q = n_heads_ * hd, KV = geometry_.n_kv_heads * hd, QKV = Q + 2 * KV;
+        const int up_width = gpt2_ ? F : 2 * F;
+        const std::size_t N = std::size_t(n);
+
+        // [tokens | positions | last row of each item]: one upload per pass.
+        std::vector<std::int32_t> ints(2 * N + std::size_t(items));
+        bool decode_step = true;
+        for (int i = 0, row = 0; i < items; ++i) {
+            for (int t = 0; t < b.counts[std::size_t(i)]; ++t, ++row) {
+                ints[std::size_t(row)] = b.tokens[std::size_t(row)];
+                ints[N + std::size_t(row)] = first_positions[std::size_t(i)] + t;
+            }
+            ints[2 * N + std::size_t(i)] = row - 1;
+            decode_step = decode_step && b.counts[std::size_t(i)] == 1;
+        }
+        std::int32_t* dev_ints = grow(ints_, ints.size());
+        const std::int32_t* tokens = dev_ints;
+        const std::int32_t* positions = dev_ints + N;
+        const std::int32_t* last_rows = dev_ints + 2 * N;
+
+        float* x = grow(x_, N * D);
+        float* h = grow(h_, N * D);
+        float* qkv = grow(qkv_, N * QKV);
+        float* q = grow(q_, N * Q);
+        float* k = grow(k_, N * KV);
+        float* v = grow(v_, N * KV);
+        float* att = grow(att_, N * Q);
+        float* proj = grow(proj_, N * D);
+        float* ff = grow(ff_, N * up_width);
+        float* act = gpt2_ ? ff : grow(act_, N * F);
+        KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev_ints, ints.data(), ints.size() * 4,
+                                         cudaMemcpyHostToDevice, s));
+
+        const int T = 256;
+        const auto blocks = [&](long long count) { return cuda_ops::elementwise_blocks(count, T); };
+        cuda_ops::embed_kernel<<<unsigned(n), 128, 0, s>>>(
+            x, token_embedding_.data(), gpt2_ ? position_embedding_.data() : nullptr, tokens,
+            positions, D);
+        KVCAR_CUDA_CHECK_LAUNCH("embed_kernel");
+
+        for (int l = 0; l < int(layers_.size()); ++l) {
+            const device_layer& L = layers_[std::size_t(l)];
+            // --- attention ---
+            norm(h, x, L.norm1_w, L.norm1_b, n);
+            cuda_ops::linear(blas, qkv, h, L.qkv_w.data(), n, D, QKV);
+            cuda_ops::split_qkv_kernel<<<blocks((long long)n * QKV), T, 0, s>>>(
+                qkv, gpt2_ ? L.qkv_b.data() : nullptr, q, k, v, n, Q, KV);
+            KVCAR_CUDA_CHECK_LAUNCH("split_qkv_kernel");
+            if (!gpt2_ && rotate_before_storing_) {
+                const int pairs = rope_rotary_dim(rope_, hd) / 2;
+                cuda_ops::rope_kernel<<<blocks((long long)n * n_heads_ * pairs), T, 0, s>>>(
+                    q, positions, n, n_heads_, hd, rope_);
+                KVCAR_CUDA_CHECK_LAUNCH("rope_kernel");
+                cuda_ops::rope_kernel<<<blocks((long long)n * geometry_.n_kv_heads * pairs), T, 0,
+                                        s>>>(k, positions, n, geometry_.n_kv_heads, hd, rope_);
+                KVCAR_CUDA_CHECK_LAUNCH("rope_kernel");
+            }
+            kernels::append(cache, l, b.sequences, b.counts, k, v, s);
+            if (decode_step) {
+                kernels::decode_attention(cache, l, b.sequences, q, att, attention_, workspace_, s);
+            } else {
+                kernels::prefill_attention(cache, l, b.sequences, b.counts, q, att, attention_,
+                                           workspace_, s);
+            }
+            cuda_ops::linear(blas, proj, att, L.o_w.data(), n, Q, D);
+            residual(x, proj, L.o_b, n, D);
+
+            // --- MLP ---
+            norm(h, x, L.norm2_w, L.norm2_b, n);
+            cuda_ops::linear(blas, ff, h, L.up_w.data(), n, D, up_width);
+            if (gpt2_) {
+                cuda_ops::bias_gelu_kernel<<<blocks((long long)n * F), T, 0, s>>>(
+                    ff, L.up_b.data(), n, F);
+                KVCAR_CUDA_CHECK_LAUNCH("bias_gelu_kernel");
+            } else {
+                cuda_ops::silu_mul_kernel<<<blocks((long long)n * F), T, 0, s>>>(act, ff, n, F);
+                KVCAR_CUDA_CHECK_LAUNCH("silu_mul_kernel");
+            }
+            cuda_ops::linear(blas, proj, act, L.down_w.data(), n, F, D);
+            residual(x, proj, L.down_b, n, D);
+        }
+
+        // Final norm and the LM head, for the rows asked for.
+        const int rows = which == logits_for::last ? items : n;
+        const float* final_in = x;
+        if (which == logits_for::last) {
+            float* last = grow(last_, std::size_t(items) * D);
+            cuda_ops::gather_rows_kernel<<<unsigned(items), 128, 0, s>>>(last, x, last_rows, D);
+            KVCAR_CUDA_CHECK_LAUNCH("gather_rows_kernel");
+            final_in = last;
+        }
+        norm(h, final_in, final_norm_w_, final_norm_b_, rows);
+        float* logits = grow(logits_, std::size_t(rows) * std::size_t(V));
+        const float* head = lm_head_.empty() ? token_embedding_.data() : lm_head_.data();
+        cuda_ops::linear(blas, logits, h, head, rows, D, V);
+        return rows;
+    }
+
+    /// LayerNorm (GPT-2) or RMSNorm (Llama) of `rows` rows of d_model.
+    void norm(float* out, const float* in, const cuda::device_buffer<float>& w,
+              const cuda::device_buffer<float>& b, int rows) {
+        if (gpt2_) {
+            cuda_ops::layernorm_kernel<<<unsigned(rows), cuda_ops::row_threads, 0, stream_.get()>>>(
+                out, in, w.data(), b.data(), d_model_, norm_eps_);
+            KVCAR_CUDA_CHECK_LAUNCH("layernorm_kernel");
+        } else {
+            cuda_ops::rmsnorm_kernel<<<unsigned(rows), cuda_ops::row_threads, 0, stream_.get()>>>(
+                out, in, w.data(), d_model_, norm_eps_);
+            KVCAR_CUDA_CHECK_LAUNCH("rmsnorm_kernel");
+        }
+    }
+
+    void residual(float* x, const float* y, const cuda::device_buffer<float>& bias, int rows,
+                  int dim) {
+        const int T = 256;
+        cuda_ops::residual_kernel<<<cuda_ops::elementwise_blocks((long long)rows * dim, T), T, 0,
+                                    stream_.get()>>>(x, y, bias.empty() ? nullptr : bias.data(),
+                                                     rows, dim);
+        KVCAR_CUDA_CHECK_LAUNCH("residual_kernel");
+    }
+
+    /// Room for `count` elements in `b`. Growing waits for the stream first: the old buffer may
+    /// still be read by work already enqueued.
+    template <class T>
+    T* grow(cuda::device_buffer<T>& b, std::size_t count) {
+        if (count > b.size()) {
+            KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+            b.reserve_discard(std::max(count, b.size() * 3 / 2));
+        }
+        return b.data();
+    }
+
+    // Shape.
+    kv_geometry geometry_;
+    int vocab_ = 0, max_positions_ = 0;
+    bool gpt2_ = true;
+    int d_model_ = 0, d_ff_ = 0, n_heads_ = 0;
+    float norm_eps_ = 1e-5f;
+    rope_params rope_{};
+    bool rotate_before_storing_ = true;
+    attention_params attention_{};
+
+    // Execution. The stream is declared first: it outlives the handle and the buffers.
+    owned_stream stream_;
+    cuda_ops::cublas_handle blas_;
+    kernels::attention_workspace workspace_;
+
+    // Weights.
+    cuda::device_buffer<float> token_embedding_, position_embedding_;
+    std::vector<device_layer> layers_;
+    cuda::device_buffer<float> final_norm_w_, final_norm_b_, lm_head_;
+
+    // Activations, grown to the largest batch seen.
+    cuda::device_buffer<float> x_, h_, qkv_, q_, k_, v_, att_, proj_, ff_, act_, last_, logits_;
+    cuda::device_buffer<std::int32_t> ints_, targets_;
+    cuda::device_buffer<double> log_probs_;
+};
+
+}  // namespace kvcar::examples::cuda_model
