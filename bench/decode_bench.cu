@@ -6,7 +6,8 @@
 // flushed before every run (a write of 2x its size), median of --reps runs. The device-side
 // arguments (sequence ids, lengths) are uploaded once, so no host work falls inside the timing.
 //
-//     decode_bench [--reps 30] [--grid quick|full] > kvcar.jsonl
+//     decode_bench [--reps 30] [--grid quick|full] [--codec NAME] [--model NAME] [--batch B]
+//                  [--context L] > kvcar.jsonl
 // bench/run_speed.sh runs this beside PyTorch SDPA and a copy (bench/peers.py) in one session.
 #include <kvcar/kvcar.hpp>
 #include <kvcar/cuda/device_kv_cache.cuh>
@@ -196,9 +197,10 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
     std::printf("{\"impl\":\"kvcar\",\"codec\":\"%s\",\"gpu\":\"%s\",\"model\":\"%s\",\"batch\":%d,"
                 "\"heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"context\":%d,\"ms\":%.6f,"
                 "\"stored_bytes\":%.0f,\"fp16_bytes\":%.0f,\"bytes_per_token\":%zu,"
-                "\"stored_gbps\":%.2f,\"splits\":%d}\n",
+                "\"stored_gbps\":%.2f,\"splits\":%d,\"latent_tensor_cores\":%s}\n",
                 codec_name, gpu, c.m.name, c.batch, c.m.heads, c.m.kv_heads, c.m.head_dim, c.context,
-                ms, stored, fp16, cache.bytes_per_token(), stored / ms / 1e6, ws.last_splits);
+                ms, stored, fp16, cache.bytes_per_token(), stored / ms / 1e6, ws.last_splits,
+                ws.last_latent_tensor_cores ? "true" : "false");
     std::fflush(stdout);
     BENCH_CHECK(cudaFree(q));
     BENCH_CHECK(cudaFree(out));
@@ -212,12 +214,16 @@ std::vector<Codec> per_slot(int slots, Codec c) { return std::vector<Codec>(std:
 
 int main(int argc, char** argv) {
     int reps = 30;
-    std::string grid = "quick", only_codec;
+    std::string grid = "quick", only_codec, only_model;
+    int only_batch = 0, only_context = 0;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--grid") && i + 1 < argc) grid = argv[++i];
         else if (!std::strcmp(argv[i], "--codec") && i + 1 < argc) only_codec = argv[++i];
-        else { std::fprintf(stderr, "usage: decode_bench [--reps N] [--grid quick|full] [--codec NAME]\n"); return 2; }
+        else if (!std::strcmp(argv[i], "--model") && i + 1 < argc) only_model = argv[++i];
+        else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) only_batch = std::atoi(argv[++i]);
+        else if (!std::strcmp(argv[i], "--context") && i + 1 < argc) only_context = std::atoi(argv[++i]);
+        else { std::fprintf(stderr, "usage: decode_bench [--reps N] [--grid quick|full] [--codec NAME] [--model NAME] [--batch B] [--context L]\n"); return 2; }
     }
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) { std::fprintf(stderr, "decode_bench: no GPU\n"); return 1; }
@@ -233,6 +239,8 @@ int main(int argc, char** argv) {
         for (const model_shape& m : models)
             for (int b : batches)
                 for (int L : contexts) {
+                    if (!only_model.empty() && only_model != m.name) continue;
+                    if ((only_batch && b != only_batch) || (only_context && L != only_context)) continue;
                     const double fp16_gb = 4.0 * b * L * m.kv_heads * m.head_dim / 1e9;
                     if (fp16_gb > 24.0) continue;
                     const bench_case c{m, b, L};

@@ -377,6 +377,12 @@ private:
             if (id < 0 || id > std::int64_t(std::numeric_limits<int>::max()))
                 fail(who + "token " + quoted(key) + " has id " + std::to_string(id) +
                      ", outside [0, 2^31)");
+            // Ids run 0..N-1, so an id >= N is wrong; checking it here also keeps a hostile id
+            // from sizing key_of_id (found by fuzz/gpt2_tokenizer).
+            if (id >= std::int64_t(root.size()))
+                fail(who + "token " + quoted(key) + " has id " + std::to_string(id) +
+                     ", but the vocabulary has only " + std::to_string(root.size()) +
+                     " tokens (ids must be 0.." + std::to_string(root.size() - 1) + ")");
             const auto [it, inserted] = key_to_id.emplace(key, int(id));
             if (!inserted) fail(who + "token " + quoted(key) + " appears twice");
             const auto slot = std::size_t(id);

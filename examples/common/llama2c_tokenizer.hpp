@@ -97,6 +97,12 @@ public:
         if (t.max_token_length_ <= 0)
             fail(who + "max_token_length is " + std::to_string(t.max_token_length_) +
                  ", must be positive");
+        // Every token takes at least 8 bytes (score + length): a vocab_size the file cannot hold is
+        // an error before it sizes anything (found by fuzz/llama2c_tokenizer).
+        if (std::uint64_t(vocab_size) > (bytes.size() - 4) / 8)
+            fail(who + "truncated: " + std::to_string(vocab_size) + " tokens need at least " +
+                 std::to_string(4 + 8 * std::uint64_t(vocab_size)) + " bytes, the file has " +
+                 std::to_string(bytes.size()));
         t.pieces_.reserve(std::size_t(vocab_size));
         t.scores_.reserve(std::size_t(vocab_size));
         std::size_t pos = 4;

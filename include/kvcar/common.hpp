@@ -55,6 +55,13 @@ inline void validate(const kv_geometry& g) {
             "kv_geometry needs positive n_layers, n_kv_heads and head_dim (got " +
                 std::to_string(g.n_layers) + ", " + std::to_string(g.n_kv_heads) + ", " +
                 std::to_string(g.head_dim) + ")");
+    // Token widths and slot counts are ints everywhere (kernels index with them): keep every
+    // product of the geometry representable, so a hostile file cannot overflow one.
+    constexpr long long int_max = 2147483647;
+    require(static_cast<long long>(g.n_kv_heads) * g.head_dim <= int_max / 4 &&
+                2LL * g.n_layers * g.n_kv_heads <= int_max,
+            "kv_geometry " + std::to_string(g.n_layers) + " x " + std::to_string(g.n_kv_heads) +
+                " x " + std::to_string(g.head_dim) + " is too large");
 }
 
 }  // namespace kvcar

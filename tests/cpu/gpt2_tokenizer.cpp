@@ -242,10 +242,12 @@ TEST_CASE("gpt2 loading rejects inconsistent vocab.json and merges.txt, naming t
         f.vocab.back().second = 7;
         KVCAR_REQUIRE_ERROR(parse(f), "id 7 is given to both");
     }
-    SECTION("ids have a gap") {
+    SECTION("ids have a gap: some id is then past the end") {
+        // N distinct ids leave a gap in 0..N-1 only if one of them is >= N, which is rejected
+        // before it can size anything.
         mini_files f = mini();
         f.vocab.back().second = 300;
-        KVCAR_REQUIRE_ERROR(parse(f), "mini/vocab.json: no token has id 260");
+        KVCAR_REQUIRE_ERROR(parse(f), "mini/vocab.json: token '<|endoftext|>' has id 300, but the vocabulary has only 261 tokens");
     }
     SECTION("a byte has no token") {
         mini_files f = mini();
@@ -366,8 +368,7 @@ TEST_CASE("gpt2 tokenizer on the real GPT-2 files matches Hugging Face tokenizer
         std::snprintf(hash, sizeof hash, "%016llx",
                       static_cast<unsigned long long>(fnv1a64_of_ids(ids)));
         CHECK(std::string(hash) == whole.at("fnv1a64").as_string());
-        CHECK(fresh.decode(ids) == wiki);
-        CHECK(seconds < 10.0);
+        CHECK(fresh.decode(ids) == wiki);  // speed is reported above, never asserted
     }
     SECTION("round trip on random bytes with the real merges") {
         std::mt19937 rng(7);

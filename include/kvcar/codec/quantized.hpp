@@ -91,7 +91,9 @@ struct quantized_codec {
             const float t = scale > 0.0f ? (z[j] - offset) / scale : 0.0f;
             if constexpr (std::same_as<Q, std::int8_t>) {
                 const float r = ::rintf(t - 0.5f);
-                q[j] = std::int8_t(r < -128.0f ? -128.0f : r > 127.0f ? 127.0f : r);
+                // Written so a NaN (inf - inf from extreme parameters) maps to -128: converting
+                // NaN to an integer is undefined behaviour (found by fuzz/codec_file).
+                q[j] = std::int8_t(r >= -128.0f ? (r <= 127.0f ? r : 127.0f) : -128.0f);
             } else {
                 q[j] = to_fp8_e4m3(t);
             }

@@ -16,6 +16,7 @@
 // again, recreate it from the folded weights with γ = √(var + eps), β = mean measured on data.
 #pragma once
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -618,6 +619,41 @@ inline codec_set load_codec_set(const std::string& path) {
         if (!used_tensors.count(name))
             r.fail("tensor '" + name + "' belongs to no slot of the metadata");
 
+    // Every logical (layer, group, K/V) is either a listed slot or a reuse entry, so there are
+    // at least as many entries as groups. Checked in 64 bits before validate() builds the layout: a geometry the
+    // file cannot back with slots would otherwise size tables from the header alone (found by
+    // fuzz/codec_file).
+    if (set.heads_per_group > 0 && set.geometry.n_kv_heads > 0 && set.geometry.n_layers > 0 &&
+        set.geometry.n_kv_heads % set.heads_per_group == 0) {
+        const long long logical = 2LL * set.geometry.n_layers *
+                                  (set.geometry.n_kv_heads / set.heads_per_group);
+        const long long listed = static_cast<long long>(set.slots.size() + set.key_reuse.size() +
+                                                        set.value_reuse.size());
+        // Fewer entries than groups: name the first group nothing covers, found from the
+        // entries alone (sorting them), not from tables the size of the claimed geometry. More
+        // entries than groups is left to validate(), which names the duplicate or the cycle.
+        if (logical > listed) {
+            const long long groups = set.geometry.n_kv_heads / set.heads_per_group;
+            auto index = [&](long long layer, long long group, kv_kind kind) {
+                return (layer * groups + group) * 2 + int(kind);
+            };
+            std::vector<long long> covered;
+            covered.reserve(std::size_t(listed));
+            for (const slot_codec& c : set.slots) covered.push_back(index(c.layer, c.group, c.kind));
+            for (const reuse_entry& e : set.key_reuse) covered.push_back(index(e.layer, e.group, kv_kind::key));
+            for (const reuse_entry& e : set.value_reuse) covered.push_back(index(e.layer, e.group, kv_kind::value));
+            std::sort(covered.begin(), covered.end());
+            long long missing = 0;
+            for (long long c : covered) {
+                if (c != missing) break;
+                ++missing;
+            }
+            const int layer = int(missing / 2 / groups), group = int(missing / 2 % groups);
+            r.fail("stored slot " + slot_codec::identity(layer, group, kv_kind(missing % 2), 0).name() +
+                   " has no codec (the geometry has " + std::to_string(logical) +
+                   " logical K/V groups, the file lists " + std::to_string(listed) + ")");
+        }
+    }
     try {
         set.validate();
     } catch (const error& e) {

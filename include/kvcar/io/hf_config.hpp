@@ -89,7 +89,7 @@ public:
     float positive_float(std::string_view key, const json_value& v) const {
         if (!v.is_number()) fail(detail::msg() + "'" + key + "' is not a number");
         const double d = v.as_double();
-        if (!(d > 0) || !(d <= double(std::numeric_limits<float>::max())))
+        if (!(d > 0) || !(d <= double(std::numeric_limits<float>::max())) || !(float(d) > 0.0f))
             fail(detail::msg() + "'" + key + "' is " + d + ", expected a positive finite number");
         return float(d);
     }

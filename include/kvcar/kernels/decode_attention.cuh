@@ -20,7 +20,9 @@
 //            into each group's latent space once (qz = Pᵀq, bias = q·μ), the CTA reads the d-wide
 //            latents of its group once for all heads of the group (a whole-layer latent serves
 //            every head, as in MLA), accumulates Σ a z, and the combine step lifts P(Σ a z) + μ.
-//            Nothing is decompressed.
+//            Nothing is decompressed. Whole-layer groups of f16/int8/fp8 latents run instead on
+//            tensor cores (kernels/latent_decode_attention.cuh), where the heads' shared latent
+//            makes the CUDA-core loop compute-bound.
 //   decoded  everything else (autoencoder, RoPE on read, other shapes): the CTA decodes tiles of
 //            TILE tokens of its group into shared memory with device::decode_tile and attends
 //            from there; no decompressed copy ever reaches global memory.
@@ -128,6 +130,9 @@ public:
     /// The split layout of the last launch (for tests and tuning).
     int last_splits = 0;
     int last_chunk = 0;
+    /// Whether the last decode_attention ran the tensor-core latent path
+    /// (latent_decode_attention.cuh).
+    bool last_latent_tensor_cores = false;
 
 private:
     template <class T>
@@ -760,6 +765,13 @@ void launch_direct(const device::cache_view<Codec>& cache, const decode_attentio
     ws.last_chunk = plan.chunk;
 }
 
+/// The tensor-core path for whole-layer latents (kvcar/kernels/latent_decode_attention.cuh,
+/// included at the end of this file): runs it and returns true when the launch qualifies.
+template <class Codec>
+bool try_latent_tensor_cores(const device::cache_view<Codec>& cache,
+                             const decode_attention_params& p, attention_workspace& ws,
+                             cudaStream_t stream);
+
 }  // namespace detail
 
 /// Decode attention over a cache view: out[b][h] = softmax(scale · q[b][h] · K) V over the first
@@ -769,6 +781,7 @@ template <class Codec>
 void decode_attention(const device::cache_view<Codec>& cache, const decode_attention_params& p,
                       attention_workspace& ws, cudaStream_t stream = nullptr) {
     detail::validate(p, cache.n_layers, cache.n_kv_heads, cache.head_dim, "decode_attention");
+    ws.last_latent_tensor_cores = false;
     if (p.batch == 0) return;
     const int hd = cache.head_dim;
     const int G = p.n_heads / cache.n_kv_heads;
@@ -888,6 +901,11 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
 
     if constexpr (device::linear_core_codec<Codec>) {
         if (!rope) {
+            // Whole-layer latents (MLA-like) on tensor cores when the codec and shape allow.
+            if (detail::try_latent_tensor_cores(cache, p, ws, stream)) {
+                ws.last_latent_tensor_cores = true;
+                return;
+            }
             run_generic.template operator()<true>();
             return;
         }
@@ -938,3 +956,6 @@ void decode_attention(const cuda::device_kv_cache<Codec, Layout>& cache, int lay
 }
 
 }  // namespace kvcar::kernels
+
+// The tensor-core latent path (defines detail::try_latent_tensor_cores).
+#include "kvcar/kernels/latent_decode_attention.cuh"

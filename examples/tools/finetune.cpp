@@ -1,0 +1,328 @@
+// kvcar-finetune — stage 2 of the KV-CAR paper's Algorithm 1: every autoencoder of a codec file
+// inserted into the frozen model and fine-tuned jointly with the language-model loss.
+//
+//   kvcar-calibrate --model M --codec autoencoder --group layer --ratio 0.5 --out ae.kvc
+//   kvcar-finetune  --model M --codec-file ae.kvc --out ae-ft.kvc --time-limit 600
+//   kvcar-perplexity --model M --kv file:ae-ft.kvc
+//
+// Loss per window (examples/models/gpt2_train.hpp): mean next-token cross-entropy of the model
+// whose attention reads K/V through the codecs, plus --l1 × Σ over autoencoder slots of
+// mean |x̂ − x| (the paper's "scaled L1"). Only the autoencoders' weights change, in their folded
+// form (BatchNorm merged into the FC before it): that is the network inference runs, so
+// training it directly is equivalent at inference and the file is rewritten without loss.
+// Every other slot (identity, linear, reuse) is kept as it is and differentiated through.
+//
+// Data: the text (default WikiText-2 validation, read as it is) is tokenized once and cut into
+// non-overlapping windows of --ctx + 1 tokens (ctx inputs, each predicting the next). The last
+// --eval-windows windows are held out: their mean CE is reported for the uncompressed model,
+// for the codecs before training, and after (and every --eval-every steps, keeping the best
+// weights). The rest are visited in a seeded random order, --batch windows per Adam step.
+//
+// Train at the context length the cache will serve: on gpt2-tiny, autoencoders fine-tuned on
+// 128-token windows improved perplexity at ctx 128 and 256 but worsened it at ctx 512
+// (docs/results/stage2.md).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kvcar/codec/any.hpp"
+#include "kvcar/io/codec_file.hpp"
+
+#include "examples/models/gpt2_train.hpp"
+#include "examples/models/model.hpp"
+#include "examples/models/tool_common.hpp"
+
+namespace ex = kvcar::examples;
+namespace io = kvcar::io;
+using kvcar::require;
+
+namespace {
+
+const std::string tool = "kvcar-finetune";
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    require(bool(in), tool + ": cannot open '" + path + "'");
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+/// A window: inputs ids[begin, begin + ctx), targets ids[begin + 1, begin + ctx + 1).
+struct window {
+    std::size_t begin = 0;
+};
+
+/// Seeded Fisher–Yates with unbiased draws (std::shuffle's draws are library-specific).
+void shuffle(std::vector<window>& v, std::mt19937_64& rng) {
+    for (std::size_t i = v.size(); i > 1; --i) {
+        const std::uint64_t n = i, limit = (0 - n) % n;
+        std::uint64_t r = rng();
+        while (r < limit) r = rng();
+        std::swap(v[i - 1], v[std::size_t(r % n)]);
+    }
+}
+
+int run(int argc, char** argv) {
+    std::vector<ex::option_spec> specs;
+    for (const ex::option_spec& s : ex::model_options_spec("identity-f16"))
+        if (s.name != "kv" && s.name != "keys") specs.push_back(s);
+    specs.insert(specs.end(), {
+        {"codec-file", "PATH", "stage-1 codec file with autoencoder slots (required)"},
+        {"out", "PATH", "codec file to write, the fine-tuned autoencoders in place (required)"},
+        {"text", "FILE", "training text, read as it is (default: shared/data/wikitext-2/"
+                         "wiki.valid.tokens)"},
+        {"max-tokens", "N", "use only the first N tokens of the text (default: all)"},
+        {"ctx", "N", "window length in tokens (default 128); train at the context the cache will "
+                     "serve: autoencoders tuned on short windows can hurt later positions "
+                     "(docs/results/stage2.md)"},
+        {"steps", "N", "Adam steps (default 1000)"},
+        {"time-limit", "SECONDS", "stop after this much wall time (default 0: no limit)"},
+        {"batch", "N", "windows per step, gradients averaged (default 1)"},
+        {"lr", "X", "Adam step size (default 1e-4)"},
+        {"l1", "X", "weight of the reconstruction term Σ_slots mean |x̂ − x| (default 0.1)"},
+        {"clip", "X", "clip the gradient's norm to X (default 1; 0 = no clipping)"},
+        {"eval-windows", "N", "windows held out at the text's end for evaluation (default 8)"},
+        {"eval-every", "N", "evaluate every N steps and save the best weights (default 0: only "
+                            "before and after; the final weights are saved)"},
+        {"log-every", "N", "print the mean training loss every N steps (default 50)"},
+        {"seed", "N", "window order seed (default 0)"},
+        {"quiet", "", "no progress line"},
+    });
+    ex::command_line cl(tool,
+                        "Fine-tunes a codec file's autoencoders jointly through the frozen model "
+                        "with the language-model loss (KV-CAR stage 2).",
+                        specs);
+    if (!cl.parse(argc, argv)) return 0;
+
+    const std::string in_path = cl.required("codec-file");
+    const std::string out_path = cl.required("out");
+    const int ctx = int(cl.get_int("ctx", 128));
+    const long long steps = cl.get_int("steps", 1000);
+    const double time_limit = cl.get_double("time-limit", 0.0);
+    const int batch = int(cl.get_int("batch", 1));
+    const double lr = cl.get_double("lr", 1e-4);
+    const double l1 = cl.get_double("l1", 0.1);
+    const double clip = cl.get_double("clip", 1.0);
+    const int eval_windows = int(cl.get_int("eval-windows", 8));
+    const long long eval_every = cl.get_int("eval-every", 0);
+    const long long log_every = cl.get_int("log-every", 50);
+    const long long seed = cl.get_int("seed", 0);
+    const long long max_tokens = cl.get_int("max-tokens", 0);
+    require(ctx >= 2, tool + ": --ctx must be at least 2");
+    require(steps >= 0, tool + ": --steps must not be negative");
+    require(std::isfinite(time_limit) && time_limit >= 0, tool + ": --time-limit must be >= 0");
+    require(batch >= 1, tool + ": --batch must be at least 1");
+    require(std::isfinite(lr) && lr > 0, tool + ": --lr must be positive");
+    require(std::isfinite(l1) && l1 >= 0, tool + ": --l1 must not be negative");
+    require(std::isfinite(clip) && clip >= 0, tool + ": --clip must not be negative");
+    require(eval_windows >= 0, tool + ": --eval-windows must not be negative");
+    require(eval_every >= 0, tool + ": --eval-every must not be negative");
+    require(log_every >= 1, tool + ": --log-every must be at least 1");
+    require(seed >= 0, tool + ": --seed must not be negative");
+    require(max_tokens >= 0, tool + ": --max-tokens must not be negative");
+    require(!(eval_every > 0 && eval_windows == 0),
+            tool + ": --eval-every needs --eval-windows > 0");
+
+    const ex::language_model model =
+        ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
+    const ex::gpt2_model* gpt2 = model.as_gpt2();
+    require(gpt2 != nullptr, tool + ": only GPT-2 models are supported so far (" +
+                                 model.path() + " is " + model.architecture() + ")");
+    require(ctx <= model.max_positions(), tool + ": --ctx " + std::to_string(ctx) +
+                                              " exceeds the model's context of " +
+                                              std::to_string(model.max_positions()));
+    const io::codec_set set = io::load_codec_set(in_path, model.cache_geometry());
+    const int threads = ex::resolve_threads(int(cl.get_int("threads", 0)));
+    const ex::kv_finetune_params params{.l1_weight = float(l1), .threads = threads};
+    ex::gpt2_kv_trainer<float> trainer(*gpt2, set, params);
+    require(!trainer.autoencoders().empty(),
+            tool + ": " + in_path + " has no autoencoder slot; nothing to fine-tune");
+
+    // --- data ---
+    const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
+    const std::string text_path =
+        cl.get("text", ex::shared_data_dir() + "/wikitext-2/wiki.valid.tokens");
+    std::vector<int> ids = tokenizer.encode(read_file(text_path), false);
+    const std::size_t total_tokens = ids.size();
+    if (max_tokens > 0 && ids.size() > std::size_t(max_tokens)) ids.resize(std::size_t(max_tokens));
+    std::vector<window> windows;
+    for (std::size_t b = 0; b + std::size_t(ctx) + 1 <= ids.size(); b += std::size_t(ctx))
+        windows.push_back({b});
+    require(windows.size() > std::size_t(eval_windows),
+            tool + ": " + text_path + " gives " + std::to_string(windows.size()) +
+                " windows of " + std::to_string(ctx + 1) + " tokens; need more than --eval-windows " +
+                std::to_string(eval_windows));
+    const std::vector<window> eval(windows.end() - eval_windows, windows.end());
+    std::vector<window> train(windows.begin(), windows.end() - eval_windows);
+
+    std::size_t n_ae_params = 0;
+    for (const auto& a : trainer.autoencoders()) n_ae_params += a.parameter_count();
+    std::fprintf(stderr, "model: %s (%s)\n", model.path().c_str(), model.describe().c_str());
+    std::fprintf(stderr, "codecs: %s, %zu autoencoder slots (%zu parameters), %.2fx vs fp16\n",
+                 in_path.c_str(), trainer.autoencoders().size(), n_ae_params,
+                 set.compression_ratio());
+    std::fprintf(stderr, "text: %s, %zu tokens, using %zu: %zu training windows of %d, %d held "
+                         "out\n",
+                 text_path.c_str(), total_tokens, ids.size(), train.size(), ctx, eval_windows);
+    std::fprintf(stderr, "training: steps %lld, time limit %.0f s, batch %d, lr %g, l1 %g, clip "
+                         "%g, threads %d, seed %lld\n",
+                 steps, time_limit, batch, lr, l1, clip, threads, seed);
+
+    const auto span_of = [&](const window& w, int offset) {
+        return std::span<const int>(&ids[w.begin + std::size_t(offset)], std::size_t(ctx));
+    };
+    const auto evaluate = [&](ex::gpt2_kv_trainer<float>& t) {
+        ex::kv_finetune_loss sum;
+        for (const window& w : eval) {
+            const ex::kv_finetune_loss l = t.loss(span_of(w, 0), span_of(w, 1));
+            sum.total += l.total;
+            sum.ce += l.ce;
+            sum.l1 += l.l1;
+        }
+        const double n = double(std::max<std::size_t>(1, eval.size()));
+        return ex::kv_finetune_loss{sum.total / n, sum.ce / n, sum.l1 / n};
+    };
+
+    double exact_ce = NAN, ce_before = NAN, best_ce = NAN;
+    long long best_step = 0;
+    if (!eval.empty()) {
+        ex::gpt2_kv_trainer<float> exact(
+            *gpt2,
+            io::codec_set::identity(model.cache_geometry(), set.heads_per_group,
+                                    kvcar::latent_storage::f32),
+            params);
+        exact_ce = evaluate(exact).ce;
+        const ex::kv_finetune_loss before = evaluate(trainer);
+        ce_before = best_ce = before.ce;
+        std::printf("held-out CE: exact model %.4f (ppl %.2f); codecs before fine-tuning %.4f "
+                    "(ppl %.2f), l1 %.4f\n",
+                    exact_ce, std::exp(exact_ce), before.ce, std::exp(before.ce), before.l1);
+        std::fflush(stdout);
+    }
+    std::vector<ex::folded_ae_weights<float>> best = trainer.autoencoders();
+
+    // --- training ---
+    ex::ae_adam<float> adam(trainer.autoencoders(), float(lr), float(clip));
+    std::mt19937_64 rng{static_cast<std::uint64_t>(seed)};
+    shuffle(train, rng);
+    std::size_t next = 0;
+    ex::progress_line progress(!cl.has("quiet"));
+    const auto start = ex::clock_type::now();
+    double log_total = 0, log_ce = 0, log_l1 = 0, log_norm = 0;
+    long long log_count = 0, step = 0;
+    bool diverged = false;
+    for (; step < steps; ++step) {
+        const double elapsed = ex::seconds_since(start);
+        // Stop before a step that would likely overrun the limit.
+        if (time_limit > 0 && step > 0 && elapsed * double(step + 1) / double(step) > time_limit)
+            break;
+        ex::ae_gradients<float> grad = trainer.zero_gradient();
+        ex::kv_finetune_loss step_loss;
+        for (int b = 0; b < batch; ++b) {
+            if (next == train.size()) {
+                shuffle(train, rng);
+                next = 0;
+            }
+            const window& w = train[next++];
+            const ex::kv_finetune_loss l =
+                trainer.loss(span_of(w, 0), span_of(w, 1), &grad, 1.0f / float(batch));
+            step_loss.total += l.total / batch;
+            step_loss.ce += l.ce / batch;
+            step_loss.l1 += l.l1 / batch;
+        }
+        if (!std::isfinite(step_loss.total)) {
+            diverged = true;
+            std::fprintf(stderr, "\n%s: the loss is not finite at step %lld; stopping\n",
+                         tool.c_str(), step + 1);
+            break;
+        }
+        const double norm = adam.step(trainer.autoencoders(), grad);
+        log_total += step_loss.total;
+        log_ce += step_loss.ce;
+        log_l1 += step_loss.l1;
+        log_norm += norm;
+        ++log_count;
+
+        const double s = ex::seconds_since(start);
+        char line[200];
+        std::snprintf(line, sizeof line, "step %lld  loss %.4f  ce %.4f  l1 %.4f  %.2f s/step",
+                      step + 1, step_loss.total, step_loss.ce, step_loss.l1, s / double(step + 1));
+        progress.update(line);
+        if ((step + 1) % log_every == 0) {
+            progress.finish();
+            std::printf("step %lld  %.0f s  train loss %.4f  ce %.4f  l1 %.4f  |grad| %.3g\n",
+                        step + 1, s, log_total / log_count, log_ce / log_count,
+                        log_l1 / log_count, log_norm / log_count);
+            std::fflush(stdout);
+            log_total = log_ce = log_l1 = log_norm = 0;
+            log_count = 0;
+        }
+        if (eval_every > 0 && (step + 1) % eval_every == 0) {
+            progress.finish();
+            const ex::kv_finetune_loss e = evaluate(trainer);
+            const bool better = e.ce < best_ce;
+            if (better) {
+                best_ce = e.ce;
+                best_step = step + 1;
+                best = trainer.autoencoders();
+            }
+            std::printf("step %lld  held-out CE %.4f (ppl %.2f)  l1 %.4f%s\n", step + 1, e.ce,
+                        std::exp(e.ce), e.l1, better ? "  (best so far)" : "");
+            std::fflush(stdout);
+        }
+    }
+    progress.finish();
+    const double seconds = ex::seconds_since(start);
+    const long long steps_run = step;
+
+    // What is saved: the final weights, unless --eval-every (or a divergence) found better ones.
+    long long saved_step = steps_run;
+    if (!eval.empty()) {
+        const ex::kv_finetune_loss after = evaluate(trainer);
+        if ((eval_every > 0 || diverged) && !(after.ce < best_ce)) {
+            trainer.autoencoders() = best;
+            saved_step = best_step;
+        }
+        std::printf("held-out CE after %lld steps: %.4f (ppl %.2f), l1 %.4f; before %.4f, exact "
+                    "%.4f\n",
+                    steps_run, after.ce, std::exp(after.ce), after.l1, ce_before, exact_ce);
+    } else if (diverged) {
+        trainer.autoencoders() = best;  // the initial weights
+        saved_step = 0;
+    }
+
+    io::codec_set out = trainer.trained_codec_set();
+    out.calibration.notes +=
+        (out.calibration.notes.empty() ? "" : "; ") + std::string("kvcar-finetune: ") +
+        "text=" + std::filesystem::path(text_path).filename().string() +
+        " ctx=" + std::to_string(ctx) + " steps=" + std::to_string(saved_step) + "/" +
+        std::to_string(steps_run) + " batch=" + std::to_string(batch) + " lr=" + cl.get("lr", "1e-4") +
+        " l1=" + cl.get("l1", "0.1") + " clip=" + cl.get("clip", "1") + " seed=" +
+        std::to_string(seed);
+    io::save_codec_set(out, out_path);
+    std::printf("trained %lld steps (%lld windows of %d tokens) in %.1f s, %.2f s/step; saved the "
+                "weights of step %lld to %s\n",
+                steps_run, steps_run * batch, ctx, seconds,
+                steps_run > 0 ? seconds / double(steps_run) : 0.0, saved_step, out_path.c_str());
+    return diverged ? 2 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}

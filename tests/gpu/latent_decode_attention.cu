@@ -1,0 +1,289 @@
+// Tests for kvcar/kernels/latent_decode_attention.cuh: decode attention over whole-layer linear
+// latents on tensor cores, against kvcar::reference_decode_attention on the CPU reading the very
+// same records (the host cache is filled, then copied byte for byte into the device cache).
+// fp16 operands (Qz, probabilities) with fp32 accumulation: relative error <= 2e-3.
+#include "gpu/gpu_test.cuh"
+
+#include <kvcar/cuda/device_kv_cache.cuh>
+#include <kvcar/kernels/decode_attention.cuh>
+#include <kvcar/kernels/latent_decode_attention.cuh>
+#include <kvcar/layout/dense.hpp>
+#include <kvcar/reference/attention.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+using namespace kvcar;
+using kvcar_test::random_floats;
+
+static_assert(kernels::latent_tensor_core_codec<linear_codec<f16>>);
+static_assert(kernels::latent_tensor_core_codec<quantized_codec<linear_codec<float>, std::int8_t>>);
+static_assert(kernels::latent_tensor_core_codec<quantized_codec<linear_codec<float>, fp8_e4m3>>);
+static_assert(!kernels::latent_tensor_core_codec<linear_codec<float>>);  // fp16 would round z
+static_assert(!kernels::latent_tensor_core_codec<linear_codec<bf16>>);
+static_assert(!kernels::latent_tensor_core_codec<identity_codec<f16>>);
+
+namespace {
+
+constexpr double tolerance = 2e-3;
+
+struct shape {
+    const char* name;
+    int n_layers;
+    int n_kv_heads;
+    int head_dim;
+    int n_heads;
+};
+
+template <class Codec>
+struct test_caches {
+    kv_cache<Codec, dense_layout, paged_storage> host;
+    cuda::device_kv_cache<Codec, dense_layout> device;
+    std::vector<int> sequences;
+};
+
+/// Host and device caches (whole-layer groups) with the same records; sequences of the given
+/// lengths (0: live but empty) in interleaved page order.
+template <class Codec>
+test_caches<Codec> make_caches(const shape& s, const std::vector<Codec>& codecs,
+                               const std::vector<int>& lengths, std::uint32_t seed) {
+    const kv_geometry g{s.n_layers, s.n_kv_heads, s.head_dim};
+    const dense_layout layout(g, s.n_kv_heads);
+    int max_len = 1, pages = 0;
+    for (int len : lengths) {
+        max_len = std::max(max_len, len);
+        pages += (len + 15) / 16;
+    }
+    const int n = int(lengths.size());
+    test_caches<Codec> c{
+        kv_cache<Codec, dense_layout, paged_storage>(layout, codecs,
+                                                     {n + 1, max_len, 16, pages + 4}),
+        cuda::device_kv_cache<Codec, dense_layout>(layout, codecs,
+                                                   {n + 2, max_len + 8, 16, pages + 9}),
+        {}};
+    const int spare = c.host.add_sequence();
+    for (int i = 0; i < n; ++i) {
+        const int seq = c.host.add_sequence();
+        c.sequences.push_back(seq);
+        kvcar_test::fill_sequence(c.host, seq, lengths[std::size_t(i)] / 2, seed + 17u * seq, 64);
+        kvcar_test::fill_sequence(c.host, spare, 3, seed + 999u + std::uint32_t(i));
+    }
+    for (int i = 0; i < n; ++i) {
+        const int seq = c.sequences[std::size_t(i)];
+        const int rest = lengths[std::size_t(i)] - c.host.length(seq);
+        kvcar_test::fill_sequence(c.host, seq, rest, seed + 31u * seq + 5u, 64);
+    }
+    c.host.remove_sequence(spare);
+    c.device.copy_from(c.host);
+    return c;
+}
+
+/// Runs decode attention (through decode_attention's dispatch, or latent_decode_attention
+/// directly) for every layer and returns the worst relative error against the CPU reference.
+/// Empty sequences must give exact zeros; every output element must be written.
+template <class Codec>
+double decode_error(test_caches<Codec>& c, const attention_params& opt,
+                    kernels::attention_workspace& ws, std::uint32_t seed, bool direct) {
+    const kv_geometry g = c.host.geometry();
+    const int batch = int(c.sequences.size());
+    const std::size_t q_width = std::size_t(opt.n_heads) * g.head_dim;
+    std::vector<std::int32_t> ints;
+    int max_len = 0;
+    for (int seq : c.sequences) ints.push_back(seq);
+    for (int seq : c.sequences) {
+        ints.push_back(c.host.length(seq, 0));
+        max_len = std::max(max_len, c.host.length(seq, 0));
+    }
+    cuda::device_buffer<std::int32_t> ints_dev(ints);
+    double worst = 0.0;
+    for (int layer = 0; layer < g.n_layers; ++layer) {
+        const std::vector<float> q = random_floats(q_width * batch, seed + 7u * layer);
+        cuda::device_buffer<float> q_dev(q);
+        cuda::device_buffer<float> out_dev = kvcar_test::poisoned(q.size());
+        if (direct) {
+            kernels::decode_attention_params p;
+            p.q = q_dev.data();
+            p.out = out_dev.data();
+            p.sequences = ints_dev.data();
+            p.kv_lengths = ints_dev.data() + batch;
+            p.batch = batch;
+            p.max_kv_length = max_len;
+            p.layer = layer;
+            p.n_heads = opt.n_heads;
+            p.scale = opt.scale;
+            kernels::latent_decode_attention(c.device.view(), p, ws);
+        } else {
+            kernels::decode_attention(c.device, layer, c.sequences, q_dev.data(), out_dev.data(),
+                                      opt, ws);
+            CHECK(ws.last_latent_tensor_cores);
+        }
+        KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
+        const std::vector<float> got = out_dev.to_host();
+        std::vector<float> want(q.size(), 0.0f);
+        for (int b = 0; b < batch; ++b) {
+            const int seq = c.sequences[std::size_t(b)];
+            if (c.host.length(seq, layer) == 0) {
+                for (std::size_t i = 0; i < q_width; ++i)
+                    REQUIRE(got[std::size_t(b) * q_width + i] == 0.0f);
+                continue;
+            }
+            reference_decode_attention(
+                c.host, seq, layer, opt,
+                std::span<const float>(q).subspan(std::size_t(b) * q_width, q_width),
+                std::span<float>(want).subspan(std::size_t(b) * q_width, q_width));
+        }
+        worst = std::max(worst, kvcar_test::relative_error(got, want));
+    }
+    return worst;
+}
+
+template <class Codec>
+void check(const shape& s, const std::vector<Codec>& codecs, const std::vector<int>& lengths,
+           const char* codec_name, bool direct = false, float scale = 0.0f) {
+    auto caches = make_caches(s, codecs, lengths, 11u);
+    attention_params opt;
+    opt.n_heads = s.n_heads;
+    opt.scale = scale;
+    kernels::attention_workspace ws;
+    const double err = decode_error(caches, opt, ws, 3u, direct);
+    std::printf("latent_decode_attention %-10s %-26s H%-2d KV%-2d hd%-3d B%zu: rel err %.2e "
+                "(splits %d, chunk %d)\n",
+                s.name, codec_name, s.n_heads, s.n_kv_heads, s.head_dim, lengths.size(), err,
+                ws.last_splits, ws.last_chunk);
+    CHECK(err <= tolerance);
+}
+
+template <class Codec>
+std::vector<Codec> same(const shape& s, const Codec& c) {
+    return std::vector<Codec>(std::size_t(2 * s.n_layers), c);
+}
+
+// Odd lengths, page boundaries (pages of 16), tile boundaries (32), an empty sequence.
+const std::vector<int> boundary_lengths{1, 15, 16, 17, 100, 0, 33, 64, 65};
+
+}  // namespace
+
+TEST_CASE("latent_decode_attention: GPT-2-like whole-layer f16 latent (d = D/2)") {
+    const shape s{"gpt2", 2, 12, 64, 12};
+    const linear_params lin = kvcar_test::random_linear(768, 384, 12, 5);
+    check(s, same(s, lin.codec<f16>()), boundary_lengths, "linear<f16> d384");
+    check(s, same(s, lin.codec<f16>()), {700, 0, 301}, "linear<f16> d384 long", true);
+}
+
+TEST_CASE("latent_decode_attention: Llama-like GQA whole-layer f16 latent (d = D/2)") {
+    const shape s{"llama", 1, 8, 128, 32};
+    const linear_params lin = kvcar_test::random_linear(1024, 512, 8, 6);
+    check(s, same(s, lin.codec<f16>()), {1, 17, 0, 257, 130}, "linear<f16> d512");
+    // A scale other than 1/sqrt(head_dim).
+    check(s, same(s, lin.codec<f16>()), {40, 3}, "linear<f16> d512 scale", false, 0.05f);
+}
+
+TEST_CASE("latent_decode_attention: TinyLlama-like shapes and a 64-head model") {
+    const shape tiny{"tinyllama", 2, 4, 64, 32};
+    const linear_params lin = kvcar_test::random_linear(256, 128, 4, 7);
+    check(tiny, same(tiny, lin.codec<f16>()), boundary_lengths, "linear<f16> d128");
+    const shape wide{"64 heads", 1, 8, 64, 64};
+    const linear_params lin64 = kvcar_test::random_linear(512, 256, 8, 8);
+    check(wide, same(wide, lin64.codec<f16>()), {5, 0, 90}, "linear<f16> d256");
+    const shape mha{"mha-5", 1, 5, 32, 5};  // 5 heads: padded to a 16-row block
+    const linear_params lin5 = kvcar_test::random_linear(160, 64, 5, 9);
+    check(mha, same(mha, lin5.codec<f16>()), {31, 0, 47}, "linear<f16> d64");
+}
+
+TEST_CASE("latent_decode_attention: int8 and fp8 latents (quantized linear)") {
+    const shape llama{"llama", 1, 8, 128, 32};
+    const linear_params lin = kvcar_test::random_linear(1024, 512, 8, 10);
+    const auto i8 = make_quantized<std::int8_t>(lin.codec<float>());
+    check(llama, same(llama, i8), {1, 17, 0, 257, 130}, "quantized<linear,int8> d512");
+    const shape gpt2{"gpt2", 1, 12, 64, 12};
+    const linear_params lin2 = kvcar_test::random_linear(768, 384, 12, 11);
+    const auto f8 = make_quantized<fp8_e4m3>(lin2.codec<float>());
+    check(gpt2, same(gpt2, f8), boundary_lengths, "quantized<linear,fp8> d384");
+    const auto i8g = make_quantized<std::int8_t>(lin2.codec<float>());
+    check(gpt2, same(gpt2, i8g), {300, 0, 7}, "quantized<linear,int8> d384", true);
+}
+
+TEST_CASE("latent_decode_attention: latent widths that are not multiples of 16 or 8") {
+    const shape s{"small", 1, 2, 64, 8};
+    // d = 24: 16-byte records, zero-padded to 32 columns; d = 20: 2-byte loads; d = 20 int8:
+    // 28-byte records fetched in 4-byte pieces.
+    const linear_params l24 = kvcar_test::random_linear(128, 24, 2, 12);
+    check(s, same(s, l24.codec<f16>()), boundary_lengths, "linear<f16> d24");
+    const linear_params l20 = kvcar_test::random_linear(128, 20, 2, 13);
+    check(s, same(s, l20.codec<f16>()), boundary_lengths, "linear<f16> d20");
+    check(s, same(s, make_quantized<std::int8_t>(l20.codec<float>())), boundary_lengths,
+          "quantized<linear,int8> d20");
+}
+
+TEST_CASE("latent_decode_attention: K and V codecs of different widths in each layer") {
+    const shape s{"per-slot", 2, 4, 64, 16};
+    std::vector<linear_params> params;
+    for (int slot = 0; slot < 4; ++slot)
+        params.push_back(kvcar_test::random_linear(256, 48 + 32 * slot, 4, 20u + slot));
+    std::vector<linear_codec<f16>> codecs;
+    for (const auto& p : params) codecs.push_back(p.codec<f16>());
+    check(s, codecs, {1, 50, 0, 129}, "linear<f16> d48..144");
+}
+
+TEST_CASE("latent_decode_attention: long sequences split over many CTAs at batch 1") {
+    const shape s{"llama", 1, 8, 128, 32};
+    const linear_params lin = kvcar_test::random_linear(1024, 256, 8, 30);
+    auto caches = make_caches(s, same(s, lin.codec<f16>()), {3000}, 8u);
+    attention_params opt;
+    opt.n_heads = s.n_heads;
+    kernels::attention_workspace ws;
+    const double err = decode_error(caches, opt, ws, 1u, false);
+    std::printf("latent_decode_attention long B1 L3000: rel err %.2e (splits %d, chunk %d)\n", err,
+                ws.last_splits, ws.last_chunk);
+    CHECK(err <= tolerance);
+    CHECK(ws.last_splits > 8);
+}
+
+TEST_CASE("latent_decode_attention: what the tensor-core path does not take") {
+    kernels::attention_workspace ws;
+    std::string why;
+    // Per-head groups: the generic latent path.
+    {
+        const kv_geometry g{1, 2, 64};
+        const linear_params lin = kvcar_test::random_linear(64, 32, 1, 40);
+        cuda::device_kv_cache<linear_codec<f16>> cache(dense_layout(g), lin.codec<f16>(),
+                                                       {2, 32, 16, 4});
+        kernels::decode_attention_params p;
+        p.n_heads = 4;
+        CHECK_FALSE(kernels::latent_decode_attention_supported(cache.view(), p, ws, &why));
+        CHECK(why.find("whole layer") != std::string::npos);
+        KVCAR_REQUIRE_ERROR(kernels::latent_decode_attention(cache.view(), p, ws), "whole layer");
+    }
+    const kv_geometry g{1, 2, 64};
+    const linear_params lin = kvcar_test::random_linear(128, 64, 2, 41);
+    cuda::device_kv_cache<linear_codec<f16>> cache(dense_layout(g, 2), lin.codec<f16>(),
+                                                   {2, 32, 16, 4});
+    const int seq = cache.add_sequence();
+    kernels::decode_attention_params p;
+    p.n_heads = 8;
+    CHECK(kernels::latent_decode_attention_supported(cache.view(), p, ws, &why));
+    p.rope = rope_mode::on_read;
+    KVCAR_REQUIRE_ERROR(kernels::latent_decode_attention(cache.view(), p, ws), "RoPE");
+    p.rope = rope_mode::none;
+    p.n_heads = 128;
+    KVCAR_REQUIRE_ERROR(kernels::latent_decode_attention(cache.view(), p, ws), "exceed");
+    p.n_heads = 7;  // not a multiple of n_kv_heads
+    KVCAR_REQUIRE_ERROR(kernels::latent_decode_attention(cache.view(), p, ws),
+                        "not a positive multiple");
+    // Through decode_attention, RoPE on read takes the decoded path (and stays correct there).
+    cuda::device_buffer<float> q(8 * 64), out(8 * 64);
+    attention_params opt;
+    opt.n_heads = 8;
+    opt.rope = rope_mode::on_read;
+    kernels::decode_attention(cache, 0, std::vector<int>{seq}, q.data(), out.data(), opt, ws);
+    CHECK_FALSE(ws.last_latent_tensor_cores);
+    // fp32 latents would be rounded to fp16: the generic path.
+    const linear_codec<float> f32 = lin.codec<float>();
+    cuda::device_kv_cache<linear_codec<float>> cache32(dense_layout(g, 2), f32, {2, 32, 16, 4});
+    p.n_heads = 8;
+    CHECK_FALSE(kernels::latent_decode_attention_supported(cache32.view(), p, ws, &why));
+    KVCAR_REQUIRE_ERROR(kernels::latent_decode_attention(cache32.view(), p, ws),
+                        "f16, int8 or fp8");
+}
