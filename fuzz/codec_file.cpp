@@ -1,0 +1,153 @@
+// Fuzzes kvcar::io::load_codec_set (a safetensors file whose "kvcar" metadata describes every
+// slot's codec). An accepted set must be usable: every codec view encodes and decodes a vector
+// (AddressSanitizer sees any parameter array shorter than its codec reads), and the set saves and
+// loads again to the same thing.
+//
+// load_codec_set only takes a path, so each input is written to a file in $TMPDIR first.
+// Seeds: KVCAR_FUZZ_WRITE_SEEDS=fuzz/corpus/codec_file build-fuzz/fuzz/fuzz_codec_file
+// writes files made by save_codec_set itself, so they follow the format as the writer does.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "fuzz_common.hpp"
+#include "kvcar/io/codec_file.hpp"
+
+namespace {
+
+namespace io = kvcar::io;
+
+std::string temp_path(const char* suffix) {
+    const char* dir = std::getenv("TMPDIR");
+    return std::string(dir && *dir ? dir : "/tmp") + "/kvcar-fuzz-codec-" +
+           std::to_string(::getpid()) + suffix;
+}
+
+std::vector<float> ramp(std::size_t n, float scale) {
+    std::vector<float> v(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = scale * std::sin(0.7f * float(i) + 0.3f);
+    return v;
+}
+
+kvcar::linear_params small_linear(int width, int rank, int heads) {
+    kvcar::linear_params p;
+    p.width = width;
+    p.rank = rank;
+    p.heads = heads;
+    p.mean = ramp(std::size_t(width), 0.1f);
+    p.basis = ramp(std::size_t(width) * std::size_t(rank), 0.5f);
+    return p;
+}
+
+kvcar::folded_autoencoder small_autoencoder(int width, int hidden, int latent) {
+    kvcar::folded_autoencoder a;
+    a.width = width;
+    a.hidden = hidden;
+    a.latent = latent;
+    a.slope = 0.01f;
+    const auto D = std::size_t(width), h = std::size_t(hidden), d = std::size_t(latent);
+    a.enc1_w = ramp(h * D, 0.3f);
+    a.enc1_b = ramp(h, 0.1f);
+    a.enc2_wt = ramp(h * d, 0.3f);
+    a.enc2_b = ramp(d, 0.1f);
+    a.dec1_w = ramp(h * d, 0.3f);
+    a.dec1_b = ramp(h, 0.1f);
+    a.dec2_wt = ramp(h * D, 0.3f);
+    a.dec2_b = ramp(D, 0.1f);
+    return a;
+}
+
+void write_seeds(const std::string& dir) {
+    std::filesystem::create_directories(dir);
+    // The uncompressed baseline: 2 layers x 2 KV heads x head_dim 4, one head per group.
+    io::codec_set identity = io::codec_set::identity({2, 2, 4});
+    identity.model = {"gpt2", "seed-identity"};
+    io::save_codec_set(identity, dir + "/identity");
+
+    // Whole-layer groups (2 heads x 4 = 8 wide), every codec kind and several storages, and
+    // layer 2 reusing layer 1's K and layer 0's V.
+    io::codec_set mixed;
+    mixed.geometry = {3, 2, 4};
+    mixed.heads_per_group = 2;
+    mixed.key_reuse = {{2, 0, 1, 0}};
+    mixed.value_reuse = {{2, 0, 0, 0}};
+    mixed.model = {"llama", "seed-mixed"};
+    mixed.calibration = {"synthetic", 1234, "written by fuzz/codec_file.cpp"};
+    using kvcar::kv_kind;
+    using kvcar::latent_storage;
+    mixed.slots = {
+        io::slot_codec::identity(0, 0, kv_kind::key, 8, latent_storage::bf16),
+        io::slot_codec::make_linear(0, 0, kv_kind::value, small_linear(8, 3, 2),
+                                    latent_storage::int8),
+        io::slot_codec::make_autoencoder(1, 0, kv_kind::key, small_autoencoder(8, 5, 2),
+                                         latent_storage::f16),
+        io::slot_codec::make_linear(1, 0, kv_kind::value, small_linear(8, 2, 2),
+                                    latent_storage::fp8_e4m3),
+    };
+    io::save_codec_set(mixed, dir + "/mixed");
+}
+
+/// Every stored slot's codec encodes and decodes a vector; widths are capped so that a huge
+/// (valid) identity geometry does not make the fuzzer itself allocate gigabytes.
+void exercise(const io::codec_set& set) {
+    for (const kvcar::any_codec& c : set.codecs()) {
+        if (c.group_width() > (1 << 16) || c.bytes_per_group() > (std::size_t(1) << 20)) continue;
+        const std::vector<float> x = ramp(std::size_t(c.group_width()), 1.0f);
+        std::vector<float> y(x.size());
+        std::vector<std::byte> record(c.bytes_per_group());
+        c.encode(x.data(), record.data());
+        c.decode(record.data(), y.data());
+    }
+    (void)set.bytes_per_token();
+    (void)set.compression_ratio();
+}
+
+}  // namespace
+
+namespace {
+// The scratch files of this process; removed at exit (a crash leaves them, with the pid).
+std::string path, again_path;
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    if (const char* dir = std::getenv("KVCAR_FUZZ_WRITE_SEEDS")) {
+        write_seeds(dir);
+        std::exit(0);
+    }
+    path = temp_path(".safetensors");
+    again_path = temp_path("-again.safetensors");
+    std::atexit([] {
+        std::error_code ignored;
+        std::filesystem::remove(path, ignored);
+        std::filesystem::remove(again_path, ignored);
+    });
+    return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    {
+        std::ofstream out(path, std::ios::binary | std::ios::trunc);
+        out.write(reinterpret_cast<const char*>(data), std::streamsize(size));
+        if (!out) kvcar_fuzz::finding("cannot write the fuzz input to " + path);
+    }
+    return kvcar_fuzz::accept_only_kvcar_errors([&] {
+        const io::codec_set set = io::load_codec_set(path);
+        kvcar_fuzz::must_not_throw("using an accepted codec set", [&] {
+            exercise(set);
+            io::save_codec_set(set, again_path);
+            const io::codec_set again = io::load_codec_set(again_path);
+            kvcar_fuzz::check(again.slots.size() == set.slots.size() &&
+                                  again.bytes_per_token() == set.bytes_per_token() &&
+                                  again.key_reuse == set.key_reuse &&
+                                  again.value_reuse == set.value_reuse,
+                              "codec_file: save + load changed the set");
+        });
+    });
+}
