@@ -1,4 +1,5 @@
-// Conan test_package, CUDA consumer: a kernel of its own decodes records through a kvcar codec.
+// CUDA consumer (Conan test_package and tests/package/consumer): a kernel of its own decodes
+// records through a kvcar codec.
 #include <kvcar/kvcar.hpp>
 
 #include <cstdio>

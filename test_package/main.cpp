@@ -1,4 +1,5 @@
-// Conan test_package, host consumer: an fp16 identity codec round trip through kvcar::kvcar.
+// Host consumer (Conan test_package and tests/package/consumer): an fp16 identity codec round
+// trip through kvcar::kvcar.
 #include <kvcar/kvcar.hpp>
 
 #include <cstdio>
