@@ -1,9 +1,10 @@
-// Fuzzes kvcar::io::load_codec_set (a safetensors file whose "kvcar" metadata describes every
-// slot's codec). An accepted set must be usable: every codec view encodes and decodes a vector
+// Fuzzes kvcar::io::parse_codec_set (a safetensors file whose "kvcar" metadata describes every
+// slot's codec), straight from the input bytes; load_codec_set(path) is the same parser over a
+// file's bytes. An accepted set must be usable: every codec view encodes and decodes a vector
 // (AddressSanitizer sees any parameter array shorter than its codec reads), and the set saves and
 // loads again to the same thing.
 //
-// load_codec_set only takes a path, so each input is written to a file in $TMPDIR first.
+// Only that round trip touches the disk (save_codec_set writes a file), in $TMPDIR.
 // Seeds: KVCAR_FUZZ_WRITE_SEEDS=fuzz/corpus/codec_file build-fuzz/fuzz/fuzz_codec_file
 // writes files made by save_codec_set itself, so they follow the format as the writer does.
 #include <unistd.h>
@@ -13,7 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -112,8 +113,8 @@ void exercise(const io::codec_set& set) {
 }  // namespace
 
 namespace {
-// The scratch files of this process; removed at exit (a crash leaves them, with the pid).
-std::string path, again_path;
+// The round trip's scratch file; removed at exit (a crash leaves it, with the pid).
+std::string again_path;
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -121,24 +122,18 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
         write_seeds(dir);
         std::exit(0);
     }
-    path = temp_path(".safetensors");
     again_path = temp_path("-again.safetensors");
     std::atexit([] {
         std::error_code ignored;
-        std::filesystem::remove(path, ignored);
         std::filesystem::remove(again_path, ignored);
     });
     return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    {
-        std::ofstream out(path, std::ios::binary | std::ios::trunc);
-        out.write(reinterpret_cast<const char*>(data), std::streamsize(size));
-        if (!out) kvcar_fuzz::finding("cannot write the fuzz input to " + path);
-    }
+    const auto bytes = std::as_bytes(std::span<const std::uint8_t>(data, size));
     return kvcar_fuzz::accept_only_kvcar_errors([&] {
-        const io::codec_set set = io::load_codec_set(path);
+        const io::codec_set set = io::parse_codec_set(bytes, "fuzz input");
         kvcar_fuzz::must_not_throw("using an accepted codec set", [&] {
             exercise(set);
             io::save_codec_set(set, again_path);

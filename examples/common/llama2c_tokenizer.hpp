@@ -1,6 +1,6 @@
 // examples/common/llama2c_tokenizer.hpp — the tokenizer of Karpathy's llama2.c (tokenizer.bin).
 //
-// File format (little endian): int32 max_token_length, then for each of the vocab_size tokens
+// File format (little endian; io::parse_llama2c_vocab reads it): int32 max_token_length, then for each of the vocab_size tokens
 // float32 score, int32 len, len bytes (no NUL). Ids 0 <unk>, 1 BOS, 2 EOS, 3..258 the byte
 // pieces "<0x00>".."<0xFF>", then SentencePiece's pieces with "▁" already stored as ' '.
 //
@@ -10,12 +10,9 @@
 // until none is. That is what the llama2.c models were run with, so ids match run.c exactly.
 #pragma once
 
-#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <fstream>
-#include <iterator>
 #include <queue>
 #include <span>
 #include <string>
@@ -24,28 +21,13 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
+#include "kvcar/io/llama2c.hpp"
 
 namespace kvcar::examples {
 
 namespace llama2c_detail {
 
 [[noreturn]] inline void fail(const std::string& what) { throw error("kvcar: " + what); }
-
-inline std::string read_binary_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail("llama2c_tokenizer: cannot open '" + path + "'");
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) fail("llama2c_tokenizer: cannot read '" + path + "'");
-    return bytes;
-}
-
-/// Little-endian 32-bit load (the format is little endian; so is every machine we run on, but
-/// the explicit byte order keeps the reader honest).
-inline std::uint32_t load_u32(const char* p) {
-    std::uint32_t v = 0;
-    for (int k = 3; k >= 0; --k) v = v << 8 | static_cast<unsigned char>(p[k]);
-    return v;
-}
 
 /// "<0xHH>" -> HH, else -1. Only this exact 6-character form (either hex case) is a byte piece.
 constexpr int byte_piece_value(std::string_view piece) {
@@ -76,62 +58,46 @@ public:
 
     /// Reads a tokenizer.bin holding exactly `vocab_size` tokens (the checkpoint's vocab_size).
     static llama2c_tokenizer load(const std::string& tokenizer_bin, int vocab_size) {
-        return parse(llama2c_detail::read_binary_file(tokenizer_bin), vocab_size, tokenizer_bin);
+        check_vocab_size(vocab_size, tokenizer_bin);
+        return from_vocab(io::load_llama2c_vocab(tokenizer_bin, vocab_size), tokenizer_bin);
     }
 
     /// As `load`, from the file's bytes; `source_name` is only used in error messages.
-    /// Every length is checked against the bytes that remain, so a truncated or corrupt file is
-    /// an error naming the token and offset, never a read past the end.
+    /// io::parse_llama2c_vocab reads the file (every length checked against the bytes that
+    /// remain, so a truncated or corrupt file is an error naming the token, never a read past
+    /// the end); this adds what encoding needs on top: finite scores and the byte pieces.
     static llama2c_tokenizer parse(std::string_view bytes, int vocab_size,
                                    std::string_view source_name = "tokenizer.bin") {
-        using llama2c_detail::fail;
-        const std::string who = "llama2c_tokenizer: " + std::string(source_name) + ": ";
+        const std::string source(source_name);
+        check_vocab_size(vocab_size, source);
+        return from_vocab(
+            io::parse_llama2c_vocab(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())),
+                                    vocab_size, source),
+            source);
+    }
+
+private:
+    /// Checked before reading: a vocabulary without the byte pieces cannot encode anything.
+    static void check_vocab_size(int vocab_size, const std::string& source) {
         if (vocab_size < byte_offset + 256)
-            fail(who + "vocab_size " + std::to_string(vocab_size) +
-                 " is too small: llama2.c needs <unk>, BOS, EOS and 256 byte pieces (259)");
-        if (bytes.size() < 4)
-            fail(who + "truncated: " + std::to_string(bytes.size()) +
-                 " bytes, too short for the int32 max_token_length");
+            llama2c_detail::fail("llama2c tokenizer: " + source + ": vocab_size " +
+                                 std::to_string(vocab_size) +
+                                 " is too small: llama2.c needs <unk>, BOS, EOS and 256 byte "
+                                 "pieces (259)");
+    }
+
+    static llama2c_tokenizer from_vocab(io::llama2c_vocab vocab, const std::string& source) {
+        using llama2c_detail::fail;
+        const std::string who = "llama2c tokenizer: " + source + ": ";
+        const int vocab_size = int(vocab.pieces.size());
         llama2c_tokenizer t;
-        t.max_token_length_ = std::int32_t(llama2c_detail::load_u32(bytes.data()));
-        if (t.max_token_length_ <= 0)
-            fail(who + "max_token_length is " + std::to_string(t.max_token_length_) +
-                 ", must be positive");
-        // Every token takes at least 8 bytes (score + length): a vocab_size the file cannot hold is
-        // an error before it sizes anything (found by fuzz/llama2c_tokenizer).
-        if (std::uint64_t(vocab_size) > (bytes.size() - 4) / 8)
-            fail(who + "truncated: " + std::to_string(vocab_size) + " tokens need at least " +
-                 std::to_string(4 + 8 * std::uint64_t(vocab_size)) + " bytes, the file has " +
-                 std::to_string(bytes.size()));
-        t.pieces_.reserve(std::size_t(vocab_size));
-        t.scores_.reserve(std::size_t(vocab_size));
-        std::size_t pos = 4;
-        for (int id = 0; id < vocab_size; ++id) {
-            const std::size_t left = bytes.size() - pos;
-            if (left < 8)
-                fail(who + "truncated: token " + std::to_string(id) + " of " +
-                     std::to_string(vocab_size) + " needs 8 header bytes at offset " +
-                     std::to_string(pos) + ", only " + std::to_string(left) + " remain");
-            const float score = std::bit_cast<float>(llama2c_detail::load_u32(bytes.data() + pos));
-            const auto len = std::int32_t(llama2c_detail::load_u32(bytes.data() + pos + 4));
-            pos += 8;
-            if (!std::isfinite(score))
+        t.max_token_length_ = vocab.max_token_length;
+        t.pieces_ = std::move(vocab.pieces);
+        t.scores_ = std::move(vocab.scores);
+        // Merging compares scores: a NaN would make the choice of pair depend on the order.
+        for (int id = 0; id < vocab_size; ++id)
+            if (!std::isfinite(t.scores_[std::size_t(id)]))
                 fail(who + "token " + std::to_string(id) + " has a non-finite score");
-            if (len < 0 || len > t.max_token_length_)
-                fail(who + "token " + std::to_string(id) + " has length " + std::to_string(len) +
-                     ", outside [0, max_token_length " + std::to_string(t.max_token_length_) +
-                     "]");
-            if (std::size_t(len) > bytes.size() - pos)
-                fail(who + "truncated: token " + std::to_string(id) + " needs " +
-                     std::to_string(len) + " bytes at offset " + std::to_string(pos) + ", only " +
-                     std::to_string(bytes.size() - pos) + " remain");
-            t.pieces_.emplace_back(bytes.substr(pos, std::size_t(len)));
-            t.scores_.push_back(score);
-            pos += std::size_t(len);
-        }
-        if (pos != bytes.size())
-            fail(who + std::to_string(bytes.size() - pos) + " bytes follow the last of " +
-                 std::to_string(vocab_size) + " tokens (does vocab_size match the tokenizer?)");
         // encode() spells unknown characters with ids byte + 3, so those must be the byte pieces.
         for (int b = 0; b < 256; ++b) {
             const std::string& p = t.pieces_[std::size_t(b + byte_offset)];
@@ -149,6 +115,7 @@ public:
         return t;
     }
 
+public:
     /// Token ids of `text` as run.c's encode() gives them: optional BOS, a dummy-prefix " " when
     /// the text is not empty, the text's characters, merges, optional EOS.
     /// Differences from run.c, where run.c cannot behave sensibly: a NUL byte is encoded as

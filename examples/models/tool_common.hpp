@@ -5,8 +5,10 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <span>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -177,6 +179,35 @@ inline bool parse_use_cuda(const command_line& cl) {
     return device == "cuda";
 }
 
+/// --tensor-parallel and --shard-on-one-gpu, for the tools with a CUDA path.
+inline std::vector<option_spec> tensor_parallel_option_specs() {
+    return {
+        {"tensor-parallel", "N",
+         "with --device cuda: split heads and MLP over N GPUs (NCCL all-reduce); 1 runs that "
+         "path on one GPU (default 0: the plain one-GPU model)"},
+        {"shard-on-one-gpu", "", "with --tensor-parallel N: put all N ranks on one GPU, summed "
+                                 "in-process (checks the sharding; slow)"},
+    };
+}
+
+/// The tensor-parallel settings: {ranks (0 = plain model), ranks share one GPU}. Refused
+/// without --device cuda, where they would silently do nothing.
+struct tensor_parallel_choice {
+    int ranks = 0;
+    bool share_one_gpu = false;
+};
+inline tensor_parallel_choice parse_tensor_parallel(const command_line& cl, bool use_cuda) {
+    tensor_parallel_choice t;
+    t.ranks = int(cl.get_int("tensor-parallel", 0));
+    t.share_one_gpu = cl.has("shard-on-one-gpu");
+    require(t.ranks >= 0, cl.tool() + ": --tensor-parallel must not be negative");
+    require(use_cuda || (t.ranks == 0 && !t.share_one_gpu),
+            cl.tool() + ": --tensor-parallel and --shard-on-one-gpu need --device cuda");
+    require(!t.share_one_gpu || t.ranks > 0,
+            cl.tool() + ": --shard-on-one-gpu needs --tensor-parallel N");
+    return t;
+}
+
 inline model_options parse_model_options(const command_line& cl) {
     model_options o;
     o.threads = int(cl.get_int("threads", 0));
@@ -253,6 +284,49 @@ private:
 
     std::variant<gpt2_tokenizer, llama2c_tokenizer> impl_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// The tools that learn codecs from the model's own activations (kvcar-calibrate, kvcar-finetune):
+// their model options (no --kv: they build the cache from what they fit) and their text.
+
+inline std::vector<option_spec> codec_fitting_options_spec() {
+    std::vector<option_spec> specs;
+    for (const option_spec& s : model_options_spec("identity-f16"))
+        if (s.name != "kv") specs.push_back(s);
+    return specs;
+}
+
+/// --text (what it is `for_what`) and --max-tokens (`max_tokens_help` says the default).
+inline std::vector<option_spec> text_options_spec(const std::string& for_what,
+                                                  const std::string& max_tokens_help) {
+    return {
+        {"text", "FILE", for_what + ", read as it is (default: shared/data/wikitext-2/"
+                                    "wiki.valid.tokens)"},
+        {"max-tokens", "N", "use only the first N tokens of the text (" + max_tokens_help + ")"},
+    };
+}
+
+/// A file's bytes, whole.
+inline std::string read_whole_file(const std::string& tool, const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    require(bool(in), tool + ": cannot open '" + path + "'");
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+struct tokenized_text {
+    std::string path;
+    std::vector<int> ids;  ///< every token of the file (BOS first for llama2.c tokenizers)
+};
+
+/// --text (default: WikiText-2 validation), tokenized.
+inline tokenized_text read_text_option(const command_line& cl, const text_tokenizer& tokenizer) {
+    tokenized_text t;
+    t.path = cl.get("text", shared_data_dir() + "/wikitext-2/wiki.valid.tokens");
+    t.ids = tokenizer.encode(read_whole_file(cl.tool(), t.path), tokenizer.is_llama2c());
+    return t;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Reporting.

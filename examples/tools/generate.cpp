@@ -4,15 +4,20 @@
 //   kvcar-generate --model models/gpt2-tiny --prompt "The history of" --steps 40   (demo model)
 //   kvcar-generate --model shared/data/models/gpt2-tiny --prompt "The history of" --device cuda
 //   kvcar-generate --model aidreams260K.bin --tokenizer aidreams_tok512.bin --prompt ""
+//   kvcar-generate --model M --prompt P --device cuda --tensor-parallel 2 --batch 32 --temperature 0
 //
 // The prompt is prefilled in one forward pass, then each new token is one decode step (the
 // model's forward on one token, attending to everything cached so far). --device cuda runs the
-// same model on the GPU (examples/models/cuda) with a device cache of the same codec.
+// same model on the GPU (examples/models/cuda) with a device cache of the same codec;
+// --tensor-parallel N splits it over N GPUs by heads, each GPU caching its share of the KV heads.
+// --batch B runs B copies of the prompt as one batch (every decode step is one forward pass for
+// all B sequences) and prints the first; the tokens/s line counts all of them.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <exception>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -29,7 +34,7 @@ namespace {
 
 /// The next token: argmax when temperature is 0, else a draw from softmax(logits / T)
 /// restricted to the top_k most likely tokens (top_k 0: all of them).
-int sample(const std::vector<float>& logits, double temperature, int top_k, std::mt19937_64& rng) {
+int sample(std::span<const float> logits, double temperature, int top_k, std::mt19937_64& rng) {
     const int vocab = int(logits.size());
     if (temperature <= 0.0) return int(std::max_element(logits.begin(), logits.end()) - logits.begin());
     std::vector<int> ids(static_cast<std::size_t>(vocab));
@@ -54,7 +59,9 @@ int run(int argc, char** argv) {
         {"temperature", "T", "sampling temperature; 0 = greedy (default 0.8)"},
         {"top-k", "K", "sample among the K most likely tokens; 0 = all (default 40)"},
         {"seed", "S", "random seed (default 42)"},
+        {"batch", "B", "generate B sequences of the prompt together; prints the first (default 1)"},
     });
+    for (const ex::option_spec& o : ex::tensor_parallel_option_specs()) specs.push_back(o);
     ex::command_line cl("kvcar-generate", "Generate text with a model whose KV cache is kvcar's.",
                         specs);
     if (!cl.parse(argc, argv)) return 0;
@@ -67,7 +74,10 @@ int run(int argc, char** argv) {
     kvcar::require(temperature >= 0.0, "kvcar-generate: --temperature must not be negative");
     kvcar::require(top_k >= 0, "kvcar-generate: --top-k must not be negative");
     std::mt19937_64 rng(std::uint64_t(cl.get_int("seed", 42)));
+    const int batch = int(cl.get_int("batch", 1));
+    kvcar::require(batch >= 1, "kvcar-generate: --batch must be at least 1");
     [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
+    [[maybe_unused]] const ex::tensor_parallel_choice tp = ex::parse_tensor_parallel(cl, use_cuda);
 
     const auto load_start = ex::clock_type::now();
     const ex::language_model model =
@@ -87,49 +97,65 @@ int run(int argc, char** argv) {
                                              (long long)prompt_ids.size() + steps);
 
     // The generation loop, for a CPU cache (model.forward) or the CUDA session alike: `cache`
-    // gives add_sequence/length and the report, `forward` runs tokens through the model.
+    // gives add_sequence/length and the report; `forward(cache, seqs, counts, tokens)` runs item
+    // b's counts[b] tokens through sequence seqs[b] and returns each item's last logits.
     const auto generate = [&](auto& cache, auto&& forward) {
-        const int seq = cache.add_sequence();
-        std::vector<int> ids = prompt_ids;
+        std::vector<int> seqs;
+        for (int b = 0; b < batch; ++b) seqs.push_back(cache.add_sequence());
+        std::vector<std::vector<int>> ids(std::size_t(batch), prompt_ids);
         int prev = -1;
-        for (int id : ids) {
+        for (int id : prompt_ids) {
             std::fputs(tokenizer.piece(prev, id).c_str(), stdout);
             prev = id;
         }
         std::fflush(stdout);
 
+        // Prefill: every copy of the prompt in one pass.
+        std::vector<int> counts(std::size_t(batch), int(prompt_ids.size()));
+        std::vector<int> tokens;
+        for (const std::vector<int>& seq_ids : ids) tokens.insert(tokens.end(), seq_ids.begin(), seq_ids.end());
         const auto prefill_start = ex::clock_type::now();
-        std::vector<float> logits = forward(cache, seq, std::span<const int>(ids));
+        std::vector<float> logits = forward(cache, seqs, counts, tokens);
         const double prefill_s = ex::seconds_since(prefill_start);
 
+        // Decode: one token per sequence per pass. Sequence 0 is printed and decides when to stop.
+        const std::size_t vocab = logits.size() / std::size_t(batch);
+        std::fill(counts.begin(), counts.end(), 1);
         const auto decode_start = ex::clock_type::now();
         int generated = 0;
         const char* stop = "steps done";
         while (generated < steps) {
-            const int next = sample(logits, temperature, top_k, rng);
+            for (int b = 0; b < batch; ++b) {
+                tokens[std::size_t(b)] = sample(
+                    std::span<const float>(logits).subspan(std::size_t(b) * vocab, vocab),
+                    temperature, top_k, rng);
+            }
+            const int next = tokens[0];
             if (tokenizer.ends_text(next)) {
                 stop = "end of text";
                 break;
             }
-            ids.push_back(next);
+            for (int b = 0; b < batch; ++b) ids[std::size_t(b)].push_back(tokens[std::size_t(b)]);
             ++generated;
             std::fputs(tokenizer.piece(prev, next).c_str(), stdout);
             std::fflush(stdout);
             prev = next;
             if (generated == steps) break;
-            if (cache.length(seq) >= capacity) {
+            if (cache.length(seqs[0]) >= capacity) {
                 stop = "context full";
                 break;
             }
-            logits = forward(cache, seq, std::span<const int>(&ids.back(), 1));
+            logits = forward(cache, seqs, counts, std::span<const int>(tokens.data(), std::size_t(batch)));
         }
         const double decode_s = ex::seconds_since(decode_start);
         std::printf("\n");
 
-        std::fprintf(stderr, "\nprompt: %zu tokens, prefill %.3f s (%.1f tokens/s)\n",
-                     prompt_ids.size(), prefill_s, double(prompt_ids.size()) / prefill_s);
-        std::fprintf(stderr, "generated: %d tokens (%s), %.3f s (%.1f tokens/s)\n", generated, stop,
-                     decode_s, decode_s > 0 ? double(generated) / decode_s : 0.0);
+        const double prompt_tokens = double(prompt_ids.size()) * batch;
+        std::fprintf(stderr, "\nprompt: %zu tokens x %d sequences, prefill %.3f s (%.1f tokens/s)\n",
+                     prompt_ids.size(), batch, prefill_s, prompt_tokens / prefill_s);
+        std::fprintf(stderr, "generated: %d tokens x %d sequences (%s), %.3f s (%.1f tokens/s)\n",
+                     generated, batch, stop, decode_s,
+                     decode_s > 0 ? double(generated) * batch / decode_s : 0.0);
         ex::print_cache_report(stderr, kv, cache, cache.bytes_used(), cache.bytes_reserved());
         return 0;
     };
@@ -137,15 +163,36 @@ int run(int argc, char** argv) {
 #ifdef KVCAR_WITH_CUDA
     if (use_cuda) {
         std::fprintf(stderr, "device: %s\n", ex::cuda_backend::device_description().c_str());
-        ex::cuda_backend::session gpu(model, kv, {.max_sequences = 1, .max_tokens = capacity});
-        return generate(gpu, [](auto& session, int seq, std::span<const int> tokens) {
-            return session.forward(seq, tokens, ex::logits_for::last);
+        ex::cuda_backend::session gpu(model, kv,
+                                      {.max_sequences = batch,
+                                       .max_tokens = capacity,
+                                       .tensor_parallel = tp.ranks,
+                                       .ranks_share_one_gpu = tp.share_one_gpu});
+        if (tp.ranks > 0) {
+            std::fprintf(stderr, "tensor parallel: %d ranks (%s), KV bytes below are per GPU\n",
+                         gpu.ranks(),
+                         tp.share_one_gpu ? "all on this GPU, in-process sum"
+                                          : ex::cuda_backend::nccl_description().c_str());
+        }
+        return generate(gpu, [](auto& session, std::span<const int> seqs,
+                                std::span<const int> counts, std::span<const int> tokens) {
+            return session.forward(seqs, counts, tokens, ex::logits_for::last);
         });
     }
 #endif
-    return ex::with_kv_cache(kv, model.cache_geometry(), {1, capacity}, [&](auto& cache) {
-        return generate(cache, [&](auto& c, int seq, std::span<const int> tokens) {
-            return model.forward(c, seq, tokens, ex::logits_for::last);
+    return ex::with_kv_cache(kv, model.cache_geometry(), {batch, capacity}, [&](auto& cache) {
+        return generate(cache, [&](auto& c, std::span<const int> seqs, std::span<const int> counts,
+                                   std::span<const int> tokens) {
+            // The CPU model runs one sequence at a time; the logits rows line up with the items.
+            std::vector<float> all;
+            std::size_t offset = 0;
+            for (std::size_t b = 0; b < seqs.size(); ++b) {
+                const std::vector<float> row = model.forward(
+                    c, seqs[b], tokens.subspan(offset, std::size_t(counts[b])), ex::logits_for::last);
+                all.insert(all.end(), row.begin(), row.end());
+                offset += std::size_t(counts[b]);
+            }
+            return all;
         });
     });
 }

@@ -100,12 +100,14 @@ int run(int argc, char** argv) {
         {"quiet", "", "no progress line"},
         ex::device_option_spec(),
     });
+    for (const ex::option_spec& o : ex::tensor_parallel_option_specs()) specs.push_back(o);
     ex::command_line cl("kvcar-perplexity",
                         "Sliding-window perplexity of a model whose KV cache is kvcar's.", specs);
     if (!cl.parse(argc, argv)) return 0;
 
     const std::string kv = cl.get("kv", "identity-f16");
     [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
+    [[maybe_unused]] const ex::tensor_parallel_choice tp = ex::parse_tensor_parallel(cl, use_cuda);
     const ex::language_model model =
         ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
@@ -204,7 +206,11 @@ int run(int argc, char** argv) {
 #ifdef KVCAR_WITH_CUDA
     if (use_cuda) {
         std::fprintf(stderr, "device: %s\n", ex::cuda_backend::device_description().c_str());
-        ex::cuda_backend::session gpu(model, kv, {.max_sequences = 1, .max_tokens = ctx});
+        ex::cuda_backend::session gpu(model, kv,
+                                      {.max_sequences = 1,
+                                       .max_tokens = ctx,
+                                       .tensor_parallel = tp.ranks,
+                                       .ranks_share_one_gpu = tp.share_one_gpu});
         return evaluate(gpu, [](auto& session, int seq, std::span<const int> inputs,
                                 std::span<const int> targets, long long first) {
             // Log-probabilities come back from the GPU for every input; keep the scored ones.

@@ -31,15 +31,17 @@ inline void require(bool ok, const std::string& what) {
 /// K or V: the two streams a transformer layer caches.
 enum class kv_kind : std::uint8_t { key = 0, value = 1 };
 
+/// How many kv_kind values there are (K and V): the factor 2 in every per-token byte count.
 inline constexpr int kv_kind_count = 2;
 
+/// "K" or "V", as messages and codec files spell the kind.
 inline constexpr const char* to_string(kv_kind k) { return k == kv_kind::key ? "K" : "V"; }
 
 /// The logical shape of a model's KV cache: what a dense fp16 cache would hold per token.
 struct kv_geometry {
-    int n_layers = 0;
-    int n_kv_heads = 0;
-    int head_dim = 0;
+    int n_layers = 0;    ///< transformer layers that have a KV cache
+    int n_kv_heads = 0;  ///< K/V heads per layer (fewer than query heads under GQA/MQA)
+    int head_dim = 0;    ///< elements per head vector
 
     /// Width of one layer's K (or V) token vector.
     constexpr int token_width() const { return n_kv_heads * head_dim; }
@@ -50,6 +52,8 @@ struct kv_geometry {
     }
 };
 
+/// Throws kvcar::error unless every field is positive and the products kernels index with
+/// (n_kv_heads x head_dim x 4 bytes, 2 x n_layers x n_kv_heads slots) fit in an int.
 inline void validate(const kv_geometry& g) {
     require(g.n_layers > 0 && g.n_kv_heads > 0 && g.head_dim > 0,
             "kv_geometry needs positive n_layers, n_kv_heads and head_dim (got " +

@@ -52,9 +52,10 @@ concept affine_latent_codec = latent_codec<C> &&
 
 /// Who writes a slot: the (layer, group, K/V) that owns it.
 struct slot_owner {
-    int layer;
-    int group;
-    kv_kind kind;
+    int layer;  ///< the layer whose K/V is stored in the slot
+    int group;  ///< the group within that layer (a KV head, or 0 when a group is the whole layer)
+    kv_kind kind;  ///< K or V
+    /// Same layer, group and kind.
     friend constexpr bool operator==(const slot_owner&, const slot_owner&) = default;
 };
 

@@ -24,13 +24,19 @@
 
 namespace kvcar {
 
+/// A compressed KV cache on the host: one codec per stored slot, a layout that maps every logical
+/// (layer, group, K/V) to a slot, and a storage that holds the encoded records of every live
+/// sequence. Owns all of it; kernels read it through view(slot), the layout and codecs(). Every
+/// method that takes a sequence, layer or slot throws kvcar::error when it is out of range or not
+/// live, and then changes nothing.
 template <kv_codec Codec, kv_layout Layout = dense_layout, kv_storage Storage = contiguous_storage>
 requires std::constructible_from<Storage, typename Storage::params, std::vector<std::size_t>>
 class kv_cache {
 public:
-    using codec_type = Codec;
-    using layout_type = Layout;
-    using storage_type = Storage;
+    using codec_type = Codec;  ///< the codec type of every stored slot
+    using layout_type = Layout;  ///< maps (layer, group, K/V) to slots (dense_layout or reuse_map)
+    using storage_type = Storage;  ///< where the records live (contiguous_storage or paged_storage)
+    /// The storage's constructor parameters (capacity: sequences, tokens or pages)
     using storage_params = typename Storage::params;
 
     /// `codecs[slot]` encodes stored slot `slot`; its group_width must be the layout's
@@ -46,14 +52,21 @@ public:
     kv_cache(Layout layout, const Codec& codec, storage_params params)
         : kv_cache(layout, std::vector<Codec>(std::size_t(layout.num_slots()), codec), params) {}
 
+    /// The layout the cache was built with.
     const Layout& layout() const { return layout_; }
+    /// The logical shape this cache stores (the layout's).
     kv_geometry geometry() const { return layout_.geometry(); }
+    /// Stored slots, one codec each (reused streams have no slot of their own).
     int num_slots() const { return int(codecs_.size()); }
+    /// The codec of stored slot `slot`; throws kvcar::error when `slot` is outside [0,
+    /// num_slots()).
     const Codec& codec(int slot) const {
         check_slot(slot);
         return codecs_[std::size_t(slot)];
     }
+    /// Every stored slot's codec, indexed by slot.
     const std::vector<Codec>& codecs() const { return codecs_; }
+    /// The storage, for memory accounting and for kernels that need its parameters.
     const Storage& storage() const { return storage_; }
     /// Where slot `slot`'s records are, for kernels: record(sequence, token).
     page_view view(int slot) const {
@@ -61,10 +74,14 @@ public:
         return storage_.view(slot);
     }
 
+    /// Sequences the storage has room for at once (live or not).
     int max_sequences() const { return storage_.max_sequences(); }
+    /// Whether `seq` is a sequence id handed out by add_sequence and not removed since; false for
+    /// any out-of-range id.
     bool is_live(int seq) const {
         return seq >= 0 && seq < max_sequences() && live_[std::size_t(seq)] != 0;
     }
+    /// How many sequences are live now.
     int live_sequences() const {
         int n = 0;
         for (char l : live_) n += l ? 1 : 0;
@@ -98,6 +115,8 @@ public:
         }
         return shortest;
     }
+    /// Tokens appended to layer `layer` of sequence `seq`; throws kvcar::error when `seq` is not
+    /// live or `layer` is out of range.
     int length(int seq, int layer) const {
         check_live(seq);
         check_layer(layer);
@@ -304,6 +323,7 @@ private:
     std::vector<int> lengths_;  // [sequence][layer] tokens appended
 };
 
+/// CamelCase alias of kv_cache (the name the design notes use).
 template <class C, class L = dense_layout, class S = contiguous_storage>
 using KvCache = kv_cache<C, L, S>;
 

@@ -30,3 +30,30 @@
 #include "kvcar/io/hf_config.hpp"
 #include "kvcar/io/llama2c.hpp"
 #include "kvcar/io/codec_file.hpp"
+
+/// @namespace kvcar
+/// @brief Compressed KV caches: codecs (identity, linear, autoencoder, quantized), layouts
+/// (dense, reuse_map), storage (contiguous, paged), the host-side kv_cache that ties them
+/// together, and a reference attention that reads any of them.
+
+/// @namespace kvcar::calib
+/// @brief Host-side calibration: fitting linear codecs (PCA), training autoencoders, and
+/// choosing which heads reuse an earlier layer's slot.
+
+/// @namespace kvcar::io
+/// @brief Readers and writers of the files kvcar meets: JSON, safetensors, Hugging Face
+/// config.json, llama2.c checkpoints and tokenizers, and kvcar's own codec files. Every
+/// reader validates its input and throws kvcar::error naming the file and the problem.
+
+/// @namespace kvcar::cuda
+/// @brief Host code that moves a cache to a CUDA device: device buffers, codec parameters in
+/// device memory, and device_kv_cache (nvcc only, `.cuh`).
+
+/// @namespace kvcar::device
+/// @brief What an attention kernel calls to read a compressed cache: thread-, warp- and
+/// block-level decode of one token or a tile of tokens, and latent-space products for affine
+/// codecs (nvcc only, `.cuh`).
+
+/// @namespace kvcar::kernels
+/// @brief Ready CUDA kernels over a compressed cache: encode + append, decode attention and
+/// prefill attention (nvcc only, `.cuh`).

@@ -16,15 +16,15 @@ namespace kvcar {
 
 /// IEEE binary16.
 struct f16 {
-    std::uint16_t bits;
+    std::uint16_t bits;  ///< the raw binary16 bits: sign, 5 exponent bits, 10 mantissa bits
 };
 /// bfloat16: the upper half of a binary32.
 struct bf16 {
-    std::uint16_t bits;
+    std::uint16_t bits;  ///< the raw bits: the upper 16 bits of the binary32 value
 };
 /// OCP FP8 E4M3 ("fn": no infinities, one NaN pattern, largest finite 448).
 struct fp8_e4m3 {
-    std::uint8_t bits;
+    std::uint8_t bits;  ///< the raw bits: sign, 4 exponent bits (bias 7), 3 mantissa bits
 };
 
 namespace detail {
@@ -42,6 +42,8 @@ KVCAR_HD inline float bits_float(std::uint32_t u) {
 
 }  // namespace detail
 
+/// Rounds to the nearest binary16, ties to even; beyond the f16 range (65520 and up) gives
+/// infinity, NaN stays NaN.
 KVCAR_HD inline f16 to_f16(float f) {
     std::uint32_t x = detail::float_bits(f);
     const std::uint16_t sign = std::uint16_t((x >> 16) & 0x8000u);
@@ -57,6 +59,7 @@ KVCAR_HD inline f16 to_f16(float f) {
     return {std::uint16_t(sign | ((x - 0x38000000u) >> 13))};
 }
 
+/// The exact float value of a binary16 (subnormals, infinities and NaN included).
 KVCAR_HD inline float to_float(f16 h) {
     const std::uint32_t sign = std::uint32_t(h.bits & 0x8000u) << 16;
     const std::uint32_t e = (h.bits >> 10) & 0x1fu;
@@ -69,6 +72,7 @@ KVCAR_HD inline float to_float(f16 h) {
     return detail::bits_float(sign | ((e + 112u) << 23) | (m << 13));
 }
 
+/// Rounds to the nearest bfloat16, ties to even; NaN stays a (quiet) NaN.
 KVCAR_HD inline bf16 to_bf16(float f) {
     std::uint32_t x = detail::float_bits(f);
     if ((x & 0x7fffffffu) > 0x7f800000u) return {std::uint16_t(((x >> 16) & 0x8000u) | 0x7fc0u)};
@@ -76,6 +80,7 @@ KVCAR_HD inline bf16 to_bf16(float f) {
     return {std::uint16_t(x >> 16)};
 }
 
+/// The exact float value of a bfloat16.
 KVCAR_HD inline float to_float(bf16 b) { return detail::bits_float(std::uint32_t(b.bits) << 16); }
 
 /// Saturates to +-448 (the convention of scaled-fp8 KV caches: an outlier clips, never becomes NaN).
@@ -96,6 +101,7 @@ KVCAR_HD inline fp8_e4m3 to_fp8_e4m3(float f) {
     return {std::uint8_t(sign | std::uint8_t(e << 3) | std::uint8_t(m))};
 }
 
+/// The exact float value of an E4M3 byte; the pattern S.1111.111 is NaN.
 KVCAR_HD inline float to_float(fp8_e4m3 q) {
     const int e = (q.bits >> 3) & 15;
     const int m = q.bits & 7;
@@ -109,30 +115,36 @@ KVCAR_HD inline float to_float(fp8_e4m3 q) {
     return (q.bits & 0x80u) ? -v : v;
 }
 
+/// Identity, so generic code can call to_float on any element type.
 KVCAR_HD inline float to_float(float f) { return f; }
 
 /// The element formats a codec can store its latent in, with the name used in codec files.
 template <class T>
 struct element_traits;
 
+/// Latents stored as float32 (no rounding).
 template <>
 struct element_traits<float> {
-    static constexpr const char* name = "f32";
-    KVCAR_HD static float store(float x) { return x; }
+    static constexpr const char* name = "f32";  ///< the name codec files use for this storage
+    KVCAR_HD static float store(float x) { return x; }  ///< x unchanged
 };
+/// Latents stored as IEEE binary16.
 template <>
 struct element_traits<f16> {
-    static constexpr const char* name = "f16";
-    KVCAR_HD static f16 store(float x) { return to_f16(x); }
+    static constexpr const char* name = "f16";  ///< the name codec files use for this storage
+    KVCAR_HD static f16 store(float x) { return to_f16(x); }  ///< x rounded to binary16 (to_f16)
 };
+/// Latents stored as bfloat16.
 template <>
 struct element_traits<bf16> {
-    static constexpr const char* name = "bf16";
-    KVCAR_HD static bf16 store(float x) { return to_bf16(x); }
+    static constexpr const char* name = "bf16";  ///< the name codec files use for this storage
+    KVCAR_HD static bf16 store(float x) { return to_bf16(x); }  ///< x rounded to bfloat16 (to_bf16)
 };
+/// Latents stored as FP8 E4M3.
 template <>
 struct element_traits<fp8_e4m3> {
-    static constexpr const char* name = "fp8_e4m3";
+    static constexpr const char* name = "fp8_e4m3";  ///< the name codec files use for this storage
+    /// `x` rounded to E4M3, saturating at +-448 (to_fp8_e4m3).
     KVCAR_HD static fp8_e4m3 store(float x) { return to_fp8_e4m3(x); }
 };
 

@@ -28,13 +28,15 @@ enum class rope_style {
     interleaved,  ///< llama2.c, GPT-J, Meta's original Llama: pairs (2i, 2i + 1)
 };
 
+/// "half" or "interleaved", as configs and messages spell the style.
 inline constexpr const char* to_string(rope_style s) {
     return s == rope_style::half ? "half" : "interleaved";
 }
 
+/// How a model rotates its queries and keys by position (RoPE).
 struct rope_params {
     float theta = 10000.0f;          ///< base of the frequencies (Llama 2: 1e4, Llama 3: 5e5)
-    rope_style style = rope_style::half;
+    rope_style style = rope_style::half;  ///< which dimensions form a rotated pair
     int rotary_dim = 0;              ///< dimensions rotated, the first ones of the head; 0 = all
 };
 

@@ -474,3 +474,84 @@ TEST_CASE("loading rejects broken codec files, naming the file and the problem",
     KVCAR_REQUIRE_ERROR(load_codec_set(bad), "codec file " + bad + ": safetensors: ");
     KVCAR_REQUIRE_ERROR(load_codec_set(dir.file("missing.kvc")), "no such file");
 }
+
+TEST_CASE("parse_codec_set reads bytes exactly as load_codec_set reads the file", "[codec_file]") {
+    temp_dir dir;
+    const std::string path = dir.file("tiny.kvc");
+    save_codec_set(example_set(), path);
+    std::vector<std::byte> bytes;
+    {
+        std::ifstream f(path, std::ios::binary);
+        const std::string text((std::istreambuf_iterator<char>(f)), {});
+        bytes.resize(text.size());
+        std::memcpy(bytes.data(), text.data(), text.size());
+    }
+
+    // Same set: saving what each entry point returns gives the same file, byte for byte.
+    const codec_set from_path = load_codec_set(path);
+    const codec_set from_bytes = parse_codec_set(bytes, "in-memory tiny.kvc");
+    REQUIRE(from_bytes.slots.size() == from_path.slots.size());
+    REQUIRE(from_bytes.key_reuse == from_path.key_reuse);
+    REQUIRE(from_bytes.value_reuse == from_path.value_reuse);
+    REQUIRE(from_bytes.bytes_per_token() == from_path.bytes_per_token());
+    save_codec_set(from_bytes, dir.file("again.kvc"));
+    {
+        std::ifstream f(dir.file("again.kvc"), std::ios::binary);
+        const std::string again((std::istreambuf_iterator<char>(f)), {});
+        REQUIRE(again.size() == bytes.size());
+        REQUIRE(std::memcmp(again.data(), bytes.data(), bytes.size()) == 0);
+    }
+
+    // Broken inputs: the bytes entry point names its source and gives the path loader's message.
+    const std::string source = "download.kvc";
+    const auto same_error = [&](const std::vector<std::byte>& broken) {
+        std::string from_bytes_message, from_path_message;
+        try {
+            (void)parse_codec_set(broken, source);
+        } catch (const kvcar::error& e) {
+            from_bytes_message = e.what();
+        }
+        const std::string file = dir.file("broken.kvc");
+        {
+            std::ofstream f(file, std::ios::binary | std::ios::trunc);
+            f.write(reinterpret_cast<const char*>(broken.data()), std::streamsize(broken.size()));
+        }
+        try {
+            (void)load_codec_set(file);
+        } catch (const kvcar::error& e) {
+            from_path_message = e.what();
+        }
+        REQUIRE(from_bytes_message.rfind("kvcar: codec file " + source + ": ", 0) == 0);
+        // The messages differ only in the name: every occurrence of the file's path.
+        std::string renamed = from_path_message;
+        for (std::size_t at; (at = renamed.find(file)) != std::string::npos;)
+            renamed.replace(at, file.size(), source);
+        REQUIRE(renamed == from_bytes_message);
+        return from_bytes_message;
+    };
+    const auto cut = [&](std::size_t n) {
+        return std::vector<std::byte>(bytes.begin(), bytes.begin() + std::ptrdiff_t(n));
+    };
+
+    REQUIRE_THAT(same_error({}), KVCAR_STRING_CONTAINS(
+                                     "safetensors: download.kvc: not a safetensors file: 0 bytes, "
+                                     "too short for the 8-byte header length"));
+    REQUIRE_THAT(same_error(cut(5)), KVCAR_STRING_CONTAINS("5 bytes, too short"));
+    // Cut inside the JSON header, then inside the tensor data.
+    REQUIRE_THAT(same_error(cut(40)), KVCAR_STRING_CONTAINS("truncated: header says "));
+    REQUIRE_THAT(same_error(cut(bytes.size() - 1)),
+                 KVCAR_STRING_CONTAINS("out of range: data section has "));
+    // Every shorter prefix is rejected with a message naming the source, never accepted.
+    for (std::size_t n = 0; n < bytes.size(); n += 7) (void)same_error(cut(n));
+
+    // Corrupt header bytes: a header length past the end, a header that is not JSON.
+    std::vector<std::byte> corrupt = bytes;
+    corrupt[7] = std::byte{0x01};
+    REQUIRE_THAT(same_error(corrupt), KVCAR_STRING_CONTAINS("exceeds the 100 MiB limit"));
+    corrupt = bytes;
+    corrupt[8] = std::byte{'['};
+    REQUIRE_THAT(same_error(corrupt), KVCAR_STRING_CONTAINS("header does not start with '{'"));
+    corrupt = bytes;
+    corrupt[9] = std::byte{'}'};
+    REQUIRE_THAT(same_error(corrupt), KVCAR_STRING_CONTAINS("header is not valid JSON: 1:"));
+}

@@ -2,6 +2,7 @@
 // GPT-2 reproduces Hugging Face's float32 logits through a kvcar cache, prefill and decode alike,
 // and every bad input is refused before the cache changes.
 #include "catch.hpp"
+#include "cpu/model_fixtures.hpp"
 
 #include "examples/models/gpt2.hpp"
 #include "examples/models/kv_dispatch.hpp"
@@ -32,78 +33,13 @@ const std::string fixture_path = std::string(KVCAR_SOURCE_DIR) + "/tests/fixture
 
 static_assert(kvcar::kv_codec<kvcar::identity_codec<float>>);
 
-bool have_model() {
-    if (fs::exists(model_dir + "/model.safetensors")) return true;
-    WARN("skipped: " << model_dir << " is absent");
-    return false;
-}
+using namespace kvcar_test;
 
-/// What tools/make_model_fixtures.py wrote.
-struct fixture {
-    std::vector<int> ids;
-    std::vector<std::vector<std::pair<int, double>>> top5;  // [position][5] (id, logit)
-    std::vector<double> last_logits;
-};
-
-fixture load_fixture(const std::string& path) {
-    const kvcar::io::json_value j = kvcar::io::load_json(path);
-    fixture f;
-    for (const auto& v : j.at("ids").as_array()) f.ids.push_back(int(v.as_int()));
-    for (const auto& row : j.at("top5").as_array()) {
-        std::vector<std::pair<int, double>> r;
-        for (const auto& e : row.as_array()) r.emplace_back(int(e.at(0).as_int()), e.at(1).as_double());
-        f.top5.push_back(r);
-    }
-    for (const auto& v : j.at("last_logits").as_array()) f.last_logits.push_back(v.as_double());
-    return f;
-}
-
-/// max |ours - ref| / max |ref| over the fixture's entries for every position, and over the
-/// whole last row. `logits` is [n][vocab].
-double relative_error(const fixture& f, const std::vector<float>& logits, int vocab) {
-    double max_diff = 0, max_ref = 0;
-    for (std::size_t t = 0; t < f.top5.size(); ++t) {
-        for (const auto& [id, ref] : f.top5[t]) {
-            const double ours = logits[t * std::size_t(vocab) + std::size_t(id)];
-            max_diff = std::max(max_diff, std::fabs(ours - ref));
-            max_ref = std::max(max_ref, std::fabs(ref));
-        }
-    }
-    const std::size_t last = f.top5.size() - 1;
-    for (std::size_t i = 0; i < f.last_logits.size(); ++i) {
-        const double ours = logits[last * std::size_t(vocab) + i];
-        max_diff = std::max(max_diff, std::fabs(ours - f.last_logits[i]));
-        max_ref = std::max(max_ref, std::fabs(f.last_logits[i]));
-    }
-    return max_diff / max_ref;
-}
-
-int argmax(const float* x, int n) { return int(std::max_element(x, x + n) - x); }
-
-using f32_cache = kvcar::kv_cache<kvcar::identity_codec<float>>;
+bool have_model() { return have(model_dir + "/model.safetensors"); }
 
 f32_cache make_cache(const ex::language_model& m, int max_tokens) {
-    const kvcar::kv_geometry g = m.cache_geometry();
-    return f32_cache(kvcar::dense_layout(g), kvcar::identity_codec<float>{g.head_dim},
-                     {2, max_tokens});
+    return make_f32_cache(m, 2, max_tokens);
 }
-
-/// A stand-in for a safetensors checkpoint: named float tensors with shapes.
-struct fake_tensors {
-    struct entry {
-        std::vector<std::int64_t> shape;
-        std::vector<float> data;
-    };
-    std::map<std::string, entry> tensors;
-    bool contains(const std::string& name) const { return tensors.count(name) != 0; }
-    const entry& tensor(const std::string& name) const { return tensors.at(name); }
-    std::vector<float> to_float(const std::string& name) const { return tensors.at(name).data; }
-    void add(const std::string& name, std::vector<std::int64_t> shape) {
-        std::int64_t n = 1;
-        for (auto d : shape) n *= d;
-        tensors[name] = {shape, std::vector<float>(std::size_t(n), 0.01f)};
-    }
-};
 
 /// A complete 1-layer GPT-2 with `prefix` names (D = 8, 2 heads, F = 16, V = 10, P = 6).
 fake_tensors tiny_gpt2_tensors(const std::string& p) {

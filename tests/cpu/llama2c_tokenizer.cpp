@@ -194,15 +194,15 @@ TEST_CASE("llama2c tokenizer.bin validation") {
         for (std::size_t cut = 0; cut < good.size(); ++cut) {
             INFO("cut at " << cut);
             KVCAR_REQUIRE_ERROR(llama2c_tokenizer::parse(good.substr(0, cut), n, "cut.bin"),
-                                "llama2c_tokenizer: cut.bin: truncated");
+                                "llama2c tokenizer: cut.bin: truncated");
         }
         CHECK(llama2c_tokenizer::parse(good, n).vocab_size() == n);
     }
     SECTION("bytes after the last token") {
         KVCAR_REQUIRE_ERROR(llama2c_tokenizer::parse(good + "xyz", n, "t.bin"),
-                            "t.bin: 3 bytes follow the last of 271 tokens");
+                            "t.bin: 3 bytes left after 271 tokens");
         KVCAR_REQUIRE_ERROR(llama2c_tokenizer::parse(good, n - 1, "t.bin"),
-                            "bytes follow the last of 270 tokens");
+                            "bytes left after 270 tokens");
     }
     SECTION("vocab_size too small for the byte pieces") {
         KVCAR_REQUIRE_ERROR(llama2c_tokenizer::parse(good, 258), "vocab_size 258 is too small");
@@ -210,7 +210,7 @@ TEST_CASE("llama2c tokenizer.bin validation") {
     SECTION("max_token_length not positive") {
         std::string bad = good;
         bad[0] = bad[1] = bad[2] = bad[3] = 0;
-        KVCAR_REQUIRE_ERROR(llama2c_tokenizer::parse(bad, n), "max_token_length is 0");
+        KVCAR_REQUIRE_ERROR(llama2c_tokenizer::parse(bad, n), "max_token_length 0 is not positive");
     }
     SECTION("piece longer than max_token_length") {
         std::vector<token_spec> v = specs;
@@ -238,7 +238,7 @@ TEST_CASE("llama2c tokenizer.bin validation") {
     }
     SECTION("missing file") {
         KVCAR_REQUIRE_ERROR(llama2c_tokenizer::load("/nonexistent/tok.bin", 512),
-                            "cannot open '/nonexistent/tok.bin'");
+                            "llama2c tokenizer: /nonexistent/tok.bin: cannot open");
     }
 }
 

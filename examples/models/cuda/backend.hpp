@@ -8,7 +8,9 @@
 //     std::vector<float> logits = gpu.forward(seq, prompt_ids, logits_for::last);
 //
 // A session is the model's weights on the GPU plus one paged device KV cache of the codec that
-// the run-time name picks (the same names as the CPU's --kv; see kv_dispatch.hpp).
+// the run-time name picks (the same names as the CPU's --kv; see kv_dispatch.hpp). With
+// session_params::tensor_parallel, one such pair per GPU, each holding its share of the heads
+// (device_model.cuh explains the split), each driven by its own host thread.
 #pragma once
 
 #include <cstddef>
@@ -31,12 +33,24 @@ const std::vector<std::string>& kv_names();
 /// there is no usable GPU.
 std::string device_description();
 
+/// True when this build can run tensor-parallel sessions over NCCL (CMake found NCCL).
+bool has_nccl();
+/// "NCCL 2.27.3" or "no NCCL in this build".
+std::string nccl_description();
+
 struct session_params {
     int max_sequences = 1;  ///< sequence ids live at once
     int max_tokens = 0;     ///< tokens per sequence; 0 = the model's context
     int page_size = 16;     ///< tokens per page of the device cache
     /// Pages in the pool; 0 = enough for max_sequences full sequences.
     int num_pages = 0;
+    /// Tensor-parallel ranks. 0: the plain one-GPU model, no communicator. N >= 1: the model
+    /// and its cache split by heads over N ranks, rank r on GPU r, partial products summed by
+    /// NCCL (needs has_nccl()); N = 1 runs that very code path, NCCL included, on one GPU.
+    int tensor_parallel = 0;
+    /// With tensor_parallel N: all N ranks on the current GPU, summed by an in-process
+    /// all-reduce instead of NCCL. Checks the sharding where there is one GPU; not for speed.
+    bool ranks_share_one_gpu = false;
 };
 
 class session {
@@ -65,7 +79,11 @@ public:
     std::vector<double> log_probs(int seq, std::span<const int> tokens,
                                   std::span<const int> targets);
 
-    // The cache report (the same names as kv_cache, for print_cache_report).
+    /// Ranks the model is split over (1 for the plain model).
+    int ranks() const;
+
+    // The cache report (the same names as kv_cache, for print_cache_report). With several
+    // ranks, bytes are per GPU: each rank's cache holds n_kv_heads / ranks of the heads.
     std::size_t bytes_per_token() const;
     double compression_ratio() const;
     /// Bytes of records the live sequences hold now.

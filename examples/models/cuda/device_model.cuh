@@ -20,6 +20,19 @@
 // every sequence's next token in one pass (one GEMM per weight for the whole batch). When every
 // item has one token the attention is kvcar's decode kernel (split-KV over pages); otherwise the
 // causal prefill kernel.
+//
+// Tensor parallelism (tensor_parallel_params): a device_model can hold one rank's share of the
+// model, Megatron-style. Rank r of `world` keeps the query heads and KV heads of
+// kvcar::shard.hpp's split (so its cache holds n_kv_heads / world heads of every layer), the rows
+// of W_qkv for those heads, the matching columns of W_o, and 1/world of the MLP's hidden units
+// (rows of the first matrix, columns of the second). Each rank's W_o and MLP products are then
+// partial sums of the full ones; the communicator all-reduces them before the bias and the
+// residual, so every rank carries the same residual stream:
+//
+//       x += all_reduce(a_r · W_o,rᵀ) + b_o          x += all_reduce(act_r · W_down,rᵀ) + b_down
+//
+// Embeddings, norms and the LM head are replicated (they are small next to the layers); only
+// rank 0 computes logits.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -44,7 +57,9 @@
 #include "kvcar/kernels/decode_attention.cuh"
 #include "kvcar/kernels/prefill_attention.cuh"
 #include "kvcar/reference/attention.hpp"
+#include "kvcar/shard.hpp"
 
+#include "examples/models/cuda/communicator.cuh"
 #include "examples/models/cuda/device_ops.cuh"
 #include "examples/models/model.hpp"
 #include "examples/models/model_common.hpp"
@@ -58,6 +73,30 @@ struct token_batch {
     std::span<const int> counts;
     std::span<const int> tokens;
 };
+
+/// Which share of the model a device_model computes and how it meets the other shares.
+struct tensor_parallel_params {
+    head_shard shard{};            ///< {0, 1}: the whole model
+    communicator* comm = nullptr;  ///< sums the partial products; required when world > 1
+};
+
+/// Rows [first, first + count) of a row-major matrix with `cols` columns.
+inline std::vector<float> matrix_rows(const std::vector<float>& m, std::size_t cols,
+                                      std::size_t first, std::size_t count) {
+    return {m.begin() + std::ptrdiff_t(first * cols),
+            m.begin() + std::ptrdiff_t((first + count) * cols)};
+}
+
+/// Columns [first, first + count) of a row-major matrix with `cols` columns.
+inline std::vector<float> matrix_columns(const std::vector<float>& m, std::size_t cols,
+                                         std::size_t first, std::size_t count) {
+    const std::size_t rows = m.size() / cols;
+    std::vector<float> out(rows * count);
+    for (std::size_t r = 0; r < rows; ++r)
+        std::copy_n(m.begin() + std::ptrdiff_t(r * cols + first), count,
+                    out.begin() + std::ptrdiff_t(r * count));
+    return out;
+}
 
 /// A stream created for one model and destroyed with it. A *blocking* stream: it waits for
 /// work on the legacy default stream, where a device_kv_cache zeroes its pools and uploads
@@ -92,10 +131,33 @@ struct device_layer {
 /// Not copyable or movable (the handle is bound to the stream); hold it by pointer to move it.
 class device_model {
 public:
-    /// Uploads `host`'s weights. The host model may be dropped afterwards.
-    explicit device_model(const language_model& host)
-        : geometry_(host.cache_geometry()), vocab_(host.vocab_size()),
-          max_positions_(host.max_positions()), blas_(stream_.get()) {
+    /// Uploads `host`'s weights (all of them, or rank tp.shard's share) to the current device.
+    /// The host model may be dropped afterwards. Throws kvcar::error when the model's heads or
+    /// hidden units do not split evenly across tp.shard.world ranks, or when world > 1 comes
+    /// without a communicator of that world.
+    explicit device_model(const language_model& host, tensor_parallel_params tp = {})
+        : geometry_(shard_geometry(host.cache_geometry(), tp.shard)), vocab_(host.vocab_size()),
+          max_positions_(host.max_positions()), tp_(tp), blas_(stream_.get()) {
+        const kv_geometry full = host.cache_geometry();
+        const head_shard shard = tp.shard;
+        require(shard.world == 1 || (tp.comm && tp.comm->world() == shard.world &&
+                                     tp.comm->rank() == shard.rank),
+                "device_model: rank " + std::to_string(shard.rank) + " of " +
+                    std::to_string(shard.world) + " needs a communicator of that rank and world");
+        const int total_heads = host.as_gpt2() ? host.as_gpt2()->config().n_heads
+                                               : host.as_llama()->config().n_heads;
+        const int total_ff = host.as_gpt2() ? host.as_gpt2()->config().d_ff
+                                            : host.as_llama()->config().d_ff;
+        require(total_ff % shard.world == 0,
+                "device_model: the MLP's " + std::to_string(total_ff) +
+                    " hidden units cannot be split evenly across " + std::to_string(shard.world) +
+                    " ranks");
+        const head_range qh = query_heads_of(total_heads, full, shard);
+        const head_range kvh = kv_heads_of(full, shard);
+        const std::size_t hd = std::size_t(full.head_dim);
+        const std::size_t ff = std::size_t(total_ff / shard.world);
+        const std::size_t ff0 = std::size_t(shard.rank) * ff;
+
         const auto up = [](const std::vector<float>& v) { return cuda::device_buffer<float>(v); };
         const auto concat = [](const std::vector<float>& a, const std::vector<float>& b,
                                const std::vector<float>& c) {
@@ -104,30 +166,46 @@ public:
             all.insert(all.end(), c.begin(), c.end());
             return cuda::device_buffer<float>(all);
         };
+        // This rank's rows of a [heads * hd][cols] projection (cols = 1 for a bias).
+        const auto head_rows = [&](const std::vector<float>& m, std::size_t cols, head_range h) {
+            return matrix_rows(m, cols, std::size_t(h.first) * hd, std::size_t(h.count) * hd);
+        };
         if (const gpt2_model* g = host.as_gpt2()) {
             const gpt2_config& c = g->config();
             const gpt2_weights& w = g->weights();
+            const std::size_t D = std::size_t(c.d_model);
             gpt2_ = true;
             d_model_ = c.d_model;
-            d_ff_ = c.d_ff;
-            n_heads_ = c.n_heads;
+            d_ff_ = int(ff);
+            n_heads_ = qh.count;
             norm_eps_ = c.norm_eps;
-            attention_ = attention_params{.n_heads = c.n_heads};
+            attention_ = attention_params{.n_heads = qh.count};
             token_embedding_ = up(w.token_embedding);
             position_embedding_ = up(w.position_embedding);
             for (const gpt2_layer& L : w.layers) {
+                // c_attn's rows are [q (D) | k (D) | v (D)]; GPT-2 has n_kv_heads = n_heads.
+                const auto qkv_part = [&](const std::vector<float>& m, std::size_t cols) {
+                    const std::size_t third = m.size() / 3;
+                    const std::vector<float> q(m.begin(), m.begin() + std::ptrdiff_t(third));
+                    const std::vector<float> k(m.begin() + std::ptrdiff_t(third),
+                                               m.begin() + std::ptrdiff_t(2 * third));
+                    const std::vector<float> v(m.begin() + std::ptrdiff_t(2 * third), m.end());
+                    return concat(head_rows(q, cols, qh), head_rows(k, cols, kvh),
+                                  head_rows(v, cols, kvh));
+                };
                 device_layer d;
                 d.norm1_w = up(L.ln1_weight);
                 d.norm1_b = up(L.ln1_bias);
-                d.qkv_w = up(L.qkv_weight);  // already [q; k; v] rows
-                d.qkv_b = up(L.qkv_bias);
-                d.o_w = up(L.proj_weight);
+                d.qkv_w = qkv_part(L.qkv_weight, D);
+                d.qkv_b = qkv_part(L.qkv_bias, 1);
+                d.o_w = up(matrix_columns(L.proj_weight, D, std::size_t(qh.first) * hd,
+                                          std::size_t(qh.count) * hd));
                 d.o_b = up(L.proj_bias);
                 d.norm2_w = up(L.ln2_weight);
                 d.norm2_b = up(L.ln2_bias);
-                d.up_w = up(L.fc_weight);
-                d.up_b = up(L.fc_bias);
-                d.down_w = up(L.out_weight);
+                d.up_w = up(matrix_rows(L.fc_weight, D, ff0, ff));
+                d.up_b = up(matrix_rows(L.fc_bias, 1, ff0, ff));
+                d.down_w = up(matrix_columns(L.out_weight, std::size_t(c.d_ff), ff0, ff));
                 d.down_b = up(L.out_bias);
                 layers_.push_back(std::move(d));
             }
@@ -138,23 +216,28 @@ public:
             const llama_model& m = *host.as_llama();
             const llama_config& c = m.config();
             const llama_weights& w = m.weights();
+            const std::size_t D = std::size_t(c.d_model);
             gpt2_ = false;
             d_model_ = c.d_model;
-            d_ff_ = c.d_ff;
-            n_heads_ = c.n_heads;
+            d_ff_ = int(ff);
+            n_heads_ = qh.count;
             norm_eps_ = c.norm_eps;
             rope_ = c.rope;
             rotate_before_storing_ = m.options().keys == cached_keys::post_rope;
             attention_ = m.attention();
+            attention_.n_heads = qh.count;
             token_embedding_ = up(w.token_embedding);
             for (const llama_layer& L : w.layers) {
                 device_layer d;
                 d.norm1_w = up(L.attn_norm);
-                d.qkv_w = concat(L.wq, L.wk, L.wv);
-                d.o_w = up(L.wo);
+                d.qkv_w = concat(head_rows(L.wq, D, qh), head_rows(L.wk, D, kvh),
+                                 head_rows(L.wv, D, kvh));
+                d.o_w = up(matrix_columns(L.wo, std::size_t(c.n_heads) * hd,
+                                          std::size_t(qh.first) * hd, std::size_t(qh.count) * hd));
                 d.norm2_w = up(L.ffn_norm);
-                d.up_w = concat(L.w_gate, L.w_up, {});
-                d.down_w = up(L.w_down);
+                d.up_w = concat(matrix_rows(L.w_gate, D, ff0, ff), matrix_rows(L.w_up, D, ff0, ff),
+                                {});
+                d.down_w = up(matrix_columns(L.w_down, std::size_t(c.d_ff), ff0, ff));
                 layers_.push_back(std::move(d));
             }
             final_norm_w_ = up(w.final_norm);
@@ -170,8 +253,13 @@ public:
     int vocab_size() const { return vocab_; }
     int max_positions() const { return max_positions_; }
     kv_geometry cache_geometry() const { return geometry_; }
-    /// How attention reads the cache (RoPE on read for Llama with pre-RoPE keys).
+    /// How attention reads the cache (RoPE on read for Llama with pre-RoPE keys); n_heads is
+    /// this rank's query heads.
     const attention_params& attention() const { return attention_; }
+    /// This model's share of a tensor-parallel group ({0, 1} when unsharded).
+    head_shard shard() const { return tp_.shard; }
+    /// Only rank 0 computes logits; the other ranks' forward() returns no rows.
+    bool computes_logits() const { return tp_.shard.rank == 0; }
     cudaStream_t stream() const { return stream_.get(); }
     /// Bytes of weights on the device (a tied head counted once).
     std::size_t weight_bytes() const {
@@ -194,6 +282,10 @@ public:
                                const token_batch& batch, logits_for which = logits_for::all) {
         const int rows = run(cache, batch, which);
         std::vector<float> logits(std::size_t(rows) * std::size_t(vocab_));
+        if (rows == 0) {
+            KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+            return logits;
+        }
         KVCAR_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.data(),
                                          logits.size() * sizeof(float), cudaMemcpyDeviceToHost,
                                          stream_.get()));
@@ -226,6 +318,10 @@ public:
         }
         const std::vector<std::int32_t> host_targets(targets.begin(), targets.end());
         const int rows = run(cache, batch, logits_for::all);
+        if (rows == 0) {
+            KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+            return {};
+        }
         std::int32_t* t = grow(targets_, std::size_t(rows));
         double* out = grow(log_probs_, std::size_t(rows));
         KVCAR_CUDA_CHECK(cudaMemcpyAsync(t, host_targets.data(), std::size_t(rows) * 4,
@@ -277,7 +373,8 @@ private:
         }
     }
 
-    /// The forward pass; leaves the logits in logits_ and returns their rows.
+    /// The forward pass; leaves the logits in logits_ and returns their rows (0 on ranks that
+    /// compute no logits).
     template <class Codec, class Layout>
     int run(cuda::device_kv_cache<Codec, Layout>& cache, const token_batch& b, logits_for which) {
         std::vector<int> first_positions;
@@ -351,6 +448,7 @@ private:
                                            workspace_, s);
             }
             cuda_ops::linear(blas, proj, att, L.o_w.data(), n, Q, D);
+            sum_across_ranks(proj, std::size_t(n) * std::size_t(D));
             residual(x, proj, L.o_b, n, D);
 
             // --- MLP ---
@@ -365,10 +463,13 @@ private:
                 KVCAR_CUDA_CHECK_LAUNCH("silu_mul_kernel");
             }
             cuda_ops::linear(blas, proj, act, L.down_w.data(), n, F, D);
+            sum_across_ranks(proj, std::size_t(n) * std::size_t(D));
             residual(x, proj, L.down_b, n, D);
         }
 
-        // Final norm and the LM head, for the rows asked for.
+        // Final norm and the LM head, for the rows asked for (on rank 0 only: every rank holds
+        // the same residual stream, so one head suffices).
+        if (!computes_logits()) return 0;
         const int rows = which == logits_for::last ? items : n;
         const float* final_in = x;
         if (which == logits_for::last) {
@@ -382,6 +483,12 @@ private:
         const float* head = lm_head_.empty() ? token_embedding_.data() : lm_head_.data();
         cuda_ops::linear(blas, logits, h, head, rows, D, V);
         return rows;
+    }
+
+    /// The all-reduce that completes a row-split product (nothing without a communicator; a
+    /// world of one still calls it, so one GPU runs the very code path of several).
+    void sum_across_ranks(float* data, std::size_t count) {
+        if (tp_.comm) tp_.comm->all_reduce_sum(data, count, stream_.get());
     }
 
     /// LayerNorm (GPT-2) or RMSNorm (Llama) of `rows` rows of d_model.
@@ -427,6 +534,7 @@ private:
     rope_params rope_{};
     bool rotate_before_storing_ = true;
     attention_params attention_{};
+    tensor_parallel_params tp_{};
 
     // Execution. The stream is declared first: it outlives the handle and the buffers.
     owned_stream stream_;

@@ -50,18 +50,21 @@ namespace kvcar::calib {
 
 /// What to train and how. `hidden` and `latent` are required; the rest have working defaults.
 struct autoencoder_training_params {
-    int hidden = 0;       // h: width of each half's hidden layer
-    int latent = 0;       // d: the stored latent width
-    float slope = 0.01f;  // LeakyReLU negative slope
-    float lr = 1e-3f;     // Adam step size (β1 0.9, β2 0.999, eps 1e-8)
-    int batch = 256;      // rows per mini-batch (the last batches of an epoch share the remainder)
-    int max_epochs = 50;
-    float l1_weight = 1.0f, mse_weight = 1.0f;
-    float holdout = 0.1f;  // fraction of rows held out for early stopping, in [0, 1)
-    int patience = 5;      // stop after this many epochs without a better holdout loss
-    std::uint64_t seed = 0;
-    int threads = 0;            // 0: std::thread::hardware_concurrency()
-    bool init_from_pca = true;  // start at the PCA codec (needs hidden >= 2 * latent)
+    int hidden = 0;             ///< h: width of each half's hidden layer (> 0)
+    int latent = 0;             ///< d: the stored latent width, 1..min(D, max_latent_width)
+    float slope = 0.01f;        ///< LeakyReLU negative slope (finite, not -1)
+    float lr = 1e-3f;           ///< Adam step size (β1 0.9, β2 0.999, eps 1e-8)
+    /// Rows per mini-batch, at least 2 for BatchNorm (the last batches of an epoch share the
+    /// remainder).
+    int batch = 256;
+    int max_epochs = 50;        ///< upper bound on passes over the training rows (>= 0)
+    float l1_weight = 1.0f;     ///< weight of the mean |x̂ − x| term of the loss (>= 0)
+    float mse_weight = 1.0f;    ///< weight of the mean (x̂ − x)² term (>= 0; not both 0)
+    float holdout = 0.1f;       ///< fraction of rows held out for early stopping, in [0, 1)
+    int patience = 5;           ///< stop after this many epochs without a better holdout loss
+    std::uint64_t seed = 0;     ///< seeds the holdout split, the shuffling and the initial weights
+    int threads = 0;            ///< worker threads; 0: std::thread::hardware_concurrency()
+    bool init_from_pca = true;  ///< start at the PCA codec (needs hidden >= 2 * latent)
 
     /// Throws kvcar::error naming the first bad field; `width` is D.
     void validate(int width) const {
@@ -93,48 +96,68 @@ struct autoencoder_training_params {
     }
 };
 
+/// What training produced: the best weights and how they were chosen.
 struct autoencoder_training_result {
-    autoencoder_params params;  // the best epoch's weights, BatchNorm unfolded (fold() them)
-    double train_loss = 0;      // loss of `params` on the training rows, inference mode
-    double holdout_loss = 0;    // ... on the holdout rows (NaN without a holdout)
-    double holdout_mse = 0;     // mean squared error per element on the holdout rows (NaN without)
-    int epochs = 0;             // epochs run
-    int best_epoch = 0;         // the epoch `params` come from; 0 = the initial weights
-    bool diverged = false;      // a batch loss became non-finite; training stopped there
+    autoencoder_params params;  ///< the best epoch's weights, BatchNorm unfolded (fold() them)
+    double train_loss = 0;      ///< loss of `params` on the training rows, inference mode
+    double holdout_loss = 0;    ///< loss of `params` on the holdout rows (NaN without a holdout)
+    double holdout_mse = 0;     ///< mean squared error per element on the holdout rows (or NaN)
+    int epochs = 0;             ///< epochs run
+    int best_epoch = 0;         ///< the epoch `params` come from; 0 = the initial weights
+    bool diverged = false;      ///< a batch loss became non-finite; training stopped there
     /// Holdout loss before training ([0]) and after each epoch ([e]); empty without a holdout.
     std::vector<double> holdout_history;
 };
 
 /// Mean losses per element over a set of rows.
 struct autoencoder_loss {
-    double loss = 0;  // l1_weight · l1 + mse_weight · mse
-    double l1 = 0;    // mean |x̂ − x|
-    double mse = 0;   // mean (x̂ − x)²
+    double loss = 0;  ///< l1_weight · l1 + mse_weight · mse
+    double l1 = 0;    ///< mean |x̂ − x|
+    double mse = 0;   ///< mean (x̂ − x)²
 };
 
 /// The trainable form of the network in precision `Real` (float to train; double for gradient
 /// checks). Layouts as in autoencoder_params (PyTorch: an FC weight is [out][in]).
 template <std::floating_point Real>
 struct autoencoder_weights {
-    int width = 0, hidden = 0, latent = 0;
-    Real slope = Real(0.01);
-    Real bn_eps = Real(1e-5);
-    std::vector<Real> enc1_w, enc1_b, enc_bn_gamma, enc_bn_beta, enc2_w, enc2_b;
-    std::vector<Real> dec1_w, dec1_b, dec_bn_gamma, dec_bn_beta, dec2_w, dec2_b;
-    /// BatchNorm running statistics: not trained; updated in training mode, used at inference.
-    std::vector<Real> enc_bn_mean, enc_bn_var, dec_bn_mean, dec_bn_var;
+    int width = 0;                   ///< D: floats per group
+    int hidden = 0;                  ///< h: hidden units of each half
+    int latent = 0;                  ///< d: latent elements
+    Real slope = Real(0.01);         ///< LeakyReLU negative slope
+    Real bn_eps = Real(1e-5);        ///< BatchNorm epsilon added to the variance
+    std::vector<Real> enc1_w;        ///< encoder FC(D→h) weight, [h][D]
+    std::vector<Real> enc1_b;        ///< encoder FC(D→h) bias, [h]
+    std::vector<Real> enc_bn_gamma;  ///< encoder BatchNorm scale γ, [h]
+    std::vector<Real> enc_bn_beta;   ///< encoder BatchNorm shift β, [h]
+    std::vector<Real> enc2_w;        ///< encoder FC(h→d) weight, [d][h]
+    std::vector<Real> enc2_b;        ///< encoder FC(h→d) bias, [d]
+    std::vector<Real> dec1_w;        ///< decoder FC(d→h) weight, [h][d]
+    std::vector<Real> dec1_b;        ///< decoder FC(d→h) bias, [h]
+    std::vector<Real> dec_bn_gamma;  ///< decoder BatchNorm scale γ, [h]
+    std::vector<Real> dec_bn_beta;   ///< decoder BatchNorm shift β, [h]
+    std::vector<Real> dec2_w;        ///< decoder FC(h→D) weight, [D][h]
+    std::vector<Real> dec2_b;        ///< decoder FC(h→D) bias, [D]
+    // BatchNorm running statistics: not trained; updated in training mode, used at inference.
+    std::vector<Real> enc_bn_mean;   ///< encoder BatchNorm running mean, [h]
+    std::vector<Real> enc_bn_var;    ///< encoder BatchNorm running variance, [h]
+    std::vector<Real> dec_bn_mean;   ///< decoder BatchNorm running mean, [h]
+    std::vector<Real> dec_bn_var;    ///< decoder BatchNorm running variance, [h]
 
+    /// How many tensors the optimizer updates (the weights, biases, γ and β of both halves).
     static constexpr int trainable_count = 12;
+    /// The trainable tensors' names, in trainable(i) order (as messages name them).
     static constexpr const char* trainable_names[trainable_count] = {
         "enc1_w", "enc1_b", "enc_bn_gamma", "enc_bn_beta", "enc2_w", "enc2_b",
         "dec1_w", "dec1_b", "dec_bn_gamma", "dec_bn_beta", "dec2_w", "dec2_b"};
 
+    /// Trainable tensor `i` (0 <= i < trainable_count, unchecked), in trainable_names order.
     std::vector<Real>& trainable(int i) {
         std::vector<Real>* t[trainable_count] = {
             &enc1_w, &enc1_b, &enc_bn_gamma, &enc_bn_beta, &enc2_w, &enc2_b,
             &dec1_w, &dec1_b, &dec_bn_gamma, &dec_bn_beta, &dec2_w, &dec2_b};
         return *t[i];
     }
+    /// Trainable tensor `i` (0 <= i < trainable_count, unchecked), read-only.
     const std::vector<Real>& trainable(int i) const {
         return const_cast<autoencoder_weights*>(this)->trainable(i);
     }
@@ -178,6 +201,8 @@ struct autoencoder_weights {
         return w;
     }
 
+    /// The weights of `p` converted to Real. Throws kvcar::error when `p` is invalid
+    /// (autoencoder_params::validate).
     static autoencoder_weights from_params(const autoencoder_params& p) {
         p.validate();
         autoencoder_weights w;
@@ -208,6 +233,7 @@ struct autoencoder_weights {
         return w;
     }
 
+    /// These weights rounded to float, BatchNorm unfolded (what codec files and fold() take).
     autoencoder_params to_params() const {
         const auto cast = [](const std::vector<Real>& v) {
             return std::vector<float>(v.begin(), v.end());

@@ -23,21 +23,22 @@ namespace kvcar::calib {
 /// How many components to keep: set exactly one of `rank` (fixed) or `energy` (the smallest
 /// rank whose components retain at least this fraction of the total variance, in (0, 1]).
 struct pca_params {
-    int rank = 0;
-    double energy = 0;
-    int heads = 1;  // KV heads in the group (the fitted codec's `heads`); must divide the width
+    int rank = 0;       ///< components to keep (0: choose by `energy`)
+    double energy = 0;  ///< fraction of variance to retain, in (0, 1] (0: use `rank`)
+    int heads = 1;      ///< KV heads in the group (the codec's `heads`); must divide the width
 };
 
+/// A fitted linear codec and the spectrum it was cut from.
 struct pca_result {
-    linear_params params;             // mean and the top-`rank` eigenvectors as the basis columns
-    std::vector<double> eigenvalues;  // all `width` covariance eigenvalues, descending
-    double retained_energy = 0;       // Σ kept eigenvalues / Σ all (1 when the data is constant)
+    linear_params params;             ///< the mean; the top-`rank` eigenvectors as basis columns
+    std::vector<double> eigenvalues;  ///< all `width` covariance eigenvalues, descending
+    double retained_energy = 0;       ///< Σ kept eigenvalues / Σ all (1 when the data is constant)
 };
 
 /// The eigen-decomposition of a symmetric matrix: A = Σ_k values[k] v_k v_kᵀ.
 struct symmetric_eigen_result {
-    std::vector<double> values;   // descending
-    std::vector<double> vectors;  // [n][n] row-major, row k = unit eigenvector of values[k]
+    std::vector<double> values;   ///< descending
+    std::vector<double> vectors;  ///< [n][n] row-major, row k = unit eigenvector of values[k]
 };
 
 namespace detail {

@@ -37,15 +37,16 @@ namespace kvcar::calib {
 /// Distances between each group (heads_per_group consecutive KV heads; 1 = per head, as in the
 /// paper) of layer l and the same group of layer l−1, for K or for V.
 struct reuse_distance_table {
-    kv_geometry geometry;
-    int heads_per_group = 1;
-    kv_kind kind = kv_kind::key;
-    std::size_t tokens = 0;
+    kv_geometry geometry;         ///< the model geometry the distances were measured on
+    int heads_per_group = 1;      ///< consecutive KV heads per group (1 = per head)
+    kv_kind kind = kv_kind::key;  ///< whether these are K or V distances
+    std::size_t tokens = 0;       ///< calibration tokens averaged over
     /// [layer][group]: mean over tokens and elements of |x_l − x_{l−1}|; +inf for layer 0.
     std::vector<double> l1;
     /// [layer]: mean |x| over the tokens and elements of layer l.
     std::vector<double> scale;
 
+    /// Groups per layer: n_kv_heads / heads_per_group.
     int groups_per_layer() const { return geometry.n_kv_heads / heads_per_group; }
 
     /// The raw mean L1 distance of (layer, group) to (layer − 1, group).
@@ -143,15 +144,17 @@ inline reuse_distance_table reuse_distances(const std::vector<std::vector<float>
     return reuse_distances(pointers, n_tokens, geometry, kind, heads_per_group);
 }
 
+/// How the select_reuse_* functions rank and combine candidate (layer, group)s.
 struct reuse_selection_params {
-    bool normalized = true;    // rank by distance / mean |x| of the layer (else the raw L1)
-    bool allow_chains = true;  // may (l, g) and (l−1, g) both be reused (see the file comment)
+    bool normalized = true;    ///< rank by distance / mean |x| of the layer (else the raw L1)
+    bool allow_chains = true;  ///< may (l, g) and (l−1, g) both be reused (see the file comment)
 };
 
 /// A joint K and V choice.
 struct reuse_selection {
-    std::vector<reuse_entry> key, value;
-    std::size_t bytes_saved = 0;  // per token, all layers
+    std::vector<reuse_entry> key;    ///< reused K groups, as reuse_map takes them
+    std::vector<reuse_entry> value;  ///< reused V groups, as reuse_map takes them
+    std::size_t bytes_saved = 0;     ///< bytes per token the reuse saves, all layers
 };
 
 namespace detail {

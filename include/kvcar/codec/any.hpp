@@ -35,8 +35,10 @@ enum class codec_kind : std::uint8_t { identity = 0, linear = 1, autoencoder = 2
 /// (quantized_codec: d bytes plus an f32 scale and offset).
 enum class latent_storage : std::uint8_t { f32 = 0, f16 = 1, bf16 = 2, int8 = 3, fp8_e4m3 = 4 };
 
+/// Every codec_kind, in value order (for loops over kinds and parsing).
 inline constexpr codec_kind all_codec_kinds[] = {codec_kind::identity, codec_kind::linear,
                                                  codec_kind::autoencoder};
+/// Every latent_storage, in value order (for loops over storages and parsing).
 inline constexpr latent_storage all_latent_storages[] = {latent_storage::f32, latent_storage::f16,
                                                          latent_storage::bf16, latent_storage::int8,
                                                          latent_storage::fp8_e4m3};
@@ -69,11 +71,13 @@ constexpr const char* to_string(latent_storage s) {
     }
     return "?";
 }
+/// The codec_kind named `name` (as to_string spells it), or nullopt for an unknown name.
 constexpr std::optional<codec_kind> parse_codec_kind(std::string_view name) {
     for (codec_kind k : all_codec_kinds)
         if (name == to_string(k)) return k;
     return std::nullopt;
 }
+/// The latent_storage named `name` (as to_string spells it), or nullopt for an unknown name.
 constexpr std::optional<latent_storage> parse_latent_storage(std::string_view name) {
     for (latent_storage s : all_latent_storages)
         if (name == to_string(s)) return s;
@@ -87,12 +91,16 @@ constexpr bool is_quantized(latent_storage s) {
 /// The storage tag of a concrete latent element type.
 template <class T>
 inline constexpr latent_storage latent_storage_of = latent_storage::f32;
+/// f16 latents.
 template <>
 inline constexpr latent_storage latent_storage_of<f16> = latent_storage::f16;
+/// bf16 latents.
 template <>
 inline constexpr latent_storage latent_storage_of<bf16> = latent_storage::bf16;
+/// int8 latents (quantized per record).
 template <>
 inline constexpr latent_storage latent_storage_of<std::int8_t> = latent_storage::int8;
+/// fp8 e4m3 latents (quantized per record).
 template <>
 inline constexpr latent_storage latent_storage_of<fp8_e4m3> = latent_storage::fp8_e4m3;
 
@@ -104,13 +112,13 @@ struct any_codec {
     /// Records are bytes whose element type depends on `storage`; kv_codec asks for a name.
     using storage_type = std::byte;
 
-    codec_kind kind = codec_kind::identity;
-    latent_storage storage = latent_storage::f16;
-    int width = 0;        // D
-    int latent = 0;       // d (= D for identity)
-    int heads = 1;        // linear: KV heads in the group
-    int hidden = 0;       // autoencoder: h
-    float slope = 0.01f;  // autoencoder: LeakyReLU slope
+    codec_kind kind = codec_kind::identity;        ///< the transform between group and latent
+    latent_storage storage = latent_storage::f16;  ///< the latent's element format
+    int width = 0;        ///< D: floats per group
+    int latent = 0;       ///< d: latent elements (= D for identity)
+    int heads = 1;        ///< linear: KV heads in the group
+    int hidden = 0;       ///< autoencoder: h
+    float slope = 0.01f;  ///< autoencoder: LeakyReLU slope
     /// linear: {mean, basis}; autoencoder: {enc1_w, enc1_b, enc2_wt, enc2_b, dec1_w, dec1_b,
     /// dec2_wt, dec2_b}, as in the concrete views. Unused entries are null.
     const float* tensors[8] = {};
@@ -169,20 +177,28 @@ public:
         }
     }
 
+    /// D: floats per group.
     KVCAR_HD int group_width() const { return width; }
+    /// d: latent elements per record.
     KVCAR_HD int latent_width() const { return latent; }
+    /// Record bytes of the concrete codec this stands for.
     KVCAR_HD std::size_t bytes_per_group() const {
         return visit([](const auto& c) { return c.bytes_per_group(); });
     }
+    /// x -> z (D -> d floats) through the concrete codec.
     KVCAR_HD void to_latent(const float* x, float* z) const {
         visit([&](const auto& c) { c.to_latent(x, z); });
     }
+    /// z -> x̂ (d -> D floats) through the concrete codec.
     KVCAR_HD void from_latent(const float* z, float* x) const {
         visit([&](const auto& c) { c.from_latent(z, x); });
     }
+    /// Encodes D floats at `x` into the record at `out` (bytes_per_group() bytes, 4-byte aligned);
+    /// bit-identical to the concrete codec.
     KVCAR_HD void encode(const float* x, std::byte* out) const {
         visit([&](const auto& c) { c.encode(x, out); });
     }
+    /// Decodes the record at `in` to D floats at `x`; bit-identical to the concrete codec.
     KVCAR_HD void decode(const std::byte* in, float* x) const {
         visit([&](const auto& c) { c.decode(in, x); });
     }
@@ -195,10 +211,12 @@ public:
     KVCAR_HD identity_codec<T> as_identity() const {
         return identity_codec<T>{width};
     }
+    /// The linear view of `width`, `latent`, `heads` and tensors[0..1].
     template <float_element T>
     KVCAR_HD linear_codec<T> as_linear() const {
         return linear_codec<T>{width, latent, heads, tensors[0], tensors[1]};
     }
+    /// The autoencoder view of the widths, `slope` and tensors[0..7].
     template <float_element T>
     KVCAR_HD autoencoder_codec<T> as_autoencoder() const {
         return autoencoder_codec<T>{width,      hidden,     latent,     slope,
@@ -249,6 +267,8 @@ static_assert(latent_codec<any_codec>);
 
 // Factories: one per concrete codec. Host side; they check what the concrete views assume.
 
+/// The any_codec of an identity codec (storage from T). Throws kvcar::error when the width is not
+/// positive.
 template <float_element T>
 any_codec make_any_codec(const identity_codec<T>& c) {
     any_codec a;
@@ -259,6 +279,8 @@ any_codec make_any_codec(const identity_codec<T>& c) {
     return a;
 }
 
+/// The any_codec of a linear codec, pointing at its mean and basis. Throws kvcar::error when widths
+/// or heads are inconsistent, the rank exceeds max_latent_width, or a pointer is null.
 template <float_element T>
 any_codec make_any_codec(const linear_codec<T>& c) {
     any_codec a;
@@ -273,6 +295,8 @@ any_codec make_any_codec(const linear_codec<T>& c) {
     return a;
 }
 
+/// The any_codec of an autoencoder codec, pointing at its eight tensors. Throws kvcar::error when a
+/// width is not positive, the latent exceeds max_latent_width, or a pointer is null.
 template <float_element T>
 any_codec make_any_codec(const autoencoder_codec<T>& c) {
     any_codec a;

@@ -19,6 +19,7 @@
 
 namespace kvcar {
 
+/// LeakyReLU: x for x >= 0, slope · x below (the autoencoder's activation).
 KVCAR_HD inline float leaky_relu(float x, float slope) { return x >= 0.0f ? x : slope * x; }
 
 /// A view of a folded autoencoder (it owns nothing; see folded_autoencoder). Both halves have
@@ -28,23 +29,26 @@ KVCAR_HD inline float leaky_relu(float x, float slope) { return x >= 0.0f ? x : 
 /// decode accumulates straight into the D output floats, encode into a local float[d].
 template <float_element T = f16>
 struct autoencoder_codec {
-    using storage_type = T;
+    using storage_type = T;  ///< element type the latent is stored in
 
-    int width = 0;   // D
-    int hidden = 0;  // h
-    int latent = 0;  // d
-    float slope = 0.01f;  // LeakyReLU negative slope
-    const float* enc1_w = nullptr;   // [h][D], BatchNorm folded in
-    const float* enc1_b = nullptr;   // [h]
-    const float* enc2_wt = nullptr;  // [h][d]: FC(h→d) transposed
-    const float* enc2_b = nullptr;   // [d]
-    const float* dec1_w = nullptr;   // [h][d], BatchNorm folded in
-    const float* dec1_b = nullptr;   // [h]
-    const float* dec2_wt = nullptr;  // [h][D]: FC(h→D) transposed
-    const float* dec2_b = nullptr;   // [D]
+    int width = 0;                   ///< D: floats per group
+    int hidden = 0;                  ///< h: hidden units of each half
+    int latent = 0;                  ///< d: latent elements per group (<= max_latent_width)
+    float slope = 0.01f;             ///< LeakyReLU negative slope
+    const float* enc1_w = nullptr;   ///< [h][D], BatchNorm folded in
+    const float* enc1_b = nullptr;   ///< [h]
+    const float* enc2_wt = nullptr;  ///< [h][d]: FC(h→d) transposed
+    const float* enc2_b = nullptr;   ///< [d]
+    const float* dec1_w = nullptr;   ///< [h][d], BatchNorm folded in
+    const float* dec1_b = nullptr;   ///< [h]
+    const float* dec2_wt = nullptr;  ///< [h][D]: FC(h→D) transposed
+    const float* dec2_b = nullptr;   ///< [D]
 
+    /// D: floats per group.
     KVCAR_HD int group_width() const { return width; }
+    /// d: latent elements per record.
     KVCAR_HD int latent_width() const { return latent; }
+    /// d elements of T, rounded up to a multiple of 4 bytes.
     KVCAR_HD std::size_t bytes_per_group() const {
         return pad_record_bytes(std::size_t(latent) * sizeof(T));
     }
@@ -65,6 +69,7 @@ struct autoencoder_codec {
         T* stored = reinterpret_cast<T*>(out);
         for (int j = 0; j < latent; ++j) stored[j] = element_traits<T>::store(z[j]);
     }
+    /// Reads the d stored latent elements at `in` and runs the decoder into D floats at `x`.
     KVCAR_HD void decode(const std::byte* in, float* x) const {
         float z[max_latent_width];
         const T* stored = reinterpret_cast<const T*>(in);
@@ -117,17 +122,27 @@ inline void require_autoencoder_shape(const char* owner, int width, int hidden, 
 /// The autoencoder as trained (PyTorch layouts: an FC weight is [out][in]), BatchNorm unfolded.
 /// Turn it into a codec with fold(params).codec<T>().
 struct autoencoder_params {
-    int width = 0;   // D
-    int hidden = 0;  // h
-    int latent = 0;  // d
-    float slope = 0.01f;
-    std::vector<float> enc1_w, enc1_b;  // [h][D], [h]
-    std::vector<float> enc_bn_gamma, enc_bn_beta, enc_bn_mean, enc_bn_var;  // [h] each
-    std::vector<float> enc2_w, enc2_b;  // [d][h], [d]
-    std::vector<float> dec1_w, dec1_b;  // [h][d], [h]
-    std::vector<float> dec_bn_gamma, dec_bn_beta, dec_bn_mean, dec_bn_var;  // [h] each
-    std::vector<float> dec2_w, dec2_b;  // [D][h], [D]
-    float bn_eps = 1e-5f;
+    int width = 0;                    ///< D: floats per group
+    int hidden = 0;                   ///< h: hidden units of each half
+    int latent = 0;                   ///< d: latent elements (<= max_latent_width)
+    float slope = 0.01f;              ///< LeakyReLU negative slope
+    std::vector<float> enc1_w;        ///< encoder FC(D→h) weight, [h][D]
+    std::vector<float> enc1_b;        ///< encoder FC(D→h) bias, [h]
+    std::vector<float> enc_bn_gamma;  ///< encoder BatchNorm scale γ, [h]
+    std::vector<float> enc_bn_beta;   ///< encoder BatchNorm shift β, [h]
+    std::vector<float> enc_bn_mean;   ///< encoder BatchNorm running mean, [h]
+    std::vector<float> enc_bn_var;    ///< encoder BatchNorm running variance, [h], >= 0
+    std::vector<float> enc2_w;        ///< encoder FC(h→d) weight, [d][h]
+    std::vector<float> enc2_b;        ///< encoder FC(h→d) bias, [d]
+    std::vector<float> dec1_w;        ///< decoder FC(d→h) weight, [h][d]
+    std::vector<float> dec1_b;        ///< decoder FC(d→h) bias, [h]
+    std::vector<float> dec_bn_gamma;  ///< decoder BatchNorm scale γ, [h]
+    std::vector<float> dec_bn_beta;   ///< decoder BatchNorm shift β, [h]
+    std::vector<float> dec_bn_mean;   ///< decoder BatchNorm running mean, [h]
+    std::vector<float> dec_bn_var;    ///< decoder BatchNorm running variance, [h], >= 0
+    std::vector<float> dec2_w;        ///< decoder FC(h→D) weight, [D][h]
+    std::vector<float> dec2_b;        ///< decoder FC(h→D) bias, [D]
+    float bn_eps = 1e-5f;             ///< BatchNorm epsilon added to the variance
 
     /// Throws kvcar::error naming the first bad field or tensor.
     void validate() const {
@@ -167,15 +182,20 @@ struct autoencoder_params {
 /// second FC of each half transposed (see autoencoder_codec). Owning, host side; `codec<T>()`
 /// hands out a view valid while `*this` lives and its vectors are not resized.
 struct folded_autoencoder {
-    int width = 0;
-    int hidden = 0;
-    int latent = 0;
-    float slope = 0.01f;
-    std::vector<float> enc1_w, enc1_b;    // [h][D], [h]
-    std::vector<float> enc2_wt, enc2_b;   // [h][d], [d]
-    std::vector<float> dec1_w, dec1_b;    // [h][d], [h]
-    std::vector<float> dec2_wt, dec2_b;   // [h][D], [D]
+    int width = 0;                ///< D: floats per group
+    int hidden = 0;               ///< h: hidden units of each half
+    int latent = 0;               ///< d: latent elements (<= max_latent_width)
+    float slope = 0.01f;          ///< LeakyReLU negative slope
+    std::vector<float> enc1_w;    ///< encoder FC(D→h) with BatchNorm folded in, [h][D]
+    std::vector<float> enc1_b;    ///< its bias, [h]
+    std::vector<float> enc2_wt;   ///< encoder FC(h→d) transposed, [h][d]
+    std::vector<float> enc2_b;    ///< its bias, [d]
+    std::vector<float> dec1_w;    ///< decoder FC(d→h) with BatchNorm folded in, [h][d]
+    std::vector<float> dec1_b;    ///< its bias, [h]
+    std::vector<float> dec2_wt;   ///< decoder FC(h→D) transposed, [h][D]
+    std::vector<float> dec2_b;    ///< its bias, [D]
 
+    /// Throws kvcar::error naming the first bad field or tensor (shape, size or non-finite value).
     void validate() const {
         const char* me = "folded_autoencoder";
         detail::require_autoencoder_shape(me, width, hidden, latent, slope);
@@ -190,6 +210,8 @@ struct folded_autoencoder {
         detail::require_tensor(me, "dec2_b", dec2_b, D, "width");
     }
 
+    /// Validates (throws kvcar::error like validate()) and returns a view over these vectors,
+    /// storing the latent as T.
     template <float_element T = f16>
     autoencoder_codec<T> codec() const {
         validate();

@@ -23,17 +23,21 @@ namespace kvcar {
 /// with hd = width / heads.
 template <float_element T = f16>
 struct linear_codec {
-    using storage_type = T;
+    using storage_type = T;  ///< element type the latent is stored in
 
-    int width = 0;                 // D: floats per group (heads · head_dim)
-    int rank = 0;                  // d: latent elements per group
-    int heads = 1;                 // KV heads in the group
-    const float* mean = nullptr;   // μ, [D]
-    const float* basis = nullptr;  // P, [D][d] row-major: x̂_i = Σ_j basis[i·d + j] z_j + μ_i
+    int width = 0;                 ///< D: floats per group (heads · head_dim)
+    int rank = 0;                  ///< d: latent elements per group
+    int heads = 1;                 ///< KV heads in the group
+    const float* mean = nullptr;   ///< μ, [D]
+    const float* basis = nullptr;  ///< P, [D][d] row-major: x̂_i = Σ_j basis[i·d + j] z_j + μ_i
 
+    /// D: floats per group.
     KVCAR_HD int group_width() const { return width; }
+    /// d = rank: latent elements per record.
     KVCAR_HD int latent_width() const { return rank; }
+    /// Floats per head: width / heads.
     KVCAR_HD int head_dim() const { return width / heads; }
+    /// d elements of T, rounded up to a multiple of 4 bytes.
     KVCAR_HD std::size_t bytes_per_group() const {
         return pad_record_bytes(std::size_t(rank) * sizeof(T));
     }
@@ -106,11 +110,11 @@ private:
 /// hold). `codec<T>()` validates them and hands out a view that stays valid while `*this` lives
 /// and its vectors are not resized.
 struct linear_params {
-    int width = 0;              // D
-    int rank = 0;               // d
-    int heads = 1;              // KV heads in the group; D = heads · head_dim
-    std::vector<float> mean;    // [D]
-    std::vector<float> basis;   // [D][d] row-major
+    int width = 0;             ///< D: floats per group (> 0)
+    int rank = 0;              ///< d: latent elements, 1..min(D, max_latent_width)
+    int heads = 1;             ///< KV heads in the group; D = heads · head_dim
+    std::vector<float> mean;   ///< μ, [D], finite
+    std::vector<float> basis;  ///< P, [D][d] row-major, finite
 
     /// Throws kvcar::error naming the first problem found.
     void validate() const {
@@ -138,6 +142,8 @@ struct linear_params {
         for (float b : basis) require(std::isfinite(b), "linear_params: basis is not finite");
     }
 
+    /// Validates (throws kvcar::error like validate()) and returns a view over these vectors,
+    /// storing the latent as T.
     template <float_element T = f16>
     linear_codec<T> codec() const {
         validate();

@@ -39,22 +39,27 @@ concept latent_quantization = std::same_as<Q, std::int8_t> || std::same_as<Q, fp
 /// Non-finite latents are not supported (garbage in, garbage out).
 template <latent_codec Inner, latent_quantization Q = std::int8_t>
 struct quantized_codec {
-    using storage_type = Q;
-    using inner_codec = Inner;
+    using storage_type = Q;     ///< int8_t or fp8_e4m3: the element type of the quantized latent
+    using inner_codec = Inner;  ///< the wrapped codec, which defines the latent
 
-    Inner inner;
+    Inner inner;  ///< the codec whose latent z is quantized
 
+    /// D: floats per group (the inner codec's).
     KVCAR_HD int group_width() const { return inner.group_width(); }
+    /// d: quantized elements per record (the inner codec's latent width).
     KVCAR_HD int latent_width() const { return inner.latent_width(); }
     /// Where scale and offset start inside a record.
     KVCAR_HD std::size_t scale_offset_bytes() const {
         return pad_record_bytes(std::size_t(latent_width()) * sizeof(Q));
     }
+    /// d elements of Q padded to 4 bytes, then scale and offset (two f32).
     KVCAR_HD std::size_t bytes_per_group() const {
         return scale_offset_bytes() + 2 * sizeof(float);
     }
 
+    /// The inner codec's x -> z (D -> d floats), before quantization.
     KVCAR_HD void to_latent(const float* x, float* z) const { inner.to_latent(x, z); }
+    /// The inner codec's z -> x̂ (d -> D floats).
     KVCAR_HD void from_latent(const float* z, float* x) const { inner.from_latent(z, x); }
 
     /// Precondition (checked by make_quantized): latent_width() <= max_latent_width.
@@ -63,6 +68,8 @@ struct quantized_codec {
         inner.to_latent(x, z);
         quantize(z, out);
     }
+    /// Dequantizes the record at `in` and decodes the latent to D floats at `x`. Precondition:
+    /// latent_width() <= max_latent_width.
     KVCAR_HD void decode(const std::byte* in, float* x) const {
         float z[max_latent_width];
         dequantize(in, z);
@@ -114,16 +121,21 @@ struct quantized_codec {
     }
 
     // Latent-space attention passes straight through when the inner decoder is affine.
+    /// Elements per head (the inner affine codec's).
     KVCAR_HD int head_dim() const
         requires affine_latent_codec<Inner>
     {
         return inner.head_dim();
     }
+    /// The inner codec's query projection: writes P_hᵀ q to `qz` and returns q · μ_h, to be
+    /// dotted with dequantized latents.
     KVCAR_HD float project_query(const float* q, int head, float* qz) const
         requires affine_latent_codec<Inner>
     {
         return inner.project_query(q, head, qz);
     }
+    /// The inner codec's lift: out = P_h z + weight_sum · μ_h, z being a sum of dequantized
+    /// latents.
     KVCAR_HD void lift(const float* z, float weight_sum, int head, float* out) const
         requires affine_latent_codec<Inner>
     {

@@ -22,6 +22,9 @@
 
 namespace kvcar::cuda {
 
+/// An owning array of T in device memory (RAII over cudaMalloc/cudaFree). Move-only; host copies
+/// are explicit, blocking unless named _async, and range-checked: an out-of-range copy throws
+/// kvcar::error, and so does a failed CUDA call, naming the call.
 template <class T>
 class device_buffer {
     static_assert(std::is_trivially_copyable_v<T>, "device_buffer holds trivially copyable types");
@@ -35,12 +38,15 @@ public:
         allocate(host.size());
         upload(host);
     }
+    /// A device copy of `host`.
     explicit device_buffer(const std::vector<T>& host) : device_buffer(std::span<const T>(host)) {}
 
     device_buffer(const device_buffer&) = delete;
     device_buffer& operator=(const device_buffer&) = delete;
+    /// Takes `other`'s allocation; `other` is left empty.
     device_buffer(device_buffer&& other) noexcept
         : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    /// Frees this buffer's allocation and takes `other`'s; `other` is left empty.
     device_buffer& operator=(device_buffer&& other) noexcept {
         if (this != &other) {
             release();
@@ -51,10 +57,15 @@ public:
     }
     ~device_buffer() { release(); }
 
+    /// Device pointer to the first element (null when empty).
     T* data() { return data_; }
+    /// Device pointer to the first element (null when empty).
     const T* data() const { return data_; }
+    /// Elements held.
     std::size_t size() const { return size_; }
+    /// Bytes held: size() * sizeof(T).
     std::size_t bytes() const { return size_ * sizeof(T); }
+    /// Whether the buffer holds no elements.
     bool empty() const { return size_ == 0; }
 
     /// Copies `host` to elements [offset, offset + host.size()). Blocking.

@@ -65,6 +65,8 @@ private:
     std::map<std::pair<const float*, std::size_t>, const float*> index_;
 };
 
+/// An identity codec has no parameters: returns `c` unchanged. Throws kvcar::error when the width
+/// is not positive.
 template <float_element T>
 identity_codec<T> upload_codec(const identity_codec<T>& c, parameter_store&) {
     require(c.width > 0, "upload_codec: identity_codec width must be positive (got " +
@@ -72,6 +74,8 @@ identity_codec<T> upload_codec(const identity_codec<T>& c, parameter_store&) {
     return c;  // no parameters
 }
 
+/// A copy of `c` whose mean and basis point to device copies held by `store` (shared with earlier
+/// uploads of the same host arrays). Throws kvcar::error for a bad shape or a null or empty array.
 template <float_element T>
 linear_codec<T> upload_codec(const linear_codec<T>& c, parameter_store& store) {
     require(c.width > 0 && c.rank > 0 && c.heads > 0 && c.width % c.heads == 0 &&
@@ -85,6 +89,9 @@ linear_codec<T> upload_codec(const linear_codec<T>& c, parameter_store& store) {
     return d;
 }
 
+/// A copy of `c` whose eight weight arrays point to device copies held by `store` (shared with
+/// earlier uploads of the same host arrays). Throws kvcar::error for a bad shape or a null or empty
+/// array.
 template <float_element T>
 autoencoder_codec<T> upload_codec(const autoencoder_codec<T>& c, parameter_store& store) {
     require(c.width > 0 && c.hidden > 0 && c.latent > 0 && c.latent <= max_latent_width,
@@ -105,6 +112,7 @@ autoencoder_codec<T> upload_codec(const autoencoder_codec<T>& c, parameter_store
     return d;
 }
 
+/// The inner codec uploaded, wrapped again (quantization itself has no parameters).
 template <class Inner, class Q>
 quantized_codec<Inner, Q> upload_codec(const quantized_codec<Inner, Q>& c,
                                        parameter_store& store) {
@@ -122,6 +130,8 @@ concept uploadable_codec = kv_codec<Codec> && requires(const Codec& c, parameter
 template <uploadable_codec Codec>
 class device_codecs {
 public:
+    /// Uploads every codec's parameters and the array of their device views. Throws kvcar::error as
+    /// upload_codec does, or when a CUDA call fails.
     explicit device_codecs(std::span<const Codec> host) {
         views_.reserve(host.size());
         for (const Codec& c : host) views_.push_back(upload_codec(c, store_));
@@ -130,6 +140,7 @@ public:
 
     /// Device array of size() views, indexed by slot.
     const Codec* data() const { return array_.data(); }
+    /// Number of codecs (stored slots).
     std::size_t size() const { return views_.size(); }
     /// A host copy of slot i's view: its pointers are device pointers (pass it to a kernel).
     const Codec& operator[](std::size_t i) const { return views_.at(i); }
@@ -145,6 +156,8 @@ private:
 /// A linear codec's parameters on the device (from linear_params, validated).
 class device_linear_params {
 public:
+    /// Validates `p` (throws kvcar::error like linear_params::validate) and copies its mean and
+    /// basis to the device.
     explicit device_linear_params(const linear_params& p) {
         p.validate();
         width_ = p.width;
@@ -167,6 +180,8 @@ private:
 /// A folded autoencoder's parameters on the device (validated).
 class device_autoencoder {
 public:
+    /// Validates `f` (throws kvcar::error like folded_autoencoder::validate) and copies its eight
+    /// arrays to the device.
     explicit device_autoencoder(const folded_autoencoder& f) {
         f.validate();
         width_ = f.width;

@@ -45,17 +45,23 @@
 
 namespace kvcar::cuda {
 
+/// A compressed KV cache whose records live in device memory: paged storage with one pool per
+/// stored slot and one block table, codec parameters uploaded once, page bookkeeping on the host.
+/// Kernels get device pointers through view(). Methods taking a sequence, layer or slot throw
+/// kvcar::error when it is out of range or not live (changing nothing); failed CUDA calls throw
+/// kvcar::error naming the call.
 template <uploadable_codec Codec, kv_layout Layout = dense_layout>
 class device_kv_cache {
 public:
-    using codec_type = Codec;
-    using layout_type = Layout;
+    using codec_type = Codec;    ///< the codec type of every stored slot
+    using layout_type = Layout;  ///< maps (layer, group, K/V) to slots (dense_layout or reuse_map)
 
+    /// Capacity: sequences, their longest length, and the page pool (all positive).
     struct params {
-        int max_sequences;
-        int max_tokens;
-        int page_size = 16;
-        int num_pages;
+        int max_sequences;   ///< sequences held at once
+        int max_tokens;      ///< tokens per sequence at most
+        int page_size = 16;  ///< tokens per page
+        int num_pages;       ///< pages in each slot's pool, shared by all sequences
     };
 
     /// Pools start on 256-byte boundaries: any vector load of a record is aligned.
@@ -122,12 +128,17 @@ public:
 
     device_kv_cache(const device_kv_cache&) = delete;
     device_kv_cache& operator=(const device_kv_cache&) = delete;
+    /// Takes `other`'s device memory and bookkeeping.
     device_kv_cache(device_kv_cache&&) = default;
+    /// Frees this cache's device memory and takes `other`'s.
     device_kv_cache& operator=(device_kv_cache&&) = default;
 
     // --- shape ---------------------------------------------------------------------------------
+    /// The layout the cache was built with.
     const Layout& layout() const { return layout_; }
+    /// The logical shape this cache stores (the layout's).
     kv_geometry geometry() const { return layout_.geometry(); }
+    /// Stored slots, one codec each.
     int num_slots() const { return int(host_codecs_.size()); }
     /// Slot `slot`'s codec as given (host pointers): for host-side encode/decode of records.
     const Codec& host_codec(int slot) const {
@@ -139,11 +150,17 @@ public:
         check_slot(slot);
         return codecs_[std::size_t(slot)];
     }
+    /// Sequences held at once.
     int max_sequences() const { return params_.max_sequences; }
+    /// Tokens a sequence can hold at most.
     int max_tokens() const { return params_.max_tokens; }
+    /// Tokens per page.
     int page_size() const { return params_.page_size; }
+    /// Pages in each slot's pool.
     int num_pages() const { return params_.num_pages; }
+    /// Block-table entries per sequence: ceil(max_tokens / page_size).
     int pages_per_sequence() const { return pages_per_sequence_; }
+    /// Pages no sequence holds now.
     int free_pages() const { return int(free_pages_.size()); }
     /// Widest latent of any slot's codec.
     int max_latent_width() const { return max_latent_; }
@@ -157,9 +174,12 @@ public:
     std::size_t pool_bytes() const { return pool_.bytes(); }
 
     // --- sequences (the same contract as kv_cache) ---------------------------------------------
+    /// Whether `seq` was handed out by add_sequence and not removed since; false for any
+    /// out-of-range id.
     bool is_live(int seq) const {
         return seq >= 0 && seq < max_sequences() && live_[std::size_t(seq)] != 0;
     }
+    /// How many sequences are live now.
     int live_sequences() const { return int(std::count(live_.begin(), live_.end(), char(1))); }
     /// Starts an empty sequence and returns its id, the lowest one not in use.
     int add_sequence() {
@@ -187,6 +207,7 @@ public:
             shortest = std::min(shortest, length_ref(seq, layer));
         return shortest;
     }
+    /// Tokens appended to layer `layer` of sequence `seq`.
     int length(int seq, int layer) const {
         check_live(seq);
         check_layer(layer);
@@ -197,6 +218,7 @@ public:
         check_live(seq);
         return std::min(pages_held_[std::size_t(seq)] * params_.page_size, params_.max_tokens);
     }
+    /// Pages `seq` holds now.
     int pages_held(int seq) const {
         check_live(seq);
         return pages_held_[std::size_t(seq)];

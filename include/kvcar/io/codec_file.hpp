@@ -42,19 +42,22 @@ namespace kvcar::io {
 
 /// The format name and version this header writes and reads.
 inline constexpr const char* codec_file_format = "kvcar-codec";
+/// The format version written; loading any other version throws.
 inline constexpr int codec_file_version = 1;
 
 /// The codec of one stored slot, owning its parameters.
 struct slot_codec {
-    int layer = 0;
-    int group = 0;
-    kv_kind kind = kv_kind::key;
-    codec_kind codec = codec_kind::identity;
-    latent_storage storage = latent_storage::f16;
-    int width = 0;                   // D, the group width (every kind)
-    linear_params linear;            // codec == linear
-    folded_autoencoder autoencoder;  // codec == autoencoder
+    int layer = 0;                                 ///< the layer that stores this slot
+    int group = 0;                                 ///< the group within the layer
+    kv_kind kind = kv_kind::key;                   ///< K or V
+    codec_kind codec = codec_kind::identity;       ///< which transform
+    latent_storage storage = latent_storage::f16;  ///< the latent's element format
+    int width = 0;                                 ///< D, the group width (every kind)
+    linear_params linear;                          ///< the parameters when codec == linear
+    folded_autoencoder autoencoder;                ///< the parameters when codec == autoencoder
 
+    /// An identity codec for (layer, group, kind): the group stored as it is, `width` floats in
+    /// `storage`.
     static slot_codec identity(int layer, int group, kv_kind kind, int width,
                                latent_storage storage = latent_storage::f16) {
         slot_codec s;
@@ -66,6 +69,7 @@ struct slot_codec {
         s.width = width;
         return s;
     }
+    /// A linear codec for (layer, group, kind) owning `params`; the width is params.width.
     static slot_codec make_linear(int layer, int group, kv_kind kind, linear_params params,
                                   latent_storage storage = latent_storage::f16) {
         slot_codec s = identity(layer, group, kind, params.width, storage);
@@ -73,6 +77,7 @@ struct slot_codec {
         s.linear = std::move(params);
         return s;
     }
+    /// An autoencoder codec for (layer, group, kind) owning `params`; the width is params.width.
     static slot_codec make_autoencoder(int layer, int group, kv_kind kind,
                                        folded_autoencoder params,
                                        latent_storage storage = latent_storage::f16) {
@@ -169,22 +174,26 @@ struct slot_codec {
 
 /// Free-form provenance, stored as given.
 struct codec_model_info {
-    std::string architecture;  // "gpt2", "llama", ...
-    std::string name;          // e.g. the checkpoint's folder name
+    std::string architecture;  ///< "gpt2", "llama", ...
+    std::string name;          ///< e.g. the checkpoint's folder name
 };
+/// Where the codecs came from: free-form, stored as given.
 struct codec_calibration_info {
-    std::string text;  // what the codecs were fitted on, e.g. "wikitext-2 validation"
-    std::int64_t tokens = 0;
-    std::string notes;
+    std::string text;         ///< what the codecs were fitted on, e.g. "wikitext-2 validation"
+    std::int64_t tokens = 0;  ///< tokens they were fitted on (>= 0)
+    std::string notes;        ///< anything else worth keeping (settings, versions)
 };
 
+/// Everything a model needs to build its compressed KV cache: the geometry, the reuse lists and one
+/// codec per stored slot (see the file comment). Owns all parameter memory.
 struct codec_set {
-    kv_geometry geometry;
-    int heads_per_group = 1;
-    std::vector<reuse_entry> key_reuse, value_reuse;
-    std::vector<slot_codec> slots;  // one per stored slot, any order
-    codec_model_info model;
-    codec_calibration_info calibration;
+    kv_geometry geometry;                  ///< the model's KV geometry the codecs were made for
+    int heads_per_group = 1;               ///< KV heads per group (1 = per head)
+    std::vector<reuse_entry> key_reuse;    ///< K groups that read an earlier layer's slot
+    std::vector<reuse_entry> value_reuse;  ///< V groups that read an earlier layer's slot
+    std::vector<slot_codec> slots;         ///< one per stored slot, any order
+    codec_model_info model;                ///< provenance: the model
+    codec_calibration_info calibration;    ///< provenance: the calibration data
 
     /// Every (layer, group) stored with the same codec kind `identity` of `storage`: the
     /// uncompressed baseline, and a starting point to replace some slots' codecs.
@@ -497,13 +506,15 @@ inline void save_codec_set(const codec_set& set, const std::string& path) {
     write_safetensors(path, tensors, {{"kvcar", to_json(root)}});
 }
 
-/// Reads and validates a codec file (every field, tensor and reference; see
-/// docs/codec_file.md). Throws kvcar::error "codec file <path>: <problem>".
-inline codec_set load_codec_set(const std::string& path) {
-    const detail::codec_metadata_reader r(path);
+namespace detail {
+
+/// parse_codec_set over bytes it owns: the path loader hands its file's bytes over without a
+/// copy, since safetensors_file keeps the bytes its tensor views point into.
+inline codec_set parse_owned_codec_bytes(std::vector<std::byte> bytes, const std::string& source) {
+    const codec_metadata_reader r(source);
     safetensors_file file = [&] {
         try {
-            return safetensors_file::open(path);
+            return safetensors_file::from_bytes(std::move(bytes), source);
         } catch (const error& e) {
             r.fail(slot_codec::strip(e.what()));
         }
@@ -513,7 +524,7 @@ inline codec_set load_codec_set(const std::string& path) {
         r.fail("is not a kvcar codec file: its safetensors metadata has no \"kvcar\" entry");
     json_value root;
     try {
-        root = parse_json(meta->second, path + " metadata");
+        root = parse_json(meta->second, source + " metadata");
     } catch (const json_error& e) {
         r.fail("metadata is not valid JSON: " + std::to_string(e.line()) + ":" +
                std::to_string(e.column()) + ": " + e.problem());
@@ -660,6 +671,32 @@ inline codec_set load_codec_set(const std::string& path) {
         r.fail(slot_codec::strip(e.what()));
     }
     return set;
+}
+
+}  // namespace detail
+
+/// Parses and validates a codec file held in memory (every field, tensor and reference; see
+/// docs/codec_file.md), exactly as load_codec_set reads one from disk: the entry point for
+/// files that did not come from a path (a download, an archive member, a fuzzer's input).
+/// `bytes` is copied; `source` names the input in messages. Throws kvcar::error
+/// "codec file <source>: <problem>", e.g. for bytes too short to be safetensors, a header
+/// that runs past the end, metadata that is not a kvcar codec set, or a tensor that
+/// contradicts it.
+inline codec_set parse_codec_set(std::span<const std::byte> bytes, const std::string& source) {
+    return detail::parse_owned_codec_bytes(std::vector<std::byte>(bytes.begin(), bytes.end()),
+                                           source);
+}
+
+/// Reads and validates the codec file at `path` (parse_codec_set over the file's bytes).
+/// Throws kvcar::error "codec file <path>: <problem>", also when the file cannot be read.
+inline codec_set load_codec_set(const std::string& path) {
+    std::vector<std::byte> bytes;
+    try {
+        bytes = detail::read_file_bytes(path, "safetensors");
+    } catch (const error& e) {
+        detail::codec_metadata_reader(path).fail(slot_codec::strip(e.what()));
+    }
+    return detail::parse_owned_codec_bytes(std::move(bytes), path);
 }
 
 /// Loads a codec file for a model of geometry `expected`: as load_codec_set(path), and the file

@@ -24,25 +24,28 @@ namespace kvcar::io {
 
 /// What a transformer implementation needs to know about a checkpoint.
 struct model_config {
-    enum class arch { gpt2, llama } architecture = arch::gpt2;
-    int vocab_size = 0;
-    int n_layers = 0;
-    int n_heads = 0;
-    int n_kv_heads = 0;  // == n_heads without grouped-query attention
-    int d_model = 0;
-    int head_dim = 0;
-    int d_ff = 0;  // MLP hidden width
-    int max_positions = 0;
-    float norm_eps = 1e-5f;
-    float rope_theta = 10000;  // Llama only
-    bool tie_embeddings = false;
-    std::string activation;  // "gelu_new", "silu", ... as config.json names it
-    std::string source;      // the file (or name) it was parsed from
+    /// The model families kvcar's reference models implement.
+    enum class arch { gpt2, llama };
+    arch architecture = arch::gpt2;  ///< which family the config describes
+    int vocab_size = 0;              ///< tokens in the vocabulary
+    int n_layers = 0;                ///< transformer layers
+    int n_heads = 0;                 ///< query heads
+    int n_kv_heads = 0;              ///< KV heads; == n_heads without grouped-query attention
+    int d_model = 0;                 ///< hidden size (embedding width)
+    int head_dim = 0;                ///< elements per head
+    int d_ff = 0;                    ///< MLP hidden width
+    int max_positions = 0;           ///< longest context the model supports
+    float norm_eps = 1e-5f;          ///< epsilon of its LayerNorm (GPT-2) or RMSNorm (Llama)
+    float rope_theta = 10000;        ///< RoPE frequency base (Llama only)
+    bool tie_embeddings = false;     ///< the output head reuses the token embedding
+    std::string activation;          ///< "gelu_new", "silu", ... as config.json names it
+    std::string source;              ///< the file (or name) it was parsed from
 
     /// The KV cache this model needs.
     kv_geometry kv() const { return {n_layers, n_kv_heads, head_dim}; }
 };
 
+/// "gpt2" or "llama".
 constexpr const char* to_string(model_config::arch a) {
     return a == model_config::arch::gpt2 ? "gpt2" : "llama";
 }

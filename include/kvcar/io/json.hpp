@@ -71,6 +71,8 @@ inline msg operator+(msg m, double d) {
 /// embeds JSON (a safetensors header) can report it in its own terms.
 class json_error : public error {
 public:
+    /// A syntax error in `source` at 1-based `line` and byte `column`; what() reads "kvcar: json:
+    /// <source>:<line>:<column>: <problem>".
     json_error(std::string source, int line, int column, std::string problem)
         : error(detail::msg() + "kvcar: json: " + source + ":" + line + ":" + column + ": " +
                 problem),
@@ -79,10 +81,13 @@ public:
           column_(column),
           problem_(std::move(problem)) {}
 
+    /// The name the parsed text was given (a file path, or what embeds it).
     const std::string& source() const { return source_; }
+    /// 1-based line of the problem.
     int line() const { return line_; }
     /// 1-based byte column.
     int column() const { return column_; }
+    /// What is wrong, without the location (e.g. "expected ',' or '}'").
     const std::string& problem() const { return problem_; }
 
 private:
@@ -102,13 +107,19 @@ inline constexpr int json_max_depth = 256;
 /// One JSON value: null, bool, number, string, array or object (members in document order).
 class json_value {
 public:
+    /// The six JSON types.
     enum class kind : std::uint8_t { null, boolean, number, string, array, object };
+    /// An array's elements.
     using array_type = std::vector<json_value>;
+    /// One member of an object: key and value.
     using member_type = std::pair<std::string, json_value>;
+    /// An object's members, in document order, keys unique.
     using object_type = std::vector<member_type>;
 
     json_value() = default;
+    /// null.
     json_value(std::nullptr_t) {}
+    /// true or false.
     json_value(bool b) : kind_(kind::boolean), bool_(b) {}
     json_value(char) = delete;  // a character is not a number; pass a string
     /// Integers keep their exact value; one beyond int64 is stored as a double.
@@ -117,33 +128,51 @@ public:
         : kind_(kind::number),
           number_(std::in_range<std::int64_t>(i) ? number_data{double(i), std::int64_t(i), true}
                                                  : number_data{double(i), 0, false}) {}
+    /// A number from a float or double (stored as a double, not an exact integer).
     template <std::floating_point F>
     json_value(F f) : kind_(kind::number), number_{double(f), 0, false} {}
+    /// A string (UTF-8 bytes, stored as given).
     json_value(std::string s) : kind_(kind::string), string_(std::move(s)) {}
+    /// A string, copied from `s`.
     json_value(std::string_view s) : kind_(kind::string), string_(s) {}
+    /// A string, copied from the NUL-terminated `s` (not a bool, as the pointer would otherwise
+    /// convert).
     json_value(const char* s) : kind_(kind::string), string_(s) {}
+    /// An array of `a`'s elements.
     json_value(array_type a) : kind_(kind::array), array_(std::move(a)) {}
     /// Of repeated keys the last one wins, as with set().
     json_value(object_type members) : kind_(kind::object) {
         for (auto& m : members) set(std::move(m.first), std::move(m.second));
     }
 
+    /// An empty array.
     static json_value array() { return json_value(array_type{}); }
+    /// An empty object.
     static json_value object() { return json_value(object_type{}); }
 
+    /// Which of the six types this value is.
     kind type() const { return kind_; }
+    /// Whether this is null.
     bool is_null() const { return kind_ == kind::null; }
+    /// Whether this is true or false.
     bool is_bool() const { return kind_ == kind::boolean; }
+    /// Whether this is a number (integer or not).
     bool is_number() const { return kind_ == kind::number; }
+    /// Whether this is a string.
     bool is_string() const { return kind_ == kind::string; }
+    /// Whether this is an array.
     bool is_array() const { return kind_ == kind::array; }
+    /// Whether this is an object.
     bool is_object() const { return kind_ == kind::object; }
     /// A number with an integral value that fits int64 (as_int() will not throw).
     bool is_integer() const {
         return is_number() && (number_.exact || integral_double(number_.value));
     }
 
+    /// The bool; throws kvcar::error "expected a bool, got ..." for any other type.
     bool as_bool() const { return expect(kind::boolean).bool_; }
+    /// The number as a double (an integer beyond 2^53 rounds); throws kvcar::error for a
+    /// non-number.
     double as_double() const { return expect(kind::number).number_.value; }
     /// The exact integer of an integral literal ("123"); "1e3" and "2.0" are accepted too.
     std::int64_t as_int() const {
@@ -156,7 +185,9 @@ public:
                              : " is not an integer"));
         return std::int64_t(n.value);
     }
+    /// The string; throws kvcar::error for any other type.
     const std::string& as_string() const { return expect(kind::string).string_; }
+    /// The elements; throws kvcar::error unless this is an array.
     const array_type& as_array() const { return expect(kind::array).array_; }
     /// An object's members in document order.
     const object_type& items() const { return expect(kind::object).object_.members; }
@@ -169,6 +200,7 @@ public:
                     ", which is neither an array nor an object");
     }
 
+    /// Element `i`; throws kvcar::error unless this is an array with more than `i` elements.
     const json_value& at(std::size_t i) const {
         const auto& a = as_array();
         if (i >= a.size())
@@ -189,8 +221,10 @@ public:
         const std::size_t i = object_.find(key);
         return i == npos ? nullptr : &object_.members[i].second;
     }
+    /// Whether this is an object with a member named `key`.
     bool contains(std::string_view key) const { return find(key) != nullptr; }
 
+    /// Appends `v`; throws kvcar::error unless this is an array.
     void push_back(json_value v) {
         expect(kind::array);
         array_.push_back(std::move(v));
@@ -227,6 +261,8 @@ public:
         return false;
     }
 
+    /// "null", "a bool", "a number", "a string", "an array" or "an object", as messages name a
+    /// type.
     static const char* kind_name(kind k) {
         switch (k) {
             case kind::null:

@@ -27,42 +27,46 @@
 
 namespace kvcar::io {
 
+/// The 7-int32 header of a llama2.c checkpoint, validated (parse_llama2c_header).
 struct llama2c_config {
-    int dim = 0;
-    int hidden_dim = 0;
-    int n_layers = 0;
-    int n_heads = 0;
-    int n_kv_heads = 0;
-    int vocab_size = 0;  // positive; the header's sign is `shared_classifier`
-    int seq_len = 0;
-    bool shared_classifier = true;
+    int dim = 0;         ///< D: model width
+    int hidden_dim = 0;  ///< H: width of the feed-forward hidden layer
+    int n_layers = 0;    ///< L: transformer layers
+    int n_heads = 0;     ///< query heads
+    int n_kv_heads = 0;  ///< KV heads (a divisor of n_heads)
+    int vocab_size = 0;  ///< V: tokens, positive (the header's sign is `shared_classifier`)
+    int seq_len = 0;     ///< longest context; sizes the file's unused freq_cis table
+    bool shared_classifier = true;  ///< header vocab_size > 0: the classifier is token_embedding
 
+    /// Per-head width: dim / n_heads.
     int head_size() const { return dim / n_heads; }
+    /// KV: width of one layer's K (or V) token vector, n_kv_heads x head_size.
     int kv_dim() const { return n_kv_heads * head_size(); }
 };
 
 /// Weights of a llama2.c checkpoint as float32, each array in file layout ([out][in] matrices,
 /// layers outermost).
 struct llama2c_weights {
-    llama2c_config config;
-    std::vector<float> token_embedding;  // [V][D]
-    std::vector<float> rms_att;          // [L][D]
-    std::vector<float> wq;               // [L][D][D]
-    std::vector<float> wk;               // [L][KV][D]
-    std::vector<float> wv;               // [L][KV][D]
-    std::vector<float> wo;               // [L][D][D]
-    std::vector<float> rms_ffn;          // [L][D]
-    std::vector<float> w1;               // [L][H][D]
-    std::vector<float> w2;               // [L][D][H]
-    std::vector<float> w3;               // [L][H][D]
-    std::vector<float> rms_final;        // [D]
-    std::vector<float> wcls;             // [V][D]; empty when shared with token_embedding
+    llama2c_config config;               ///< the header the arrays were sized from
+    std::vector<float> token_embedding;  ///< one row per token id, [V][D]
+    std::vector<float> rms_att;          ///< attention RMSNorm weights, [L][D]
+    std::vector<float> wq;               ///< query projection, [L][D][D]
+    std::vector<float> wk;               ///< key projection, [L][KV][D]
+    std::vector<float> wv;               ///< value projection, [L][KV][D]
+    std::vector<float> wo;               ///< attention output projection, [L][D][D]
+    std::vector<float> rms_ffn;          ///< feed-forward RMSNorm weights, [L][D]
+    std::vector<float> w1;               ///< SwiGLU gate projection, [L][H][D]
+    std::vector<float> w2;               ///< SwiGLU down projection, [L][D][H]
+    std::vector<float> w3;               ///< SwiGLU up projection, [L][H][D]
+    std::vector<float> rms_final;        ///< final RMSNorm weights, [D]
+    std::vector<float> wcls;             ///< classifier, [V][D]; empty when shared (embedding)
 };
 
+/// The tokens of a llama2.c tokenizer.bin, by id.
 struct llama2c_vocab {
-    int max_token_length = 0;
-    std::vector<std::string> pieces;  // raw bytes of each token
-    std::vector<float> scores;
+    int max_token_length = 0;         ///< longest piece in bytes, as the file's header says
+    std::vector<std::string> pieces;  ///< raw bytes of each token
+    std::vector<float> scores;        ///< each token's merge score (higher merges first)
 };
 
 namespace detail {
@@ -92,6 +96,7 @@ inline bool llama2c_add_product(std::uint64_t& total, std::initializer_list<std:
 
 }  // namespace detail
 
+/// Bytes of a checkpoint's header: 7 int32.
 inline constexpr std::size_t llama2c_header_bytes = 7 * sizeof(std::int32_t);
 
 /// Validates the 28-byte header. Throws kvcar::error "llama2c: <source>: <problem>".

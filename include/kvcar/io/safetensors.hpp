@@ -115,11 +115,14 @@ constexpr const char* dtype_name(dtype t) {
     return "?";
 }
 
+/// Every dtype, in value order (for loops over dtypes and parsing).
 inline constexpr dtype all_dtypes[] = {dtype::f64,     dtype::f32,     dtype::f16,    dtype::bf16,
                                        dtype::f8_e4m3, dtype::f8_e5m2, dtype::i64,    dtype::i32,
                                        dtype::i16,     dtype::i8,      dtype::u64,    dtype::u32,
                                        dtype::u16,     dtype::u8,      dtype::boolean};
 
+/// The dtype named `name` as safetensors headers spell it ("F32", "BF16", ...), or nullopt for an
+/// unknown name.
 constexpr std::optional<dtype> parse_dtype(std::string_view name) {
     for (dtype t : all_dtypes)
         if (name == dtype_name(t)) return t;
@@ -128,10 +131,11 @@ constexpr std::optional<dtype> parse_dtype(std::string_view name) {
 
 /// One tensor of a loaded file: its bytes stay owned by the file (or model) it came from.
 struct tensor_view {
-    io::dtype dtype = io::dtype::f32;
-    std::vector<std::int64_t> shape;
-    std::span<const std::byte> data;  // little-endian, row-major, not necessarily aligned
+    io::dtype dtype = io::dtype::f32;  ///< element type
+    std::vector<std::int64_t> shape;   ///< dimensions, outermost first (empty for a scalar)
+    std::span<const std::byte> data;   ///< little-endian, row-major, not necessarily aligned
 
+    /// Elements: the product of the shape (1 for a scalar).
     std::int64_t numel() const {
         std::int64_t n = 1;
         for (std::int64_t d : shape) n *= d;  // validated at load: cannot overflow
@@ -141,10 +145,10 @@ struct tensor_view {
 
 /// A tensor to write: `data` holds numel * dtype_size bytes, little-endian, row-major.
 struct tensor_to_write {
-    std::string name;
-    io::dtype dtype = io::dtype::f32;
-    std::vector<std::int64_t> shape;
-    std::span<const std::byte> data;
+    std::string name;                  ///< the tensor's name in the header (unique within the file)
+    io::dtype dtype = io::dtype::f32;  ///< element type of `data`
+    std::vector<std::int64_t> shape;   ///< dimensions, outermost first
+    std::span<const std::byte> data;   ///< numel x dtype_size bytes, little-endian, row-major
 };
 
 /// Largest header the reader accepts (the reference implementation's limit).
@@ -239,11 +243,15 @@ public:
         return f;
     }
 
+    /// The path (or source name) it was read from, as messages name it.
     const std::string& path() const { return path_; }
     /// Tensor names in header order.
     const std::vector<std::string>& names() const { return names_; }
+    /// Number of tensors.
     std::size_t size() const { return names_.size(); }
+    /// Whether the file has a tensor named `name`.
     bool contains(std::string_view name) const { return entries_.find(name) != entries_.end(); }
+    /// The header's "__metadata__" entries (string to string; empty when absent).
     const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
     /// The tensor `name`; throws kvcar::error when the file has none of that name.
@@ -436,8 +444,11 @@ public:
     const std::string& path() const { return path_; }
     /// Tensor names: file order for a single file, weight_map order for shards.
     const std::vector<std::string>& names() const { return names_; }
+    /// Number of tensors over all files.
     std::size_t size() const { return names_.size(); }
+    /// Whether any file has a tensor named `name`.
     bool contains(std::string_view name) const { return where_.find(name) != where_.end(); }
+    /// The opened files: one, or every shard of the index.
     const std::vector<safetensors_file>& files() const { return files_; }
     /// The file that holds `name`.
     const safetensors_file& file_of(std::string_view name) const {
@@ -447,7 +458,10 @@ public:
                         ": no tensor named '" + std::string(name) + "'");
         return files_[it->second];
     }
+    /// The tensor `name` from whichever file holds it; throws kvcar::error when none does.
     tensor_view tensor(std::string_view name) const { return file_of(name).tensor(name); }
+    /// The tensor `name` converted to float32; throws kvcar::error when no file holds it or its
+    /// dtype is not a floating-point type.
     std::vector<float> to_float(std::string_view name) const {
         return file_of(name).to_float(name);
     }

@@ -14,6 +14,9 @@
 
 namespace kvcar {
 
+/// Every (layer, group, K/V) stores its own slot: the layout of a plain, uncompressed-shape KV
+/// cache, and the logical numbering every other layout builds on. Throws kvcar::error for an
+/// invalid geometry, a heads_per_group that does not divide n_kv_heads, or an index out of range.
 class dense_layout {
 public:
     /// `heads_per_group` consecutive KV heads form one group (one codec record per token):
@@ -28,25 +31,35 @@ public:
         groups_per_layer_ = geometry.n_kv_heads / heads_per_group;
     }
 
+    /// The logical shape this layout covers.
     kv_geometry geometry() const { return geometry_; }
+    /// Consecutive KV heads that one codec record holds.
     int heads_per_group() const { return heads_per_group_; }
+    /// Groups per layer: n_kv_heads / heads_per_group.
     int groups_per_layer() const { return groups_per_layer_; }
     /// Floats per group: what every codec of this layout must take as `group_width()`.
     int group_width() const { return heads_per_group_ * geometry_.head_dim; }
+    /// Stored slots: every logical slot (2 x n_layers x groups_per_layer).
     int num_slots() const { return logical_slot_count(); }
     /// (layer, group, K/V) triples: 2 * n_layers * groups_per_layer.
     int logical_slot_count() const {
         return kv_kind_count * geometry_.n_layers * groups_per_layer_;
     }
 
+    /// The slot (layer, group, kind) reads, which here is its own logical index; throws
+    /// kvcar::error when any argument is out of range.
     int slot(int layer, int group, kv_kind kind) const {
         check(layer, group, kind);
         return logical_index(layer, group, kind);
     }
+    /// Whether (layer, group, kind) writes its own slot: always true here, after the same range
+    /// checks as slot().
     bool owns(int layer, int group, kv_kind kind) const {
         check(layer, group, kind);
         return true;
     }
+    /// The (layer, group, kind) that writes slot `slot`; throws kvcar::error unless 0 <= slot <
+    /// num_slots().
     slot_owner owner(int slot) const {
         if (slot < 0 || slot >= num_slots()) {
             throw error("kvcar: dense_layout: slot " + std::to_string(slot) + " out of range [0, " +

@@ -22,15 +22,23 @@ namespace kvcar {
 
 /// (layer, group) reads the slot of (source_layer, source_group), for K or for V.
 struct reuse_entry {
-    int layer;
-    int group;
-    int source_layer;
-    int source_group;
+    int layer;         ///< the reusing layer
+    int group;         ///< the reusing group within that layer
+    int source_layer;  ///< the layer it reads from (through a chain, ending in an earlier layer)
+    int source_group;  ///< the group it reads from in source_layer
+    /// Same four indices.
     friend constexpr bool operator==(const reuse_entry&, const reuse_entry&) = default;
 };
 
+/// A layout where some (layer, group) K or V streams store nothing and read the slot of a group in
+/// an earlier layer (KV-CAR's head reuse). Stored slots are numbered compactly in logical order;
+/// reused streams resolve to the final stored slot of their chain.
 class reuse_map {
 public:
+    /// Builds the map from the geometry, the group size and the K and V reuse lists. Throws
+    /// kvcar::error naming the entry when the geometry or heads_per_group is invalid, an index is
+    /// out of range, a (layer, group) is listed twice or maps to itself, the entries form a cycle,
+    /// or a chain ends in the same or a later layer.
     reuse_map(kv_geometry geometry, int heads_per_group, std::vector<reuse_entry> key_reuse,
               std::vector<reuse_entry> value_reuse)
         : logical_(checked(geometry, heads_per_group), heads_per_group),
@@ -51,20 +59,29 @@ public:
         for (kv_kind kind : {kv_kind::key, kv_kind::value}) resolve(kind, source);
     }
 
+    /// The logical shape this layout covers.
     kv_geometry geometry() const { return logical_.geometry(); }
+    /// Consecutive KV heads that one codec record holds.
     int heads_per_group() const { return logical_.heads_per_group(); }
+    /// Groups per layer: n_kv_heads / heads_per_group.
     int groups_per_layer() const { return logical_.groups_per_layer(); }
+    /// Floats per group: what every codec of this layout must take as `group_width()`.
     int group_width() const { return logical_.group_width(); }
     /// Stored slots only: what the cache allocates and what codecs are given for.
     int num_slots() const { return int(owners_.size()); }
 
+    /// The stored slot (layer, group, kind) reads: its own, or the earlier slot it reuses. Throws
+    /// kvcar::error when any argument is out of range.
     int slot(int layer, int group, kv_kind kind) const {
         logical_.check(layer, group, kind, "reuse_map");
         return stored_of_logical_[std::size_t(logical_.logical_index(layer, group, kind))];
     }
+    /// Whether (layer, group, kind) writes the slot it reads (false for a reused stream).
     bool owns(int layer, int group, kv_kind kind) const {
         return owner(slot(layer, group, kind)) == slot_owner{layer, group, kind};
     }
+    /// The (layer, group, kind) that writes stored slot `slot`; throws kvcar::error unless 0 <=
+    /// slot < num_slots().
     slot_owner owner(int slot) const {
         if (slot < 0 || slot >= num_slots()) {
             throw error("kvcar: reuse_map: slot " + std::to_string(slot) + " out of range [0, " +

@@ -41,10 +41,12 @@ enum class rope_mode {
     on_read,
 };
 
+/// Options of the reference attention: head counts, scaling, causality and where RoPE is applied.
 struct attention_params {
     int n_heads = 0;                  ///< query heads; a positive multiple of n_kv_heads
     float scale = 0.0f;               ///< score scale; 0 picks 1/sqrt(head_dim)
-    bool causal = true;
+    bool causal = true;               ///< a query sees cached tokens up to its own position only
+    /// Whether keys are rotated when read from the cache (rope_mode::on_read) or already were
     rope_mode rope = rope_mode::none;
     rope_params rope_cfg{};           ///< used when rope == on_read
 };

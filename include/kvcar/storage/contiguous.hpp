@@ -21,16 +21,24 @@
 
 namespace kvcar {
 
+/// Storage where each sequence owns a fixed region of max_tokens records in every slot, allocated
+/// up front (zeroed, 256-byte aligned pools). Simple and one multiply per lookup; wastes the unused
+/// tail of each region. Methods taking a sequence or slot throw kvcar::error when it is out of
+/// range.
 class contiguous_storage {
 public:
+    /// Capacity: how many sequences, each of how many tokens at most.
     struct params {
-        int max_sequences;
-        int max_tokens;
+        int max_sequences;  ///< sequences held at once (> 0)
+        int max_tokens;     ///< tokens per sequence, the size of each region (> 0)
     };
 
     /// Pools are 256-byte aligned, so a slot's records start on a boundary any vector load likes.
     static constexpr std::size_t pool_alignment = 256;
 
+    /// Allocates max_sequences x max_tokens records of `record_bytes_per_slot[s]` bytes for every
+    /// slot s. Throws kvcar::error when a count is not positive, there is no slot, or a record size
+    /// is not a positive multiple of 4; std::bad_alloc when the pools do not fit in memory.
     contiguous_storage(params p, std::vector<std::size_t> record_bytes_per_slot)
         : params_(p), record_bytes_(std::move(record_bytes_per_slot)) {
         require(p.max_sequences > 0 && p.max_tokens > 0,
@@ -67,6 +75,7 @@ public:
         }
         if (tokens > 0) in_use_[std::size_t(sequence)] = 1;
     }
+    /// Marks `sequence`'s region free again (its records are left as they are).
     void release(int sequence) {
         check_sequence(sequence);
         in_use_[std::size_t(sequence)] = 0;
@@ -76,14 +85,19 @@ public:
         check_sequence(sequence);
         return in_use_[std::size_t(sequence)] ? params_.max_tokens : 0;
     }
+    /// Sequences the storage holds at once.
     int max_sequences() const { return params_.max_sequences; }
+    /// Tokens a sequence can hold at most.
     int max_tokens() const { return params_.max_tokens; }
+    /// Slots, one pool each.
     int num_slots() const { return int(record_bytes_.size()); }
+    /// Bytes of one record (one token's encoded group) in slot `slot`.
     std::size_t record_bytes(int slot) const {
         check_slot(slot);
         return record_bytes_[std::size_t(slot)];
     }
 
+    /// Slot `slot` as kernels read it: one page per sequence, page_size = max_tokens.
     page_view view(int slot) const {
         check_slot(slot);
         page_view v;

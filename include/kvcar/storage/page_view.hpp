@@ -12,12 +12,16 @@
 
 namespace kvcar {
 
+/// Where a slot's records are, as a kernel sees it: a pool of fixed-size pages and a block table
+/// per sequence (vLLM and FlashInfer's scheme). Plain pointers, cheap to copy into a kernel's
+/// arguments; valid while the storage that made it lives.
 struct page_view {
-    std::byte* pool = nullptr;            // page p, token t at pool + (p * page_size + t) * record_bytes
-    std::size_t record_bytes = 0;         // bytes per token in this slot (the codec's bytes_per_group)
-    int page_size = 0;                    // tokens per page
-    const std::int32_t* block_table = nullptr;  // [sequence][pages_per_sequence] page ids
-    int pages_per_sequence = 0;
+    /// Pages of records: page p, token t is at pool + (p * page_size + t) * record_bytes.
+    std::byte* pool = nullptr;
+    std::size_t record_bytes = 0;               ///< bytes per token (the codec's bytes_per_group)
+    int page_size = 0;                          ///< tokens per page
+    const std::int32_t* block_table = nullptr;  ///< [sequence][pages_per_sequence] page ids
+    int pages_per_sequence = 0;                 ///< block-table entries per sequence (a row)
 
     /// Precondition: `token` is below the sequence's reserved capacity.
     KVCAR_HD std::byte* record(int sequence, int token) const {

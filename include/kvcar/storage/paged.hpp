@@ -21,21 +21,31 @@
 
 namespace kvcar {
 
+/// Storage as a pool of fixed-size pages per slot and one block table: a sequence holds only the
+/// pages its tokens need, so sequences of different lengths share memory. Page p covers the same
+/// tokens in every slot, so one table serves all slots. Methods taking a sequence or slot throw
+/// kvcar::error when it is out of range.
 class paged_storage {
 public:
+    /// Capacity: sequences, their longest length, and the page pool.
     struct params {
-        int max_sequences;
-        int max_tokens;
-        int page_size = 16;
-        int num_pages;
+        int max_sequences;   ///< sequences held at once (> 0)
+        int max_tokens;      ///< tokens per sequence at most (> 0)
+        int page_size = 16;  ///< tokens per page (> 0)
+        int num_pages;       ///< pages in each slot's pool, shared by all sequences (> 0)
     };
 
+    /// Pools are 256-byte aligned, so a slot's records start on a boundary any vector load likes.
     static constexpr std::size_t pool_alignment = 256;
     /// What block-table entries of pages a sequence does not hold contain: a real page, so a
     /// kernel that speculatively loads past a sequence's end stays inside the pool. The number of
     /// pages held, not the table, says which entries are live.
     static constexpr std::int32_t unused_page = 0;
 
+    /// Allocates num_pages x page_size records of `record_bytes_per_slot[s]` bytes for every slot
+    /// s, all pages free. Throws kvcar::error when a count is not positive, there is no slot, or a
+    /// record size is not a positive multiple of 4; std::bad_alloc when the pools do not fit in
+    /// memory.
     paged_storage(params p, std::vector<std::size_t> record_bytes_per_slot)
         : params_(p), record_bytes_(std::move(record_bytes_per_slot)) {
         require(p.max_sequences > 0 && p.max_tokens > 0 && p.page_size > 0 && p.num_pages > 0,
@@ -108,12 +118,19 @@ public:
         const int tokens = pages_held_[std::size_t(sequence)] * params_.page_size;
         return tokens < params_.max_tokens ? tokens : params_.max_tokens;
     }
+    /// Sequences the storage holds at once.
     int max_sequences() const { return params_.max_sequences; }
+    /// Tokens a sequence can hold at most.
     int max_tokens() const { return params_.max_tokens; }
+    /// Tokens per page.
     int page_size() const { return params_.page_size; }
+    /// Pages in each slot's pool.
     int num_pages() const { return params_.num_pages; }
+    /// Block-table entries per sequence: ceil(max_tokens / page_size).
     int pages_per_sequence() const { return pages_per_sequence_; }
+    /// Pages no sequence holds now.
     int free_pages() const { return int(free_pages_.size()); }
+    /// Pages `sequence` holds now.
     int pages_held(int sequence) const {
         check_sequence(sequence);
         return pages_held_[std::size_t(sequence)];
@@ -124,12 +141,15 @@ public:
         const std::int32_t* row = block_table_.data() + row_offset(sequence);
         return std::vector<std::int32_t>(row, row + pages_held_[std::size_t(sequence)]);
     }
+    /// Slots, one pool each.
     int num_slots() const { return int(record_bytes_.size()); }
+    /// Bytes of one record (one token's encoded group) in slot `slot`.
     std::size_t record_bytes(int slot) const {
         check_slot(slot);
         return record_bytes_[std::size_t(slot)];
     }
 
+    /// Slot `slot` as kernels read it: its pool and the shared block table.
     page_view view(int slot) const {
         check_slot(slot);
         page_view v;
