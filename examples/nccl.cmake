@@ -57,3 +57,12 @@ else()
   set(KVCAR_HAS_NCCL OFF)
   message(STATUS "kvcar examples: no NCCL found (set NCCL_ROOT; tensor parallel over NCCL off)")
 endif()
+
+# kvcar_use_nccl(target): compiles `target` with KVCAR_WITH_NCCL and links NCCL, when found.
+function(kvcar_use_nccl target)
+  if(KVCAR_HAS_NCCL)
+    target_include_directories(${target} PRIVATE ${KVCAR_NCCL_INCLUDE_DIR})
+    target_link_libraries(${target} PUBLIC ${KVCAR_NCCL_LIBRARY})
+    target_compile_definitions(${target} PRIVATE KVCAR_WITH_NCCL)
+  endif()
+endfunction()

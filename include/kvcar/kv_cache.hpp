@@ -19,6 +19,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/layout/dense.hpp"
+#include "kvcar/storage/sequence_table.hpp"
 #include "kvcar/storage/contiguous.hpp"
 #include "kvcar/storage/page_view.hpp"
 
@@ -45,8 +46,7 @@ public:
         : layout_(std::move(layout)),
           codecs_(std::move(codecs)),
           storage_(params, validated_record_bytes(layout_, codecs_)),
-          live_(std::size_t(storage_.max_sequences()), 0),
-          lengths_(std::size_t(storage_.max_sequences()) * std::size_t(n_layers()), 0) {}
+          sequences_(storage_.max_sequences(), layout_.geometry().n_layers, "kv_cache") {}
 
     /// The same codec for every stored slot.
     kv_cache(Layout layout, const Codec& codec, storage_params params)
@@ -78,50 +78,24 @@ public:
     int max_sequences() const { return storage_.max_sequences(); }
     /// Whether `seq` is a sequence id handed out by add_sequence and not removed since; false for
     /// any out-of-range id.
-    bool is_live(int seq) const {
-        return seq >= 0 && seq < max_sequences() && live_[std::size_t(seq)] != 0;
-    }
+    bool is_live(int seq) const { return sequences_.is_live(seq); }
     /// How many sequences are live now.
-    int live_sequences() const {
-        int n = 0;
-        for (char l : live_) n += l ? 1 : 0;
-        return n;
-    }
+    int live_sequences() const { return sequences_.live_sequences(); }
 
     /// Starts an empty sequence and returns its id, the lowest one not in use.
-    int add_sequence() {
-        for (int seq = 0; seq < max_sequences(); ++seq) {
-            if (live_[std::size_t(seq)]) continue;
-            live_[std::size_t(seq)] = 1;
-            return seq;
-        }
-        throw error("kvcar: kv_cache: all " + std::to_string(max_sequences()) +
-                    " sequences are in use");
-    }
+    int add_sequence() { return sequences_.add(); }
     /// Ends a sequence and frees its storage; its id may be handed out again.
     void remove_sequence(int seq) {
         check_live(seq);
         storage_.release(seq);
-        live_[std::size_t(seq)] = 0;
-        for (int layer = 0; layer < n_layers(); ++layer) length_ref(seq, layer) = 0;
+        sequences_.remove(seq);
     }
 
     /// Tokens appended to every layer: the prefix attention may use in all layers.
-    int length(int seq) const {
-        check_live(seq);
-        int shortest = length_ref(seq, 0);
-        for (int layer = 1; layer < n_layers(); ++layer) {
-            if (length_ref(seq, layer) < shortest) shortest = length_ref(seq, layer);
-        }
-        return shortest;
-    }
+    int length(int seq) const { return sequences_.length(seq); }
     /// Tokens appended to layer `layer` of sequence `seq`; throws kvcar::error when `seq` is not
     /// live or `layer` is out of range.
-    int length(int seq, int layer) const {
-        check_live(seq);
-        check_layer(layer);
-        return length_ref(seq, layer);
-    }
+    int length(int seq, int layer) const { return sequences_.length(seq, layer); }
     /// Tokens the storage holds room for now (all layers and slots alike).
     int capacity(int seq) const {
         check_live(seq);
@@ -242,7 +216,7 @@ public:
     std::size_t bytes_used() const {
         std::size_t sum = 0;
         for (int seq = 0; seq < max_sequences(); ++seq) {
-            if (!live_[std::size_t(seq)]) continue;
+            if (!is_live(seq)) continue;
             for (int slot = 0; slot < num_slots(); ++slot) {
                 const slot_owner o = layout_.owner(slot);
                 sum += std::size_t(length_ref(seq, o.layer)) *
@@ -292,23 +266,10 @@ private:
             return 0x7fffffff;
         }
     }
-    int& length_ref(int seq, int layer) {
-        return lengths_[std::size_t(seq) * std::size_t(n_layers()) + std::size_t(layer)];
-    }
-    int length_ref(int seq, int layer) const {
-        return lengths_[std::size_t(seq) * std::size_t(n_layers()) + std::size_t(layer)];
-    }
-    void check_live(int seq) const {
-        if (!is_live(seq)) {
-            throw error("kvcar: kv_cache: sequence " + std::to_string(seq) + " is not live");
-        }
-    }
-    void check_layer(int layer) const {
-        if (layer < 0 || layer >= n_layers()) {
-            throw error("kvcar: kv_cache: layer " + std::to_string(layer) + " out of range [0, " +
-                        std::to_string(n_layers()) + ")");
-        }
-    }
+    int& length_ref(int seq, int layer) { return sequences_.at(seq, layer); }
+    int length_ref(int seq, int layer) const { return sequences_.at(seq, layer); }
+    void check_live(int seq) const { sequences_.check_live(seq); }
+    void check_layer(int layer) const { sequences_.check_layer(layer); }
     void check_slot(int slot) const {
         if (slot < 0 || slot >= num_slots()) {
             throw error("kvcar: kv_cache: slot " + std::to_string(slot) + " out of range [0, " +
@@ -319,8 +280,7 @@ private:
     Layout layout_;
     std::vector<Codec> codecs_;
     Storage storage_;
-    std::vector<char> live_;    // [sequence]
-    std::vector<int> lengths_;  // [sequence][layer] tokens appended
+    sequence_table sequences_;  // live ids, tokens appended per layer
 };
 
 /// CamelCase alias of kv_cache (the name the design notes use).

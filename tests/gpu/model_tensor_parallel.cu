@@ -91,7 +91,11 @@ void check_matches_plain(const ex::language_model& model, const std::string& kv,
     const greedy_run split = run_greedy(model, kv, sharded, prompts, 12);
     INFO("kv " << kv << ", " << sharded.tensor_parallel << " ranks"
                << (sharded.ranks_share_one_gpu ? " on one GPU" : " over NCCL"));
-    CHECK(relative_difference(split.prefill_logits, plain.prefill_logits) < 1e-5);
+    // The all-reduce adds the ranks' partial products in another order than one GEMM does:
+    // ~1e-7 relative in fp32, which an f16 or int8 cache can turn into one rounding step of a
+    // stored K/V element (measured: 1.4e-5 relative in the logits with f16).
+    const double tolerance = kv == std::string("identity-f32") ? 1e-5 : 1e-4;
+    CHECK(relative_difference(split.prefill_logits, plain.prefill_logits) < tolerance);
     CHECK(split.ids == plain.ids);
     CHECK(split.bytes_per_token * std::size_t(sharded.tensor_parallel) == plain.bytes_per_token);
 }

@@ -41,7 +41,9 @@
 #include "kvcar/device/decode.cuh"
 #include "kvcar/kv_cache.hpp"
 #include "kvcar/layout/dense.hpp"
+#include "kvcar/storage/page_table.hpp"
 #include "kvcar/storage/page_view.hpp"
+#include "kvcar/storage/sequence_table.hpp"
 
 namespace kvcar::cuda {
 
@@ -67,20 +69,15 @@ public:
     /// Pools start on 256-byte boundaries: any vector load of a record is aligned.
     static constexpr std::size_t pool_alignment = 256;
     /// Block-table entries of pages a sequence does not hold: a real page, as in paged_storage.
-    static constexpr std::int32_t unused_page = 0;
+    static constexpr std::int32_t unused_page = page_table::unused_page;
 
     /// `codecs[slot]` (host views; their parameters are copied) encodes stored slot `slot`.
     device_kv_cache(Layout layout, std::vector<Codec> codecs, params p)
         : layout_(std::move(layout)), host_codecs_(std::move(codecs)), params_(p),
-          codecs_(validated(layout_, host_codecs_, p)) {
+          codecs_(validated(layout_, host_codecs_, p)),
+          pages_(p.max_sequences, p.max_tokens, p.page_size, p.num_pages, "device_kv_cache"),
+          sequences_(p.max_sequences, layout_.geometry().n_layers, "device_kv_cache") {
         const kv_geometry g = layout_.geometry();
-        pages_per_sequence_ = (p.max_tokens + p.page_size - 1) / p.page_size;
-        block_table_.assign(std::size_t(p.max_sequences) * std::size_t(pages_per_sequence_),
-                            unused_page);
-        pages_held_.assign(std::size_t(p.max_sequences), 0);
-        live_.assign(std::size_t(p.max_sequences), 0);
-        lengths_.assign(std::size_t(p.max_sequences) * std::size_t(g.n_layers), 0);
-        for (int page = p.num_pages - 1; page >= 0; --page) free_pages_.push_back(page);
 
         // One allocation for every slot's pool, zeroed: a kernel that loads a whole tile and
         // masks the tail reads zeros, never NaN garbage.
@@ -93,7 +90,7 @@ public:
         }
         pool_ = device_buffer<std::byte>(total);
         pool_.fill_bytes(0);
-        block_table_dev_ = device_buffer<std::int32_t>(block_table_);
+        block_table_dev_ = device_buffer<std::int32_t>(pages_.entries());
 
         std::vector<page_view> views;
         for (std::size_t s = 0; s < host_codecs_.size(); ++s) {
@@ -102,7 +99,7 @@ public:
             v.record_bytes = std::size_t(host_codecs_[s].bytes_per_group());
             v.page_size = p.page_size;
             v.block_table = block_table_dev_.data();
-            v.pages_per_sequence = pages_per_sequence_;
+            v.pages_per_sequence = pages_.pages_per_sequence();
             views.push_back(v);
         }
         views_dev_ = device_buffer<page_view>(views);
@@ -159,9 +156,9 @@ public:
     /// Pages in each slot's pool.
     int num_pages() const { return params_.num_pages; }
     /// Block-table entries per sequence: ceil(max_tokens / page_size).
-    int pages_per_sequence() const { return pages_per_sequence_; }
+    int pages_per_sequence() const { return pages_.pages_per_sequence(); }
     /// Pages no sequence holds now.
-    int free_pages() const { return int(free_pages_.size()); }
+    int free_pages() const { return pages_.free_pages(); }
     /// Widest latent of any slot's codec.
     int max_latent_width() const { return max_latent_; }
     /// Stored bytes per token, all slots.
@@ -176,52 +173,33 @@ public:
     // --- sequences (the same contract as kv_cache) ---------------------------------------------
     /// Whether `seq` was handed out by add_sequence and not removed since; false for any
     /// out-of-range id.
-    bool is_live(int seq) const {
-        return seq >= 0 && seq < max_sequences() && live_[std::size_t(seq)] != 0;
-    }
+    bool is_live(int seq) const { return sequences_.is_live(seq); }
     /// How many sequences are live now.
-    int live_sequences() const { return int(std::count(live_.begin(), live_.end(), char(1))); }
+    int live_sequences() const { return sequences_.live_sequences(); }
     /// Starts an empty sequence and returns its id, the lowest one not in use.
-    int add_sequence() {
-        for (int seq = 0; seq < max_sequences(); ++seq) {
-            if (live_[std::size_t(seq)]) continue;
-            live_[std::size_t(seq)] = 1;
-            return seq;
-        }
-        throw error("kvcar: device_kv_cache: all " + std::to_string(max_sequences()) +
-                    " sequences are in use");
-    }
+    int add_sequence() { return sequences_.add(); }
     /// Ends a sequence and returns its pages. Work already enqueued that reads it must not run
     /// after pages are reused: this call orders nothing on the device.
     void remove_sequence(int seq) {
         check_live(seq);
-        release_pages(seq);
-        live_[std::size_t(seq)] = 0;
-        for (int layer = 0; layer < n_layers(); ++layer) length_ref(seq, layer) = 0;
+        // The device row keeps its stale entries until the id is reused: nothing may read a
+        // removed sequence, and the next append of a new sequence uploads its row.
+        pages_.release(seq);
+        sequences_.remove(seq);
     }
     /// Tokens appended to every layer.
-    int length(int seq) const {
-        check_live(seq);
-        int shortest = length_ref(seq, 0);
-        for (int layer = 1; layer < n_layers(); ++layer)
-            shortest = std::min(shortest, length_ref(seq, layer));
-        return shortest;
-    }
+    int length(int seq) const { return sequences_.length(seq); }
     /// Tokens appended to layer `layer` of sequence `seq`.
-    int length(int seq, int layer) const {
-        check_live(seq);
-        check_layer(layer);
-        return length_ref(seq, layer);
-    }
+    int length(int seq, int layer) const { return sequences_.length(seq, layer); }
     /// Tokens the pages held make room for.
     int capacity(int seq) const {
         check_live(seq);
-        return std::min(pages_held_[std::size_t(seq)] * params_.page_size, params_.max_tokens);
+        return pages_.capacity(seq);
     }
     /// Pages `seq` holds now.
     int pages_held(int seq) const {
         check_live(seq);
-        return pages_held_[std::size_t(seq)];
+        return pages_.pages_held(seq);
     }
 
     /// Plans an append of counts[i] tokens to sequences[i] in `layer`: makes room (all or nothing
@@ -257,7 +235,7 @@ public:
                             std::to_string(length_ref(seq, layer)) + ") exceeds max_tokens " +
                             std::to_string(params_.max_tokens));
             }
-            pages_needed += std::max(0, pages_for(int(end)) - pages_held_[std::size_t(seq)]);
+            pages_needed += pages_.shortfall(seq, int(end));
         }
         if (pages_needed > free_pages()) {
             throw error("kvcar: device_kv_cache: out of pages: the append needs " +
@@ -269,7 +247,7 @@ public:
         for (std::size_t i = 0; i < sequences.size(); ++i) {
             const int seq = sequences[i];
             positions[i] = length_ref(seq, layer);
-            if (take_pages(seq, pages_for(positions[i] + counts[i]))) upload_row(seq, stream);
+            if (pages_.grow(seq, positions[i] + counts[i])) upload_row(seq, stream);
             length_ref(seq, layer) += counts[i];
         }
         return positions;
@@ -309,19 +287,19 @@ public:
                                                  std::to_string(longest) +
                                                  " tokens, more than max_tokens " +
                                                  std::to_string(max_tokens()));
-            pages += pages_for(longest);
+            pages += pages_.pages_for(longest);
         }
         require(pages <= num_pages(), "device_kv_cache: copy_from: out of pages: the host cache "
                                       "needs " + std::to_string(pages) + ", " +
                                       std::to_string(num_pages()) + " exist");
 
         for (int seq = 0; seq < max_sequences(); ++seq)
-            if (live_[std::size_t(seq)]) remove_sequence(seq);
+            if (is_live(seq)) remove_sequence(seq);
         std::vector<std::byte> image(pool_.size(), std::byte{0});
         for (int seq = 0; seq < host.max_sequences(); ++seq) {
             if (!host.is_live(seq)) continue;
-            live_[std::size_t(seq)] = 1;
-            take_pages(seq, pages_for(longest_layer(host, seq)));
+            sequences_.add_at(seq);
+            pages_.grow(seq, longest_layer(host, seq));
             for (int layer = 0; layer < n_layers(); ++layer)
                 length_ref(seq, layer) = host.length(seq, layer);
             for (int s = 0; s < num_slots(); ++s) {
@@ -334,7 +312,7 @@ public:
             }
         }
         pool_.upload(std::span<const std::byte>(image));
-        block_table_dev_.upload(std::span<const std::int32_t>(block_table_));
+        block_table_dev_.upload(std::span<const std::int32_t>(pages_.entries()));
     }
 
     /// Records of tokens [begin, end) of `seq` in `slot`, downloaded (blocking): for tests and
@@ -417,67 +395,27 @@ private:
             longest = std::max(longest, host.length(seq, layer));
         return longest;
     }
-    int pages_for(int tokens) const { return (tokens + params_.page_size - 1) / params_.page_size; }
-    /// Takes pages until `seq` holds `needed`; the caller checked there are enough. Returns
-    /// whether its block-table row changed.
-    bool take_pages(int seq, int needed) {
-        int& held = pages_held_[std::size_t(seq)];
-        if (needed <= held) return false;
-        std::int32_t* row = block_table_.data() + row_offset(seq);
-        for (; held < needed; ++held) {
-            row[held] = free_pages_.back();
-            free_pages_.pop_back();
-        }
-        return true;
-    }
-    void release_pages(int seq) {
-        std::int32_t* row = block_table_.data() + row_offset(seq);
-        int& held = pages_held_[std::size_t(seq)];
-        for (; held > 0; --held) {
-            free_pages_.push_back(row[held - 1]);
-            row[held - 1] = unused_page;
-        }
-        // The device row keeps its stale entries until the id is reused: nothing may read a
-        // removed sequence, and the next append of a new sequence uploads its row.
-    }
     void upload_row(int seq, cudaStream_t stream) {
         block_table_dev_.upload_async(
-            std::span<const std::int32_t>(block_table_.data() + row_offset(seq),
-                                          std::size_t(pages_per_sequence_)),
-            stream, row_offset(seq));
+            std::span<const std::int32_t>(pages_.row(seq),
+                                          std::size_t(pages_.pages_per_sequence())),
+            stream, pages_.row_offset(seq));
     }
     std::size_t record_offset(int slot, int seq, int token) const {
-        const int page = block_table_[row_offset(seq) + std::size_t(token / params_.page_size)];
+        const int page = pages_.page_of(seq, token);
         return slot_offsets_[std::size_t(slot)] +
                (std::size_t(page) * std::size_t(params_.page_size) +
                 std::size_t(token % params_.page_size)) *
                    std::size_t(host_codecs_[std::size_t(slot)].bytes_per_group());
     }
-    std::size_t row_offset(int seq) const {
-        return std::size_t(seq) * std::size_t(pages_per_sequence_);
-    }
     std::size_t logical_index(int layer, int group, kv_kind kind) const {
         return std::size_t((layer * layout_.groups_per_layer() + group) * kv_kind_count + int(kind));
     }
     int n_layers() const { return layout_.geometry().n_layers; }
-    int& length_ref(int seq, int layer) {
-        return lengths_[std::size_t(seq) * std::size_t(n_layers()) + std::size_t(layer)];
-    }
-    int length_ref(int seq, int layer) const {
-        return lengths_[std::size_t(seq) * std::size_t(n_layers()) + std::size_t(layer)];
-    }
-    void check_live(int seq) const {
-        if (!is_live(seq)) {
-            throw error("kvcar: device_kv_cache: sequence " + std::to_string(seq) +
-                        " is not live");
-        }
-    }
-    void check_layer(int layer) const {
-        if (layer < 0 || layer >= n_layers()) {
-            throw error("kvcar: device_kv_cache: layer " + std::to_string(layer) +
-                        " out of range [0, " + std::to_string(n_layers()) + ")");
-        }
-    }
+    int& length_ref(int seq, int layer) { return sequences_.at(seq, layer); }
+    int length_ref(int seq, int layer) const { return sequences_.at(seq, layer); }
+    void check_live(int seq) const { sequences_.check_live(seq); }
+    void check_layer(int layer) const { sequences_.check_layer(layer); }
     void check_slot(int slot) const {
         if (slot < 0 || slot >= num_slots()) {
             throw error("kvcar: device_kv_cache: slot " + std::to_string(slot) +
@@ -489,12 +427,8 @@ private:
     std::vector<Codec> host_codecs_;
     params params_;
     device_codecs<Codec> codecs_;
-    int pages_per_sequence_ = 0;
-    std::vector<std::int32_t> block_table_;  // [sequence][pages_per_sequence] page ids
-    std::vector<int> pages_held_;
-    std::vector<std::int32_t> free_pages_;   // stack; top = lowest page id
-    std::vector<char> live_;
-    std::vector<int> lengths_;               // [sequence][layer]
+    page_table pages_;           // block table (host copy), pages held, free list
+    sequence_table sequences_;   // live ids, tokens appended per layer
     std::vector<std::size_t> slot_offsets_;  // byte offset of each slot's pool in pool_
     device_buffer<std::byte> pool_;
     device_buffer<std::int32_t> block_table_dev_;

@@ -17,6 +17,7 @@
 
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
+#include "kvcar/storage/page_table.hpp"
 #include "kvcar/storage/page_view.hpp"
 
 namespace kvcar {
@@ -40,19 +41,15 @@ public:
     /// What block-table entries of pages a sequence does not hold contain: a real page, so a
     /// kernel that speculatively loads past a sequence's end stays inside the pool. The number of
     /// pages held, not the table, says which entries are live.
-    static constexpr std::int32_t unused_page = 0;
+    static constexpr std::int32_t unused_page = page_table::unused_page;
 
     /// Allocates num_pages x page_size records of `record_bytes_per_slot[s]` bytes for every slot
     /// s, all pages free. Throws kvcar::error when a count is not positive, there is no slot, or a
     /// record size is not a positive multiple of 4; std::bad_alloc when the pools do not fit in
     /// memory.
     paged_storage(params p, std::vector<std::size_t> record_bytes_per_slot)
-        : params_(p), record_bytes_(std::move(record_bytes_per_slot)) {
-        require(p.max_sequences > 0 && p.max_tokens > 0 && p.page_size > 0 && p.num_pages > 0,
-                "paged_storage: max_sequences, max_tokens, page_size and num_pages must be "
-                "positive (got " +
-                    std::to_string(p.max_sequences) + ", " + std::to_string(p.max_tokens) + ", " +
-                    std::to_string(p.page_size) + ", " + std::to_string(p.num_pages) + ")");
+        : params_(p), record_bytes_(std::move(record_bytes_per_slot)),
+          pages_(p.max_sequences, p.max_tokens, p.page_size, p.num_pages, "paged_storage") {
         require(!record_bytes_.empty(), "paged_storage: needs at least one slot");
         for (std::size_t s = 0; s < record_bytes_.size(); ++s) {
             require(record_bytes_[s] > 0 && record_bytes_[s] % 4 == 0,
@@ -60,13 +57,6 @@ public:
                         std::to_string(record_bytes_[s]) +
                         " bytes; records must be a positive multiple of 4 bytes");
         }
-        pages_per_sequence_ = (p.max_tokens + p.page_size - 1) / p.page_size;
-        block_table_.assign(std::size_t(p.max_sequences) * std::size_t(pages_per_sequence_),
-                            unused_page);
-        pages_held_.assign(std::size_t(p.max_sequences), 0);
-        // A stack whose top is the lowest page: a fresh storage hands out pages 0, 1, 2, ...
-        free_pages_.reserve(std::size_t(p.num_pages));
-        for (int page = p.num_pages - 1; page >= 0; --page) free_pages_.push_back(page);
         pools_.reserve(record_bytes_.size());
         for (std::size_t bytes : record_bytes_) {
             pools_.push_back(allocate(std::size_t(p.num_pages) * std::size_t(p.page_size) * bytes));
@@ -86,37 +76,24 @@ public:
                         std::to_string(tokens) + " tokens, more than max_tokens " +
                         std::to_string(params_.max_tokens));
         }
-        const int needed = (tokens + params_.page_size - 1) / params_.page_size;
-        int& held = pages_held_[std::size_t(sequence)];
-        if (needed <= held) return;
-        const int more = needed - held;
+        const int more = pages_.shortfall(sequence, tokens);
         if (more > free_pages()) {
             throw error("kvcar: paged_storage: out of pages: sequence " + std::to_string(sequence) +
                         " needs " + std::to_string(more) + " more page" + (more == 1 ? "" : "s") +
                         ", " + std::to_string(free_pages()) + " free");
         }
-        std::int32_t* row = block_table_.data() + row_offset(sequence);
-        for (; held < needed; ++held) {
-            row[held] = free_pages_.back();
-            free_pages_.pop_back();
-        }
+        pages_.grow(sequence, tokens);
     }
     /// Returns the sequence's pages to the free list (in reverse, so the next reserve of the same
     /// length gets the same pages back in order).
     void release(int sequence) {
         check_sequence(sequence);
-        std::int32_t* row = block_table_.data() + row_offset(sequence);
-        int& held = pages_held_[std::size_t(sequence)];
-        for (; held > 0; --held) {
-            free_pages_.push_back(row[held - 1]);
-            row[held - 1] = unused_page;
-        }
+        pages_.release(sequence);
     }
     /// Tokens `sequence` may hold now: its pages' tokens, never more than max_tokens.
     int capacity(int sequence) const {
         check_sequence(sequence);
-        const int tokens = pages_held_[std::size_t(sequence)] * params_.page_size;
-        return tokens < params_.max_tokens ? tokens : params_.max_tokens;
+        return pages_.capacity(sequence);
     }
     /// Sequences the storage holds at once.
     int max_sequences() const { return params_.max_sequences; }
@@ -127,19 +104,18 @@ public:
     /// Pages in each slot's pool.
     int num_pages() const { return params_.num_pages; }
     /// Block-table entries per sequence: ceil(max_tokens / page_size).
-    int pages_per_sequence() const { return pages_per_sequence_; }
+    int pages_per_sequence() const { return pages_.pages_per_sequence(); }
     /// Pages no sequence holds now.
-    int free_pages() const { return int(free_pages_.size()); }
+    int free_pages() const { return pages_.free_pages(); }
     /// Pages `sequence` holds now.
     int pages_held(int sequence) const {
         check_sequence(sequence);
-        return pages_held_[std::size_t(sequence)];
+        return pages_.pages_held(sequence);
     }
     /// The pages `sequence` holds, in token order.
     std::vector<std::int32_t> pages(int sequence) const {
         check_sequence(sequence);
-        const std::int32_t* row = block_table_.data() + row_offset(sequence);
-        return std::vector<std::int32_t>(row, row + pages_held_[std::size_t(sequence)]);
+        return pages_.pages(sequence);
     }
     /// Slots, one pool each.
     int num_slots() const { return int(record_bytes_.size()); }
@@ -156,8 +132,8 @@ public:
         v.pool = pools_[std::size_t(slot)].get();
         v.record_bytes = record_bytes_[std::size_t(slot)];
         v.page_size = params_.page_size;
-        v.block_table = block_table_.data();
-        v.pages_per_sequence = pages_per_sequence_;
+        v.block_table = pages_.entries().data();
+        v.pages_per_sequence = pages_.pages_per_sequence();
         return v;
     }
 
@@ -187,9 +163,6 @@ private:
         return pool_ptr(p);
     }
 
-    std::size_t row_offset(int sequence) const {
-        return std::size_t(sequence) * std::size_t(pages_per_sequence_);
-    }
     std::size_t bytes_per_page() const {
         std::size_t sum = 0;
         for (std::size_t b : record_bytes_) sum += b;
@@ -210,11 +183,8 @@ private:
 
     params params_;
     std::vector<std::size_t> record_bytes_;
+    page_table pages_;  // block table, pages held, free list
     std::vector<pool_ptr> pools_;
-    std::vector<std::int32_t> block_table_;  // [sequence][pages_per_sequence] page ids
-    std::vector<int> pages_held_;            // [sequence] live entries of its block-table row
-    std::vector<std::int32_t> free_pages_;   // stack of free page ids
-    int pages_per_sequence_ = 0;
 };
 
 }  // namespace kvcar
