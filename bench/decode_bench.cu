@@ -197,10 +197,12 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
     std::printf("{\"impl\":\"kvcar\",\"codec\":\"%s\",\"gpu\":\"%s\",\"model\":\"%s\",\"batch\":%d,"
                 "\"heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"context\":%d,\"ms\":%.6f,"
                 "\"stored_bytes\":%.0f,\"fp16_bytes\":%.0f,\"bytes_per_token\":%zu,"
-                "\"stored_gbps\":%.2f,\"splits\":%d,\"latent_tensor_cores\":%s}\n",
+                "\"stored_gbps\":%.2f,\"splits\":%d,\"latent_tensor_cores\":%s,"
+                "\"direct_tensor_cores\":%s}\n",
                 codec_name, gpu, c.m.name, c.batch, c.m.heads, c.m.kv_heads, c.m.head_dim, c.context,
                 ms, stored, fp16, cache.bytes_per_token(), stored / ms / 1e6, ws.last_splits,
-                ws.last_latent_tensor_cores ? "true" : "false");
+                ws.last_latent_tensor_cores ? "true" : "false",
+                ws.last_direct_tensor_cores ? "true" : "false");
     std::fflush(stdout);
     BENCH_CHECK(cudaFree(q));
     BENCH_CHECK(cudaFree(out));

@@ -40,7 +40,8 @@ struct test_caches {
 /// but empty sequence) are created in order.
 template <class Codec, class Layout>
 test_caches<Codec, Layout> make_caches(const Layout& layout, const std::vector<Codec>& codecs,
-                                       const std::vector<int>& lengths, std::uint32_t seed) {
+                                       const std::vector<int>& lengths, std::uint32_t seed,
+                                       int device_page_size = 16) {
     int max_len = 1, pages = 0;
     for (int len : lengths) {
         max_len = std::max(max_len, len);
@@ -49,7 +50,10 @@ test_caches<Codec, Layout> make_caches(const Layout& layout, const std::vector<C
     const int n = int(lengths.size());
     test_caches<Codec, Layout> c{
         kv_cache<Codec, Layout, paged_storage>(layout, codecs, {n + 1, max_len, 16, pages + 4}),
-        cuda::device_kv_cache<Codec, Layout>(layout, codecs, {n + 2, max_len + 8, 16, pages + 9}),
+        cuda::device_kv_cache<Codec, Layout>(
+            layout, codecs,
+            {n + 2, max_len + 8, device_page_size,
+             (pages + 9) * 16 / device_page_size + n + 2}),
         {}};
     // Interleaved creation and a removed sequence: page ids are not in sequence order.
     const int spare = c.host.add_sequence();
@@ -108,23 +112,28 @@ double decode_error(test_caches<Codec, Layout>& c, const attention_params& opt,
 const std::vector<int> boundary_lengths{1, 15, 16, 17, 100, 0, 33};
 
 template <class Codec>
-void check_dense(const shape& s, const Codec& codec, double tolerance, const char* name,
-                 const std::vector<int>& lengths = boundary_lengths,
-                 rope_mode rope = rope_mode::none) {
+double check_dense(const shape& s, const Codec& codec, double tolerance, const char* name,
+                   const std::vector<int>& lengths = boundary_lengths,
+                   rope_mode rope = rope_mode::none, int device_page_size = 16,
+                   bool* tensor_cores = nullptr) {
     const kv_geometry g{s.n_layers, s.n_kv_heads, s.head_dim};
     const dense_layout layout(g, s.heads_per_group);
     auto caches = make_caches(layout, std::vector<Codec>(std::size_t(layout.num_slots()), codec),
-                              lengths, 11u);
+                              lengths, 11u, device_page_size);
     attention_params opt;
     opt.n_heads = s.n_heads;
     opt.rope = rope;
     opt.rope_cfg.theta = 500.0f;  // small theta: the rotation varies a lot over 100 tokens
     kernels::attention_workspace ws;
     const double err = decode_error(caches, opt, ws, 3u);
-    std::printf("decode_attention %-28s H%-2d KV%d hd%-3d hpg%d%s: rel err %.2e (splits %d, chunk %d)\n",
+    std::printf("decode_attention %-28s H%-2d KV%d hd%-3d hpg%d%s page%d: rel err %.2e (splits %d, "
+                "chunk %d%s)\n",
                 name, s.n_heads, s.n_kv_heads, s.head_dim, s.heads_per_group,
-                rope == rope_mode::on_read ? " rope" : "", err, ws.last_splits, ws.last_chunk);
+                rope == rope_mode::on_read ? " rope" : "", device_page_size, err, ws.last_splits,
+                ws.last_chunk, ws.last_direct_tensor_cores ? ", tensor cores" : "");
     CHECK(err <= tolerance);
+    if (tensor_cores) *tensor_cores = ws.last_direct_tensor_cores;
+    return err;
 }
 
 }  // namespace
@@ -145,6 +154,39 @@ TEST_CASE("decode_attention: identity f16 and bf16") {
     check_dense({1, 2, 128, 2}, identity_codec<bf16>{128}, 1e-3, "identity<bf16> MHA hd128");
     // Whole-layer groups: each KV head reads its slice of a wider record.
     check_dense({1, 4, 64, 8, 4}, identity_codec<f16>{256}, 1e-3, "identity<f16> layer group");
+}
+
+TEST_CASE("decode_attention: GQA f16 and int8 heads on tensor cores") {
+    // Every (head_dim, query heads per KV head) the tensor-core direct kernel takes, odd lengths
+    // and page boundaries; page size 8 takes its per-token record lookup instead of per-tile.
+    const auto i8_64 = make_quantized<std::int8_t>(identity_codec<float>{64});
+    const auto i8_128 = make_quantized<std::int8_t>(identity_codec<float>{128});
+    const std::vector<int> lengths{1, 15, 16, 17, 100, 0, 33, 64, 65, 1000};
+    for (int page : {16, 8, 48}) {
+        for (int G : {2, 4, 8}) {
+            bool tc = false;
+            check_dense({1, 2, 64, 2 * G}, identity_codec<f16>{64}, 1e-3, "identity<f16> tc",
+                        lengths, rope_mode::none, page, &tc);
+            CHECK(tc);
+            check_dense({1, 2, 128, 2 * G}, identity_codec<f16>{128}, 1e-3, "identity<f16> tc",
+                        lengths, rope_mode::none, page, &tc);
+            CHECK(tc);
+            check_dense({1, 2, 64, 2 * G}, i8_64, 1e-3, "quantized<identity,int8> tc", lengths,
+                        rope_mode::none, page, &tc);
+            CHECK(tc);
+            check_dense({1, 2, 128, 2 * G}, i8_128, 1e-3, "quantized<identity,int8> tc", lengths,
+                        rope_mode::none, page, &tc);
+            CHECK(tc);
+        }
+    }
+    // MHA and RoPE on read stay on the CUDA-core kernels.
+    bool tc = true;
+    check_dense({1, 2, 64, 2}, identity_codec<f16>{64}, 1e-3, "identity<f16> MHA", lengths,
+                rope_mode::none, 16, &tc);
+    CHECK(tc == (kernels::detail::direct_mma_min_gqa <= 1));
+    check_dense({1, 2, 64, 8}, identity_codec<f16>{64}, 1e-3, "identity<f16> rope", lengths,
+                rope_mode::on_read, 16, &tc);
+    CHECK(!tc);
 }
 
 TEST_CASE("decode_attention: quantized identity int8 and fp8 (plain KV quantization)") {

@@ -9,7 +9,11 @@
 // The number of splits is chosen so that several CTAs per multiprocessor exist even at batch 1:
 // decode attention reads every cached byte once, and only a full GPU reaches copy bandwidth.
 //
-// Three ways to read a unit's records, picked from the codec type (and RoPE):
+// Four ways to read a unit's records, picked from the codec type (and RoPE):
+//   direct on tensor cores   f16 identity and int8 quantized identity heads, head_dim 64/128,
+//            2/4/8 query heads per KV head, no RoPE (kernels/direct_mma_decode_attention.cuh):
+//            the scores of all query heads of a KV head and their weighted sum of V as two
+//            small matrix products per 16-token tile, so GQA costs no extra instructions per byte.
 //   direct   identity and quantized identity codecs, head_dim 64/128/256 and 1/2/4/8 query heads
 //            per KV head: one CTA per KV head, every lane loads 16 bytes of a key or value (8 f16;
 //            8 bytes of int8/fp8, whose records are only 8-byte aligned) and keeps its slice of
@@ -133,6 +137,9 @@ public:
     /// Whether the last decode_attention ran the tensor-core latent path
     /// (latent_decode_attention.cuh).
     bool last_latent_tensor_cores = false;
+    /// Whether the last decode_attention ran the tensor-core direct path for f16 / int8 GQA heads
+    /// (direct_mma_decode_attention.cuh).
+    bool last_direct_tensor_cores = false;
 
 private:
     template <class T>
@@ -765,6 +772,14 @@ void launch_direct(const device::cache_view<Codec>& cache, const decode_attentio
     ws.last_chunk = plan.chunk;
 }
 
+/// The tensor-core direct path for f16 and int8 identity heads with GQA
+/// (kvcar/kernels/direct_mma_decode_attention.cuh, included at the end of this file): runs it and
+/// returns true when the codec and shape qualify.
+template <class Codec>
+bool try_direct_tensor_cores(const device::cache_view<Codec>& cache,
+                             const decode_attention_params& p, float scale,
+                             attention_workspace& ws, cudaStream_t stream);
+
 /// The tensor-core path for whole-layer latents (kvcar/kernels/latent_decode_attention.cuh,
 /// included at the end of this file): runs it and returns true when the launch qualifies.
 template <class Codec>
@@ -782,6 +797,7 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
                       attention_workspace& ws, cudaStream_t stream = nullptr) {
     detail::validate(p, cache.n_layers, cache.n_kv_heads, cache.head_dim, "decode_attention");
     ws.last_latent_tensor_cores = false;
+    ws.last_direct_tensor_cores = false;
     if (p.batch == 0) return;
     const int hd = cache.head_dim;
     const int G = p.n_heads / cache.n_kv_heads;
@@ -793,6 +809,11 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
     if constexpr (detail::direct_codec<Codec>::value) {
         using E = typename device::codec_traits<Codec>::element;
         constexpr int load_bytes = device::codec_traits<Codec>::quantized ? 8 : 16;
+        // GQA heads of f16 / int8 records: all query heads of a KV head on tensor cores.
+        if (detail::try_direct_tensor_cores(cache, p, scale, ws, stream)) {
+            ws.last_direct_tensor_cores = true;
+            return;
+        }
         bool launched = false;
         if (!rope) {
             KVCAR_DISPATCH_HEAD_DIM(hd, HEAD_DIM, KVCAR_DISPATCH_GQA(G, GQA, {
@@ -959,3 +980,5 @@ void decode_attention(const cuda::device_kv_cache<Codec, Layout>& cache, int lay
 
 // The tensor-core latent path (defines detail::try_latent_tensor_cores).
 #include "kvcar/kernels/latent_decode_attention.cuh"
+// The tensor-core direct path (defines detail::try_direct_tensor_cores).
+#include "kvcar/kernels/direct_mma_decode_attention.cuh"

@@ -1,0 +1,447 @@
+// kvcar/kernels/direct_mma_decode_attention.cuh — decode attention over identity f16 and int8
+// KV heads on tensor cores: one warp scores all query heads of a KV head from one read of it.
+//
+// Why. Decode attention reads every cached byte once; with G query heads per KV head (GQA) each
+// K and V element is used G times (TinyLlama G = 8, Llama-3-8B G = 4). Done on CUDA cores with a
+// lane-split dot product and shuffle reductions that is ~50 instructions per token at G = 8:
+// instruction-bound far below copy bandwidth. As matrix products the same work is
+//     Sᵀ[16 tokens × 8 heads]  = K_tile [16 × hd]     · Qᵀ[hd × 8]          (hd/16 MMAs)
+//     Oᵀ[hd × 8 heads]        += V_tileᵀ[hd × 16 tok] · Pᵀ[16 tokens × 8]   (hd/16 MMAs)
+// with mma.sync m16n8k16 (fp16 in, fp32 accumulate): ~2 MMAs per token for hd = 128, and the
+// tokens sit on the MMA's M side so G = 8 wastes nothing (G < 8 leaves columns idle, which costs
+// tensor throughput the kernel has plenty of).
+//
+// Register layouts, chosen so that no shared memory is needed between global memory and MMAs:
+//   * Both products reduce over an index (head dimension, tokens) whose order is free as long as
+//     both operands use the same one. Lane (g, t) = (lane / 4, lane % 4) loads, for tokens g and
+//     g + 8 of the tile, the 16 consecutive head elements [16t, 16t + 16) of every 64-element
+//     block: two 16-byte loads, coalesced over the 4 lanes of a token. Those are exactly the
+//     A-fragment registers of 4 k-steps under a permutation of the head dimension, and the query
+//     B-fragments (kept in registers for the whole split) use the same permutation.
+//   * The score fragment (token rows g, g + 8; head columns 2t, 2t + 1), rounded to fp16 and
+//     transposed by movmatrix, is the B fragment of the second product (heads g; tokens
+//     2t, 2t + 1, 2t + 8, 2t + 9): no shuffle through shared memory.
+//   * For V, lane (g, t) loads the hd/8 consecutive elements [g·hd/8, (g+1)·hd/8) of tokens 2t,
+//     2t + 1, 2t + 8, 2t + 9; one byte permute per register pairs two tokens' elements of one
+//     dimension, which is the A fragment of Vᵀ with the output dimensions permuted. The lane ends
+//     with Oᵀ for heads 2t, 2t + 1 over its own hd/8 dimensions.
+// int8 records (quantized identity: u · scale + offset per token, load_float(u) = u + ½) are
+// dequantized in registers with packed half2 math (byte permute into 1024 + u + 128, subtract,
+// one fused multiply-add), so int8 reads half the bytes of f16 for about the same instructions.
+//
+// Measured on one H100 (docs/results/speed-data/h100-direct-mma, against the CUDA-core kernel
+// in the same session): TinyLlama-like f16 1.5–1.8× faster, Llama-3-8B-like f16 1.14–1.31×,
+// int8 1.3–2.7×; Llama-3-8B-like f16 at batch ≥ 32 reads at about 2.7–3.0 TB/s.
+//
+// Work split as in the CUDA-core direct kernel: a CTA per (split, item, KV head); its 4 warps take
+// the split's 16-token tiles round robin, each with its own online softmax, and merge through
+// shared memory at the end; the splits are merged by combine_kernel. Loads: a tile's page is
+// looked up once (when the page size is a multiple of 16, every tile lies in one page), and the
+// next tile's K and V are loaded while the current one is computed.
+//
+// Limits (the dispatcher falls back to the CUDA-core direct kernel outside them): identity_codec<f16>
+// or quantized_codec<identity_codec<T>, int8>; head_dim 64 or 128; 2, 4 or 8 query heads per KV
+// head (1 as well when built with KVCAR_DIRECT_MMA_MIN_GQA=1); no RoPE on read; q 16-byte aligned. Precision: query (scaled) and probabilities are fp16 operands with fp32
+// accumulation, as in flash attention; dequantized int8 values must fit fp16 (|v| < 65504).
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "kvcar/kernels/direct_mma_decode_attention.cuh needs nvcc"
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kvcar/kernels/decode_attention.cuh"
+
+namespace kvcar::kernels::detail {
+
+/// Codecs the tensor-core direct kernel reads: f16 identity records and int8 quantized identity
+/// records (scale and offset per record).
+template <class Codec>
+struct direct_mma_codec : std::false_type {};
+template <>
+struct direct_mma_codec<identity_codec<f16>> : std::true_type {};
+template <class T>
+struct direct_mma_codec<quantized_codec<identity_codec<T>, std::int8_t>> : std::true_type {};
+
+/// Fewest query heads per KV head that take the tensor-core kernel. MHA (1) stays on the
+/// CUDA-core direct kernel by default: on an H100 the tensor-core kernel timed faster for MHA too
+/// (GPT-2 small shapes, f16 and int8; docs/results/speed-data/h100-direct-mma/gqa1.jsonl) but its
+/// GQA = 1 instantiation has not yet run the GPU tests; build with -DKVCAR_DIRECT_MMA_MIN_GQA=1
+/// (tests/gpu/decode_attention.cu then checks MHA on it) to take it.
+#ifndef KVCAR_DIRECT_MMA_MIN_GQA
+#define KVCAR_DIRECT_MMA_MIN_GQA 2
+#endif
+inline constexpr int direct_mma_min_gqa = KVCAR_DIRECT_MMA_MIN_GQA;
+/// Threads of a tensor-core direct CTA (4 warps).
+inline constexpr int direct_mma_threads = 128;
+/// Tokens per MMA tile (the M side of the score product).
+inline constexpr int direct_mma_tile = 16;
+/// Tokens per split at most: wide splits write fewer partial outputs.
+inline constexpr int direct_mma_max_chunk = 1024;
+
+/// D = A · B + D for one m16n8k16 tile: fp16 A (row-major, 4 registers) and B (column-major,
+/// 2 registers), fp32 accumulators (4 registers), in the PTX fragment layouts.
+__device__ __forceinline__ void mma_16816(float (&d)[4], std::uint32_t a0, std::uint32_t a1,
+                                          std::uint32_t a2, std::uint32_t a3, std::uint32_t b0,
+                                          std::uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/// Transposes the warp's 8×8 fp16 matrix held one register (row lane/4, columns 2·(lane%4) and
+/// +1) per lane.
+__device__ __forceinline__ std::uint32_t transpose_8x8(std::uint32_t x) {
+    std::uint32_t y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
+}
+
+/// Two floats → one register of two fp16 (round to nearest), `lo` in the low half.
+__device__ __forceinline__ std::uint32_t pack_half2(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&h);
+}
+
+/// Four int8 elements (one register) → two half2 registers of u · scale + offset (scale and
+/// offset already include the codec's + ½). 1024 + (u + 128) is exact in fp16 (its mantissa
+/// step is 1 there), the subtraction of 1152 is exact too, then one rounding in the fma.
+__device__ __forceinline__ void dequant_int8x4(std::uint32_t raw, __half2 scale, __half2 offset,
+                                               std::uint32_t& lo, std::uint32_t& hi) {
+    const std::uint32_t biased = raw ^ 0x80808080u;  // u + 128 as unsigned bytes
+    const std::uint32_t w0 = __byte_perm(biased, 0x64646464u, 0x4140);
+    const std::uint32_t w1 = __byte_perm(biased, 0x64646464u, 0x4342);
+    const __half2 magic = __float2half2_rn(1152.0f);
+    const __half2 h0 = __hfma2(__hsub2(*reinterpret_cast<const __half2*>(&w0), magic), scale, offset);
+    const __half2 h1 = __hfma2(__hsub2(*reinterpret_cast<const __half2*>(&w1), magic), scale, offset);
+    lo = *reinterpret_cast<const std::uint32_t*>(&h0);
+    hi = *reinterpret_cast<const std::uint32_t*>(&h1);
+}
+
+/// One CTA: split blockIdx.x of item blockIdx.y for KV head blockIdx.z and its GQA query heads.
+template <class Codec, int HEAD_DIM, int GQA>
+__global__ void __launch_bounds__(direct_mma_threads, 2)
+    direct_mma_attention_kernel(direct_params p) {
+    using E = typename device::codec_traits<Codec>::element;
+    constexpr bool QUANT = device::codec_traits<Codec>::quantized;
+    static_assert(HEAD_DIM == 64 || HEAD_DIM == 128, "head_dim 64 or 128");
+    static_assert(GQA >= 1 && GQA <= 8, "at most 8 query heads per KV head");
+    constexpr int NW = direct_mma_threads / 32;
+    constexpr int TILE = direct_mma_tile;
+    constexpr int KSTEPS = HEAD_DIM / 16;         // k-steps of Sᵀ = K Qᵀ, and m-tiles of Oᵀ
+    constexpr int DPL = HEAD_DIM / 8;             // V elements (output dimensions) per lane
+    // Raw 32-bit words a lane holds per token: K [16t, 16t+16) of each 64-block, V its DPL.
+    constexpr int KW = HEAD_DIM / 4 * int(sizeof(E)) / 4;
+    constexpr int VW = DPL * int(sizeof(E)) / 4;
+    // Loads: f16 records are 16-byte aligned (uint4), int8 records only 8-byte (uint2).
+    constexpr int LOADW = QUANT ? 2 : 4;
+    using load_t = std::conditional_t<QUANT, uint2, uint4>;
+    static_assert(KW % LOADW == 0 && VW % LOADW == 0, "whole vector loads");
+    constexpr float log2e = 1.4426950408889634f;
+
+    __shared__ float sh_o[NW][GQA][HEAD_DIM];
+    __shared__ float sh_m[NW][8], sh_l[NW][8];
+
+    const int split = int(blockIdx.x), b = int(blockIdx.y), kvh = int(blockIdx.z);
+    const int len = p.kv_lengths[b];
+    const int begin = split * p.chunk;
+    if (begin >= len) return;  // uniform across the block
+    const int end = min(len, begin + p.chunk);
+    const int seq = p.sequences[b];
+    const int group = kvh / p.heads_per_group, in_group = kvh - group * p.heads_per_group;
+    const int logical = (p.layer * p.groups_per_layer + group) * kv_kind_count;
+    const page_view pk = p.slots[p.read_slots[logical + int(kv_kind::key)]];
+    const page_view pv = p.slots[p.read_slots[logical + int(kv_kind::value)]];
+    const std::size_t head_bytes = std::size_t(in_group) * HEAD_DIM * sizeof(E);
+
+    const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+    const int g = lane >> 2, t = lane & 3;
+
+    // Query B fragments: head g, k-step s covers physical elements 64(s/4) + 16t + 4(s%4) + 0..3.
+    std::uint32_t qf[KSTEPS][2];
+    {
+        const bool real = g < GQA;
+        const float* qrow =
+            p.q + (std::size_t(b) * p.n_heads + std::size_t(kvh) * GQA + (real ? g : 0)) * HEAD_DIM;
+        const float qs = p.scale * log2e;  // scores in log2 units: exp2 in the softmax
+#pragma unroll
+        for (int s = 0; s < KSTEPS; ++s) {
+            const int e = 64 * (s / 4) + 16 * t + 4 * (s % 4);
+            const float4 v = real ? *reinterpret_cast<const float4*>(qrow + e)
+                                  : make_float4(0.f, 0.f, 0.f, 0.f);
+            qf[s][0] = pack_half2(v.x * qs, v.y * qs);
+            qf[s][1] = pack_half2(v.z * qs, v.w * qs);
+        }
+    }
+
+    struct tile_regs {
+        std::uint32_t k[2][KW];   // tokens g, g + 8
+        std::uint32_t v[4][VW];   // tokens 2t, 2t + 1, 2t + 8, 2t + 9
+        float2 kso[2];            // int8: (scale, offset) of those tokens
+        float2 vso[4];
+    };
+    const bool page_tiles = pk.page_size % TILE == 0 && pv.page_size % TILE == 0;
+    auto tile_base = [&](const page_view& view, int base) -> const std::byte* {
+        // base % TILE == 0 and page_size % TILE == 0: the whole tile is in base's page.
+        const int page = view.block_table[std::size_t(seq) * view.pages_per_sequence +
+                                          base / view.page_size];
+        return view.pool + (std::size_t(page) * view.page_size + base % view.page_size) *
+                               view.record_bytes;
+    };
+    auto load_tile = [&](int base, tile_regs& r) {
+        const std::byte* kbase = page_tiles ? tile_base(pk, base) : nullptr;
+        const std::byte* vbase = page_tiles ? tile_base(pv, base) : nullptr;
+        auto record = [&](const page_view& view, const std::byte* tile, int i) {
+            return page_tiles ? tile + std::size_t(i) * view.record_bytes
+                              : view.record(seq, base + i);
+        };
+#pragma unroll
+        for (int r2 = 0; r2 < 2; ++r2) {
+            const int i = g + 8 * r2;
+            if (base + i < end) {
+                const std::byte* rec = record(pk, kbase, i);
+                const std::byte* src = rec + head_bytes + 16 * t * sizeof(E);
+#pragma unroll
+                for (int w = 0; w < KW; w += LOADW) {
+                    // word w of the lane: 64-block w / (KW / (HEAD_DIM / 64)), piece within it
+                    constexpr int WPB = KW / (HEAD_DIM / 64);  // words per 64-block
+                    const int blk = w / WPB, in = w % WPB;
+                    const load_t x = *reinterpret_cast<const load_t*>(
+                        src + std::size_t(64 * blk) * sizeof(E) + 4 * in);
+                    std::memcpy(&r.k[r2][w], &x, sizeof x);
+                }
+                if constexpr (QUANT) r.kso[r2] = *reinterpret_cast<const float2*>(rec + p.header_bytes);
+            } else {
+#pragma unroll
+                for (int w = 0; w < KW; ++w) r.k[r2][w] = 0u;
+                if constexpr (QUANT) r.kso[r2] = make_float2(0.f, 0.f);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int i = 2 * t + (j & 1) + 8 * (j >> 1);
+            if (base + i < end) {
+                const std::byte* rec = record(pv, vbase, i);
+                const std::byte* src = rec + head_bytes + std::size_t(g) * DPL * sizeof(E);
+#pragma unroll
+                for (int w = 0; w < VW; w += LOADW) {
+                    const load_t x = *reinterpret_cast<const load_t*>(src + 4 * w);
+                    std::memcpy(&r.v[j][w], &x, sizeof x);
+                }
+                if constexpr (QUANT) r.vso[j] = *reinterpret_cast<const float2*>(rec + p.header_bytes);
+            } else {
+#pragma unroll
+                for (int w = 0; w < VW; ++w) r.v[j][w] = 0u;
+                if constexpr (QUANT) r.vso[j] = make_float2(0.f, 0.f);
+            }
+        }
+    };
+
+    float o[KSTEPS][4];  // Oᵀ m-tile j: (dim DPL·g + 2j: heads 2t, 2t+1), (dim + 1: same heads)
+#pragma unroll
+    for (int j = 0; j < KSTEPS; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY;  // running maxima of heads 2t, 2t + 1 (log2 units)
+    float l0 = 0.f, l1 = 0.f;              // this lane's share of the sums of exponentials
+
+    auto compute_tile = [&](int base, const tile_regs& r) {
+        // fp16 words of K (tokens g, g + 8) and V (4 tokens), dequantized when int8.
+        constexpr int KH = HEAD_DIM / 8;  // half2 words per K token per lane
+        constexpr int VH = DPL / 2;
+        std::uint32_t kh[2][KH], vh[4][VH];
+        if constexpr (QUANT) {
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2) {
+                const __half2 sc = __float2half2_rn(r.kso[r2].x);
+                const __half2 of = __float2half2_rn(r.kso[r2].y + 0.5f * r.kso[r2].x);
+#pragma unroll
+                for (int w = 0; w < KW; ++w) dequant_int8x4(r.k[r2][w], sc, of, kh[r2][2 * w], kh[r2][2 * w + 1]);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const __half2 sc = __float2half2_rn(r.vso[j].x);
+                const __half2 of = __float2half2_rn(r.vso[j].y + 0.5f * r.vso[j].x);
+#pragma unroll
+                for (int w = 0; w < VW; ++w) dequant_int8x4(r.v[j][w], sc, of, vh[j][2 * w], vh[j][2 * w + 1]);
+            }
+        } else {
+#pragma unroll
+            for (int r2 = 0; r2 < 2; ++r2)
+#pragma unroll
+                for (int w = 0; w < KH; ++w) kh[r2][w] = r.k[r2][w];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int w = 0; w < VH; ++w) vh[j][w] = r.v[j][w];
+        }
+
+        // Sᵀ = K Qᵀ: rows tokens g / g + 8, columns heads 2t / 2t + 1.
+        float s[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int k = 0; k < KSTEPS; ++k)
+            mma_16816(s, kh[0][2 * k], kh[1][2 * k], kh[0][2 * k + 1], kh[1][2 * k + 1], qf[k][0],
+                      qf[k][1]);
+        if (base + g >= end) s[0] = s[1] = -INFINITY;
+        if (base + g + 8 >= end) s[2] = s[3] = -INFINITY;
+
+        // Online softmax per head column; the tile's first token is always valid, so the new
+        // maximum is finite and exp2(-inf - finite) = 0 handles the first tile.
+        float x0 = fmaxf(s[0], s[2]), x1 = fmaxf(s[1], s[3]);
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+            x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, off));
+            x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, off));
+        }
+        const float n0 = fmaxf(m0, x0), n1 = fmaxf(m1, x1);
+        const float f0 = exp2f(m0 - n0), f1 = exp2f(m1 - n1);
+        m0 = n0;
+        m1 = n1;
+        const float p0 = exp2f(s[0] - n0), p1 = exp2f(s[1] - n1);
+        const float p2 = exp2f(s[2] - n0), p3 = exp2f(s[3] - n1);
+        l0 = l0 * f0 + p0 + p2;
+        l1 = l1 * f1 + p1 + p3;
+#pragma unroll
+        for (int j = 0; j < KSTEPS; ++j) {
+            o[j][0] *= f0;
+            o[j][1] *= f1;
+            o[j][2] *= f0;
+            o[j][3] *= f1;
+        }
+        // Pᵀ fragment (tokens × heads) → B operand (head g; tokens 2t, 2t+1 | 2t+8, 2t+9).
+        const std::uint32_t pb0 = transpose_8x8(pack_half2(p0, p1));
+        const std::uint32_t pb1 = transpose_8x8(pack_half2(p2, p3));
+
+        // Oᵀ += Vᵀ Pᵀ: m-tile j rows = dims DPL·g + 2j (row g) and + 1 (row g + 8).
+#pragma unroll
+        for (int j = 0; j < KSTEPS; ++j) {
+            const std::uint32_t a0 = __byte_perm(vh[0][j], vh[1][j], 0x5410);
+            const std::uint32_t a1 = __byte_perm(vh[0][j], vh[1][j], 0x7632);
+            const std::uint32_t a2 = __byte_perm(vh[2][j], vh[3][j], 0x5410);
+            const std::uint32_t a3 = __byte_perm(vh[2][j], vh[3][j], 0x7632);
+            mma_16816(o[j], a0, a1, a2, a3, pb0, pb1);
+        }
+    };
+
+    // Warp w takes tiles begin + 16 (w + NW i); the next tile loads while this one computes.
+    int base = begin + TILE * warp;
+    tile_regs cur;
+    if (base < end) load_tile(base, cur);
+    for (; base < end; base += TILE * NW) {
+        tile_regs next;
+        if (base + TILE * NW < end) load_tile(base + TILE * NW, next);
+        compute_tile(base, cur);
+        cur = next;
+    }
+
+    // This warp's sums over its lanes g (the maxima are already uniform over g).
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const int h0 = 2 * t, h1 = 2 * t + 1;
+    if (g == 0) {
+        sh_m[warp][h0] = m0;
+        sh_m[warp][h1] = m1;
+        sh_l[warp][h0] = l0;
+        sh_l[warp][h1] = l1;
+    }
+#pragma unroll
+    for (int j = 0; j < KSTEPS; ++j) {
+        const int d = DPL * g + 2 * j;
+        if (h0 < GQA) {
+            sh_o[warp][h0][d] = o[j][0];
+            sh_o[warp][h0][d + 1] = o[j][2];
+        }
+        if (h1 < GQA) {
+            sh_o[warp][h1][d] = o[j][1];
+            sh_o[warp][h1][d + 1] = o[j][3];
+        }
+    }
+    __syncthreads();
+
+    // Merge the warps: a warp that saw no tile has m = -inf and weight 0; warp 0 always saw one.
+    constexpr float ln2 = 0.6931471805599453f;
+    for (int idx = int(threadIdx.x); idx < GQA * HEAD_DIM; idx += direct_mma_threads) {
+        const int h = idx / HEAD_DIM, i = idx % HEAD_DIM;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) mx = fmaxf(mx, sh_m[w][h]);
+        float acc = 0.f;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) acc += exp2f(sh_m[w][h] - mx) * sh_o[w][h][i];
+        const std::size_t row = std::size_t(b) * p.n_heads + std::size_t(kvh) * GQA + h;
+        p.part_acc[(row * p.max_splits + split) * HEAD_DIM + i] = acc;
+    }
+    for (int h = int(threadIdx.x); h < GQA; h += direct_mma_threads) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) mx = fmaxf(mx, sh_m[w][h]);
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) sum += exp2f(sh_m[w][h] - mx) * sh_l[w][h];
+        const std::size_t row = std::size_t(b) * p.n_heads + std::size_t(kvh) * GQA + h;
+        p.part_ml[(row * p.max_splits + split) * 2] = mx * ln2;  // natural-log units for combine
+        p.part_ml[(row * p.max_splits + split) * 2 + 1] = sum;
+    }
+}
+
+/// Launches the tensor-core direct kernel and the combine step for HEAD_DIM and GQA query heads
+/// per KV head (the caller checked that the codec and shape qualify).
+template <class Codec, int HEAD_DIM, int GQA>
+void launch_direct_mma(const device::cache_view<Codec>& cache, const decode_attention_params& p,
+                       float scale, attention_workspace& ws, cudaStream_t stream) {
+    using E = typename device::codec_traits<Codec>::element;
+    // ~2 CTAs of 4 warps per multiprocessor are resident; 4 per SM gives a second wave to hide
+    // the tail. Chunks are whole rounds of the 4 warps' 16-token tiles.
+    const split_plan plan = plan_splits(p.batch * cache.n_kv_heads, p.max_kv_length,
+                                        ws.sm_count() * 4, direct_mma_max_chunk,
+                                        direct_mma_tile * (direct_mma_threads / 32));
+    const std::size_t rows = std::size_t(p.batch) * p.n_heads * plan.splits;
+    const int header = int(pad_record_bytes(std::size_t(cache.group_width()) * sizeof(E)));
+    direct_params dp{cache.slots, cache.read_slots, p.q, p.sequences, p.kv_lengths,
+                     ws.partial_acc(rows * HEAD_DIM), ws.partial_ml(rows * 2), p.layer,
+                     p.n_heads, cache.heads_per_group, cache.groups_per_layer, plan.chunk,
+                     plan.splits, header, scale};
+    const dim3 grid(unsigned(plan.splits), unsigned(p.batch), unsigned(cache.n_kv_heads));
+    direct_mma_attention_kernel<Codec, HEAD_DIM, GQA><<<grid, direct_mma_threads, 0, stream>>>(dp);
+    KVCAR_CUDA_CHECK_LAUNCH("direct_mma_attention_kernel");
+    combine_kernel<128><<<dim3(unsigned(p.batch), unsigned(p.n_heads)), 128, 0, stream>>>(
+        dp.part_acc, dp.part_ml, p.kv_lengths, p.out, HEAD_DIM, plan.chunk, plan.splits,
+        HEAD_DIM);
+    KVCAR_CUDA_CHECK_LAUNCH("combine_kernel");
+    ws.last_splits = plan.splits;
+    ws.last_chunk = plan.chunk;
+}
+
+/// The hook decode_attention calls: runs the tensor-core direct path and returns true when the
+/// codec, head_dim, group size, RoPE mode and query alignment qualify.
+template <class Codec>
+bool try_direct_tensor_cores(const device::cache_view<Codec>& cache,
+                             const decode_attention_params& p, float scale,
+                             attention_workspace& ws, cudaStream_t stream) {
+    if constexpr (!direct_mma_codec<Codec>::value) {
+        return false;
+    } else {
+        const int G = p.n_heads / cache.n_kv_heads;
+        if (p.rope == rope_mode::on_read || G < direct_mma_min_gqa || G > 8) return false;
+        if ((reinterpret_cast<std::uintptr_t>(p.q) & 15u) != 0) return false;  // float4 reads
+        bool launched = false;
+        KVCAR_DISPATCH_HEAD_DIM(cache.head_dim, HEAD_DIM, KVCAR_DISPATCH_GQA(G, GQA, {
+            if constexpr (HEAD_DIM <= 128 && GQA >= direct_mma_min_gqa) {
+                launch_direct_mma<Codec, HEAD_DIM, GQA>(cache, p, scale, ws, stream);
+                launched = true;
+            }
+        }));
+        return launched;
+    }
+}
+
+}  // namespace kvcar::kernels::detail
