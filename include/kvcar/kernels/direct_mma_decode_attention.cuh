@@ -41,7 +41,7 @@
 //
 // Limits (the dispatcher falls back to the CUDA-core direct kernel outside them): identity_codec<f16>
 // or quantized_codec<identity_codec<T>, int8>; head_dim 64 or 128; 2, 4 or 8 query heads per KV
-// head (1 as well when built with KVCAR_DIRECT_MMA_MIN_GQA=1); no RoPE on read; q 16-byte aligned. Precision: query (scaled) and probabilities are fp16 operands with fp32
+// head, and 1 (MHA) unless built with KVCAR_DIRECT_MMA_MIN_GQA=2; no RoPE on read; q 16-byte aligned. Precision: query (scaled) and probabilities are fp16 operands with fp32
 // accumulation, as in flash attention; dequantized int8 values must fit fp16 (|v| < 65504).
 #pragma once
 
@@ -69,13 +69,12 @@ struct direct_mma_codec<identity_codec<f16>> : std::true_type {};
 template <class T>
 struct direct_mma_codec<quantized_codec<identity_codec<T>, std::int8_t>> : std::true_type {};
 
-/// Fewest query heads per KV head that take the tensor-core kernel. MHA (1) stays on the
-/// CUDA-core direct kernel by default: on an H100 the tensor-core kernel timed faster for MHA too
-/// (GPT-2 small shapes, f16 and int8; docs/results/speed-data/h100-direct-mma/gqa1.jsonl) but its
-/// GQA = 1 instantiation has not yet run the GPU tests; build with -DKVCAR_DIRECT_MMA_MIN_GQA=1
-/// (tests/gpu/decode_attention.cu then checks MHA on it) to take it.
+/// Fewest query heads per KV head that take the tensor-core kernel: 1, so MHA takes it too. On
+/// an H100 it timed faster than the CUDA-core direct kernel for MHA (GPT-2 small shapes, f16 and
+/// int8: docs/results/speed-data/h100-direct-mma/gqa1.jsonl). Build with
+/// -DKVCAR_DIRECT_MMA_MIN_GQA=2 to keep MHA on the CUDA-core kernel.
 #ifndef KVCAR_DIRECT_MMA_MIN_GQA
-#define KVCAR_DIRECT_MMA_MIN_GQA 2
+#define KVCAR_DIRECT_MMA_MIN_GQA 1
 #endif
 inline constexpr int direct_mma_min_gqa = KVCAR_DIRECT_MMA_MIN_GQA;
 /// Threads of a tensor-core direct CTA (4 warps).

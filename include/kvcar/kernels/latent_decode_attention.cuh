@@ -142,7 +142,6 @@ struct split_params {
     device::cache_view<Codec> cache;
     const __half* qz;    // [batch][n_heads][qz_ld], columns >= d_k are zero
     const float* qbias;  // [batch][n_heads]
-    const float* qsum;   // [batch][n_heads] Σ_j Qz (fp32)
     const std::int32_t* sequences;
     const std::int32_t* kv_lengths;
     float* part_acc;  // [batch][n_heads][max_splits][acc_stride]
@@ -257,9 +256,18 @@ __global__ void __launch_bounds__(threads, 1) split_kernel(split_params<Codec> p
                     p.qz + (std::size_t(b) * NQ + h) * p.qz_ld + std::size_t(c) * 8);
             *reinterpret_cast<uint4*>(qz_s + h * L.q_ld + c * 8) = v;
         }
-        for (int h = tid; h < NQP; h += threads) {
+        for (int h = tid; h < NQP; h += threads)
             bias_s[h] = h < NQ ? p.qbias[std::size_t(b) * NQ + h] : 0.0f;
-            qsum_s[h] = h < NQ ? p.qsum[std::size_t(b) * NQ + h] : 0.0f;
+    }
+    if constexpr (QUANT) {
+        // ΣQz of the fp16 Qz the score products use (zero rows and columns add nothing); the
+        // tile loop's first barrier orders these writes before the first score.
+        __syncthreads();
+        for (int h = warp; h < NQP; h += warps) {
+            float sum = 0.0f;
+            for (int j = lane; j < p.lat_pad; j += 32) sum += __half2float(qz_s[h * L.q_ld + j]);
+            sum = device::warp_sum(sum);
+            if (lane == 0) qsum_s[h] = sum;
         }
     }
 
@@ -491,13 +499,16 @@ __global__ void __launch_bounds__(threads, 1) split_kernel(split_params<Codec> p
     }
 }
 
-/// Qz = P_hᵀ q (fp16, zero beyond d_k up to qz_ld), bias = q · μ_h and ΣQz (fp32) for head
-/// blockIdx.x and items blockIdx.y · BB …: each row of P_h is read once for BB items.
+/// Qz = P_hᵀ q (fp16, zero beyond d_k up to qz_ld) for head blockIdx.x, items blockIdx.y · BB …
+/// and latent columns blockIdx.z · aux_threads …; bias = q · μ_h from the blocks of column block
+/// 0. Each element of P_h is read once per BB items; the column blocks spread the projection
+/// over enough CTAs to fill the GPU (one CTA per head and item block left most of it idle).
+/// ΣQz of quantized codecs is summed by the split kernel from the fp16 Qz it multiplies.
 template <class Codec, int BB>
 __global__ void __launch_bounds__(aux_threads)
     project_kernel(device::cache_view<Codec> cache, const float* q, __half* qz, float* qbias,
-                   float* qsum, int layer, int batch, int n_heads, int heads_per_kv, int qz_ld) {
-    extern __shared__ __align__(16) float q_s[];  // [BB][head_dim], then sums[BB]
+                   int layer, int batch, int n_heads, int heads_per_kv, int qz_ld) {
+    extern __shared__ __align__(16) float q_s[];  // [BB][head_dim]
     const int h = int(blockIdx.x), b0 = int(blockIdx.y) * BB;
     const int nb = min(BB, batch - b0);
     const int hd = cache.head_dim;
@@ -506,53 +517,54 @@ __global__ void __launch_bounds__(aux_threads)
     const auto& lin = device::core_of(ck);
     const int d = lin.rank;
     const int first = kvh * hd;
-    float* sums = q_s + BB * hd;
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
     for (int idx = tid; idx < BB * hd; idx += aux_threads) {
         const int bb = idx / hd, r = idx - (idx / hd) * hd;
         q_s[idx] = bb < nb ? q[(std::size_t(b0 + bb) * n_heads + h) * hd + r] : 0.0f;
     }
-    for (int bb = tid; bb < BB; bb += aux_threads) sums[bb] = 0.0f;
     __syncthreads();
-    for (int j0 = 0; j0 < qz_ld; j0 += aux_threads) {
-        const int j = j0 + tid;
+    const int j = int(blockIdx.z) * aux_threads + tid;
+    if (j < qz_ld) {
         float acc[BB];
 #pragma unroll
         for (int bb = 0; bb < BB; ++bb) acc[bb] = 0.0f;
         if (j < d) {
+            const float* col = lin.basis + std::size_t(first) * d + j;
+#pragma unroll 4
             for (int r = 0; r < hd; ++r) {
-                const float w = lin.basis[std::size_t(first + r) * d + j];  // coalesced over j
+                const float w = col[std::size_t(r) * d];  // coalesced over j
 #pragma unroll
                 for (int bb = 0; bb < BB; ++bb) acc[bb] += w * q_s[bb * hd + r];
             }
         }
 #pragma unroll
-        for (int bb = 0; bb < BB; ++bb) {
-            if (bb < nb && j < qz_ld)
+        for (int bb = 0; bb < BB; ++bb)
+            if (bb < nb)
                 qz[(std::size_t(b0 + bb) * n_heads + h) * qz_ld + j] = __float2half_rn(acc[bb]);
-            const float part = device::warp_sum(acc[bb]);
-            if (lane == 0) atomicAdd(&sums[bb], part);
+    }
+    if (blockIdx.z == 0) {
+        for (int bb = warp; bb < nb; bb += aux_threads / 32) {
+            float bias = 0.0f;
+            for (int r = lane; r < hd; r += 32) bias += q_s[bb * hd + r] * lin.mean[first + r];
+            bias = device::warp_sum(bias);
+            if (lane == 0) qbias[std::size_t(b0 + bb) * n_heads + h] = bias;
         }
     }
-    for (int bb = warp; bb < nb; bb += aux_threads / 32) {
-        float bias = 0.0f;
-        for (int r = lane; r < hd; r += 32) bias += q_s[bb * hd + r] * lin.mean[first + r];
-        bias = device::warp_sum(bias);
-        if (lane == 0) qbias[std::size_t(b0 + bb) * n_heads + h] = bias;
-    }
-    __syncthreads();
-    for (int bb = tid; bb < nb; bb += aux_threads)
-        qsum[std::size_t(b0 + bb) * n_heads + h] = sums[bb];
 }
 
-/// Merges the splits of items blockIdx.y · BB … for head blockIdx.x into z̄ (shared memory) and
-/// lifts out = P_h z̄ + μ_h (zeros for an empty item); each row of P_h is read once for BB items.
+inline constexpr int lift_threads = 256;
+inline constexpr int lift_rows_per_block = 32;  // 4 rows of P_h per warp
+
+/// out = P_h z̄ + μ_h for head blockIdx.x, items blockIdx.y · BB … and output rows
+/// blockIdx.z · lift_rows_per_block …, from the merged latents z̄ [batch][n_heads][zbar_stride]
+/// (combine_kernel's output; μ only for items that saw a token). A warp per row of P_h: its
+/// lanes read the row once, coalesced, for all BB items, whose z̄ sit in shared memory.
 template <class Codec, int BB>
-__global__ void __launch_bounds__(aux_threads)
-    lift_kernel(device::cache_view<Codec> cache, const float* part_acc, const float* part_ml,
+__global__ void __launch_bounds__(lift_threads)
+    lift_kernel(device::cache_view<Codec> cache, const float* zbar, int zbar_stride,
                 const std::int32_t* kv_lengths, float* out, int layer, int batch, int n_heads,
-                int heads_per_kv, int chunk, int max_splits, int acc_stride) {
-    extern __shared__ __align__(16) float z_s[];  // [BB][acc_stride], then M[BB], inv[BB]
+                int heads_per_kv) {
+    extern __shared__ __align__(16) float z_s[];  // [BB][d]
     const int h = int(blockIdx.x), b0 = int(blockIdx.y) * BB;
     const int nb = min(BB, batch - b0);
     const int hd = cache.head_dim;
@@ -561,72 +573,43 @@ __global__ void __launch_bounds__(aux_threads)
     const auto& lin = device::core_of(cv);
     const int d = lin.rank;
     const int first = kvh * hd;
-    float* max_s = z_s + BB * acc_stride;
-    float* inv_s = max_s + BB;
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-    auto splits_of = [&](int bb) {
-        const int len = kv_lengths[b0 + bb];
-        return len > 0 ? min((len + chunk - 1) / chunk, max_splits) : 0;
-    };
-    for (int bb = warp; bb < BB; bb += aux_threads / 32) {
-        float m = -INFINITY, l = 0.0f;
-        if (bb < nb) {
-            const int splits = splits_of(bb);
-            const float* ml = part_ml + (std::size_t(b0 + bb) * n_heads + h) * max_splits * 2;
-            for (int s = lane; s < splits; s += 32) m = fmaxf(m, ml[2 * s]);
-            m = device::warp_max(m);
-            for (int s = lane; s < splits; s += 32) l += ::expf(ml[2 * s] - m) * ml[2 * s + 1];
-            l = device::warp_sum(l);
-        }
-        if (lane == 0) {
-            max_s[bb] = m;
-            inv_s[bb] = l > 0.0f ? 1.0f / l : 0.0f;
-        }
+    for (int idx = tid; idx < BB * d; idx += lift_threads) {
+        const int bb = idx / d, j = idx - (idx / d) * d;
+        z_s[idx] = bb < nb ? zbar[(std::size_t(b0 + bb) * n_heads + h) * zbar_stride + j] : 0.0f;
     }
     __syncthreads();
-    for (int idx = tid; idx < BB * acc_stride; idx += aux_threads) {
-        const int bb = idx / acc_stride, j = idx - (idx / acc_stride) * acc_stride;
-        float o = 0.0f;
-        if (bb < nb && j < d && inv_s[bb] > 0.0f) {
-            const int splits = splits_of(bb);
-            const std::size_t row = std::size_t(b0 + bb) * n_heads + h;
-            const float* ml = part_ml + row * max_splits * 2;
-            const float* acc = part_acc + row * max_splits * acc_stride;
-            for (int s = 0; s < splits; ++s)
-                o += ::expf(ml[2 * s] - max_s[bb]) * acc[std::size_t(s) * acc_stride + j];
-            o *= inv_s[bb];
-        }
-        z_s[idx] = o;
-    }
-    __syncthreads();
-    for (int r = tid; r < hd; r += aux_threads) {
+    const int r_end = min(hd, int(blockIdx.z + 1) * lift_rows_per_block);
+    for (int r = int(blockIdx.z) * lift_rows_per_block + warp; r < r_end;
+         r += lift_threads / 32) {
         const float* prow = lin.basis + std::size_t(first + r) * d;
         float acc[BB];
 #pragma unroll
         for (int bb = 0; bb < BB; ++bb) acc[bb] = 0.0f;
         if (d % 4 == 0 && (reinterpret_cast<std::uintptr_t>(prow) & 15u) == 0) {
-            for (int j = 0; j < d; j += 4) {
-                const float4 w = *reinterpret_cast<const float4*>(prow + j);
+            for (int j4 = lane; j4 < d / 4; j4 += 32) {
+                const float4 w = *reinterpret_cast<const float4*>(prow + 4 * j4);
 #pragma unroll
                 for (int bb = 0; bb < BB; ++bb) {
-                    const float4 z = *reinterpret_cast<const float4*>(z_s + bb * acc_stride + j);
+                    const float4 z = *reinterpret_cast<const float4*>(z_s + bb * d + 4 * j4);
                     acc[bb] += w.x * z.x + w.y * z.y + w.z * z.z + w.w * z.w;
                 }
             }
         } else {
-            for (int j = 0; j < d; ++j) {
+            for (int j = lane; j < d; j += 32) {
                 const float w = prow[j];
 #pragma unroll
-                for (int bb = 0; bb < BB; ++bb) acc[bb] += w * z_s[bb * acc_stride + j];
+                for (int bb = 0; bb < BB; ++bb) acc[bb] += w * z_s[bb * d + j];
             }
         }
         const float mu = lin.mean[first + r];
 #pragma unroll
         for (int bb = 0; bb < BB; ++bb) {
+            const float v = device::warp_sum(acc[bb]);
             // Σ a = 1 after normalization; an empty item has no tokens and gives zeros, not μ.
-            if (bb < nb)
+            if (lane == 0 && bb < nb)
                 out[(std::size_t(b0 + bb) * n_heads + h) * hd + r] =
-                    (inv_s[bb] > 0.0f ? mu : 0.0f) + acc[bb];
+                    (kv_lengths[b0 + bb] > 0 ? mu : 0.0f) + v;
         }
     }
 }
@@ -802,21 +785,26 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
         sp.lat_pad = pl.lat_pad;
         sp.raw_ld = pl.raw_ld;
         sp.scale = p.scale == 0.0f ? 1.0f / std::sqrt(float(cache.head_dim)) : p.scale;
-        // fp16 Qz lives in the latent-query floats (two halves per float), bias and ΣQz in the
-        // bias floats.
+        // fp16 Qz lives in the latent-query floats (two halves per float); the bias floats hold
+        // the biases, then (16-byte aligned) the merged latents z̄ the lift reads.
         __half* qz = reinterpret_cast<__half*>(ws.latent_queries(rows * pl.lat_pad / 2 + 1));
-        float* bias = ws.latent_bias(2 * rows);
+        // z̄ rows are max_latent_width wide (the V codec's own width d is known on the device
+        // only): the merge fills them, the lift reads the first d.
+        const int zw = cache.max_latent_width;
+        const std::size_t zbar_offset = (rows + 3) / 4 * 4;
+        float* bias = ws.latent_bias(zbar_offset + rows * std::size_t(cache.max_latent_width));
+        float* zbar = bias + zbar_offset;
         sp.qz = qz;
         sp.qbias = bias;
-        sp.qsum = bias + rows;
         sp.part_acc = ws.partial_acc(rows * pl.splits * pl.acc_stride);
         sp.part_ml = ws.partial_ml(rows * pl.splits * 2);
 
         constexpr int BB = lt::items_per_block;
-        const dim3 aux_grid(unsigned(H), unsigned((p.batch + BB - 1) / BB));
-        const std::size_t project_smem = sizeof(float) * (BB * cache.head_dim + BB);
-        lt::project_kernel<Codec, BB><<<aux_grid, lt::aux_threads, project_smem, stream>>>(
-            cache, p.q, qz, bias, bias + rows, p.layer, p.batch, H, G, pl.lat_pad);
+        const std::size_t project_smem = sizeof(float) * BB * cache.head_dim;
+        const dim3 project_grid(unsigned(H), unsigned((p.batch + BB - 1) / BB),
+                                unsigned((pl.lat_pad + lt::aux_threads - 1) / lt::aux_threads));
+        lt::project_kernel<Codec, BB><<<project_grid, lt::aux_threads, project_smem, stream>>>(
+            cache, p.q, qz, bias, p.layer, p.batch, H, G, pl.lat_pad);
         KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention project_kernel");
 
         if (pl.mt == 1) {
@@ -827,15 +815,22 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
             lt::launch_split_mt<Codec, 4>(sp, pl, p.batch, stream);
         }
 
-        const std::size_t lift_smem = sizeof(float) * (BB * std::size_t(pl.acc_stride) + 2 * BB);
+        // Merge the splits of every (item, head) into z̄ (one CTA each), then lift.
+        detail::combine_kernel<128><<<dim3(unsigned(p.batch), unsigned(H)), 128, 0, stream>>>(
+            sp.part_acc, sp.part_ml, p.kv_lengths, zbar, zw, pl.chunk, pl.splits,
+            pl.acc_stride);
+        KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention combine_kernel");
+        const std::size_t lift_smem = sizeof(float) * BB * std::size_t(zw);
         auto lift = lt::lift_kernel<Codec, BB>;
         if (lift_smem > 48 * 1024) {
             KVCAR_CUDA_CHECK(cudaFuncSetAttribute(
                 lift, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lift_smem)));
         }
-        lift<<<aux_grid, lt::aux_threads, lift_smem, stream>>>(
-            cache, sp.part_acc, sp.part_ml, p.kv_lengths, p.out, p.layer, p.batch, H, G,
-            pl.chunk, pl.splits, pl.acc_stride);
+        const dim3 lift_grid(
+            unsigned(H), unsigned((p.batch + BB - 1) / BB),
+            unsigned((cache.head_dim + lt::lift_rows_per_block - 1) / lt::lift_rows_per_block));
+        lift<<<lift_grid, lt::lift_threads, lift_smem, stream>>>(
+            cache, zbar, zw, p.kv_lengths, p.out, p.layer, p.batch, H, G);
         KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention lift_kernel");
         ws.last_splits = pl.splits;
         ws.last_chunk = pl.chunk;
