@@ -28,12 +28,10 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
 #include <tuple>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -59,14 +57,6 @@ using kvcar::require;
 namespace {
 
 const std::string tool = "kvcar-calibrate";
-
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    require(bool(in), tool + ": cannot open '" + path + "'");
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
 
 /// "0,1,2", "2-5", "0,3-5" or "all" -> the set of layers, each in [0, n_layers).
 std::set<int> parse_layers(const std::string& text, int n_layers) {
@@ -183,14 +173,12 @@ std::string slot_name(int layer, int group, kv_kind kind) {
 }
 
 int run(int argc, char** argv) {
-    std::vector<ex::option_spec> specs;
-    for (const ex::option_spec& s : ex::model_options_spec("identity-f16"))
-        if (s.name != "kv") specs.push_back(s);  // calibration always collects exact K/V
+    // No --kv: calibration always collects exact K/V.
+    std::vector<ex::option_spec> specs = ex::codec_fitting_options_spec();
+    specs.push_back({"out", "PATH", "codec file to write (required)"});
+    for (const ex::option_spec& s : ex::text_options_spec("calibration text", "default 32768; 0 = all"))
+        specs.push_back(s);
     specs.insert(specs.end(), {
-        {"out", "PATH", "codec file to write (required)"},
-        {"text", "FILE", "calibration text, read as it is (default: shared/data/wikitext-2/"
-                         "wiki.valid.tokens)"},
-        {"max-tokens", "N", "use only the first N tokens of the text (default 32768; 0 = all)"},
         {"ctx", "N", "window length when collecting K/V (default 512, at most the context)"},
         {"codec", "NAME", "linear | autoencoder | identity (default linear)"},
         {"group", "head|layer", "a codec per KV head or per layer's whole K/V (default layer)"},
@@ -309,10 +297,10 @@ int run(int argc, char** argv) {
     require(train_rows >= 0, tool + ": --train-rows must not be negative");
 
     // --- 1. the calibration text and its K/V ---
-    const std::string text_path =
-        cl.get("text", ex::shared_data_dir() + "/wikitext-2/wiki.valid.tokens");
     const auto start = ex::clock_type::now();
-    const std::vector<int> ids = tokenizer.encode(read_file(text_path), tokenizer.is_llama2c());
+    const ex::tokenized_text text = ex::read_text_option(cl, tokenizer);
+    const std::string& text_path = text.path;
+    const std::vector<int>& ids = text.ids;
     std::fprintf(stderr, "model: %s (%s)\n", model.path().c_str(), model.describe().c_str());
     std::fprintf(stderr, "text: %s, %zu tokens, using %zu in windows of %d\n", text_path.c_str(),
                  ids.size(),

@@ -5,7 +5,12 @@
 //   kvcar-finetune  --model M --codec-file ae.kvc --out ae-ft.kvc --time-limit 600
 //   kvcar-perplexity --model M --kv file:ae-ft.kvc
 //
-// Loss per window (examples/models/gpt2_train.hpp): mean next-token cross-entropy of the model
+// Models: GPT-2 (examples/models/gpt2_train.hpp) and Llama (examples/models/llama_train.hpp; the
+// keys seen by the codecs are the ones --keys caches, as in kvcar-perplexity). Codec files may
+// reuse K/V groups between layers (kvcar-calibrate --reuse-*, the paper's Algorithm 2): a
+// reused group reads the slot it reuses, so that slot's autoencoder is trained for both layers.
+//
+// Loss per window (examples/models/kv_train.hpp): mean next-token cross-entropy of the model
 // whose attention reads K/V through the codecs, plus --l1 × Σ over autoencoder slots of
 // mean |x̂ − x| (the paper's "scaled L1"). Only the autoencoders' weights change, in their folded
 // form (BatchNorm merged into the FC before it): that is the network inference runs, so
@@ -27,16 +32,16 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <random>
-#include <sstream>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "kvcar/codec/any.hpp"
 #include "kvcar/io/codec_file.hpp"
 
 #include "examples/models/gpt2_train.hpp"
+#include "examples/models/llama_train.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tool_common.hpp"
 
@@ -47,14 +52,6 @@ using kvcar::require;
 namespace {
 
 const std::string tool = "kvcar-finetune";
-
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    require(bool(in), tool + ": cannot open '" + path + "'");
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
 
 /// A window: inputs ids[begin, begin + ctx), targets ids[begin + 1, begin + ctx + 1).
 struct window {
@@ -71,16 +68,49 @@ void shuffle(std::vector<window>& v, std::mt19937_64& rng) {
     }
 }
 
+/// The stage-2 trainer of whichever model was loaded (both have the same interface).
+class kv_trainer {
+public:
+    kv_trainer(const ex::language_model& model, const io::codec_set& set,
+               const ex::kv_finetune_params& params)
+        : impl_(make(model, set, params)) {}
+
+    ex::kv_finetune_loss loss(std::span<const int> inputs, std::span<const int> targets,
+                              ex::ae_gradients<float>* gradient = nullptr, float scale = 1.0f) {
+        return std::visit([&](auto& t) { return t.loss(inputs, targets, gradient, scale); }, impl_);
+    }
+    std::vector<ex::folded_ae_weights<float>>& autoencoders() {
+        return std::visit([](auto& t) -> auto& { return t.autoencoders(); }, impl_);
+    }
+    ex::ae_gradients<float> zero_gradient() const {
+        return std::visit([](const auto& t) { return t.zero_gradient(); }, impl_);
+    }
+    io::codec_set trained_codec_set() const {
+        return std::visit([](const auto& t) { return t.trained_codec_set(); }, impl_);
+    }
+
+private:
+    using variant = std::variant<ex::gpt2_kv_trainer<float>, ex::llama_kv_trainer<float>>;
+    static variant make(const ex::language_model& model, const io::codec_set& set,
+                        const ex::kv_finetune_params& params) {
+        if (const ex::gpt2_model* g = model.as_gpt2())
+            return variant(std::in_place_index<0>, *g, set, params);
+        if (const ex::llama_model* l = model.as_llama())
+            return variant(std::in_place_index<1>, *l, set, params);
+        throw kvcar::error(tool + ": " + model.path() + " is a " + model.architecture() +
+                           " model; fine-tuning supports GPT-2 and Llama");
+    }
+    variant impl_;
+};
+
 int run(int argc, char** argv) {
-    std::vector<ex::option_spec> specs;
-    for (const ex::option_spec& s : ex::model_options_spec("identity-f16"))
-        if (s.name != "kv" && s.name != "keys") specs.push_back(s);
+    std::vector<ex::option_spec> specs = ex::codec_fitting_options_spec();
+    specs.push_back({"codec-file", "PATH", "stage-1 codec file with autoencoder slots (required)"});
+    specs.push_back(
+        {"out", "PATH", "codec file to write, the fine-tuned autoencoders in place (required)"});
+    for (const ex::option_spec& s : ex::text_options_spec("training text", "default: all"))
+        specs.push_back(s);
     specs.insert(specs.end(), {
-        {"codec-file", "PATH", "stage-1 codec file with autoencoder slots (required)"},
-        {"out", "PATH", "codec file to write, the fine-tuned autoencoders in place (required)"},
-        {"text", "FILE", "training text, read as it is (default: shared/data/wikitext-2/"
-                         "wiki.valid.tokens)"},
-        {"max-tokens", "N", "use only the first N tokens of the text (default: all)"},
         {"ctx", "N", "window length in tokens (default 128); train at the context the cache will "
                      "serve: autoencoders tuned on short windows can hurt later positions "
                      "(docs/results/stage2.md)"},
@@ -134,24 +164,35 @@ int run(int argc, char** argv) {
 
     const ex::language_model model =
         ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
-    const ex::gpt2_model* gpt2 = model.as_gpt2();
-    require(gpt2 != nullptr, tool + ": only GPT-2 models are supported so far (" +
-                                 model.path() + " is " + model.architecture() + ")");
     require(ctx <= model.max_positions(), tool + ": --ctx " + std::to_string(ctx) +
                                               " exceeds the model's context of " +
                                               std::to_string(model.max_positions()));
     const io::codec_set set = io::load_codec_set(in_path, model.cache_geometry());
     const int threads = ex::resolve_threads(int(cl.get_int("threads", 0)));
     const ex::kv_finetune_params params{.l1_weight = float(l1), .threads = threads};
-    ex::gpt2_kv_trainer<float> trainer(*gpt2, set, params);
+    if (!model.is_gpt2()) {
+        // The codec must see the keys it was fitted to; kvcar-calibrate notes which ones.
+        const std::string other = model.options().keys == ex::cached_keys::post_rope
+                                      ? "keys=pre-rope"
+                                      : "keys=post-rope";
+        require(set.calibration.notes.find(other) == std::string::npos,
+                tool + ": " + in_path + " was fitted to " + other.substr(5) + " keys (its notes: '" +
+                    set.calibration.notes + "') but --keys caches them " +
+                    ex::to_string(model.options().keys) + "; pass the same --keys as to "
+                    "kvcar-calibrate");
+    }
+    kv_trainer trainer(model, set, params);
     require(!trainer.autoencoders().empty(),
-            tool + ": " + in_path + " has no autoencoder slot; nothing to fine-tune");
+            tool + ": " + in_path + " has no autoencoder slot; nothing to fine-tune (identity "
+                   "and linear slots are kept fixed; for an identity file with reused heads, "
+                   "kvcar-calibrate --codec autoencoder --ratio 1.0 gives the same bytes with "
+                   "trainable slots)");
 
     // --- data ---
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
-    const std::string text_path =
-        cl.get("text", ex::shared_data_dir() + "/wikitext-2/wiki.valid.tokens");
-    std::vector<int> ids = tokenizer.encode(read_file(text_path), false);
+    ex::tokenized_text text = ex::read_text_option(cl, tokenizer);
+    const std::string& text_path = text.path;
+    std::vector<int>& ids = text.ids;
     const std::size_t total_tokens = ids.size();
     if (max_tokens > 0 && ids.size() > std::size_t(max_tokens)) ids.resize(std::size_t(max_tokens));
     std::vector<window> windows;
@@ -180,7 +221,7 @@ int run(int argc, char** argv) {
     const auto span_of = [&](const window& w, int offset) {
         return std::span<const int>(&ids[w.begin + std::size_t(offset)], std::size_t(ctx));
     };
-    const auto evaluate = [&](ex::gpt2_kv_trainer<float>& t) {
+    const auto evaluate = [&](kv_trainer& t) {
         ex::kv_finetune_loss sum;
         for (const window& w : eval) {
             const ex::kv_finetune_loss l = t.loss(span_of(w, 0), span_of(w, 1));
@@ -195,8 +236,8 @@ int run(int argc, char** argv) {
     double exact_ce = NAN, ce_before = NAN, best_ce = NAN;
     long long best_step = 0;
     if (!eval.empty()) {
-        ex::gpt2_kv_trainer<float> exact(
-            *gpt2,
+        kv_trainer exact(
+            model,
             io::codec_set::identity(model.cache_geometry(), set.heads_per_group,
                                     kvcar::latent_storage::f32),
             params);
