@@ -98,49 +98,17 @@ Real gelu_grad(Real x) {
 /// GPT-2 with a codec set's K/V codecs inserted: the loss of a window and its gradient with
 /// respect to every autoencoder slot's (folded) weights; the model itself is frozen.
 template <std::floating_point Real>
-class gpt2_kv_trainer {
+class gpt2_kv_trainer : public kv_trainer_base<gpt2_kv_trainer<Real>, gpt2_config, Real> {
+    using base = kv_trainer_base<gpt2_kv_trainer<Real>, gpt2_config, Real>;
+    friend base;
+
 public:
     /// Copies the model's weights (as Real) and the set's codecs; `set` must be made for the
     /// model's geometry.
     gpt2_kv_trainer(const gpt2_model& model, const io::codec_set& set, kv_finetune_params params)
-        : config_(model.config()),
-          params_(checked(params)),
-          threads_(resolve_threads(params.threads)),
-          codecs_(set, model.cache_geometry(), "gpt2_kv_trainer", threads_) {
+        : base(model.config(), set, model.cache_geometry(), params, "gpt2_kv_trainer") {
         copy_weights(model.weights());
     }
-
-    const gpt2_config& config() const { return config_; }
-    const kv_finetune_params& params() const { return params_; }
-    /// The trained autoencoders (one per autoencoder slot, in slot order) — an optimizer
-    /// updates these in place.
-    std::vector<folded_ae_weights<Real>>& autoencoders() { return codecs_.autoencoders(); }
-    const std::vector<folded_ae_weights<Real>>& autoencoders() const {
-        return codecs_.autoencoders();
-    }
-    /// Which slot autoencoders()[i] is.
-    slot_owner autoencoder_slot(int i) const { return codecs_.autoencoder_slot(i); }
-
-    /// A zero gradient shaped like autoencoders().
-    ae_gradients<Real> zero_gradient() const { return codecs_.zero_gradient(); }
-
-    /// The loss of `inputs` (one sequence from position 0) predicting `targets` (same length:
-    /// targets[t] is the token after inputs[t]). With `gradient` (shaped like zero_gradient()),
-    /// adds `gradient_scale` · ∂loss/∂weights into it, so windows of a batch accumulate.
-    kv_finetune_loss loss(std::span<const int> inputs, std::span<const int> targets,
-                          ae_gradients<Real>* gradient = nullptr, Real gradient_scale = Real(1)) {
-        train_detail::check_window("gpt2_kv_trainer", inputs, targets, config_.vocab_size,
-                                   config_.max_positions);
-        if (gradient) codecs_.check_gradient(*gradient);
-        resize(int(inputs.size()));
-        kv_finetune_loss result = forward(inputs, targets);
-        if (gradient) backward(*gradient, gradient_scale);
-        return result;
-    }
-
-    /// `set` (as given to the constructor) with every autoencoder slot replaced by the trained
-    /// weights; throws if a weight is not finite.
-    io::codec_set trained_codec_set() const { return codecs_.trained_codec_set(); }
 
 private:
     struct layer_weights {
@@ -158,12 +126,10 @@ private:
         std::vector<Real> ff_pre, ff_act;  // [n][F]
     };
 
-    static kv_finetune_params checked(kv_finetune_params p) {
-        require(std::isfinite(p.l1_weight) && p.l1_weight >= 0.0f,
-                "gpt2_kv_trainer: l1_weight must be finite and not negative");
-        require(p.threads >= 0, "gpt2_kv_trainer: threads must not be negative");
-        return p;
-    }
+    using base::codecs_;
+    using base::config_;
+    using base::params_;
+    using base::threads_;
 
     void copy_weights(const gpt2_weights& w) {
         using train_detail::to_real;
@@ -317,10 +283,6 @@ private:
         }
     }
 
-    gpt2_config config_;
-    kv_finetune_params params_;
-    int threads_ = 1;
-    kv_codec_slots<Real> codecs_;
 
     std::vector<Real> wte_, wpe_, head_, lnf_w_, lnf_b_;
     std::vector<layer_weights> layers_;

@@ -682,6 +682,73 @@ private:
     int n_ = -1;
 };
 
+/// What every model's stage-2 trainer shares: the configuration, the codec slots being trained
+/// and the public face (the loss of a window and its gradient with respect to the autoencoders).
+/// `Model` (CRTP) supplies the model: `resize(n)` for an n-token window, `forward(inputs,
+/// targets)` returning the loss and keeping what backward needs, and `backward(gradient,
+/// scale)` adding scale · ∂loss/∂weights into the gradient.
+template <class Model, class Config, std::floating_point Real>
+class kv_trainer_base {
+public:
+    /// The model's configuration as copied.
+    const Config& config() const { return config_; }
+    /// The loss weights and threads this trainer was made with.
+    const kv_finetune_params& params() const { return params_; }
+    /// The trained autoencoders (one per autoencoder slot, in slot order) — an optimizer
+    /// updates these in place.
+    std::vector<folded_ae_weights<Real>>& autoencoders() { return codecs_.autoencoders(); }
+    /// The trained autoencoders, read-only.
+    const std::vector<folded_ae_weights<Real>>& autoencoders() const {
+        return codecs_.autoencoders();
+    }
+    /// Which slot autoencoders()[i] is.
+    slot_owner autoencoder_slot(int i) const { return codecs_.autoencoder_slot(i); }
+    /// A zero gradient shaped like autoencoders().
+    ae_gradients<Real> zero_gradient() const { return codecs_.zero_gradient(); }
+
+    /// The loss of `inputs` (one sequence from position 0) predicting `targets` (same length:
+    /// targets[t] is the token after inputs[t]). With `gradient` (shaped like zero_gradient()),
+    /// adds `gradient_scale` · ∂loss/∂weights into it, so windows of a batch accumulate.
+    kv_finetune_loss loss(std::span<const int> inputs, std::span<const int> targets,
+                          ae_gradients<Real>* gradient = nullptr, Real gradient_scale = Real(1)) {
+        train_detail::check_window(who_, inputs, targets, config_.vocab_size,
+                                   config_.max_positions);
+        if (gradient) codecs_.check_gradient(*gradient);
+        Model& model = static_cast<Model&>(*this);
+        model.resize(int(inputs.size()));
+        kv_finetune_loss result = model.forward(inputs, targets);
+        if (gradient) model.backward(*gradient, gradient_scale);
+        return result;
+    }
+
+    /// The codec set given to the constructor with every autoencoder slot replaced by the
+    /// trained weights; throws if a weight is not finite.
+    io::codec_set trained_codec_set() const { return codecs_.trained_codec_set(); }
+
+protected:
+    /// Copies `config` and the set's codecs (`set` must be made for `geometry`); `who` names the
+    /// trainer in error messages.
+    kv_trainer_base(Config config, const io::codec_set& set, const kv_geometry& geometry,
+                    kv_finetune_params params, const std::string& who)
+        : config_(std::move(config)), params_(checked(params, who)),
+          threads_(resolve_threads(params.threads)), who_(who),
+          codecs_(set, geometry, who, threads_) {}
+
+    Config config_;
+    kv_finetune_params params_;
+    int threads_ = 1;
+    std::string who_;
+    kv_codec_slots<Real> codecs_;
+
+private:
+    static kv_finetune_params checked(kv_finetune_params p, const std::string& who) {
+        require(std::isfinite(p.l1_weight) && p.l1_weight >= 0.0f,
+                who + ": l1_weight must be finite and not negative");
+        require(p.threads >= 0, who + ": threads must not be negative");
+        return p;
+    }
+};
+
 /// Adam (β1 0.9, β2 0.999, ε 1e-8, bias-corrected, no weight decay) over every tensor of a set
 /// of autoencoders, with optional gradient-norm clipping.
 template <std::floating_point Real>

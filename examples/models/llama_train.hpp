@@ -120,50 +120,21 @@ struct rope_table {
 /// respect to every autoencoder slot's (folded) weights; the model itself is frozen. The codecs
 /// see the keys as the model's options say the cache stores them (model.options().keys).
 template <std::floating_point Real>
-class llama_kv_trainer {
+class llama_kv_trainer : public kv_trainer_base<llama_kv_trainer<Real>, llama_config, Real> {
+    using base = kv_trainer_base<llama_kv_trainer<Real>, llama_config, Real>;
+    friend base;
+
 public:
     /// Copies the model's weights (as Real) and the set's codecs; `set` must be made for the
     /// model's geometry.
     llama_kv_trainer(const llama_model& model, const io::codec_set& set, kv_finetune_params params)
-        : config_(model.config()),
-          keys_(model.options().keys),
-          params_(checked(params)),
-          threads_(resolve_threads(params.threads)),
-          codecs_(set, model.cache_geometry(), "llama_kv_trainer", threads_) {
+        : base(model.config(), set, model.cache_geometry(), params, "llama_kv_trainer"),
+          keys_(model.options().keys) {
         copy_weights(model.weights());
     }
 
-    const llama_config& config() const { return config_; }
+    /// How the codecs see the keys: as the model's cache stores them (before or after RoPE).
     cached_keys keys() const { return keys_; }
-    const kv_finetune_params& params() const { return params_; }
-    /// The trained autoencoders (one per autoencoder slot, in slot order) — an optimizer
-    /// updates these in place.
-    std::vector<folded_ae_weights<Real>>& autoencoders() { return codecs_.autoencoders(); }
-    const std::vector<folded_ae_weights<Real>>& autoencoders() const {
-        return codecs_.autoencoders();
-    }
-    /// Which slot autoencoders()[i] is.
-    slot_owner autoencoder_slot(int i) const { return codecs_.autoencoder_slot(i); }
-    /// A zero gradient shaped like autoencoders().
-    ae_gradients<Real> zero_gradient() const { return codecs_.zero_gradient(); }
-
-    /// The loss of `inputs` (one sequence from position 0) predicting `targets` (same length:
-    /// targets[t] is the token after inputs[t]). With `gradient` (shaped like zero_gradient()),
-    /// adds `gradient_scale` · ∂loss/∂weights into it, so windows of a batch accumulate.
-    kv_finetune_loss loss(std::span<const int> inputs, std::span<const int> targets,
-                          ae_gradients<Real>* gradient = nullptr, Real gradient_scale = Real(1)) {
-        train_detail::check_window("llama_kv_trainer", inputs, targets, config_.vocab_size,
-                                   config_.max_positions);
-        if (gradient) codecs_.check_gradient(*gradient);
-        resize(int(inputs.size()));
-        kv_finetune_loss result = forward(inputs, targets);
-        if (gradient) backward(*gradient, gradient_scale);
-        return result;
-    }
-
-    /// `set` (as given to the constructor) with every autoencoder slot replaced by the trained
-    /// weights; throws if a weight is not finite.
-    io::codec_set trained_codec_set() const { return codecs_.trained_codec_set(); }
 
 private:
     struct layer_weights {
@@ -181,12 +152,10 @@ private:
         std::vector<Real> gate, up;      // [n][F]: before the activation
     };
 
-    static kv_finetune_params checked(kv_finetune_params p) {
-        require(std::isfinite(p.l1_weight) && p.l1_weight >= 0.0f,
-                "llama_kv_trainer: l1_weight must be finite and not negative");
-        require(p.threads >= 0, "llama_kv_trainer: threads must not be negative");
-        return p;
-    }
+    using base::codecs_;
+    using base::config_;
+    using base::params_;
+    using base::threads_;
 
     void copy_weights(const llama_weights& w) {
         using train_detail::to_real;
@@ -352,11 +321,7 @@ private:
         }
     }
 
-    llama_config config_;
     cached_keys keys_;
-    kv_finetune_params params_;
-    int threads_ = 1;
-    kv_codec_slots<Real> codecs_;
 
     std::vector<Real> embed_, head_, final_norm_;
     std::vector<layer_weights> layers_;
