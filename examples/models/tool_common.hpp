@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -156,6 +157,18 @@ inline std::vector<option_spec> model_options_spec(const std::string& default_kv
         {"keys", "post|pre", "Llama: cache keys after RoPE (default) or before (RoPE on read)"},
         {"threads", "N", "matmul threads (default: all hardware threads)"},
     };
+}
+
+/// A tool's whole main(): runs `run(argc, argv)` and turns any exception into "error: <what>"
+/// on stderr and exit status 1, so every tool fails the same way on bad input.
+template <class Run>
+int tool_main(int argc, char** argv, Run run) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
 }
 
 /// --device, for the tools that have a CUDA path (generate, perplexity).
