@@ -17,6 +17,7 @@
 
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
+#include "kvcar/storage/host_pool.hpp"
 #include "kvcar/storage/page_view.hpp"
 
 namespace kvcar {
@@ -34,7 +35,7 @@ public:
     };
 
     /// Pools are 256-byte aligned, so a slot's records start on a boundary any vector load likes.
-    static constexpr std::size_t pool_alignment = 256;
+    static constexpr std::size_t pool_alignment = host_pool_alignment;
 
     /// Allocates max_sequences x max_tokens records of `record_bytes_per_slot[s]` bytes for every
     /// slot s. Throws kvcar::error when a count is not positive, there is no slot, or a record size
@@ -56,7 +57,7 @@ public:
         in_use_.assign(std::size_t(p.max_sequences), 0);
         pools_.reserve(record_bytes_.size());
         for (std::size_t bytes : record_bytes_) {
-            pools_.push_back(allocate(region_records() * bytes));
+            pools_.push_back(allocate_host_pool(region_records() * bytes));
         }
     }
 
@@ -119,22 +120,6 @@ public:
     std::size_t bytes_allocated() const { return region_records() * bytes_per_token(); }
 
 private:
-    struct aligned_delete {
-        void operator()(std::byte* p) const {
-            ::operator delete[](p, std::align_val_t(pool_alignment));
-        }
-    };
-    using pool_ptr = std::unique_ptr<std::byte[], aligned_delete>;
-
-    // The one place this storage allocates (a device allocator replaces this). Zeroed, so a
-    // kernel that loads a whole tile and masks the tail never reads NaN garbage (NaN * 0 = NaN).
-    static pool_ptr allocate(std::size_t bytes) {
-        void* raw = ::operator new[](bytes, std::align_val_t(pool_alignment));
-        auto* p = static_cast<std::byte*>(raw);
-        std::memset(p, 0, bytes);
-        return pool_ptr(p);
-    }
-
     std::size_t region_records() const {
         return std::size_t(params_.max_sequences) * std::size_t(params_.max_tokens);
     }
@@ -144,21 +129,13 @@ private:
         return sum;
     }
     void check_sequence(int sequence) const {
-        if (sequence < 0 || sequence >= params_.max_sequences) {
-            throw error("kvcar: contiguous_storage: sequence " + std::to_string(sequence) +
-                        " out of range [0, " + std::to_string(params_.max_sequences) + ")");
-        }
+        check_index("contiguous_storage", "sequence", sequence, params_.max_sequences);
     }
-    void check_slot(int slot) const {
-        if (slot < 0 || slot >= num_slots()) {
-            throw error("kvcar: contiguous_storage: slot " + std::to_string(slot) +
-                        " out of range [0, " + std::to_string(num_slots()) + ")");
-        }
-    }
+    void check_slot(int slot) const { check_index("contiguous_storage", "slot", slot, num_slots()); }
 
     params params_;
     std::vector<std::size_t> record_bytes_;
-    std::vector<pool_ptr> pools_;
+    std::vector<host_pool> pools_;
     std::vector<std::int32_t> block_table_;  // [sequence] -> its page (itself)
     std::vector<char> in_use_;
 };

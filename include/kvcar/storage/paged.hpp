@@ -18,6 +18,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/storage/page_table.hpp"
+#include "kvcar/storage/host_pool.hpp"
 #include "kvcar/storage/page_view.hpp"
 
 namespace kvcar {
@@ -37,7 +38,7 @@ public:
     };
 
     /// Pools are 256-byte aligned, so a slot's records start on a boundary any vector load likes.
-    static constexpr std::size_t pool_alignment = 256;
+    static constexpr std::size_t pool_alignment = host_pool_alignment;
     /// What block-table entries of pages a sequence does not hold contain: a real page, so a
     /// kernel that speculatively loads past a sequence's end stays inside the pool. The number of
     /// pages held, not the table, says which entries are live.
@@ -59,7 +60,7 @@ public:
         }
         pools_.reserve(record_bytes_.size());
         for (std::size_t bytes : record_bytes_) {
-            pools_.push_back(allocate(std::size_t(p.num_pages) * std::size_t(p.page_size) * bytes));
+            pools_.push_back(allocate_host_pool(std::size_t(p.num_pages) * std::size_t(p.page_size) * bytes));
         }
     }
 
@@ -147,44 +148,20 @@ public:
     }
 
 private:
-    struct aligned_delete {
-        void operator()(std::byte* p) const {
-            ::operator delete[](p, std::align_val_t(pool_alignment));
-        }
-    };
-    using pool_ptr = std::unique_ptr<std::byte[], aligned_delete>;
-
-    // The one place this storage allocates (a device allocator replaces this). Zeroed, so a
-    // kernel that loads a whole page and masks the tail never reads NaN garbage (NaN * 0 = NaN).
-    static pool_ptr allocate(std::size_t bytes) {
-        void* raw = ::operator new[](bytes, std::align_val_t(pool_alignment));
-        auto* p = static_cast<std::byte*>(raw);
-        std::memset(p, 0, bytes);
-        return pool_ptr(p);
-    }
-
     std::size_t bytes_per_page() const {
         std::size_t sum = 0;
         for (std::size_t b : record_bytes_) sum += b;
         return sum * std::size_t(params_.page_size);
     }
     void check_sequence(int sequence) const {
-        if (sequence < 0 || sequence >= params_.max_sequences) {
-            throw error("kvcar: paged_storage: sequence " + std::to_string(sequence) +
-                        " out of range [0, " + std::to_string(params_.max_sequences) + ")");
-        }
+        check_index("paged_storage", "sequence", sequence, params_.max_sequences);
     }
-    void check_slot(int slot) const {
-        if (slot < 0 || slot >= num_slots()) {
-            throw error("kvcar: paged_storage: slot " + std::to_string(slot) +
-                        " out of range [0, " + std::to_string(num_slots()) + ")");
-        }
-    }
+    void check_slot(int slot) const { check_index("paged_storage", "slot", slot, num_slots()); }
 
     params params_;
     std::vector<std::size_t> record_bytes_;
     page_table pages_;  // block table, pages held, free list
-    std::vector<pool_ptr> pools_;
+    std::vector<host_pool> pools_;
 };
 
 }  // namespace kvcar
