@@ -167,11 +167,17 @@ template <kv_codec Codec, int BLOCK_THREADS, int TILE_TOKENS, int MAX_LATENT = 1
           int MAX_HIDDEN = 128>
 class block_decode {
 public:
+    /// Static shared memory for one block's decoder: TILE_TOKENS · (MAX_LATENT + MAX_HIDDEN)
+    /// floats. Declare it `__shared__`, one per block.
     struct TempStorage {
+        /// The tile's latents, then (autoencoder) its hidden activations.
         float scratch[TILE_TOKENS * (MAX_LATENT + MAX_HIDDEN)];
     };
 
+    /// Decoder using static shared memory `temp`; valid only for codecs with fits(c).
     __device__ explicit block_decode(TempStorage& temp) : scratch_(temp.scratch) {}
+    /// Decoder using `dynamic_scratch`: decode_scratch_floats(c, TILE_TOKENS) floats of shared
+    /// memory (e.g. the kernel's `extern __shared__` buffer), for any latent and hidden width.
     __device__ explicit block_decode(float* dynamic_scratch) : scratch_(dynamic_scratch) {}
 
     /// Whether TempStorage is large enough for `c`.
@@ -195,13 +201,20 @@ private:
 template <kv_codec Codec, int TILE_TOKENS, int MAX_LATENT = 128, int MAX_HIDDEN = 128>
 class warp_decode {
 public:
+    /// Static shared memory for one warp's decoder: TILE_TOKENS · (MAX_LATENT + MAX_HIDDEN)
+    /// floats. Declare a `__shared__` array of these, one per warp.
     struct TempStorage {
+        /// The tile's latents, then (autoencoder) its hidden activations.
         float scratch[TILE_TOKENS * (MAX_LATENT + MAX_HIDDEN)];
     };
 
+    /// Decoder using this warp's static shared memory `temp`; valid only for codecs with fits(c).
     __device__ explicit warp_decode(TempStorage& temp) : scratch_(temp.scratch) {}
+    /// Decoder using `dynamic_scratch`: this warp's own decode_scratch_floats(c, TILE_TOKENS)
+    /// floats of shared memory, for any latent and hidden width.
     __device__ explicit warp_decode(float* dynamic_scratch) : scratch_(dynamic_scratch) {}
 
+    /// Whether TempStorage is large enough for `c`.
     __host__ __device__ static bool fits(const Codec& c) {
         return decode_scratch_floats(c, TILE_TOKENS) <= TILE_TOKENS * (MAX_LATENT + MAX_HIDDEN);
     }

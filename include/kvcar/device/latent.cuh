@@ -38,15 +38,21 @@ namespace kvcar::device {
 /// All BLOCK_THREADS threads of a one-dimensional block.
 template <int BLOCK_THREADS>
 struct block_group {
+    /// Threads in the group; must equal blockDim.x (group loops stride by it from rank()).
     static constexpr int size = BLOCK_THREADS;
+    /// This thread's index in the group, 0 .. size - 1 (threadIdx.x).
     __device__ int rank() const { return int(threadIdx.x); }
+    /// Barrier for the whole block (__syncthreads): every thread of the block must reach it.
     __device__ void sync() const { __syncthreads(); }
 };
 
 /// The 32 lanes of the calling warp (all must be converged at the call).
 struct warp_group {
+    /// Lanes in a warp.
     static constexpr int size = 32;
+    /// The lane index, 0 .. 31 (blocks are one-dimensional, so threadIdx.x mod 32).
     __device__ int rank() const { return int(threadIdx.x) & 31; }
+    /// Barrier and memory fence for the 32 lanes (__syncwarp with a full mask).
     __device__ void sync() const { __syncwarp(); }
 };
 
@@ -72,9 +78,13 @@ __device__ inline float warp_min(float x) {
 // Element conversion. The same values as kvcar::to_float (the conversions are exact), through
 // the hardware converter where there is one.
 
+/// An f32 element: the value itself.
 __device__ inline float load_float(float x) { return x; }
+/// An IEEE binary16 element, through the hardware half → float conversion (exact).
 __device__ inline float load_float(f16 x) { return __half2float(__ushort_as_half(x.bits)); }
+/// A bfloat16 element: its 16 bits are the top half of the f32 with the same value.
 __device__ inline float load_float(bf16 x) { return __uint_as_float(std::uint32_t(x.bits) << 16); }
+/// An FP8 E4M3 (OCP, finite-only) element; 0x7f and 0xff give NaN, every other code is exact.
 __device__ inline float load_float(fp8_e4m3 x) {
     // E4M3 and binary16 differ only in exponent bias (7 vs 15) and width: the bits shifted into a
     // half and scaled by 2^8 give the value exactly, subnormals included. 0x7f/0xff is NaN.
@@ -88,6 +98,8 @@ __device__ inline float load_float(std::int8_t q) { return float(q) + 0.5f; }
 // ---------------------------------------------------------------------------------------------
 // Codec families: how a record becomes the group's floats.
 
+/// How the tile decoders (decode.cuh) and the attention kernels turn a codec's records into
+/// floats; codec_traits<Codec>::family picks one at compile time.
 enum class codec_family {
     identity,  ///< the latent is the group (identity, or quantized identity)
     affine,    ///< x̂ = P z + μ with a linear_codec's parameters (linear, quantized linear)
@@ -96,35 +108,60 @@ enum class codec_family {
     opaque,    ///< anything else: decode() per token, one thread each
 };
 
+/// What the device code knows about a codec's record layout. This primary template covers
+/// codecs kvcar does not know (a user's own kv_codec): family opaque, records read only through
+/// Codec::decode, and no `element` type (so latent_record and load_latents do not accept them).
 template <class Codec>
 struct codec_traits {
+    /// How records become floats: opaque, one decode() call per token.
     static constexpr codec_family family = codec_family::opaque;
+    /// Whether the record's elements carry a per-record f32 scale and offset.
     static constexpr bool quantized = false;
 };
+/// identity_codec<T>: the record is the group's D elements of T (padded to 4 bytes).
 template <float_element T>
 struct codec_traits<identity_codec<T>> {
+    /// The latent is the group's floats (no decoder work after loading).
     static constexpr codec_family family = codec_family::identity;
+    /// Plain elements: no scale or offset in the record.
     static constexpr bool quantized = false;
+    /// Type of one stored latent element.
     using element = T;
 };
+/// linear_codec<T>: the record is the rank-d latent z as d elements of T (padded to 4 bytes);
+/// x̂ = P z + μ.
 template <float_element T>
 struct codec_traits<linear_codec<T>> {
+    /// Decoded with the codec's basis P [width][rank] and mean μ [width] (f32, device memory).
     static constexpr codec_family family = codec_family::affine;
+    /// Plain elements: no scale or offset in the record.
     static constexpr bool quantized = false;
+    /// Type of one stored latent element.
     using element = T;
 };
+/// autoencoder_codec<T>: the record is the d-wide latent as d elements of T (padded to 4 bytes),
+/// decoded by the two-layer MLP (FC, leaky ReLU, FC).
 template <float_element T>
 struct codec_traits<autoencoder_codec<T>> {
+    /// Decoded by the codec's MLP decoder weights (f32, device memory).
     static constexpr codec_family family = codec_family::mlp;
+    /// Plain elements: no scale or offset in the record.
     static constexpr bool quantized = false;
+    /// Type of one stored latent element.
     using element = T;
 };
+/// quantized_codec<Inner, Q>: Inner's latent stored as d elements of Q (padded to 4 bytes), then
+/// an f32 scale and an f32 offset; element j's latent value is load_float(q_j) · scale + offset.
 template <class Inner, class Q>
 struct codec_traits<quantized_codec<Inner, Q>> {
+    /// Inner's family (the dequantized latent is decoded as Inner decodes its own); `latent` when
+    /// Inner is a codec kvcar does not know, whose from_latent() then runs per token.
     static constexpr codec_family family = codec_traits<Inner>::family == codec_family::opaque
                                                ? codec_family::latent
                                                : codec_traits<Inner>::family;
+    /// Quantized elements: the record ends with the f32 scale and offset.
     static constexpr bool quantized = true;
+    /// Type of one stored (quantized) element, e.g. std::int8_t or fp8_e4m3.
     using element = Q;
 };
 
@@ -146,13 +183,20 @@ __host__ __device__ const auto& core_of(const Codec& c) {
 /// scale and offset are read here), then index.
 template <has_latent_record Codec>
 struct latent_record {
+    /// Type of one stored element (codec_traits<Codec>::element).
     using element = typename codec_traits<Codec>::element;
+    /// Whether elements are dequantized with scale and offset.
     static constexpr bool quantized = codec_traits<Codec>::quantized;
 
+    /// The record's first element (the record start); latent_width() elements follow.
     const element* elements;
+    /// Per-record dequantization scale (1 for plain records).
     float scale = 1.0f;
+    /// Per-record dequantization offset (0 for plain records).
     float offset = 0.0f;
 
+    /// Reads the record at `record` (4-byte aligned, c.record_bytes() long, in global or shared
+    /// memory) of codec `c`; a quantized record's scale and offset are loaded here.
     __device__ latent_record(const Codec& c, const std::byte* record)
         : elements(reinterpret_cast<const element*>(record)) {
         if constexpr (quantized) {
@@ -162,6 +206,7 @@ struct latent_record {
             offset = header[1];
         }
     }
+    /// Latent element j (0 <= j < latent_width()) as a float, dequantized.
     __device__ float operator[](int j) const { return dequantize(load_float(elements[j])); }
     /// The stored element value v (after load_float) → the latent: v · scale + offset.
     __device__ float dequantize(float v) const {

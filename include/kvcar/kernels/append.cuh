@@ -36,9 +36,9 @@ struct append_params {
     const std::int32_t* token_offsets = nullptr;  ///< [batch + 1]: item b owns rows [off[b], off[b+1])
     const std::int32_t* sequences = nullptr;      ///< [batch] cache sequence of each item
     const std::int32_t* positions = nullptr;      ///< [batch] cache position of each item's first row
-    int batch = 0;
+    int batch = 0;         ///< items (sequences appended to); 0 enqueues nothing
     int total_tokens = 0;  ///< token_offsets[batch]
-    int layer = 0;
+    int layer = 0;         ///< layer written, 0 <= layer < the cache's n_layers
 };
 
 namespace detail {

@@ -68,6 +68,9 @@
 
 // Run-time value -> compile-time constant, FlashInfer style: the body sees `NAME` as constexpr.
 // Each expands to an expression that is true when the value was one of the listed ones.
+
+/// Runs `...` with `constexpr int NAME` = head_dim when head_dim is 64, 128 or 256; the whole
+/// expression is false (nothing ran) for any other value.
 #define KVCAR_DISPATCH_HEAD_DIM(head_dim, NAME, ...)                       \
     [&]() -> bool {                                                        \
         switch (head_dim) {                                                \
@@ -77,6 +80,8 @@
             default: return false;                                         \
         }                                                                  \
     }()
+/// Runs `...` with `constexpr int NAME` = group_size (query heads per KV head) when it is 1, 2,
+/// 4 or 8; the whole expression is false (nothing ran) for any other value.
 #define KVCAR_DISPATCH_GQA(group_size, NAME, ...)                          \
     [&]() -> bool {                                                        \
         switch (group_size) {                                              \
@@ -98,23 +103,34 @@ struct decode_attention_params {
     const std::int32_t* kv_lengths = nullptr;  ///< [batch] tokens each query sees (position + 1)
     /// [batch] each query's position for RoPE on read; null: kv_lengths[b] - 1 (a decode step)
     const std::int32_t* q_positions = nullptr;
-    int batch = 0;
+    int batch = 0;          ///< query tokens (items); 0 enqueues nothing
     int max_kv_length = 0;  ///< host-side bound of kv_lengths: sizes the splits
-    int layer = 0;
+    int layer = 0;          ///< layer attended, 0 <= layer < the cache's n_layers
     int n_heads = 0;        ///< query heads, a positive multiple of the cache's n_kv_heads
     float scale = 0.0f;     ///< 0 picks 1/sqrt(head_dim)
     rope_mode rope = rope_mode::none;  ///< on_read: keys rotated by token index, query by kv_length-1
-    rope_params rope_cfg{};
+    rope_params rope_cfg{};  ///< the model's RoPE (theta, style, rotary_dim); read when rope != none
 };
 
 /// Device scratch that attention launches reuse: split partials, latent queries and small index
 /// arrays. Grows on demand (a growth synchronizes the device); keep one per stream.
 class attention_workspace {
 public:
+    // Each accessor returns device memory for at least n elements, valid until the next call of
+    // the same accessor with a larger n; growing discards the old contents.
+
+    /// Unnormalized split outputs Σ e^(s − m) v (Σ e^(s − m) z on the latent paths), one row per
+    /// split of each (item, head) or latent unit.
     float* partial_acc(std::size_t n) { return grow(acc_, n); }
+    /// Each split row's score maximum m and sum of exponentials l (2 floats per row).
     float* partial_ml(std::size_t n) { return grow(ml_, n); }
+    /// Queries projected into latent space (qz = Pᵀq) for the latent paths; the tensor-core path
+    /// stores them as f16 in the same bytes.
     float* latent_queries(std::size_t n) { return grow(qz_, n); }
+    /// Per-query score bias q·μ of the latent paths; the tensor-core latent path also keeps the
+    /// merged latents z̄ after the biases.
     float* latent_bias(std::size_t n) { return grow(qbias_, n); }
+    /// Small index arrays staged from the host (sequences, lengths, positions, item maps).
     std::int32_t* ints(std::size_t n) { return grow(ints_, n); }
     /// Multiprocessors of the current device (looked up once).
     int sm_count() {
@@ -133,6 +149,7 @@ public:
     }
     /// The split layout of the last launch (for tests and tuning).
     int last_splits = 0;
+    /// Tokens per split in the last launch (the last split may hold fewer).
     int last_chunk = 0;
     /// Whether the last decode_attention ran the tensor-core latent path
     /// (latent_decode_attention.cuh).

@@ -39,15 +39,16 @@ struct prefill_attention_params {
     const std::int32_t* query_positions = nullptr;  ///< [batch] position of each item's first query
     const std::int32_t* kv_lengths = nullptr;       ///< [batch] tokens seen when !causal (may be
                                                     ///< null when causal)
-    int batch = 0;
-    int total_queries = 0;
+    int batch = 0;          ///< items (sequences with queries); 0 enqueues nothing
+    int total_queries = 0;  ///< query_offsets[batch]: rows of q and out
     int max_kv_length = 0;  ///< bound of every query's visible tokens
-    int layer = 0;
-    int n_heads = 0;
-    float scale = 0.0f;
+    int layer = 0;          ///< layer attended, 0 <= layer < the cache's n_layers
+    int n_heads = 0;        ///< query heads, a positive multiple of the cache's n_kv_heads
+    float scale = 0.0f;     ///< score scale; 0 picks 1/sqrt(head_dim)
     bool causal = true;     ///< query i of item b sees [0, position_b + i]; else kv_lengths[b]
+    /// on_read: keys rotated by token index, each query by its own position
     rope_mode rope = rope_mode::none;
-    rope_params rope_cfg{};
+    rope_params rope_cfg{};  ///< the model's RoPE (theta, style, rotary_dim); read when rope != none
 };
 
 namespace detail {
