@@ -4,6 +4,7 @@
 // the whole frozen model (double precision, tiny random GPT-2), Adam on it lowers the loss, the
 // trained set saves back, and every bad input is refused with the trainer unchanged.
 #include "catch.hpp"
+#include "train_fixtures.hpp"
 
 #include "examples/models/gpt2.hpp"
 #include "examples/models/gpt2_train.hpp"
@@ -23,6 +24,7 @@
 
 namespace {
 
+using namespace train_fixtures;
 namespace ex = kvcar::examples;
 namespace io = kvcar::io;
 using kvcar::codec_kind;
@@ -31,24 +33,6 @@ using kvcar::latent_storage;
 
 static_assert(kvcar::kv_codec<kvcar::any_codec>);
 static_assert(std::floating_point<decltype(ex::kv_finetune_loss{}.total)>);
-
-/// Platform-independent uniform numbers (std::mt19937_64's sequence is fixed by the standard).
-struct rng {
-    std::mt19937_64 engine;
-    explicit rng(std::uint64_t seed) : engine(seed) {}
-    double uniform() { return double(engine() >> 11) * 0x1.0p-53; }  // [0, 1)
-    float symmetric(double bound) { return float((2.0 * uniform() - 1.0) * bound); }
-    std::vector<float> fill(std::size_t n, double bound) {
-        std::vector<float> v(n);
-        for (float& x : v) x = symmetric(bound);
-        return v;
-    }
-    std::vector<float> around(std::size_t n, float center, double bound) {
-        std::vector<float> v = fill(n, bound);
-        for (float& x : v) x += center;
-        return v;
-    }
-};
 
 /// A GPT-2 with random weights: 2 layers, 2 heads, d_model 16, vocab 50, context 16.
 ex::gpt2_model tiny_gpt2(std::uint64_t seed, int vocab = 50, int d_model = 16) {
@@ -86,38 +70,6 @@ ex::gpt2_model tiny_gpt2(std::uint64_t seed, int vocab = 50, int d_model = 16) {
     return ex::gpt2_model(c, std::move(w), ex::model_options{.threads = 1});
 }
 
-kvcar::folded_autoencoder random_ae(rng& r, int width, int hidden, int latent) {
-    kvcar::folded_autoencoder f;
-    f.width = width;
-    f.hidden = hidden;
-    f.latent = latent;
-    f.slope = 0.1f;
-    const std::size_t D = std::size_t(width), h = std::size_t(hidden), d = std::size_t(latent);
-    f.enc1_w = r.fill(h * D, 1.0 / std::sqrt(double(D)));
-    f.enc1_b = r.fill(h, 0.2);
-    f.enc2_wt = r.fill(h * d, 1.0 / std::sqrt(double(h)));
-    f.enc2_b = r.fill(d, 0.2);
-    f.dec1_w = r.fill(h * d, 1.0 / std::sqrt(double(d)));
-    f.dec1_b = r.fill(h, 0.2);
-    f.dec2_wt = r.fill(h * D, 1.0 / std::sqrt(double(h)));
-    f.dec2_b = r.fill(D, 0.2);
-    return f;
-}
-
-/// The paper's layout: one autoencoder per layer's whole K and whole V (4 slots), storage f32.
-io::codec_set per_layer_set(std::uint64_t seed, latent_storage storage = latent_storage::f32) {
-    rng r(seed);
-    io::codec_set set;
-    set.geometry = {2, 2, 8};
-    set.heads_per_group = 2;
-    for (int l = 0; l < 2; ++l)
-        for (kv_kind kind : {kv_kind::key, kv_kind::value})
-            set.slots.push_back(
-                io::slot_codec::make_autoencoder(l, 0, kind, random_ae(r, 16, 12, 6), storage));
-    set.validate();
-    return set;
-}
-
 /// Every path at once: one group per head; autoencoders, a linear slot, identity slots, and
 /// layer 1's K group 0 reusing layer 0's.
 io::codec_set mixed_set(std::uint64_t seed, latent_storage ae_storage = latent_storage::f32) {
@@ -146,27 +98,6 @@ io::codec_set mixed_set(std::uint64_t seed, latent_storage ae_storage = latent_s
     return set;
 }
 
-std::vector<int> random_tokens(std::uint64_t seed, int n, int vocab) {
-    rng r(seed);
-    std::vector<int> t(static_cast<std::size_t>(n));
-    for (int& v : t) v = int(r.uniform() * vocab);
-    return t;
-}
-
-/// Mean CE of `model` on inputs → targets, reading K/V through a kv_cache of `set`.
-double inference_ce(const ex::gpt2_model& model, const io::codec_set& set,
-                    const std::vector<int>& inputs, const std::vector<int>& targets) {
-    kvcar::kv_cache<kvcar::any_codec, kvcar::reuse_map> cache(set.layout(), set.codecs(),
-                                                             {1, int(inputs.size())});
-    const int seq = cache.add_sequence();
-    const std::vector<float> logits = model.forward(cache, seq, inputs);
-    const std::size_t V = std::size_t(model.vocab_size());
-    double ce = 0;
-    for (std::size_t t = 0; t < inputs.size(); ++t)
-        ce -= ex::log_prob(std::span<const float>(&logits[t * V], V), targets[t]);
-    return ce / double(inputs.size());
-}
-
 template <class Real>
 bool same_weights(const std::vector<ex::folded_ae_weights<Real>>& a,
                   const std::vector<ex::folded_ae_weights<Real>>& b) {
@@ -185,43 +116,7 @@ void check_gradient(const io::codec_set& set, float l1_weight, std::uint64_t see
     const std::vector<int> tokens = random_tokens(seed + 1, 9, 50);
     const std::vector<int> inputs(tokens.begin(), tokens.end() - 1);  // ctx 8
     const std::vector<int> targets(tokens.begin() + 1, tokens.end());
-
-    ex::ae_gradients<double> grad = trainer.zero_gradient();
-    const ex::kv_finetune_loss base = trainer.loss(inputs, targets, &grad);
-    REQUIRE(std::isfinite(base.total));
-    REQUIRE(base.l1 > 0.0);
-
-    rng pick(seed + 2);
-    const double eps = 1e-6;
-    int checked = 0;
-    for (std::size_t a = 0; a < trainer.autoencoders().size(); ++a) {
-        double norm = 0;
-        for (int i = 0; i < ex::folded_ae_weights<double>::tensor_count; ++i) {
-            std::vector<double>& param = trainer.autoencoders()[a].tensor(i);
-            const std::vector<double>& g = grad[a].tensor(i);
-            for (double v : g) norm += v * v;
-            for (int trial = 0; trial < 4; ++trial) {
-                const std::size_t k = std::size_t(pick.uniform() * double(param.size()));
-                const double saved = param[k];
-                param[k] = saved + eps;
-                const double up = trainer.loss(inputs, targets).total;
-                param[k] = saved - eps;
-                const double down = trainer.loss(inputs, targets).total;
-                param[k] = saved;
-                const double fd = (up - down) / (2 * eps);
-                INFO("autoencoder " << a << " " << ex::folded_ae_weights<double>::tensor_names[i]
-                                    << "[" << k << "]: analytic " << g[k] << ", finite "
-                                    << "difference " << fd);
-                CHECK(std::fabs(fd - g[k]) <= 1e-6 + 1e-4 * std::fabs(g[k]));
-                ++checked;
-            }
-        }
-        INFO("autoencoder " << a);
-        CHECK(norm > 0.0);  // every autoencoder (layer 0's through layer 1) gets a gradient
-    }
-    CHECK(checked == int(trainer.autoencoders().size()) * 8 * 4);
-    // The probes restored every weight: the loss is as before.
-    CHECK(trainer.loss(inputs, targets).total == base.total);
+    check_gradient_by_finite_differences(trainer, inputs, targets, seed + 2);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 // the whole frozen model (double precision, tiny random GQA Llama), with and without head reuse
 // between layers; a reused group's gradient reaches the slot it reads; Adam lowers the loss.
 #include "catch.hpp"
+#include "train_fixtures.hpp"
 
 #include "examples/models/llama.hpp"
 #include "examples/models/llama_train.hpp"
@@ -24,28 +25,12 @@
 
 namespace {
 
+using namespace train_fixtures;
 namespace ex = kvcar::examples;
 namespace io = kvcar::io;
 using kvcar::codec_kind;
 using kvcar::kv_kind;
 using kvcar::latent_storage;
-
-struct rng {
-    std::mt19937_64 engine;
-    explicit rng(std::uint64_t seed) : engine(seed) {}
-    double uniform() { return double(engine() >> 11) * 0x1.0p-53; }  // [0, 1)
-    float symmetric(double bound) { return float((2.0 * uniform() - 1.0) * bound); }
-    std::vector<float> fill(std::size_t n, double bound) {
-        std::vector<float> v(n);
-        for (float& x : v) x = symmetric(bound);
-        return v;
-    }
-    std::vector<float> around(std::size_t n, float center, double bound) {
-        std::vector<float> v = fill(n, bound);
-        for (float& x : v) x += center;
-        return v;
-    }
-};
 
 constexpr int vocab = 40;
 
@@ -86,39 +71,7 @@ ex::llama_model tiny_llama(std::uint64_t seed, ex::cached_keys keys,
     return ex::llama_model(c, std::move(w), ex::model_options{.threads = 1, .keys = keys});
 }
 
-kvcar::folded_autoencoder random_ae(rng& r, int width, int hidden, int latent) {
-    kvcar::folded_autoencoder f;
-    f.width = width;
-    f.hidden = hidden;
-    f.latent = latent;
-    f.slope = 0.1f;
-    const std::size_t D = std::size_t(width), h = std::size_t(hidden), d = std::size_t(latent);
-    f.enc1_w = r.fill(h * D, 1.0 / std::sqrt(double(D)));
-    f.enc1_b = r.fill(h, 0.2);
-    f.enc2_wt = r.fill(h * d, 1.0 / std::sqrt(double(h)));
-    f.enc2_b = r.fill(d, 0.2);
-    f.dec1_w = r.fill(h * d, 1.0 / std::sqrt(double(d)));
-    f.dec1_b = r.fill(h, 0.2);
-    f.dec2_wt = r.fill(h * D, 1.0 / std::sqrt(double(h)));
-    f.dec2_b = r.fill(D, 0.2);
-    return f;
-}
-
 const kvcar::kv_geometry geometry{2, 2, 8};
-
-/// The paper's layout: one autoencoder per layer's whole K and whole V (4 slots).
-io::codec_set per_layer_set(std::uint64_t seed, latent_storage storage = latent_storage::f32) {
-    rng r(seed);
-    io::codec_set set;
-    set.geometry = geometry;
-    set.heads_per_group = 2;
-    for (int l = 0; l < 2; ++l)
-        for (kv_kind kind : {kv_kind::key, kv_kind::value})
-            set.slots.push_back(
-                io::slot_codec::make_autoencoder(l, 0, kind, random_ae(r, 16, 12, 6), storage));
-    set.validate();
-    return set;
-}
 
 /// Algorithm 2's layout: per-head autoencoders on layer 0 (their sources), layer 1 reusing
 /// layer 0's K head 1 and V head 0 (it stores K head 0 and V head 1 itself, one autoencoder and
@@ -146,78 +99,21 @@ io::codec_set reuse_set(std::uint64_t seed, latent_storage storage = latent_stor
     return set;
 }
 
-std::vector<int> random_tokens(std::uint64_t seed, int n) {
-    rng r(seed);
-    std::vector<int> t(static_cast<std::size_t>(n));
-    for (int& v : t) v = int(r.uniform() * vocab);
-    return t;
-}
-
-/// Mean CE of `model` on inputs → targets, reading K/V through a kv_cache of `set`.
-double inference_ce(const ex::llama_model& model, const io::codec_set& set,
-                    const std::vector<int>& inputs, const std::vector<int>& targets) {
-    kvcar::kv_cache<kvcar::any_codec, kvcar::reuse_map> cache(set.layout(), set.codecs(),
-                                                             {1, int(inputs.size())});
-    const int seq = cache.add_sequence();
-    const std::vector<float> logits = model.forward(cache, seq, inputs);
-    const std::size_t V = std::size_t(model.vocab_size());
-    double ce = 0;
-    for (std::size_t t = 0; t < inputs.size(); ++t)
-        ce -= ex::log_prob(std::span<const float>(&logits[t * V], V), targets[t]);
-    return ce / double(inputs.size());
-}
-
 struct window {
     std::vector<int> inputs, targets;
 };
 window random_window(std::uint64_t seed, int ctx = 8) {
-    const std::vector<int> tokens = random_tokens(seed, ctx + 1);
+    const std::vector<int> tokens = random_tokens(seed, ctx + 1, vocab);
     return {std::vector<int>(tokens.begin(), tokens.end() - 1),
             std::vector<int>(tokens.begin() + 1, tokens.end())};
 }
 
-/// Central finite differences on a few entries of every tensor of every autoencoder, against
-/// the analytic gradient. Double precision: step 1e-6, truncation and rounding ~1e-10.
+/// The trainer's gradient against central finite differences (train_fixtures.hpp).
 void check_gradient(const ex::llama_model& model, const io::codec_set& set, float l1_weight,
                     std::uint64_t seed) {
     ex::llama_kv_trainer<double> trainer(model, set, {.l1_weight = l1_weight, .threads = 1});
     const window w = random_window(seed + 1);
-
-    ex::ae_gradients<double> grad = trainer.zero_gradient();
-    const ex::kv_finetune_loss base = trainer.loss(w.inputs, w.targets, &grad);
-    REQUIRE(std::isfinite(base.total));
-    REQUIRE(base.l1 > 0.0);
-
-    rng pick(seed + 2);
-    const double eps = 1e-6;
-    int checked = 0;
-    for (std::size_t a = 0; a < trainer.autoencoders().size(); ++a) {
-        double norm = 0;
-        for (int i = 0; i < ex::folded_ae_weights<double>::tensor_count; ++i) {
-            std::vector<double>& param = trainer.autoencoders()[a].tensor(i);
-            const std::vector<double>& g = grad[a].tensor(i);
-            for (double v : g) norm += v * v;
-            for (int trial = 0; trial < 4; ++trial) {
-                const std::size_t k = std::size_t(pick.uniform() * double(param.size()));
-                const double saved = param[k];
-                param[k] = saved + eps;
-                const double up = trainer.loss(w.inputs, w.targets).total;
-                param[k] = saved - eps;
-                const double down = trainer.loss(w.inputs, w.targets).total;
-                param[k] = saved;
-                const double fd = (up - down) / (2 * eps);
-                INFO("autoencoder " << a << " " << ex::folded_ae_weights<double>::tensor_names[i]
-                                    << "[" << k << "]: analytic " << g[k] << ", finite "
-                                    << "difference " << fd);
-                CHECK(std::fabs(fd - g[k]) <= 1e-6 + 1e-4 * std::fabs(g[k]));
-                ++checked;
-            }
-        }
-        INFO("autoencoder " << a);
-        CHECK(norm > 0.0);
-    }
-    CHECK(checked == int(trainer.autoencoders().size()) * 8 * 4);
-    CHECK(trainer.loss(w.inputs, w.targets).total == base.total);
+    check_gradient_by_finite_differences(trainer, w.inputs, w.targets, seed + 2);
 }
 
 }  // namespace
