@@ -57,6 +57,7 @@
 #include <cuda_runtime.h>
 
 #include "kvcar/kernels/decode_attention.cuh"
+#include "kvcar/kernels/mma.cuh"
 
 namespace kvcar::kernels::detail {
 
@@ -83,32 +84,6 @@ inline constexpr int direct_mma_threads = 128;
 inline constexpr int direct_mma_tile = 16;
 /// Tokens per split at most: wide splits write fewer partial outputs.
 inline constexpr int direct_mma_max_chunk = 1024;
-
-/// D = A · B + D for one m16n8k16 tile: fp16 A (row-major, 4 registers) and B (column-major,
-/// 2 registers), fp32 accumulators (4 registers), in the PTX fragment layouts.
-__device__ __forceinline__ void mma_16816(float (&d)[4], std::uint32_t a0, std::uint32_t a1,
-                                          std::uint32_t a2, std::uint32_t a3, std::uint32_t b0,
-                                          std::uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/// Transposes the warp's 8×8 fp16 matrix held one register (row lane/4, columns 2·(lane%4) and
-/// +1) per lane.
-__device__ __forceinline__ std::uint32_t transpose_8x8(std::uint32_t x) {
-    std::uint32_t y;
-    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
-    return y;
-}
-
-/// Two floats → one register of two fp16 (round to nearest), `lo` in the low half.
-__device__ __forceinline__ std::uint32_t pack_half2(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const std::uint32_t*>(&h);
-}
 
 /// Four int8 elements (one register) → two half2 registers of u · scale + offset (scale and
 /// offset already include the codec's + ½). 1024 + (u + 128) is exact in fp16 (its mantissa

@@ -9,36 +9,40 @@
 // about 32 FLOP per byte for H = 32 — compute-bound on CUDA cores (the generic latent path runs
 // at a tenth of copy bandwidth), memory-bound again on tensor cores.
 //
-// The split kernel (one CTA of 8 warps per (split of `chunk` tokens, item)):
+// The split kernel (one CTA of 8 warps per (split of `chunk` tokens, item)), flash-decoding
+// style with an online softmax, so a split can be as long as the plan likes (few partials):
 //   * Qz of all heads (fp16, padded to a multiple of 16 rows) sits in shared memory;
-//   * tiles of 32 tokens of Z stream through a ring of `stages` shared-memory buffers filled by
-//     cp.async, K tiles first, then V tiles, so V loads are already in flight while the softmax
-//     runs. f16 latents land in the fp16 tile directly; int8 / fp8 records land raw and are
-//     converted to fp16 in shared memory (K: the raw element values u, exact in fp16, with the
-//     record's scale and offset applied to the fp32 score, s = scale·(Qz·u) + offset·ΣQz;
-//     V: the dequantized value u·scale + offset rounded to fp16);
-//   * S = Qz · Zᵀ by WMMA 16×16×16 (fp16 in, fp32 accumulate), warps over (head block, token
-//     block, slice of d), partial slices summed in the softmax pass;
-//   * softmax over the whole split in shared memory: with every score of the split known before
-//     the first V tile, no running maximum and no rescaling of the accumulators is needed (the
-//     combine step merges splits as the other paths do);
-//   * Acc += P · Z_v by WMMA, the accumulators in fragments: warp w owns the d-columns
-//     w, w + 8, … for every head block;
-//   * the unnormalized Acc, the split's maximum and sum go to the same partial buffers as the
-//     other paths.
-// Around it: a projection kernel computes Qz (fp16), bias and ΣQz for a block of items per head,
-// reading each head's rows of P once per 16 items, and a combine kernel merges the splits and
-// lifts P_h z̄ + μ_h for 16 items per head, again reading P_h once per 16 items.
+//   * tiles of 32 tokens stream through a ring of `stages` shared-memory stages filled by
+//     cp.async, a tile's K rows and V rows in separate copy groups; the next tile is requested
+//     before the current one is awaited, so tiles are always in flight, and V lands while the
+//     scores are computed. f16 latents land in the fp16 tile directly; int8 / fp8 records land
+//     raw and are converted to fp16 in shared memory (K: the raw element values u, exact in
+//     fp16, with the record's scale and offset applied to the fp32 score,
+//     s = scale·(Qz·u) + offset·ΣQz; V: the dequantized value u·scale + offset in fp16);
+//   * S = Qz · Zᵀ by mma.sync m16n8k16 (fp16 in, fp32 accumulate, operands by ldmatrix): warp
+//     (token block, slice of d) computes a partial product, the four slices meet in shared
+//     memory;
+//   * the online softmax (lane per token, each warp a fixed set of heads) keeps each head's
+//     running max m and sum l in registers and writes the tile's fp16 probabilities and the
+//     rescale factor α;
+//   * Acc = α·Acc + P · Z_v by mma.sync, the fp32 accumulators in registers for the whole split:
+//     warp w owns the V-latent columns 8(w + 8j) … 8(w + 8j) + 7 of every head;
+//   * the unnormalized Acc, the split's m and l go to the same partial buffers as the other
+//     paths.
+// Around it: a projection kernel computes Qz (fp16) and the bias for a block of 16 items per
+// head and a slice of latent columns, reading P_h once per 16 items; the shared combine kernel
+// merges the splits into z̄; a lift kernel computes P_h z̄ + μ_h for 16 items per head and a
+// block of output rows.
 //
 // Limits (the dispatcher in decode_attention.cuh falls back to the generic path outside them):
 // codec a linear_codec<f16>, or a linear codec under quantized_codec with int8 or fp8 e4m3
 // latents; the group is the whole layer (heads_per_group == n_kv_heads); no RoPE on read; at most
-// 64 query heads; d up to max_latent_width (1024) with (d rounded up to 16) / 16 / 8 column blocks
-// per warp fitting the register budget (d <= 1024 for <= 32 heads, d <= 512 for <= 64 heads);
-// shared memory for at least one tile of 32 tokens. Any d works; d a multiple of 8 (f16) lets
-// each record be fetched in 16-byte pieces, other widths are zero-padded to 16 on the way in.
-// Precision: Qz, Z (f16 latents are exact) and the probabilities are fp16 operands with fp32
-// accumulation, as in flash attention; dequantized V latents must fit fp16 (|z| < 65504).
+// 64 query heads; d up to max_latent_width (1024) with the accumulators fitting 128 registers
+// (d <= 1024 for <= 32 heads, d <= 512 for <= 64 heads); shared memory for two tiles. Any d
+// works; d a multiple of 8 (f16) lets each record be fetched in 16-byte pieces, other widths are
+// zero-padded to 16 on the way in. Latents must be finite (a cached inf times a zero probability
+// would be NaN). Precision: Qz, Z (f16 latents are exact) and the probabilities are fp16 operands
+// with fp32 accumulation, as in flash attention; dequantized V latents must fit fp16.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -56,7 +60,6 @@
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include "kvcar/codec/limits.hpp"
 #include "kvcar/codec/linear.hpp"
@@ -67,6 +70,7 @@
 #include "kvcar/device/cache_view.cuh"
 #include "kvcar/device/latent.cuh"
 #include "kvcar/kernels/decode_attention.cuh"
+#include "kvcar/kernels/mma.cuh"
 #include "kvcar/numeric.hpp"
 
 namespace kvcar::kernels {
@@ -84,55 +88,59 @@ namespace detail::latent_tc {
 
 inline constexpr int threads = 256;
 inline constexpr int warps = threads / 32;
-inline constexpr int tile = 32;            // tokens per staged tile (two 16-token MMA blocks)
-inline constexpr int token_blocks = tile / 16;
+inline constexpr int tile = 32;  // tokens per staged tile: one per lane in the softmax
+inline constexpr int token_blocks = tile / 16;           // 16-token blocks of the score product
+inline constexpr int score_slices = warps / token_blocks;  // slices of d the score warps split
 inline constexpr int max_heads = 64;
-inline constexpr int max_chunk = 512;
-inline constexpr int max_stages = 8;
-/// Bytes of tiles a CTA keeps in flight: about DRAM latency × a multiprocessor's share of the
-/// bandwidth (1 µs × 4.2 TB/s / 132), with margin.
-inline constexpr int inflight_bytes = 48 * 1024;
+inline constexpr int max_chunk = 16384;
+inline constexpr int max_stages = 4;
+/// Bytes of tiles a CTA keeps in flight while it computes one: above DRAM latency × a
+/// multiprocessor's share of the bandwidth (~1.5 µs × 3.35 TB/s / 132 ≈ 38 KB).
+inline constexpr int inflight_bytes = 64 * 1024;
 inline constexpr int items_per_block = 16;  // projection and lift: items sharing one read of P_h
 inline constexpr int aux_threads = 128;
 
 __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 /// Shared-memory layout of the split kernel; the same function sizes it on the host and carves
-/// it on the device. Every region is 128-byte aligned (WMMA pointers need 32 bytes).
+/// it on the device. Every region is 128-byte aligned. Row strides of fp16 tiles are an odd
+/// number of 16-byte units, so the eight rows one ldmatrix reads fall in different bank groups.
 struct smem_layout {
     int q_ld = 0, t_ld = 0, s_ld = 0, p_ld = 0;  // row strides: halves, halves, floats, halves
-    int qz = 0, ring = 0, half_tile = 0, scores = 0, probs = 0, vectors = 0;  // byte offsets
-    int stage_bytes = 0;  // one ring buffer
+    int qz = 0, ring = 0, k_half = 0, v_half = 0, scores = 0, probs = 0, vectors = 0;  // bytes
+    int stage_bytes = 0;  // one ring stage: the K tile, then the V tile at v_part
+    int v_part = 0;
     int total = 0;
 };
 
 /// `lat_pad`: widest latent rounded up to 16; `raw_ld`: bytes per raw record row (quantized).
-__host__ __device__ inline smem_layout make_layout(int heads_pad, int lat_pad, int chunk,
-                                                   int stages, int raw_ld, bool quantized) {
+__host__ __device__ inline smem_layout make_layout(int heads_pad, int lat_pad, int stages,
+                                                   int raw_ld, bool quantized) {
     smem_layout L;
-    L.q_ld = lat_pad + 8;  // +16 bytes: rows of a 16×16 fragment fall in different bank quads
+    L.q_ld = lat_pad + 8;
     L.t_ld = lat_pad + 8;
-    L.s_ld = chunk + 4;
-    L.p_ld = chunk + 8;
-    L.stage_bytes = quantized ? tile * raw_ld : tile * L.t_ld * 2;
+    L.s_ld = tile + 8;  // float2 stores of a score fragment's 8 rows hit distinct banks
+    L.p_ld = tile + 8;
+    L.v_part = round_up(quantized ? tile * raw_ld : tile * L.t_ld * 2, 128);
+    L.stage_bytes = 2 * L.v_part;
     int off = 0;
     L.qz = off;
     off += round_up(heads_pad * L.q_ld * 2, 128);
     L.ring = off;
-    off += round_up(stages * L.stage_bytes, 128);
-    L.half_tile = L.ring;
+    off += stages * L.stage_bytes;
+    L.k_half = L.v_half = L.ring;
     if (quantized) {
-        L.half_tile = off;
+        L.k_half = off;
+        off += round_up(tile * L.t_ld * 2, 128);
+        L.v_half = off;
         off += round_up(tile * L.t_ld * 2, 128);
     }
-    // Score partials: (warps / token_blocks) slices of d × 16-row head blocks = 64 rows for any
-    // head count; reused as the epilogue's per-warp 16×16 staging (8 KB <= 64 × 36 floats).
-    L.scores = off;
-    off += round_up(warps / token_blocks * 16 * L.s_ld * 4, 128);
-    L.probs = off;
+    L.scores = off;  // [score_slices][heads_pad][s_ld] partial scores
+    off += round_up(score_slices * heads_pad * L.s_ld * 4, 128);
+    L.probs = off;  // [heads_pad][p_ld] fp16 probabilities of the tile
     off += round_up(heads_pad * L.p_ld * 2, 128);
-    L.vectors = off;  // K scale[chunk], K offset[chunk], bias, ΣQz, m, l [heads_pad each]
-    off += (2 * chunk + 4 * heads_pad) * 4;
+    L.vectors = off;  // K scale[tile], K offset[tile], bias, ΣQz, α [heads_pad each]
+    off += (2 * tile + 3 * heads_pad) * 4;
     L.total = round_up(off, 128);
     return L;
 }
@@ -151,44 +159,6 @@ struct split_params {
     float scale;
 };
 
-__device__ inline void cp_async16(void* dst, const void* src) {
-    const unsigned s = unsigned(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
-}
-__device__ inline void cp_async8(void* dst, const void* src) {
-    const unsigned s = unsigned(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(s), "l"(src));
-}
-__device__ inline void cp_async4(void* dst, const void* src) {
-    const unsigned s = unsigned(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src));
-}
-/// Two floats → one 32-bit word of two fp16 (round to nearest), low half first.
-__device__ inline unsigned pack_half2(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    unsigned u;
-    memcpy(&u, &h, 4);
-    return u;
-}
-
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ inline void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-/// Waits until at most `pending` groups are in flight (the ring depth is a run-time value).
-__device__ inline void cp_async_wait_dyn(int pending) {
-    switch (pending) {
-        case 0: cp_async_wait<0>(); break;
-        case 1: cp_async_wait<1>(); break;
-        case 2: cp_async_wait<2>(); break;
-        case 3: cp_async_wait<3>(); break;
-        case 4: cp_async_wait<4>(); break;
-        case 5: cp_async_wait<5>(); break;
-        default: cp_async_wait<6>(); break;
-    }
-}
-
 /// Where a quantized record's scale and offset start (0 for plain records).
 template <class Codec>
 __device__ int scale_offset_bytes(const Codec& c) {
@@ -199,16 +169,41 @@ __device__ int scale_offset_bytes(const Codec& c) {
     }
 }
 
+/// Whether the split kernel for (MT, NB) is built for two CTAs per multiprocessor (128
+/// registers a thread): when its accumulators and score fragments fit them without spilling.
+__host__ __device__ constexpr bool two_ctas_per_sm(int mt, int nb) { return mt * nb <= 8 && mt <= 2; }
+
+/// Maximum over the warp in one redux.sync: IEEE floats order like their bit patterns read as
+/// sign-magnitude integers, which x ^ 0x7fffffff (for negative x) turns into two's complement.
+__device__ __forceinline__ float warp_max_float(float x) {
+    int key = __float_as_int(x);
+    key = key >= 0 ? key : key ^ 0x7fffffff;
+    key = __reduce_max_sync(0xffffffffu, key);
+    return __int_as_float(key >= 0 ? key : key ^ 0x7fffffff);
+}
+
 /// One CTA: split blockIdx.x of item blockIdx.y, all heads. MT: 16-row head blocks (1, 2, 4);
-/// NCOL: most 16-wide d-column blocks a warp accumulates.
-template <class Codec, int MT, int NCOL>
-__global__ void __launch_bounds__(threads, 1) split_kernel(split_params<Codec> p) {
-    namespace wmma = nvcuda::wmma;
+/// NB: 8-wide column blocks of the V latent each warp accumulates (even).
+///
+/// Per tile of 32 tokens, with three barriers:
+///   scores   warp (token block n, slice s) multiplies Qz (ldmatrix from shared memory) by its
+///            16 tokens × the k-steps s, s + 4, … of K; the four slices' partial scores meet in
+///            shared memory (a fifth of the K tile's bytes per slice);
+///   softmax  lane per token, warp w the heads w, w + 8, …: the online softmax's running max m
+///            and sum l (registers), the tile's fp16 probabilities and the factor α that
+///            rescales the accumulators;
+///   P·V      warp w owns the V-latent columns 8·(w + 8j) … + 8 for every head: the fp32
+///            accumulators never leave registers, P (ldmatrix) and V (ldmatrix.trans) come from
+///            shared memory, each V byte is read once.
+/// The ring holds `stages` tiles, K and V in separate copy groups, and the next tile is requested
+/// before this one is awaited, so a multiprocessor always has tiles in flight; V's arrival hides
+/// behind the score product.
+template <class Codec, int MT, int NB>
+__global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) split_kernel(split_params<Codec> p) {
     using E = typename device::codec_traits<Codec>::element;
     constexpr bool QUANT = device::codec_traits<Codec>::quantized;
     constexpr int NQP = 16 * MT;
-    constexpr int KS = warps / (MT * token_blocks);  // slices of d per score fragment
-    static_assert(KS >= 1 && KS * MT * token_blocks == warps, "warps cover the score tile");
+    static_assert(NB % 2 == 0, "V column blocks are loaded in pairs");
     extern __shared__ __align__(128) unsigned char smem[];
 
     const int split = int(blockIdx.x), b = int(blockIdx.y);
@@ -216,10 +211,10 @@ __global__ void __launch_bounds__(threads, 1) split_kernel(split_params<Codec> p
     const int begin = split * p.chunk;
     if (begin >= len) return;  // uniform across the block
     const int end = min(len, begin + p.chunk);
-    const int n_tok = end - begin;
-    const int n_tiles = (n_tok + tile - 1) / tile;
+    const int n_tiles = (end - begin + tile - 1) / tile;
     const int seq = p.sequences[b];
     const int NQ = p.n_heads;
+    const int S = p.stages;
     const auto& cache = p.cache;
     const int slot_k = cache.slot(p.layer, 0, kv_kind::key);
     const int slot_v = cache.slot(p.layer, 0, kv_kind::value);
@@ -228,24 +223,25 @@ __global__ void __launch_bounds__(threads, 1) split_kernel(split_params<Codec> p
     const page_view pk = cache.slots[slot_k];
     const page_view pv = cache.slots[slot_v];
     const int dk = int(ck.latent_width()), dv = int(cv.latent_width());
-    const int dk16 = (dk + 15) / 16, dv16 = (dv + 15) / 16;
+    const int dk16 = (dk + 15) / 16, dv8 = (dv + 15) / 16 * 2;
     const int header_k = scale_offset_bytes(ck), header_v = scale_offset_bytes(cv);
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
 
-    const smem_layout L = make_layout(NQP, p.lat_pad, p.chunk, p.stages, p.raw_ld, QUANT);
+    const smem_layout L = make_layout(NQP, p.lat_pad, S, p.raw_ld, QUANT);
     __half* qz_s = reinterpret_cast<__half*>(smem + L.qz);
     unsigned char* ring = smem + L.ring;
-    __half* half_tile = reinterpret_cast<__half*>(smem + L.half_tile);
+    __half* k_half = reinterpret_cast<__half*>(smem + L.k_half);
+    __half* v_half = reinterpret_cast<__half*>(smem + L.v_half);
     float* scores = reinterpret_cast<float*>(smem + L.scores);
     __half* probs = reinterpret_cast<__half*>(smem + L.probs);
     float* k_scale = reinterpret_cast<float*>(smem + L.vectors);
-    float* k_offset = k_scale + p.chunk;
-    float* bias_s = k_offset + p.chunk;
+    float* k_offset = k_scale + tile;
+    float* bias_s = k_offset + tile;
     float* qsum_s = bias_s + NQP;
-    float* m_s = qsum_s + NQP;
-    float* l_s = m_s + NQP;
+    float* alpha_s = qsum_s + NQP;
 
-    // --- Qz (fp16) of every head; padded rows are zero, so their scores are 0 and unused -----
+    // --- set-up: Qz (fp16, zero rows beyond NQ), running statistics, zeroed tiles ------------
     {
         const int pieces = p.lat_pad / 8;  // 16-byte pieces per row
         for (int idx = tid; idx < NQP * pieces; idx += threads) {
@@ -256,54 +252,74 @@ __global__ void __launch_bounds__(threads, 1) split_kernel(split_params<Codec> p
                     p.qz + (std::size_t(b) * NQ + h) * p.qz_ld + std::size_t(c) * 8);
             *reinterpret_cast<uint4*>(qz_s + h * L.q_ld + c * 8) = v;
         }
-        for (int h = tid; h < NQP; h += threads)
+        for (int h = tid; h < NQP; h += threads) {
             bias_s[h] = h < NQ ? p.qbias[std::size_t(b) * NQ + h] : 0.0f;
+            alpha_s[h] = 0.0f;
+        }
+        // Rows of padded heads stay zero: their MMA rows add nothing.
+        for (int idx = tid; idx < NQP * L.p_ld / 2; idx += threads)
+            reinterpret_cast<std::uint32_t*>(probs)[idx] = 0u;
+        if constexpr (!QUANT) {
+            // cp.async writes only the latent's columns of the rows a tile has: the padding
+            // columns (multiplied by zero Qz columns, or dropped) and the rows past the end of a
+            // split's last tile (multiplied by zero probabilities) must hold finite values.
+            for (int idx = tid; idx < S * L.stage_bytes / 16; idx += threads)
+                reinterpret_cast<uint4*>(ring)[idx] = make_uint4(0u, 0u, 0u, 0u);
+        }
     }
+    __syncthreads();
     if constexpr (QUANT) {
-        // ΣQz of the fp16 Qz the score products use (zero rows and columns add nothing); the
-        // tile loop's first barrier orders these writes before the first score.
-        __syncthreads();
+        // ΣQz of the fp16 Qz the score products use (zero rows and columns add nothing).
         for (int h = warp; h < NQP; h += warps) {
             float sum = 0.0f;
             for (int j = lane; j < p.lat_pad; j += 32) sum += __half2float(qz_s[h * L.q_ld + j]);
             sum = device::warp_sum(sum);
             if (lane == 0) qsum_s[h] = sum;
         }
+        __syncthreads();
     }
 
-    // --- the tile stream: tiles 0 .. n_tiles-1 are K, n_tiles .. 2·n_tiles-1 are V -----------
-    const int total = 2 * n_tiles;
-    auto issue = [&](int i) {
-        if (i >= total) return;
-        const bool is_v = i >= n_tiles;
-        const int t0 = begin + (is_v ? i - n_tiles : i) * tile;
-        const int n = min(tile, end - t0);
-        // A copy: a reference to either would put both page views in local memory.
-        const page_view view = is_v ? pv : pk;
-        const int d = is_v ? dv : dk;
-        unsigned char* dst = ring + std::size_t(i % p.stages) * L.stage_bytes;
+    // The softmax warp w owns heads u · warps + w (u < HPW): its running max (uniform) and
+    // per-lane partial sums stay in registers for the whole split.
+    constexpr int HPW = NQP / warps;
+    float m_run[HPW], l_run[HPW], bias_r[HPW], qsum_r[HPW];
+#pragma unroll
+    for (int u = 0; u < HPW; ++u) {
+        m_run[u] = -INFINITY;
+        l_run[u] = 0.0f;
+        bias_r[u] = bias_s[u * warps + warp];
+        qsum_r[u] = QUANT ? qsum_s[u * warps + warp] : 0.0f;
+    }
+
+    // --- the tile stream: tile i's K rows, then its V rows, each one copy group ---------------
+    // Eight threads per row of the tile: one page lookup per row and thread (an integer
+    // division and a dependent load — per 16-byte piece it cost as much as the copy), eight
+    // consecutive 16-byte pieces per warp instruction and row.
+    constexpr int row_threads = threads / tile;
+    const int my_row = tid / row_threads, my_piece = tid % row_threads;
+    auto copy_rows = [&](const page_view& view, int d, int t0, int n, unsigned char* dst) {
         const int rb = int(view.record_bytes);
         if constexpr (QUANT) {
             // Whole records (elements, padding, scale, offset) in the widest aligned pieces.
             const int piece = rb % 16 == 0 ? 16 : rb % 8 == 0 ? 8 : 4;
             const int per_row = rb / piece;
-            for (int idx = tid; idx < n * per_row; idx += threads) {
-                const int r = idx / per_row, c = idx - (idx / per_row) * per_row;
-                const std::byte* src = view.record(seq, t0 + r) + std::size_t(c) * piece;
-                unsigned char* to = dst + r * p.raw_ld + c * piece;
-                if (piece == 16) cp_async16(to, src);
-                else if (piece == 8) cp_async8(to, src);
-                else cp_async4(to, src);
+            if (my_row < n) {
+                const std::byte* src = view.record(seq, t0 + my_row);
+                unsigned char* to = dst + my_row * p.raw_ld;
+                for (int c = my_piece; c < per_row; c += row_threads) {
+                    if (piece == 16) cp_async16(to + c * 16, src + c * 16);
+                    else if (piece == 8) cp_async8(to + c * 8, src + c * 8);
+                    else cp_async4(to + c * 4, src + c * 4);
+                }
             }
         } else {
             __half* t = reinterpret_cast<__half*>(dst);
-            const int d_pad = (d + 15) / 16 * 16;
             if (d % 8 == 0 && rb % 16 == 0) {
-                const int per_row = d / 8;
-                for (int idx = tid; idx < n * per_row; idx += threads) {
-                    const int r = idx / per_row, c = idx - (idx / per_row) * per_row;
-                    cp_async16(t + r * L.t_ld + c * 8,
-                               view.record(seq, t0 + r) + std::size_t(c) * 16);
+                if (my_row < n) {
+                    const std::byte* src = view.record(seq, t0 + my_row);
+                    __half* to = t + my_row * L.t_ld;
+                    for (int c = my_piece; c < d / 8; c += row_threads)
+                        cp_async16(to + c * 8, src + std::size_t(c) * 16);
                 }
             } else {
                 // Unaligned widths: plain 2-byte loads (correct, not fast).
@@ -313,202 +329,248 @@ __global__ void __launch_bounds__(threads, 1) split_kernel(split_params<Codec> p
                     t[r * L.t_ld + j] = __ushort_as_half(e.bits);
                 }
             }
-            // Zero what the MMAs read beyond the data: columns d .. d_pad of the rows loaded,
-            // every column of rows n .. tile (a 0 probability times garbage could be NaN).
-            for (int idx = tid; idx < n * (d_pad - d); idx += threads) {
-                const int r = idx / (d_pad - d), j = d + idx % (d_pad - d);
-                t[r * L.t_ld + j] = __float2half_rn(0.0f);
-            }
-            const int pieces = d_pad / 8;
-            for (int idx = tid; idx < (tile - n) * pieces; idx += threads) {
-                const int r = n + idx / pieces, c = idx - (idx / pieces) * pieces;
-                *reinterpret_cast<uint4*>(t + r * L.t_ld + c * 8) = make_uint4(0u, 0u, 0u, 0u);
-            }
         }
     };
+    auto issue = [&](int i) {
+        if (i < n_tiles) {
+            const int t0 = begin + i * tile;
+            const int n = min(tile, end - t0);
+            unsigned char* stage = ring + std::size_t(i % S) * L.stage_bytes;
+            copy_rows(pk, dk, t0, n, stage);
+            cp_async_commit();
+            copy_rows(pv, dv, t0, n, stage + L.v_part);
+        } else {
+            cp_async_commit();  // empty groups keep the count of groups per tile at two
+        }
+        cp_async_commit();
+    };
 
-    // Quantized: raw records of tile i → fp16 tile (K: raw values and per-token scale/offset
-    // for the score; V: dequantized). Columns beyond d and rows beyond n become zero.
-    auto convert = [&](int i) {
-        const bool is_v = i >= n_tiles;
-        const int tt = is_v ? i - n_tiles : i;
-        const int n = min(tile, end - (begin + tt * tile));
-        const int d = is_v ? dv : dk;
-        const int header = is_v ? header_v : header_k;
-        const unsigned char* raw = ring + std::size_t(i % p.stages) * L.stage_bytes;
+    // Quantized: raw records → fp16 tile of the raw element values (exact for int8 and fp8);
+    // K keeps its per-token scale and offset for the fp32 score, V is dequantized in fp16
+    // (u · scale + offset). Columns beyond d and rows beyond n become zero.
+    auto convert = [&](const unsigned char* raw, int d, int header, int n, bool is_v,
+                       __half* out) {
         const int groups = (d + 15) / 16 * 2;  // 8 elements each
         for (int idx = tid; idx < tile * groups; idx += threads) {
-            const int r = idx / groups, g = idx - (idx / groups) * groups;
-            const int j0 = g * 8;
+            const int r = idx / groups, gr = idx - (idx / groups) * groups;
+            const int j0 = gr * 8;
             float v[8];
 #pragma unroll
             for (int e = 0; e < 8; ++e) v[e] = 0.0f;
             if (r < n) {
                 const unsigned char* row = raw + r * p.raw_ld;
-                float sc = 1.0f, of = 0.0f;
-                if (is_v) {
-                    sc = *reinterpret_cast<const float*>(row + header);
-                    of = *reinterpret_cast<const float*>(row + header + 4);
-                } else if (g == 0) {
-                    k_scale[tt * tile + r] = *reinterpret_cast<const float*>(row + header);
-                    k_offset[tt * tile + r] = *reinterpret_cast<const float*>(row + header + 4);
+                const float sc = *reinterpret_cast<const float*>(row + header);
+                const float of = *reinterpret_cast<const float*>(row + header + 4);
+                if (!is_v && gr == 0) {
+                    k_scale[r] = sc;
+                    k_offset[r] = of;
                 }
+                const float mul = is_v ? sc : 1.0f, add = is_v ? of : 0.0f;
                 if (j0 + 8 <= d) {
                     const uint2 bytes = *reinterpret_cast<const uint2*>(row + j0);
                     E el[8];
                     memcpy(el, &bytes, 8);
 #pragma unroll
-                    for (int e = 0; e < 8; ++e) v[e] = device::load_float(el[e]) * sc + of;
+                    for (int e = 0; e < 8; ++e) v[e] = device::load_float(el[e]) * mul + add;
                 } else {
                     const E* el = reinterpret_cast<const E*>(row);
 #pragma unroll
                     for (int e = 0; e < 8; ++e)
-                        if (j0 + e < d) v[e] = device::load_float(el[j0 + e]) * sc + of;
+                        if (j0 + e < d) v[e] = device::load_float(el[j0 + e]) * mul + add;
                 }
+            } else if (!is_v && gr == 0) {
+                k_scale[r] = 0.0f;
+                k_offset[r] = 0.0f;
             }
-            *reinterpret_cast<uint4*>(half_tile + r * L.t_ld + j0) =
+            *reinterpret_cast<uint4*>(out + r * L.t_ld + j0) =
                 make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]),
                            pack_half2(v[4], v[5]), pack_half2(v[6], v[7]));
         }
     };
 
-    // --- softmax over the split: scores → fp16 probabilities, m and l per head ---------------
-    auto softmax = [&]() {
-        const int n_pad = n_tiles * tile;
-        for (int h = warp; h < NQP; h += warps) {
-            __half* ph = probs + h * L.p_ld;
-            if (h >= NQ) {
-                for (int t = lane; t < n_pad; t += 32) ph[t] = __float2half_rn(0.0f);
-                continue;
-            }
-            float* s0 = scores + h * L.s_ld;
-            float m = -INFINITY;
-            for (int t = lane; t < n_tok; t += 32) {
-                float s = 0.0f;
-#pragma unroll
-                for (int ks = 0; ks < KS; ++ks) s += scores[(ks * NQP + h) * L.s_ld + t];
-                if constexpr (QUANT) s = s * k_scale[t] + k_offset[t] * qsum_s[h];
-                s = (s + bias_s[h]) * p.scale;
-                s0[t] = s;
-                m = fmaxf(m, s);
-            }
-            m = device::warp_max(m);
-            float l = 0.0f;
-            for (int t = lane; t < n_pad; t += 32) {
-                const __half e = __float2half_rn(t < n_tok ? ::expf(s0[t] - m) : 0.0f);
-                ph[t] = e;
-                l += __half2float(e);  // the weights the MMA uses, so that Σ a = 1 exactly
-            }
-            l = device::warp_sum(l);
-            if (lane == 0) {
-                m_s[h] = m;
-                l_s[h] = l;
-            }
-        }
-    };
-
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MT][NCOL];
+    float o[MT][NB][4];
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
-        for (int c = 0; c < NCOL; ++c) wmma::fill_fragment(acc[m][c], 0.0f);
+        for (int j = 0; j < NB; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[m][j][e] = 0.0f;
 
-    for (int s = 0; s < p.stages - 1; ++s) {
-        issue(s);
-        cp_async_commit();
-    }
-    for (int i = 0; i < total; ++i) {
-        cp_async_wait_dyn(p.stages - 2);  // tile i has landed (for this thread's copies)
-        __syncthreads();                  // ... for everyone's; buffer (i-1) % stages is free
-        issue(i + p.stages - 1);
-        cp_async_commit();
-        const bool is_v = i >= n_tiles;
-        const int tt = is_v ? i - n_tiles : i;
-        const __half* t;
+    // ldmatrix row addresses: A fragments (row-major [row][k]) take matrix i = lane / 8 at rows
+    // 8·(i % 2) …, columns 8·(i / 2) …; K as Bᵀ (rows = tokens) takes tokens 8·(i / 2) … and
+    // columns 8·(i % 2) …, giving b0, b1 of token blocks 0 and 1; V (rows = tokens, read
+    // transposed) takes tokens 8·(i % 2) … of column block i / 2 of a pair.
+    const int a_row = ((lane >> 3) & 1) * 8 + (lane & 7), a_col = (lane >> 4) * 8;
+    const int kb_row = (lane >> 4) * 8 + (lane & 7), kb_col = ((lane >> 3) & 1) * 8;
+    const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_pair = lane >> 4;
+
+    for (int s = 0; s < S - 1; ++s) issue(s);
+    for (int i = 0; i < n_tiles; ++i) {
+        __syncthreads();  // tile i - 1 is finished: its ring stage, scores and probs are free
+        issue(i + S - 1);
+        const int t0 = begin + i * tile;
+        const int n = min(tile, end - t0);
+        const unsigned char* stage = ring + std::size_t(i % S) * L.stage_bytes;
+        cp_async_wait_dyn(2 * S - 1);  // this thread's copies of K_i have landed
+        __syncthreads();               // ... everyone's
+        const __half* kt = reinterpret_cast<const __half*>(stage);
+        const __half* vt = reinterpret_cast<const __half*>(stage + L.v_part);
         if constexpr (QUANT) {
-            convert(i);
-            t = half_tile;
-        } else {
-            t = reinterpret_cast<const __half*>(ring + std::size_t(i % p.stages) * L.stage_bytes);
+            convert(stage, dk, header_k, n, false, k_half);
+            __syncthreads();
+            kt = k_half;
+            vt = v_half;
         }
-        if (i == n_tiles) softmax();  // every score of the split was stored before the barrier
-        if (QUANT || i == n_tiles) __syncthreads();
 
-        if (!is_v) {
-            // S[m-block][n-block] over the d-slice kk ≡ ks (mod KS).
-            const int unit = warp % (MT * token_blocks), ks = warp / (MT * token_blocks);
-            const int m = unit % MT, n = unit / MT;
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> bk;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
-            wmma::fill_fragment(s, 0.0f);
-            for (int kk = ks; kk < dk16; kk += KS) {
-                wmma::load_matrix_sync(a, qz_s + m * 16 * L.q_ld + kk * 16, L.q_ld);
-                wmma::load_matrix_sync(bk, t + n * 16 * L.t_ld + kk * 16, L.t_ld);
-                wmma::mma_sync(s, a, bk, s);
+        // S = Qz · K_tileᵀ, partial over this warp's slice of d.
+        {
+            const int nb = warp % token_blocks, ks = warp / token_blocks;
+            float sacc[MT][2][4];
+#pragma unroll
+            for (int m = 0; m < MT; ++m)
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) sacc[m][j][e] = 0.0f;
+            for (int kk = ks; kk < dk16; kk += score_slices) {
+                std::uint32_t kb[4];
+                ldmatrix_x4(kb, kt + (nb * 16 + kb_row) * L.t_ld + kk * 16 + kb_col);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    std::uint32_t a[4];
+                    ldmatrix_x4(a, qz_s + (m * 16 + a_row) * L.q_ld + kk * 16 + a_col);
+                    mma_16816(sacc[m][0], a[0], a[1], a[2], a[3], kb[0], kb[1]);
+                    mma_16816(sacc[m][1], a[0], a[1], a[2], a[3], kb[2], kb[3]);
+                }
             }
-            wmma::store_matrix_sync(scores + (ks * NQP + m * 16) * L.s_ld + tt * tile + n * 16, s,
-                                    L.s_ld, wmma::mem_row_major);
-        } else {
 #pragma unroll
-            for (int kk = 0; kk < token_blocks; ++kk) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[MT];
+            for (int m = 0; m < MT; ++m)
 #pragma unroll
-                for (int m = 0; m < MT; ++m)
-                    wmma::load_matrix_sync(a[m], probs + m * 16 * L.p_ld + tt * tile + kk * 16,
-                                           L.p_ld);
+                for (int j = 0; j < 2; ++j) {
+                    float* r0 = scores + (ks * NQP + m * 16 + g) * L.s_ld + nb * 16 + j * 8 + 2 * t4;
+                    *reinterpret_cast<float2*>(r0) = make_float2(sacc[m][j][0], sacc[m][j][1]);
+                    *reinterpret_cast<float2*>(r0 + 8 * L.s_ld) =
+                        make_float2(sacc[m][j][2], sacc[m][j][3]);
+                }
+        }
+        cp_async_wait_dyn(2 * S - 2);  // V_i has landed (this thread's copies)
+        __syncthreads();               // scores complete; everyone's V_i has landed
+
+        // Online softmax over the tile: lane per token, the warp's HPW heads side by side so
+        // their reductions overlap. The running max lives in registers (uniform over the warp),
+        // the running sum as per-lane partials reduced once at the end: per head and tile, one
+        // warp reduction (redux.sync on the float's ordered-integer image) and one exponential.
+        {
+            float x[HPW];
 #pragma unroll
-                for (int c = 0; c < NCOL; ++c) {
-                    const int n = warp + c * warps;
-                    if (n < dv16) {
-                        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> bv;
-                        wmma::load_matrix_sync(bv, t + kk * 16 * L.t_ld + n * 16, L.t_ld);
+            for (int u = 0; u < HPW; ++u) {
+                const int h = u * warps + warp;
+                x[u] = -INFINITY;
+                if (h < NQ && lane < n) {
+                    float acc = 0.0f;
 #pragma unroll
-                        for (int m = 0; m < MT; ++m) wmma::mma_sync(acc[m][c], a[m], bv, acc[m][c]);
-                    }
+                    for (int ks = 0; ks < score_slices; ++ks)
+                        acc += scores[(ks * NQP + h) * L.s_ld + lane];
+                    if constexpr (QUANT) acc = acc * k_scale[lane] + k_offset[lane] * qsum_r[u];
+                    x[u] = (acc + bias_r[u]) * p.scale;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < HPW; ++u) {
+                const int h = u * warps + warp;
+                if (h >= NQ) continue;  // warp-uniform; padded heads' probabilities stay zero
+                const float m_new = fmaxf(m_run[u], warp_max_float(x[u]));
+                const __half e = __float2half_rn(lane < n ? __expf(x[u] - m_new) : 0.0f);
+                probs[h * L.p_ld + lane] = e;
+                const float alpha = __expf(m_run[u] - m_new);  // 0 on the first tile
+                l_run[u] = l_run[u] * alpha + __half2float(e);  // the weights the MMA uses
+                m_run[u] = m_new;
+                if (lane == 0) alpha_s[h] = alpha;
+            }
+        }
+        if constexpr (QUANT) convert(stage + L.v_part, dv, header_v, n, true, v_half);
+        __syncthreads();
+
+        // O = α·O + P · V_tile over this warp's column blocks.
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            const float a0 = alpha_s[m * 16 + g], a1 = alpha_s[m * 16 + g + 8];
+#pragma unroll
+            for (int j = 0; j < NB; ++j) {
+                o[m][j][0] *= a0;
+                o[m][j][1] *= a0;
+                o[m][j][2] *= a1;
+                o[m][j][3] *= a1;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < token_blocks; ++kk) {
+            std::uint32_t a[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; ++m)
+                ldmatrix_x4(a[m], probs + (m * 16 + a_row) * L.p_ld + kk * 16 + a_col);
+#pragma unroll
+            for (int j = 0; j < NB; j += 2) {
+                const int c0 = warp + warps * j, c1 = c0 + warps;
+                if (c0 >= dv8) break;  // warp-uniform
+                const int c = v_pair ? (c1 < dv8 ? c1 : c0) : c0;
+                std::uint32_t vb[4];
+                ldmatrix_x4_trans(vb, vt + (kk * 16 + v_row) * L.t_ld + c * 8);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    mma_16816(o[m][j], a[m][0], a[m][1], a[m][2], a[m][3], vb[0], vb[1]);
+                    if (c1 < dv8)
+                        mma_16816(o[m][j + 1], a[m][0], a[m][1], a[m][2], a[m][3], vb[2], vb[3]);
                 }
             }
         }
     }
     cp_async_wait<0>();
 
-    // --- epilogue: fragments → 16×16 staging per warp (the dead score buffer) → partials -----
-    float* stage = scores + warp * 256;
+    // --- the split's unnormalized accumulators, m and l, for the combine kernel --------------
 #pragma unroll
-    for (int c = 0; c < NCOL; ++c) {
-        const int n = warp + c * warps;
-        if (n >= dv16) continue;
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-        for (int m = 0; m < MT; ++m) {
-            wmma::store_matrix_sync(stage, acc[m][c], 16, wmma::mem_row_major);
-            __syncwarp();
-            for (int e = lane; e < 256; e += 32) {
-                const int h = m * 16 + e / 16, col = n * 16 + e % 16;
-                if (h < NQ && col < dv) {
-                    const std::size_t row = std::size_t(b) * NQ + h;
-                    p.part_acc[(row * p.max_splits + split) * p.acc_stride + col] = stage[e];
-                }
+        for (int j = 0; j < NB; ++j) {
+            const int col = (warp + warps * j) * 8 + 2 * t4;
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int h = m * 16 + g + 8 * half;
+                if (h >= NQ) continue;
+                float* dst = p.part_acc +
+                             ((std::size_t(b) * NQ + h) * p.max_splits + split) * p.acc_stride;
+                if (col < dv) dst[col] = o[m][j][2 * half];
+                if (col + 1 < dv) dst[col + 1] = o[m][j][2 * half + 1];
             }
-            __syncwarp();
         }
-    }
-    for (int h = tid; h < NQ; h += threads) {
-        const std::size_t row = std::size_t(b) * NQ + h;
-        p.part_ml[(row * p.max_splits + split) * 2] = m_s[h];
-        p.part_ml[(row * p.max_splits + split) * 2 + 1] = l_s[h];
+#pragma unroll
+    for (int u = 0; u < HPW; ++u) {
+        const int h = u * warps + warp;
+        if (h >= NQ) continue;
+        const float l = device::warp_sum(l_run[u]);
+        if (lane == 0) {
+            const std::size_t row = std::size_t(b) * NQ + h;
+            p.part_ml[(row * p.max_splits + split) * 2] = m_run[u];
+            p.part_ml[(row * p.max_splits + split) * 2 + 1] = l;
+        }
     }
 }
 
+inline constexpr int project_columns = 64;  // latent columns per projection CTA
+inline constexpr int project_row_groups = aux_threads / project_columns;
+
 /// Qz = P_hᵀ q (fp16, zero beyond d_k up to qz_ld) for head blockIdx.x, items blockIdx.y · BB …
-/// and latent columns blockIdx.z · aux_threads …; bias = q · μ_h from the blocks of column block
-/// 0. Each element of P_h is read once per BB items; the column blocks spread the projection
-/// over enough CTAs to fill the GPU (one CTA per head and item block left most of it idle).
+/// and latent columns blockIdx.z · project_columns …; bias = q · μ_h from the blocks of column
+/// block 0. Each element of P_h is read once per BB items. Threads are (row group, column):
+/// each sums every project_row_groups-th row of P_h, so a thread's chain of dependent loads is
+/// head_dim / project_row_groups long, and the groups meet in shared memory — at batch 1 the
+/// projection is latency-bound, not bandwidth-bound.
 /// ΣQz of quantized codecs is summed by the split kernel from the fp16 Qz it multiplies.
 template <class Codec, int BB>
 __global__ void __launch_bounds__(aux_threads)
     project_kernel(device::cache_view<Codec> cache, const float* q, __half* qz, float* qbias,
                    int layer, int batch, int n_heads, int heads_per_kv, int qz_ld) {
-    extern __shared__ __align__(16) float q_s[];  // [BB][head_dim]
+    extern __shared__ __align__(16) float q_s[];  // [BB][head_dim], then [groups][BB][columns]
     const int h = int(blockIdx.x), b0 = int(blockIdx.y) * BB;
     const int nb = min(BB, batch - b0);
     const int hd = cache.head_dim;
@@ -518,29 +580,39 @@ __global__ void __launch_bounds__(aux_threads)
     const int d = lin.rank;
     const int first = kvh * hd;
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+    float* red = q_s + BB * hd;
     for (int idx = tid; idx < BB * hd; idx += aux_threads) {
         const int bb = idx / hd, r = idx - (idx / hd) * hd;
         q_s[idx] = bb < nb ? q[(std::size_t(b0 + bb) * n_heads + h) * hd + r] : 0.0f;
     }
     __syncthreads();
-    const int j = int(blockIdx.z) * aux_threads + tid;
-    if (j < qz_ld) {
+    const int rg = tid / project_columns, jj = tid % project_columns;
+    const int j = int(blockIdx.z) * project_columns + jj;
+    {
         float acc[BB];
 #pragma unroll
         for (int bb = 0; bb < BB; ++bb) acc[bb] = 0.0f;
         if (j < d) {
             const float* col = lin.basis + std::size_t(first) * d + j;
 #pragma unroll 4
-            for (int r = 0; r < hd; ++r) {
+            for (int r = rg; r < hd; r += project_row_groups) {
                 const float w = col[std::size_t(r) * d];  // coalesced over j
 #pragma unroll
                 for (int bb = 0; bb < BB; ++bb) acc[bb] += w * q_s[bb * hd + r];
             }
         }
 #pragma unroll
-        for (int bb = 0; bb < BB; ++bb)
-            if (bb < nb)
-                qz[(std::size_t(b0 + bb) * n_heads + h) * qz_ld + j] = __float2half_rn(acc[bb]);
+        for (int bb = 0; bb < BB; ++bb) red[(rg * BB + bb) * project_columns + jj] = acc[bb];
+    }
+    __syncthreads();
+    for (int idx = tid; idx < nb * project_columns; idx += aux_threads) {
+        const int bb = idx / project_columns, c = idx % project_columns;
+        const int col = int(blockIdx.z) * project_columns + c;
+        if (col >= qz_ld) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int g = 0; g < project_row_groups; ++g) sum += red[(g * BB + bb) * project_columns + c];
+        qz[(std::size_t(b0 + bb) * n_heads + h) * qz_ld + col] = __float2half_rn(sum);
     }
     if (blockIdx.z == 0) {
         for (int bb = warp; bb < nb; bb += aux_threads / 32) {
@@ -605,6 +677,7 @@ __global__ void __launch_bounds__(lift_threads)
         const float mu = lin.mean[first + r];
 #pragma unroll
         for (int bb = 0; bb < BB; ++bb) {
+            if (bb >= nb) break;  // uniform: no reductions for items past the batch
             const float v = device::warp_sum(acc[bb]);
             // Σ a = 1 after normalization; an empty item has no tokens and gives zeros, not μ.
             if (lane == 0 && bb < nb)
@@ -618,7 +691,7 @@ __global__ void __launch_bounds__(lift_threads)
 struct plan {
     bool ok = false;
     std::string why;
-    int mt = 0, ncol = 0, stages = 0, chunk = 0, splits = 0;
+    int mt = 0, nb = 0, stages = 0, chunk = 0, splits = 0;
     int lat_pad = 0, raw_ld = 0, acc_stride = 0;
     std::size_t smem = 0;
 };
@@ -648,11 +721,10 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
                     std::to_string(max_latent_width) + "]");
     pl.mt = p.n_heads <= 16 ? 1 : p.n_heads <= 32 ? 2 : 4;
     pl.lat_pad = round_up(cache.max_latent_width, 16);
-    const int cols = pl.lat_pad / 16;
-    const int need = (cols + warps - 1) / warps;
-    const int widest = 16 / pl.mt;  // 16 accumulator fragments (128 registers) per thread
-    pl.ncol = need <= 2 ? 2 : need <= 4 ? 4 : need <= widest ? widest : 0;
-    if (pl.ncol == 0)
+    // 8-wide column blocks per warp, in pairs; at most 32 accumulator fragments (128 registers).
+    const int need = (pl.lat_pad / 8 + warps - 1) / warps;
+    pl.nb = need <= 2 ? 2 : need <= 4 ? 4 : need <= 8 ? 8 : 16;
+    if (pl.mt * pl.nb > 32)
         return fail("a latent of " + std::to_string(cache.max_latent_width) + " for " +
                     std::to_string(p.n_heads) + " heads exceeds the accumulator registers");
     const int max_rb = int(pad_record_bytes(std::size_t(cache.max_latent_width) * sizeof(E))) +
@@ -660,44 +732,38 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
     pl.raw_ld = round_up(max_rb, 16);
     pl.acc_stride = round_up(cache.max_latent_width, 4);
     const int heads_pad = 16 * pl.mt;
-    const int stage_bytes = make_layout(heads_pad, pl.lat_pad, tile, 3, pl.raw_ld, QUANT)
-                                .stage_bytes;
-    pl.stages = std::clamp((inflight_bytes + stage_bytes - 1) / stage_bytes + 1, 3, max_stages);
     const int limit = ws.max_shared_bytes();
-    // The widest chunk that fits: fewer splits, fewer partial outputs written and merged.
-    int max_chunk_fit = 0;
-    for (;;) {
-        for (int c = max_chunk; c >= tile; c -= tile) {
-            if (make_layout(heads_pad, pl.lat_pad, c, pl.stages, pl.raw_ld, QUANT).total <=
-                limit) {
-                max_chunk_fit = c;
-                break;
-            }
-        }
-        if (max_chunk_fit >= 4 * tile || pl.stages == 3) break;
-        --pl.stages;  // a shallower ring buys a wider chunk
-    }
-    if (max_chunk_fit == 0)
-        return fail("one tile of a latent of " + std::to_string(cache.max_latent_width) +
-                    " needs more shared memory than the device's " + std::to_string(limit));
+    // The ring: enough stages that (stages - 1) tiles cover inflight_bytes, as many as fit.
+    const int stage_bytes = make_layout(heads_pad, pl.lat_pad, 2, pl.raw_ld, QUANT).stage_bytes;
+    pl.stages = std::clamp(1 + (inflight_bytes + stage_bytes - 1) / stage_bytes, 2, max_stages);
+    while (pl.stages > 2 &&
+           make_layout(heads_pad, pl.lat_pad, pl.stages, pl.raw_ld, QUANT).total > limit)
+        --pl.stages;
+    const int total = make_layout(heads_pad, pl.lat_pad, pl.stages, pl.raw_ld, QUANT).total;
+    if (total > limit)
+        return fail("two tiles of a latent of " + std::to_string(cache.max_latent_width) +
+                    " need " + std::to_string(total) +
+                    " bytes of shared memory, more than the device's " + std::to_string(limit));
+    pl.smem = std::size_t(total);
     int device = 0, per_sm = 0;
     KVCAR_CUDA_CHECK(cudaGetDevice(&device));
     KVCAR_CUDA_CHECK(
         cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
-    const int fixed =
-        make_layout(heads_pad, pl.lat_pad, max_chunk_fit, pl.stages, pl.raw_ld, QUANT).total;
-    const int ctas_per_sm = std::max(1, per_sm / (fixed + 1024));
-    // The chunk that minimizes waves × (chunk + a tile's worth of per-CTA overhead): wide chunks
-    // write fewer partials, but a last wave that fills few multiprocessors wastes the rest.
+    const int by_registers = two_ctas_per_sm(pl.mt, pl.nb) ? 2 : 1;  // the launch bounds
+    const int ctas_per_sm = std::clamp(per_sm / (total + 1024), 1, by_registers);
+    // The chunk that minimizes waves × (chunk + per-CTA overhead): the set-up, the partial
+    // accumulators written and merged (n_heads × d floats, about what three tiles of latents
+    // weigh); a last wave that fills few multiprocessors wastes the rest.
     const long slots = long(ws.sm_count()) * ctas_per_sm;
     pl.chunk = tile;
     pl.splits = 1;
     if (p.max_kv_length > 0) {
         long best = -1;
-        for (int c = max_chunk_fit; c >= tile; c -= tile) {
+        const int widest = std::min(max_chunk, round_up(p.max_kv_length, tile));
+        for (int c = widest; c >= tile; c -= tile) {
             const int splits = (p.max_kv_length + c - 1) / c;
             const long waves = (long(std::max(p.batch, 1)) * splits + slots - 1) / slots;
-            const long cost = waves * (c + 2 * tile);
+            const long cost = waves * (c + 3 * tile);
             if (best < 0 || cost < best) {
                 best = cost;
                 pl.chunk = c;
@@ -705,30 +771,30 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
             }
         }
     }
-    pl.smem = std::size_t(
-        make_layout(heads_pad, pl.lat_pad, pl.chunk, pl.stages, pl.raw_ld, QUANT).total);
     pl.ok = true;
     return pl;
 }
 
-template <class Codec, int MT, int NCOL>
+template <class Codec, int MT, int NB>
 void launch_split(const split_params<Codec>& sp, const plan& pl, int batch, cudaStream_t stream) {
-    auto kernel = split_kernel<Codec, MT, NCOL>;
+    auto kernel = split_kernel<Codec, MT, NB>;
     KVCAR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(pl.smem)));
     kernel<<<dim3(unsigned(pl.splits), unsigned(batch)), threads, pl.smem, stream>>>(sp);
     KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention split_kernel");
 }
 
+/// Run-time (head blocks, column blocks) → the instantiation; MT · NB <= 32 (make_plan).
 template <class Codec, int MT>
 void launch_split_mt(const split_params<Codec>& sp, const plan& pl, int batch,
                      cudaStream_t stream) {
-    if (pl.ncol == 2) {
-        launch_split<Codec, MT, 2>(sp, pl, batch, stream);
-    } else if (pl.ncol == 4) {
-        launch_split<Codec, MT, 4>(sp, pl, batch, stream);
-    } else if constexpr (16 / MT > 4) {
-        launch_split<Codec, MT, 16 / MT>(sp, pl, batch, stream);
+    switch (pl.nb) {
+        case 2: launch_split<Codec, MT, 2>(sp, pl, batch, stream); break;
+        case 4: launch_split<Codec, MT, 4>(sp, pl, batch, stream); break;
+        case 8: launch_split<Codec, MT, 8>(sp, pl, batch, stream); break;
+        default:
+            if constexpr (MT <= 2) launch_split<Codec, MT, 16>(sp, pl, batch, stream);
+            break;
     }
 }
 
@@ -799,13 +865,29 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
         sp.part_acc = ws.partial_acc(rows * pl.splits * pl.acc_stride);
         sp.part_ml = ws.partial_ml(rows * pl.splits * 2);
 
-        constexpr int BB = lt::items_per_block;
-        const std::size_t project_smem = sizeof(float) * BB * cache.head_dim;
-        const dim3 project_grid(unsigned(H), unsigned((p.batch + BB - 1) / BB),
-                                unsigned((pl.lat_pad + lt::aux_threads - 1) / lt::aux_threads));
-        lt::project_kernel<Codec, BB><<<project_grid, lt::aux_threads, project_smem, stream>>>(
-            cache, p.q, qz, bias, p.layer, p.batch, H, G, pl.lat_pad);
-        KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention project_kernel");
+        // Items per projection / lift CTA: as many as the batch has, up to 16 (each read of
+        // P_h serves them all; unused slots would cost multiply-adds and reductions).
+        auto with_items = [&](auto&& body) {
+            if (p.batch <= 1) body(std::integral_constant<int, 1>{});
+            else if (p.batch <= 4) body(std::integral_constant<int, 4>{});
+            else body(std::integral_constant<int, lt::items_per_block>{});
+        };
+        with_items([&](auto items) {
+            constexpr int BB = decltype(items)::value;
+            const std::size_t project_smem =
+                sizeof(float) * BB * (cache.head_dim + lt::project_columns * lt::project_row_groups);
+            const dim3 project_grid(
+                unsigned(H), unsigned((p.batch + BB - 1) / BB),
+                unsigned((pl.lat_pad + lt::project_columns - 1) / lt::project_columns));
+            auto project = lt::project_kernel<Codec, BB>;
+            if (project_smem > 48 * 1024) {
+                KVCAR_CUDA_CHECK(cudaFuncSetAttribute(
+                    project, cudaFuncAttributeMaxDynamicSharedMemorySize, int(project_smem)));
+            }
+            project<<<project_grid, lt::aux_threads, project_smem, stream>>>(
+                cache, p.q, qz, bias, p.layer, p.batch, H, G, pl.lat_pad);
+            KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention project_kernel");
+        });
 
         if (pl.mt == 1) {
             lt::launch_split_mt<Codec, 1>(sp, pl, p.batch, stream);
@@ -820,18 +902,21 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
             sp.part_acc, sp.part_ml, p.kv_lengths, zbar, zw, pl.chunk, pl.splits,
             pl.acc_stride);
         KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention combine_kernel");
-        const std::size_t lift_smem = sizeof(float) * BB * std::size_t(zw);
-        auto lift = lt::lift_kernel<Codec, BB>;
-        if (lift_smem > 48 * 1024) {
-            KVCAR_CUDA_CHECK(cudaFuncSetAttribute(
-                lift, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lift_smem)));
-        }
-        const dim3 lift_grid(
-            unsigned(H), unsigned((p.batch + BB - 1) / BB),
-            unsigned((cache.head_dim + lt::lift_rows_per_block - 1) / lt::lift_rows_per_block));
-        lift<<<lift_grid, lt::lift_threads, lift_smem, stream>>>(
-            cache, zbar, zw, p.kv_lengths, p.out, p.layer, p.batch, H, G);
-        KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention lift_kernel");
+        with_items([&](auto items) {
+            constexpr int BB = decltype(items)::value;
+            const std::size_t lift_smem = sizeof(float) * BB * std::size_t(zw);
+            auto lift = lt::lift_kernel<Codec, BB>;
+            if (lift_smem > 48 * 1024) {
+                KVCAR_CUDA_CHECK(cudaFuncSetAttribute(
+                    lift, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lift_smem)));
+            }
+            const dim3 lift_grid(unsigned(H), unsigned((p.batch + BB - 1) / BB),
+                                 unsigned((cache.head_dim + lt::lift_rows_per_block - 1) /
+                                          lt::lift_rows_per_block));
+            lift<<<lift_grid, lt::lift_threads, lift_smem, stream>>>(
+                cache, zbar, zw, p.kv_lengths, p.out, p.layer, p.batch, H, G);
+            KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention lift_kernel");
+        });
         ws.last_splits = pl.splits;
         ws.last_chunk = pl.chunk;
     }
