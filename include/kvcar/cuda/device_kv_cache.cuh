@@ -116,6 +116,8 @@ public:
         for (const Codec& c : host_codecs_) {
             max_latent_ = std::max(max_latent_, int(c.latent_width()));
             max_decode_scratch_ = std::max(max_decode_scratch_, device::decode_scratch_floats(c, 1));
+            if constexpr (device::codec_traits<Codec>::family == device::codec_family::mlp)
+                max_hidden_ = std::max(max_hidden_, int(device::core_of(c).hidden));
         }
     }
 
@@ -353,6 +355,7 @@ public:
         v.max_sequences = max_sequences();
         v.max_latent_width = max_latent_;
         v.decode_scratch_per_token = max_decode_scratch_;
+        v.max_hidden_width = max_hidden_;
         return v;
     }
     /// Device memory for small per-launch arrays (batch descriptors), grown on demand and owned
@@ -437,6 +440,7 @@ private:
     mutable device_buffer<std::int32_t> scratch_;
     int max_latent_ = 0;
     int max_decode_scratch_ = 0;
+    int max_hidden_ = 0;  // widest autoencoder hidden layer (sizes tensor-core decode)
 };
 
 }  // namespace kvcar::cuda

@@ -47,6 +47,7 @@ struct cache_view {
     // Host-side sizing hints for kernels' shared memory (the owner fills them):
     int max_latent_width = 0;          ///< widest latent of any slot's codec
     int decode_scratch_per_token = 0;  ///< max over slots of decode_scratch_floats(codec, 1)
+    int max_hidden_width = 0;  ///< widest autoencoder hidden layer of any slot (0: none)
 
     /// Floats in one group: the codecs' group_width().
     KVCAR_HD int group_width() const { return heads_per_group * head_dim; }

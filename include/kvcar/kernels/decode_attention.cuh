@@ -29,7 +29,9 @@
 //            makes the CUDA-core loop compute-bound.
 //   decoded  everything else (autoencoder, RoPE on read, other shapes): the CTA decodes tiles of
 //            TILE tokens of its group into shared memory with device::decode_tile and attends
-//            from there; no decompressed copy ever reaches global memory.
+//            from there; no decompressed copy ever reaches global memory. f16 autoencoder latents
+//            without RoPE on read run instead on tensor cores in the decoder's hidden space
+//            (kernels/autoencoder_decode_attention.cuh).
 //
 // Preconditions (checked on the host where they can be): kv_lengths[b] <= the sequence's length
 // in `layer` (and in the layers its reused slots belong to); n_heads is a multiple of n_kv_heads;
@@ -157,6 +159,9 @@ public:
     /// Whether the last decode_attention ran the tensor-core direct path for f16 / int8 GQA heads
     /// (direct_mma_decode_attention.cuh).
     bool last_direct_tensor_cores = false;
+    /// Whether the last decode_attention ran the tensor-core autoencoder path
+    /// (autoencoder_decode_attention.cuh).
+    bool last_autoencoder_tensor_cores = false;
 
 private:
     template <class T>
@@ -804,6 +809,13 @@ bool try_latent_tensor_cores(const device::cache_view<Codec>& cache,
                              const decode_attention_params& p, attention_workspace& ws,
                              cudaStream_t stream);
 
+/// The tensor-core path for autoencoder codecs (kvcar/kernels/autoencoder_decode_attention.cuh,
+/// included at the end of this file): runs it and returns true when the launch qualifies.
+template <class Codec>
+bool try_autoencoder_tensor_cores(const device::cache_view<Codec>& cache,
+                                  const decode_attention_params& p, attention_workspace& ws,
+                                  cudaStream_t stream);
+
 }  // namespace detail
 
 /// Decode attention over a cache view: out[b][h] = softmax(scale · q[b][h] · K) V over the first
@@ -815,6 +827,7 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
     detail::validate(p, cache.n_layers, cache.n_kv_heads, cache.head_dim, "decode_attention");
     ws.last_latent_tensor_cores = false;
     ws.last_direct_tensor_cores = false;
+    ws.last_autoencoder_tensor_cores = false;
     if (p.batch == 0) return;
     const int hd = cache.head_dim;
     const int G = p.n_heads / cache.n_kv_heads;
@@ -948,6 +961,13 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
             return;
         }
     }
+    if constexpr (device::codec_traits<Codec>::family == device::codec_family::mlp) {
+        // Autoencoder decoders as matrix products on tensor cores, attention in hidden space.
+        if (detail::try_autoencoder_tensor_cores(cache, p, ws, stream)) {
+            ws.last_autoencoder_tensor_cores = true;
+            return;
+        }
+    }
     run_generic.template operator()<false>();
 }
 
@@ -999,3 +1019,5 @@ void decode_attention(const cuda::device_kv_cache<Codec, Layout>& cache, int lay
 #include "kvcar/kernels/latent_decode_attention.cuh"
 // The tensor-core direct path (defines detail::try_direct_tensor_cores).
 #include "kvcar/kernels/direct_mma_decode_attention.cuh"
+// The tensor-core autoencoder path (defines detail::try_autoencoder_tensor_cores).
+#include "kvcar/kernels/autoencoder_decode_attention.cuh"
