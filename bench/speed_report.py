@@ -25,6 +25,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
     ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--note", default="", help="a line printed under the header (e.g. the commit)")
     args = ap.parse_args()
     kv = load(os.path.join(args.data, "kvcar.jsonl"))
     peers = load(os.path.join(args.data, "peers.jsonl"))
@@ -39,11 +40,15 @@ def main():
 
     md = []
     md.append("# Decode attention speed\n")
-    md.append(f"GPU: `{gpu_line}`. Date: {date}. One run of `bash bench/run_speed.sh quick` "
-              "(kvcar `build-bench/bench/decode_bench --grid quick --reps 30` and "
-              "`python3 bench/peers.py --shapes quick --reps 30` in the same session); report: "
-              f"`python3 bench/speed_report.py docs/results/speed-data`. Raw rows: "
-              "`docs/results/speed-data/`.\n")
+    grid = "full" if any(k[2] == 2048 for k in shapes) else "quick"
+    pgrid = "all" if grid == "full" else "quick"
+    md.append(f"GPU: `{gpu_line}`. Date: {date}. One run of `bash bench/run_speed.sh {grid}` "
+              f"(kvcar `build-bench/bench/decode_bench --grid {grid} --reps 30` and "
+              f"`python3 bench/peers.py --shapes {pgrid} --reps 30` in the same session); report: "
+              f"`python3 bench/speed_report.py {args.data} --out {args.out}`. Raw rows: "
+              f"`{args.data}/`.\n")
+    if args.note:
+        md.append(args.note + "\n")
     md.append("Method: one query token per sequence, one layer, fp32 q/out, K/V as each codec stores "
               "them; CUDA events, 3 warm-ups, L2 flushed (2× its size written) before every run, "
               "median of 30. Peers on the same logical shape: PyTorch 2.11 "
@@ -121,30 +126,42 @@ def main():
               "per tile (scores and P·V), one page lookup per tile and the next tile loading while the current "
               "one computes. MHA (GPT-2 small) takes the same kernel with one query head per KV head. bf16/fp32/fp8 "
               "records, head dims other than 64/128 and RoPE on read use the CUDA-core direct kernel "
-              "(lane-split dot products and shuffle reductions). At batch ≥ 32 and long contexts it reads at "
-              "about 3 TB/s, the copy rate, so it can only tie SDPA there; the misses are at batch 1 for "
-              "Llama-3-8B-like heads, where 8 KV heads x a few splits do not fill the GPU. SDPA's own time at "
+              "(lane-split dot products and shuffle reductions). At batch ≥ 32 and contexts ≥ 16k it reads "
+              "at the copy rate, so it can only tie SDPA there. It misses at batch 1 and 8 (a few CTAs per "
+              "KV head do not fill the GPU) and on TinyLlama-like heads below 32k (4 KV heads of 64: little "
+              "work per tile and instruction). On an H200, whose copy rate is 1.4× an H100's, it misses in "
+              "more shapes than on an H100 (docs/results/h100/speed.md): per-tile latency, not DRAM, "
+              "is then the likely limit. SDPA's own time at "
               "batch 1 moved by up to 3x between two runs on the same day (launch-bound at these sizes); "
               "the batch ≥ 32 ratios were stable. Before/after the tensor-core path: "
               "docs/results/speed-direct-mma.md.\n"
               "- **int8**: dequantized in registers with packed half2 math on the tensor-core path, so it reads "
-              "half the bytes of f16 for about the same instructions: 1.4–1.6x SDPA at batch ≥ 32 (≥ 4k), "
-              "while the dequantization keeps it below the copy rate on its own bytes (2.0–2.6 TB/s).\n"
+              "half the bytes of f16 for about the same instructions: faster than SDPA at batch ≥ 32 and "
+              "≥ 4k, while the dequantization keeps it below the copy rate on its own bytes.\n"
               "- **linear (latent space)**: whole-layer latents run on tensor cores "
-              "(`kernels/latent_decode_attention.cuh`: query projection, split kernel, merge + lift); per-head "
-              "latents on the CUDA-core latent path. The query projection is spread over latent columns "
-              "and the lift over output rows (hundreds of CTAs), and the splits merge in the shared combine "
-              "kernel: that halved Llama-3-8B-like B32 L4096 (0.634 → 0.296 ms). The split kernel is now the "
-              "limit: it streams the latents at ~1–1.4 TB/s because its shared memory allows one CTA per "
-              "multiprocessor, so half the bytes do not yet mean half the time (d/2: 0.5–0.95x SDPA; d/4: "
-              "up to 1.37x). int8 latents store half the bytes of f16 latents but run slower (the table's "
-              "linear-layer-d/2-int8 column); that path was not profiled.\n"
-              "- **autoencoder**: decodes every cached token through two dense layers in shared memory "
-              "(CUDA cores, fp32). Its decoder costs d·h + h·D MACs per token per K/V stream "
-              "(Llama-3-8B-like, D = h = 1024, d = 512: 1.5 M MACs); at B32 L4096 that is 0.8 TFLOP, "
-              "whose bound is ~12 ms at the H200's ~67 TFLOP/s fp32 and ~0.8 ms at its ~990 TFLOP/s "
-              "fp16 tensor-core rate; measured: see the table (tens of ms). Smaller, not faster — as the "
-              "performance model in DESIGN.md predicts.\n")
+              "(`kernels/latent_decode_attention.cuh`: query projection, split kernel, merge, lift); per-head "
+              "latents on the CUDA-core latent path. The split kernel is flash-decoding over the latent: "
+              "32-token tiles by cp.async (K and V in separate copy groups, requested a tile ahead), "
+              "S = Qz·Zᵀ and P·Z_v by `mma.sync` with `ldmatrix` operands, an online softmax whose "
+              "reductions stay in registers. On one H100 it made linear-layer-d/2 1.1–2.4× faster than the "
+              "previous kernel (docs/results/speed-data/h100-latent-v2: before.jsonl, after.jsonl, one "
+              "session). What still limits it (Nsight Compute on an H100, Llama-3-8B-like B32 L4096): "
+              "one CTA of 8 warps per multiprocessor (188 KB of shared memory for Qz and two stages of "
+              "d = 512 latents; 160–250 registers a thread for the fp32 accumulators of 32 heads × 512 "
+              "columns), so each scheduler has 2 warps and issues every ~3.5 cycles: latency-bound at "
+              "~55% of DRAM bandwidth. At batch 1 the three small kernels around it (projection, merge, "
+              "lift: ~10–25 µs each with a cold L2) dominate, so short batches lose to SDPA. The int8 "
+              "latent path converts records to fp16 in shared memory (K packed and exact, V in fp32) and "
+              "runs slower than f16 latents: the 3× target for linear + int8 is far off.\n"
+              "- **autoencoder**: runs on tensor cores in the decoder's hidden space "
+              "(`kernels/autoencoder_decode_attention.cuh`): the decoder's second layer is affine, so "
+              "scores are q̃·a + q·b2 and outputs W2ᵀ(Σ p a) + b2 with a = lrelu(W1 z + b1) computed per "
+              "32-token tile by `mma.sync`; only d·h multiply-adds per token and stream remain (Llama-3-8B-"
+              "like, d = 512, h = 1024: 0.5 M), 275 GFLOP at B32 L4096, whose bound is ~0.28 ms at ~990 "
+              "TFLOP/s of dense fp16 tensor-core math. It ran at 2.46 ms there on one H100 "
+              "(docs/results/speed-data/h100-latent-v2/autoencoder-tc.jsonl; 94.9 ms on the CUDA-core "
+              "path before): ~11% of that bound. Every CTA re-reads W1 from L2 per tile and the whole "
+              "split's softmax waits for its scores, which is what holds it there.\n")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "speed.md"), "w") as f:
         f.write("\n".join(line for line in md if line is not None) + "\n")

@@ -85,21 +85,6 @@ inline constexpr int direct_mma_tile = 16;
 /// Tokens per split at most: wide splits write fewer partial outputs.
 inline constexpr int direct_mma_max_chunk = 1024;
 
-/// Four int8 elements (one register) → two half2 registers of u · scale + offset (scale and
-/// offset already include the codec's + ½). 1024 + (u + 128) is exact in fp16 (its mantissa
-/// step is 1 there), the subtraction of 1152 is exact too, then one rounding in the fma.
-__device__ __forceinline__ void dequant_int8x4(std::uint32_t raw, __half2 scale, __half2 offset,
-                                               std::uint32_t& lo, std::uint32_t& hi) {
-    const std::uint32_t biased = raw ^ 0x80808080u;  // u + 128 as unsigned bytes
-    const std::uint32_t w0 = __byte_perm(biased, 0x64646464u, 0x4140);
-    const std::uint32_t w1 = __byte_perm(biased, 0x64646464u, 0x4342);
-    const __half2 magic = __float2half2_rn(1152.0f);
-    const __half2 h0 = __hfma2(__hsub2(*reinterpret_cast<const __half2*>(&w0), magic), scale, offset);
-    const __half2 h1 = __hfma2(__hsub2(*reinterpret_cast<const __half2*>(&w1), magic), scale, offset);
-    lo = *reinterpret_cast<const std::uint32_t*>(&h0);
-    hi = *reinterpret_cast<const std::uint32_t*>(&h1);
-}
-
 /// One CTA: split blockIdx.x of item blockIdx.y for KV head blockIdx.z and its GQA query heads.
 template <class Codec, int HEAD_DIM, int GQA>
 __global__ void __launch_bounds__(direct_mma_threads, 2)

@@ -366,6 +366,21 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
                     k_offset[r] = of;
                 }
                 const float mul = is_v ? sc : 1.0f, add = is_v ? of : 0.0f;
+                if constexpr (std::same_as<E, std::int8_t>) {
+                    if (!is_v && j0 + 8 <= d) {
+                        // K's raw values u + ½ (load_float), packed: 8 elements in 4 byte
+                        // permutes and 4 half2 operations, exact. V keeps the fp32 path: its
+                        // scale rounded to fp16 would shift every value it dequantizes.
+                        const uint2 raw8 = *reinterpret_cast<const uint2*>(row + j0);
+                        const __half2 h_mul = __float2half2_rn(1.0f);
+                        const __half2 h_add = __float2half2_rn(0.5f);
+                        uint4 packed;
+                        dequant_int8x4(raw8.x, h_mul, h_add, packed.x, packed.y);
+                        dequant_int8x4(raw8.y, h_mul, h_add, packed.z, packed.w);
+                        *reinterpret_cast<uint4*>(out + r * L.t_ld + j0) = packed;
+                        continue;
+                    }
+                }
                 if (j0 + 8 <= d) {
                     const uint2 bytes = *reinterpret_cast<const uint2*>(row + j0);
                     E el[8];

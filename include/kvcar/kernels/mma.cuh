@@ -45,6 +45,21 @@ __device__ __forceinline__ std::uint32_t pack_half2(float lo, float hi) {
     return *reinterpret_cast<const std::uint32_t*>(&h);
 }
 
+/// Four int8 elements (one register) → two half2 registers of u · scale + offset (scale and
+/// offset already include the codec's + ½). 1024 + (u + 128) is exact in fp16 (its mantissa
+/// step is 1 there), the subtraction of 1152 is exact too, then one rounding in the fma.
+__device__ __forceinline__ void dequant_int8x4(std::uint32_t raw, __half2 scale, __half2 offset,
+                                               std::uint32_t& lo, std::uint32_t& hi) {
+    const std::uint32_t biased = raw ^ 0x80808080u;  // u + 128 as unsigned bytes
+    const std::uint32_t w0 = __byte_perm(biased, 0x64646464u, 0x4140);
+    const std::uint32_t w1 = __byte_perm(biased, 0x64646464u, 0x4342);
+    const __half2 magic = __float2half2_rn(1152.0f);
+    const __half2 h0 = __hfma2(__hsub2(*reinterpret_cast<const __half2*>(&w0), magic), scale, offset);
+    const __half2 h1 = __hfma2(__hsub2(*reinterpret_cast<const __half2*>(&w1), magic), scale, offset);
+    lo = *reinterpret_cast<const std::uint32_t*>(&h0);
+    hi = *reinterpret_cast<const std::uint32_t*>(&h1);
+}
+
 /// Four 8×8 fp16 matrices from shared memory; this lane supplies the address of row lane % 8
 /// of matrix lane / 8 (16 bytes, 16-byte aligned).
 __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* row) {
