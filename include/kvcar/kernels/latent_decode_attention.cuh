@@ -9,7 +9,7 @@
 // about 32 FLOP per byte for H = 32 — compute-bound on CUDA cores (the generic latent path runs
 // at a tenth of copy bandwidth), memory-bound again on tensor cores.
 //
-// The split kernel (one CTA of 8 warps per (split of `chunk` tokens, item)), flash-decoding
+// The split kernel (one CTA of 8 or 16 warps per (split of `chunk` tokens, item)), flash-decoding
 // style with an online softmax, so a split can be as long as the plan likes (few partials):
 //   * Qz of all heads (fp16, padded to a multiple of 16 rows) sits in shared memory;
 //   * tiles of 32 tokens stream through a ring of `stages` shared-memory stages filled by
@@ -20,13 +20,12 @@
 //     fp16, with the record's scale and offset applied to the fp32 score,
 //     s = scale·(Qz·u) + offset·ΣQz; V: the dequantized value u·scale + offset in fp16);
 //   * S = Qz · Zᵀ by mma.sync m16n8k16 (fp16 in, fp32 accumulate, operands by ldmatrix): warp
-//     (token block, slice of d) computes a partial product, the four slices meet in shared
-//     memory;
+//     (token block, slice of d) computes a partial product, the slices meet in shared memory;
 //   * the online softmax (lane per token, each warp a fixed set of heads) keeps each head's
 //     running max m and sum l in registers and writes the tile's fp16 probabilities and the
 //     rescale factor α;
 //   * Acc = α·Acc + P · Z_v by mma.sync, the fp32 accumulators in registers for the whole split:
-//     warp w owns the V-latent columns 8(w + 8j) … 8(w + 8j) + 7 of every head;
+//     warp w of NW owns the V-latent columns 8(w + NW·j) … 8(w + NW·j) + 7 of every head;
 //   * the unnormalized Acc, the split's m and l go to the same partial buffers as the other
 //     paths.
 // Around it: a projection kernel computes Qz (fp16) and the bias for a block of 16 items per
@@ -86,11 +85,8 @@ concept latent_tensor_core_codec =
 
 namespace detail::latent_tc {
 
-inline constexpr int threads = 256;
-inline constexpr int warps = threads / 32;
 inline constexpr int tile = 32;  // tokens per staged tile: one per lane in the softmax
 inline constexpr int token_blocks = tile / 16;           // 16-token blocks of the score product
-inline constexpr int score_slices = warps / token_blocks;  // slices of d the score warps split
 inline constexpr int max_heads = 64;
 inline constexpr int max_chunk = 16384;
 inline constexpr int max_stages = 4;
@@ -114,8 +110,9 @@ struct smem_layout {
 };
 
 /// `lat_pad`: widest latent rounded up to 16; `raw_ld`: bytes per raw record row (quantized).
+/// `slices`: the d-slices the score warps split (warps / token_blocks).
 __host__ __device__ inline smem_layout make_layout(int heads_pad, int lat_pad, int stages,
-                                                   int raw_ld, bool quantized) {
+                                                   int raw_ld, bool quantized, int slices) {
     smem_layout L;
     L.q_ld = lat_pad + 8;
     L.t_ld = lat_pad + 8;
@@ -135,8 +132,8 @@ __host__ __device__ inline smem_layout make_layout(int heads_pad, int lat_pad, i
         L.v_half = off;
         off += round_up(tile * L.t_ld * 2, 128);
     }
-    L.scores = off;  // [score_slices][heads_pad][s_ld] partial scores
-    off += round_up(score_slices * heads_pad * L.s_ld * 4, 128);
+    L.scores = off;  // [slices][heads_pad][s_ld] partial scores
+    off += round_up(slices * heads_pad * L.s_ld * 4, 128);
     L.probs = off;  // [heads_pad][p_ld] fp16 probabilities of the tile
     off += round_up(heads_pad * L.p_ld * 2, 128);
     L.vectors = off;  // K scale[tile], K offset[tile], bias, ΣQz, α [heads_pad each]
@@ -173,6 +170,12 @@ __device__ int scale_offset_bytes(const Codec& c) {
 /// registers a thread): when its accumulators and score fragments fit them without spilling.
 __host__ __device__ constexpr bool two_ctas_per_sm(int mt, int nb) { return mt * nb <= 8 && mt <= 2; }
 
+/// Whether the 16-warp split kernel for (MT, NB) fits 128 registers a thread without spilling
+/// (ptxas, sm_90): 16 accumulator fragments with up to 2 head blocks, 8 with 4.
+__host__ __device__ constexpr bool wide_fits_registers(int mt, int nb) {
+    return mt * nb <= 16 && (mt <= 2 || nb <= 2);
+}
+
 /// Maximum over the warp in one redux.sync: IEEE floats order like their bit patterns read as
 /// sign-magnitude integers, which x ^ 0x7fffffff (for negative x) turns into two's complement.
 __device__ __forceinline__ float warp_max_float(float x) {
@@ -182,27 +185,31 @@ __device__ __forceinline__ float warp_max_float(float x) {
     return __int_as_float(key >= 0 ? key : key ^ 0x7fffffff);
 }
 
-/// One CTA: split blockIdx.x of item blockIdx.y, all heads. MT: 16-row head blocks (1, 2, 4);
-/// NB: 8-wide column blocks of the V latent each warp accumulates (even).
+/// One CTA of NW warps (8 or 16): split blockIdx.x of item blockIdx.y, all heads. MT: 16-row
+/// head blocks (1, 2, 4); NB: 8-wide column blocks of the V latent each warp accumulates (even).
 ///
 /// Per tile of 32 tokens, with three barriers:
-///   scores   warp (token block n, slice s) multiplies Qz (ldmatrix from shared memory) by its
-///            16 tokens × the k-steps s, s + 4, … of K; the four slices' partial scores meet in
-///            shared memory (a fifth of the K tile's bytes per slice);
-///   softmax  lane per token, warp w the heads w, w + 8, …: the online softmax's running max m
+///   scores   warp (token block n, slice s of NW / 2) multiplies Qz (ldmatrix from shared
+///            memory) by its 16 tokens × the k-steps s, s + NW / 2, … of K; the slices' partial
+///            scores meet in shared memory;
+///   softmax  lane per token, warp w the heads w, w + NW, …: the online softmax's running max m
 ///            and sum l (registers), the tile's fp16 probabilities and the factor α that
 ///            rescales the accumulators;
-///   P·V      warp w owns the V-latent columns 8·(w + 8j) … + 8 for every head: the fp32
+///   P·V      warp w owns the V-latent columns 8·(w + NW·j) … + 8 for every head: the fp32
 ///            accumulators never leave registers, P (ldmatrix) and V (ldmatrix.trans) come from
 ///            shared memory, each V byte is read once.
 /// The ring holds `stages` tiles, K and V in separate copy groups, and the next tile is requested
 /// before this one is awaited, so a multiprocessor always has tiles in flight; V's arrival hides
 /// behind the score product.
-template <class Codec, int MT, int NB>
-__global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) split_kernel(split_params<Codec> p) {
+template <class Codec, int MT, int NB, int NW>
+__global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 2 : 1)
+    split_kernel(split_params<Codec> p) {
     using E = typename device::codec_traits<Codec>::element;
     constexpr bool QUANT = device::codec_traits<Codec>::quantized;
     constexpr int NQP = 16 * MT;
+    constexpr int NT = NW * 32;                 // threads
+    constexpr int KSL = NW / token_blocks;      // d-slices of the score product
+    static_assert(NQP % NW == 0, "every softmax warp owns the same number of heads");
     static_assert(NB % 2 == 0, "V column blocks are loaded in pairs");
     extern __shared__ __align__(128) unsigned char smem[];
 
@@ -228,7 +235,7 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t4 = lane & 3;
 
-    const smem_layout L = make_layout(NQP, p.lat_pad, S, p.raw_ld, QUANT);
+    const smem_layout L = make_layout(NQP, p.lat_pad, S, p.raw_ld, QUANT, KSL);
     __half* qz_s = reinterpret_cast<__half*>(smem + L.qz);
     unsigned char* ring = smem + L.ring;
     __half* k_half = reinterpret_cast<__half*>(smem + L.k_half);
@@ -244,7 +251,7 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
     // --- set-up: Qz (fp16, zero rows beyond NQ), running statistics, zeroed tiles ------------
     {
         const int pieces = p.lat_pad / 8;  // 16-byte pieces per row
-        for (int idx = tid; idx < NQP * pieces; idx += threads) {
+        for (int idx = tid; idx < NQP * pieces; idx += NT) {
             const int h = idx / pieces, c = idx - (idx / pieces) * pieces;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
             if (h < NQ)
@@ -252,25 +259,25 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
                     p.qz + (std::size_t(b) * NQ + h) * p.qz_ld + std::size_t(c) * 8);
             *reinterpret_cast<uint4*>(qz_s + h * L.q_ld + c * 8) = v;
         }
-        for (int h = tid; h < NQP; h += threads) {
+        for (int h = tid; h < NQP; h += NT) {
             bias_s[h] = h < NQ ? p.qbias[std::size_t(b) * NQ + h] : 0.0f;
             alpha_s[h] = 0.0f;
         }
         // Rows of padded heads stay zero: their MMA rows add nothing.
-        for (int idx = tid; idx < NQP * L.p_ld / 2; idx += threads)
+        for (int idx = tid; idx < NQP * L.p_ld / 2; idx += NT)
             reinterpret_cast<std::uint32_t*>(probs)[idx] = 0u;
         if constexpr (!QUANT) {
             // cp.async writes only the latent's columns of the rows a tile has: the padding
             // columns (multiplied by zero Qz columns, or dropped) and the rows past the end of a
             // split's last tile (multiplied by zero probabilities) must hold finite values.
-            for (int idx = tid; idx < S * L.stage_bytes / 16; idx += threads)
+            for (int idx = tid; idx < S * L.stage_bytes / 16; idx += NT)
                 reinterpret_cast<uint4*>(ring)[idx] = make_uint4(0u, 0u, 0u, 0u);
         }
     }
     __syncthreads();
     if constexpr (QUANT) {
         // ΣQz of the fp16 Qz the score products use (zero rows and columns add nothing).
-        for (int h = warp; h < NQP; h += warps) {
+        for (int h = warp; h < NQP; h += NW) {
             float sum = 0.0f;
             for (int j = lane; j < p.lat_pad; j += 32) sum += __half2float(qz_s[h * L.q_ld + j]);
             sum = device::warp_sum(sum);
@@ -279,23 +286,23 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
         __syncthreads();
     }
 
-    // The softmax warp w owns heads u · warps + w (u < HPW): its running max (uniform) and
+    // The softmax warp w owns heads u · NW + w (u < HPW): its running max (uniform) and
     // per-lane partial sums stay in registers for the whole split.
-    constexpr int HPW = NQP / warps;
+    constexpr int HPW = NQP / NW;
     float m_run[HPW], l_run[HPW], bias_r[HPW], qsum_r[HPW];
 #pragma unroll
     for (int u = 0; u < HPW; ++u) {
         m_run[u] = -INFINITY;
         l_run[u] = 0.0f;
-        bias_r[u] = bias_s[u * warps + warp];
-        qsum_r[u] = QUANT ? qsum_s[u * warps + warp] : 0.0f;
+        bias_r[u] = bias_s[u * NW + warp];
+        qsum_r[u] = QUANT ? qsum_s[u * NW + warp] : 0.0f;
     }
 
     // --- the tile stream: tile i's K rows, then its V rows, each one copy group ---------------
-    // Eight threads per row of the tile: one page lookup per row and thread (an integer
+    // NT / 32 threads per row of the tile: one page lookup per row and thread (an integer
     // division and a dependent load — per 16-byte piece it cost as much as the copy), eight
     // consecutive 16-byte pieces per warp instruction and row.
-    constexpr int row_threads = threads / tile;
+    constexpr int row_threads = NT / tile;
     const int my_row = tid / row_threads, my_piece = tid % row_threads;
     auto copy_rows = [&](const page_view& view, int d, int t0, int n, unsigned char* dst) {
         const int rb = int(view.record_bytes);
@@ -323,7 +330,7 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
                 }
             } else {
                 // Unaligned widths: plain 2-byte loads (correct, not fast).
-                for (int idx = tid; idx < n * d; idx += threads) {
+                for (int idx = tid; idx < n * d; idx += NT) {
                     const int r = idx / d, j = idx - (idx / d) * d;
                     const f16 e = reinterpret_cast<const f16*>(view.record(seq, t0 + r))[j];
                     t[r * L.t_ld + j] = __ushort_as_half(e.bits);
@@ -351,7 +358,7 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
     auto convert = [&](const unsigned char* raw, int d, int header, int n, bool is_v,
                        __half* out) {
         const int groups = (d + 15) / 16 * 2;  // 8 elements each
-        for (int idx = tid; idx < tile * groups; idx += threads) {
+        for (int idx = tid; idx < tile * groups; idx += NT) {
             const int r = idx / groups, gr = idx - (idx / groups) * groups;
             const int j0 = gr * 8;
             float v[8];
@@ -447,7 +454,7 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
                 for (int j = 0; j < 2; ++j)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) sacc[m][j][e] = 0.0f;
-            for (int kk = ks; kk < dk16; kk += score_slices) {
+            for (int kk = ks; kk < dk16; kk += KSL) {
                 std::uint32_t kb[4];
                 ldmatrix_x4(kb, kt + (nb * 16 + kb_row) * L.t_ld + kk * 16 + kb_col);
 #pragma unroll
@@ -479,12 +486,12 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
             float x[HPW];
 #pragma unroll
             for (int u = 0; u < HPW; ++u) {
-                const int h = u * warps + warp;
+                const int h = u * NW + warp;
                 x[u] = -INFINITY;
                 if (h < NQ && lane < n) {
                     float acc = 0.0f;
 #pragma unroll
-                    for (int ks = 0; ks < score_slices; ++ks)
+                    for (int ks = 0; ks < KSL; ++ks)
                         acc += scores[(ks * NQP + h) * L.s_ld + lane];
                     if constexpr (QUANT) acc = acc * k_scale[lane] + k_offset[lane] * qsum_r[u];
                     x[u] = (acc + bias_r[u]) * p.scale;
@@ -492,7 +499,7 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
             }
 #pragma unroll
             for (int u = 0; u < HPW; ++u) {
-                const int h = u * warps + warp;
+                const int h = u * NW + warp;
                 if (h >= NQ) continue;  // warp-uniform; padded heads' probabilities stay zero
                 const float m_new = fmaxf(m_run[u], warp_max_float(x[u]));
                 const __half e = __float2half_rn(lane < n ? __expf(x[u] - m_new) : 0.0f);
@@ -526,7 +533,7 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
                 ldmatrix_x4(a[m], probs + (m * 16 + a_row) * L.p_ld + kk * 16 + a_col);
 #pragma unroll
             for (int j = 0; j < NB; j += 2) {
-                const int c0 = warp + warps * j, c1 = c0 + warps;
+                const int c0 = warp + NW * j, c1 = c0 + NW;
                 if (c0 >= dv8) break;  // warp-uniform
                 const int c = v_pair ? (c1 < dv8 ? c1 : c0) : c0;
                 std::uint32_t vb[4];
@@ -547,7 +554,7 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
     for (int m = 0; m < MT; ++m)
 #pragma unroll
         for (int j = 0; j < NB; ++j) {
-            const int col = (warp + warps * j) * 8 + 2 * t4;
+            const int col = (warp + NW * j) * 8 + 2 * t4;
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int h = m * 16 + g + 8 * half;
@@ -560,7 +567,7 @@ __global__ void __launch_bounds__(threads, two_ctas_per_sm(MT, NB) ? 2 : 1) spli
         }
 #pragma unroll
     for (int u = 0; u < HPW; ++u) {
-        const int h = u * warps + warp;
+        const int h = u * NW + warp;
         if (h >= NQ) continue;
         const float l = device::warp_sum(l_run[u]);
         if (lane == 0) {
@@ -706,7 +713,7 @@ __global__ void __launch_bounds__(lift_threads)
 struct plan {
     bool ok = false;
     std::string why;
-    int mt = 0, nb = 0, stages = 0, chunk = 0, splits = 0;
+    int mt = 0, nb = 0, nw = 0, stages = 0, chunk = 0, splits = 0;
     int lat_pad = 0, raw_ld = 0, acc_stride = 0;
     std::size_t smem = 0;
 };
@@ -736,25 +743,38 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
                     std::to_string(max_latent_width) + "]");
     pl.mt = p.n_heads <= 16 ? 1 : p.n_heads <= 32 ? 2 : 4;
     pl.lat_pad = round_up(cache.max_latent_width, 16);
-    // 8-wide column blocks per warp, in pairs; at most 32 accumulator fragments (128 registers).
-    const int need = (pl.lat_pad / 8 + warps - 1) / warps;
-    pl.nb = need <= 2 ? 2 : need <= 4 ? 4 : need <= 8 ? 8 : 16;
-    if (pl.mt * pl.nb > 32)
-        return fail("a latent of " + std::to_string(cache.max_latent_width) + " for " +
-                    std::to_string(p.n_heads) + " heads exceeds the accumulator registers");
     const int max_rb = int(pad_record_bytes(std::size_t(cache.max_latent_width) * sizeof(E))) +
                        (QUANT ? 8 : 0);
     pl.raw_ld = round_up(max_rb, 16);
     pl.acc_stride = round_up(cache.max_latent_width, 4);
     const int heads_pad = 16 * pl.mt;
     const int limit = ws.max_shared_bytes();
+    // 8-wide column blocks per warp, in pairs. 8 warps: at most 32 accumulator fragments (128
+    // registers). When that leaves one CTA per multiprocessor, 16 warps with half the columns
+    // each (at most 16 fragments within 128 registers) give the schedulers twice the warps to
+    // hide latency with, if their score slices fit shared memory.
+    auto blocks = [&](int nw) {
+        const int need = (pl.lat_pad / 8 + nw - 1) / nw;
+        return need <= 2 ? 2 : need <= 4 ? 4 : need <= 8 ? 8 : 16;
+    };
+    auto layout = [&](int nw, int stages) {
+        return make_layout(heads_pad, pl.lat_pad, stages, pl.raw_ld, QUANT, nw / token_blocks);
+    };
+    pl.nw = 8;
+    pl.nb = blocks(8);
+    if (!two_ctas_per_sm(pl.mt, pl.nb) && wide_fits_registers(pl.mt, blocks(16)) &&
+        layout(16, 2).total <= limit) {
+        pl.nw = 16;
+        pl.nb = blocks(16);
+    }
+    if (pl.mt * pl.nb > 32)
+        return fail("a latent of " + std::to_string(cache.max_latent_width) + " for " +
+                    std::to_string(p.n_heads) + " heads exceeds the accumulator registers");
     // The ring: enough stages that (stages - 1) tiles cover inflight_bytes, as many as fit.
-    const int stage_bytes = make_layout(heads_pad, pl.lat_pad, 2, pl.raw_ld, QUANT).stage_bytes;
+    const int stage_bytes = layout(pl.nw, 2).stage_bytes;
     pl.stages = std::clamp(1 + (inflight_bytes + stage_bytes - 1) / stage_bytes, 2, max_stages);
-    while (pl.stages > 2 &&
-           make_layout(heads_pad, pl.lat_pad, pl.stages, pl.raw_ld, QUANT).total > limit)
-        --pl.stages;
-    const int total = make_layout(heads_pad, pl.lat_pad, pl.stages, pl.raw_ld, QUANT).total;
+    while (pl.stages > 2 && layout(pl.nw, pl.stages).total > limit) --pl.stages;
+    const int total = layout(pl.nw, pl.stages).total;
     if (total > limit)
         return fail("two tiles of a latent of " + std::to_string(cache.max_latent_width) +
                     " need " + std::to_string(total) +
@@ -764,7 +784,7 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
     KVCAR_CUDA_CHECK(cudaGetDevice(&device));
     KVCAR_CUDA_CHECK(
         cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
-    const int by_registers = two_ctas_per_sm(pl.mt, pl.nb) ? 2 : 1;  // the launch bounds
+    const int by_registers = pl.nw == 8 && two_ctas_per_sm(pl.mt, pl.nb) ? 2 : 1;  // bounds
     const int ctas_per_sm = std::clamp(per_sm / (total + 1024), 1, by_registers);
     // The chunk that minimizes waves × (chunk + per-CTA overhead): the set-up, the partial
     // accumulators written and merged (n_heads × d floats, about what three tiles of latents
@@ -790,25 +810,40 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
     return pl;
 }
 
-template <class Codec, int MT, int NB>
+template <class Codec, int MT, int NB, int NW>
 void launch_split(const split_params<Codec>& sp, const plan& pl, int batch, cudaStream_t stream) {
-    auto kernel = split_kernel<Codec, MT, NB>;
+    auto kernel = split_kernel<Codec, MT, NB, NW>;
     KVCAR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(pl.smem)));
-    kernel<<<dim3(unsigned(pl.splits), unsigned(batch)), threads, pl.smem, stream>>>(sp);
+    kernel<<<dim3(unsigned(pl.splits), unsigned(batch)), NW * 32, pl.smem, stream>>>(sp);
     KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention split_kernel");
 }
 
-/// Run-time (head blocks, column blocks) → the instantiation; MT · NB <= 32 (make_plan).
+/// Run-time (warps, column blocks) → the instantiation for MT head blocks: 8 warps with
+/// MT · NB <= 32, 16 warps where wide_fits_registers (make_plan).
 template <class Codec, int MT>
 void launch_split_mt(const split_params<Codec>& sp, const plan& pl, int batch,
                      cudaStream_t stream) {
+    if (pl.nw == 16) {
+        switch (pl.nb) {
+            case 2: launch_split<Codec, MT, 2, 16>(sp, pl, batch, stream); break;
+            case 4:
+                if constexpr (wide_fits_registers(MT, 4))
+                    launch_split<Codec, MT, 4, 16>(sp, pl, batch, stream);
+                break;
+            default:
+                if constexpr (wide_fits_registers(MT, 8))
+                    launch_split<Codec, MT, 8, 16>(sp, pl, batch, stream);
+                break;
+        }
+        return;
+    }
     switch (pl.nb) {
-        case 2: launch_split<Codec, MT, 2>(sp, pl, batch, stream); break;
-        case 4: launch_split<Codec, MT, 4>(sp, pl, batch, stream); break;
-        case 8: launch_split<Codec, MT, 8>(sp, pl, batch, stream); break;
+        case 2: launch_split<Codec, MT, 2, 8>(sp, pl, batch, stream); break;
+        case 4: launch_split<Codec, MT, 4, 8>(sp, pl, batch, stream); break;
+        case 8: launch_split<Codec, MT, 8, 8>(sp, pl, batch, stream); break;
         default:
-            if constexpr (MT <= 2) launch_split<Codec, MT, 16>(sp, pl, batch, stream);
+            if constexpr (MT <= 2) launch_split<Codec, MT, 16, 8>(sp, pl, batch, stream);
             break;
     }
 }
