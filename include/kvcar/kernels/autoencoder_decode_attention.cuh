@@ -773,10 +773,11 @@ void autoencoder_decode_attention(const device::cache_view<Codec>& cache,
         }
 
         // Merge the splits of every (item, head) into z̄ (one CTA each), then lift through W2.
-        detail::combine_kernel<128><<<dim3(unsigned(p.batch), unsigned(H)), 128, 0, stream>>>(
-            sp.part_acc, sp.part_ml, p.kv_lengths, zbar, pl.hid_pad, pl.chunk, pl.splits,
-            pl.hid_pad);
-        KVCAR_CUDA_CHECK_LAUNCH("autoencoder_decode_attention combine_kernel");
+        detail::launch_merge(detail::merge_params{sp.part_acc, sp.part_ml, p.kv_lengths,
+                                                  /*out=*/zbar, p.batch, H,
+                                                  /*width=*/pl.hid_pad, pl.chunk, pl.splits,
+                                                  /*acc_stride=*/pl.hid_pad},
+                             ws, stream, "autoencoder_decode_attention combine_kernel");
         constexpr int LB = at::lift_items;
         const int ksplit = std::max(1, at::lift_threads / cache.head_dim);
         const std::size_t lift_smem =
@@ -790,8 +791,6 @@ void autoencoder_decode_attention(const device::cache_view<Codec>& cache,
         lift<<<dim3(unsigned(H), unsigned((p.batch + LB - 1) / LB)), at::lift_threads, lift_smem,
                stream>>>(cache, zbar, pl.hid_pad, p.kv_lengths, p.out, p.layer, p.batch, H, G);
         KVCAR_CUDA_CHECK_LAUNCH("autoencoder_decode_attention lift_kernel");
-        ws.last_splits = pl.splits;
-        ws.last_chunk = pl.chunk;
     }
 }
 

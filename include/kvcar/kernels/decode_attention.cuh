@@ -767,6 +767,30 @@ inline void validate(const decode_attention_params& p, int n_layers, int n_kv_he
     }
 }
 
+/// The splits' partial results of one launch and where their merge goes (combine_kernel).
+struct merge_params {
+    const float* part_acc = nullptr;          ///< [batch][n_heads][splits][acc_stride]
+    const float* part_ml = nullptr;           ///< [batch][n_heads][splits][2]: max, sum
+    const std::int32_t* kv_lengths = nullptr; ///< [batch]: tells how many splits saw tokens
+    float* out = nullptr;                     ///< [batch][n_heads][width]
+    int batch = 0, n_heads = 0;
+    int width = 0;       ///< merged floats per (item, head)
+    int chunk = 0;       ///< tokens per split
+    int splits = 0;      ///< splits per item (the partial buffers' stride)
+    int acc_stride = 0;  ///< floats between two splits' accumulators
+};
+
+/// Merges the splits of every (item, head) into `out` (one 128-thread CTA each) and records the
+/// split plan in the workspace; every split-KV path ends with it.
+inline void launch_merge(const merge_params& m, attention_workspace& ws, cudaStream_t stream,
+                         const char* what) {
+    combine_kernel<128><<<dim3(unsigned(m.batch), unsigned(m.n_heads)), 128, 0, stream>>>(
+        m.part_acc, m.part_ml, m.kv_lengths, m.out, m.width, m.chunk, m.splits, m.acc_stride);
+    KVCAR_CUDA_CHECK_LAUNCH(what);
+    ws.last_splits = m.splits;
+    ws.last_chunk = m.chunk;
+}
+
 /// Launches the direct kernel and its combine step for identity or quantized identity heads of
 /// HEAD_DIM, GQA query heads per KV head.
 template <class Codec, int HEAD_DIM, int GQA>
@@ -786,12 +810,10 @@ void launch_direct(const device::cache_view<Codec>& cache, const decode_attentio
     direct_attention_kernel<Codec, HEAD_DIM, GQA, direct_threads>
         <<<grid, direct_threads, 0, stream>>>(dp);
     KVCAR_CUDA_CHECK_LAUNCH("direct_attention_kernel");
-    combine_kernel<128><<<dim3(unsigned(p.batch), unsigned(p.n_heads)), 128, 0, stream>>>(
-        dp.part_acc, dp.part_ml, p.kv_lengths, p.out, HEAD_DIM, plan.chunk, plan.splits,
-        HEAD_DIM);
-    KVCAR_CUDA_CHECK_LAUNCH("combine_kernel");
-    ws.last_splits = plan.splits;
-    ws.last_chunk = plan.chunk;
+    launch_merge(merge_params{dp.part_acc, dp.part_ml, p.kv_lengths, p.out, p.batch, p.n_heads,
+                              /*width=*/HEAD_DIM, plan.chunk, plan.splits,
+                              /*acc_stride=*/HEAD_DIM},
+                 ws, stream, "combine_kernel");
 }
 
 /// The tensor-core direct path for f16 and int8 identity heads with GQA
@@ -941,10 +963,11 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
                 plan.splits, acc_stride);
             KVCAR_CUDA_CHECK_LAUNCH("combine_lift_kernel");
         } else {
-            detail::combine_kernel<128><<<heads, combine_threads, 0, stream>>>(
-                sp.part_acc, sp.part_ml, p.kv_lengths, p.out, hd, plan.chunk, plan.splits,
-                acc_stride);
-            KVCAR_CUDA_CHECK_LAUNCH("combine_kernel");
+            detail::launch_merge(
+                detail::merge_params{sp.part_acc, sp.part_ml, p.kv_lengths, p.out, p.batch,
+                                     p.n_heads, /*width=*/hd, plan.chunk, plan.splits,
+                                     acc_stride},
+                ws, stream, "combine_kernel");
         }
         ws.last_splits = plan.splits;
         ws.last_chunk = plan.chunk;

@@ -372,12 +372,10 @@ void launch_direct_mma(const device::cache_view<Codec>& cache, const decode_atte
     const dim3 grid(unsigned(plan.splits), unsigned(p.batch), unsigned(cache.n_kv_heads));
     direct_mma_attention_kernel<Codec, HEAD_DIM, GQA><<<grid, direct_mma_threads, 0, stream>>>(dp);
     KVCAR_CUDA_CHECK_LAUNCH("direct_mma_attention_kernel");
-    combine_kernel<128><<<dim3(unsigned(p.batch), unsigned(p.n_heads)), 128, 0, stream>>>(
-        dp.part_acc, dp.part_ml, p.kv_lengths, p.out, HEAD_DIM, plan.chunk, plan.splits,
-        HEAD_DIM);
-    KVCAR_CUDA_CHECK_LAUNCH("combine_kernel");
-    ws.last_splits = plan.splits;
-    ws.last_chunk = plan.chunk;
+    launch_merge(merge_params{dp.part_acc, dp.part_ml, p.kv_lengths, p.out, p.batch, p.n_heads,
+                              /*width=*/HEAD_DIM, plan.chunk, plan.splits,
+                              /*acc_stride=*/HEAD_DIM},
+                 ws, stream, "combine_kernel");
 }
 
 /// The hook decode_attention calls: runs the tensor-core direct path and returns true when the

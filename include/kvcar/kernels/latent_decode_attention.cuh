@@ -948,10 +948,10 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
         }
 
         // Merge the splits of every (item, head) into z̄ (one CTA each), then lift.
-        detail::combine_kernel<128><<<dim3(unsigned(p.batch), unsigned(H)), 128, 0, stream>>>(
-            sp.part_acc, sp.part_ml, p.kv_lengths, zbar, zw, pl.chunk, pl.splits,
-            pl.acc_stride);
-        KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention combine_kernel");
+        detail::launch_merge(detail::merge_params{sp.part_acc, sp.part_ml, p.kv_lengths,
+                                                  /*out=*/zbar, p.batch, H, /*width=*/zw,
+                                                  pl.chunk, pl.splits, pl.acc_stride},
+                             ws, stream, "latent_decode_attention combine_kernel");
         with_items([&](auto items) {
             constexpr int BB = decltype(items)::value;
             const std::size_t lift_smem = sizeof(float) * BB * std::size_t(zw);
@@ -967,8 +967,6 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
                 cache, zbar, zw, p.kv_lengths, p.out, p.layer, p.batch, H, G);
             KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention lift_kernel");
         });
-        ws.last_splits = pl.splits;
-        ws.last_chunk = pl.chunk;
     }
 }
 
