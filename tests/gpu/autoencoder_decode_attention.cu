@@ -9,6 +9,7 @@
 // the output's scale. Measured on an H100 (2026-11-26): 1.1e-4 to 3.0e-4 over these cases, so
 // 2e-3 leaves a margin of ~7x, while a wrong fragment layout, a missing bias, an unmasked padded
 // token or a mis-merged split gives errors of order 1.
+#include "gpu/decode_check.cuh"
 #include "gpu/gpu_test.cuh"
 
 #include <kvcar/cuda/device_kv_cache.cuh>
@@ -93,57 +94,15 @@ test_caches make_caches(const shape& s, const std::vector<ae_codec>& codecs,
 /// starts as NaN).
 double decode_error(test_caches& c, const attention_params& opt, kernels::attention_workspace& ws,
                     std::uint32_t seed, bool direct) {
-    const kv_geometry g = c.host.geometry();
-    const int batch = int(c.sequences.size());
-    const std::size_t q_width = std::size_t(opt.n_heads) * g.head_dim;
-    std::vector<std::int32_t> ints;
-    int max_len = 0;
-    for (int seq : c.sequences) ints.push_back(seq);
-    for (int seq : c.sequences) {
-        ints.push_back(c.host.length(seq, 0));
-        max_len = std::max(max_len, c.host.length(seq, 0));
-    }
-    cuda::device_buffer<std::int32_t> ints_dev(ints);
-    double worst = 0.0;
-    for (int layer = 0; layer < g.n_layers; ++layer) {
-        const std::vector<float> q = random_floats(q_width * batch, seed + 7u * layer);
-        cuda::device_buffer<float> q_dev(q);
-        cuda::device_buffer<float> out_dev = kvcar_test::poisoned(q.size());
-        if (direct) {
-            kernels::decode_attention_params p;
-            p.q = q_dev.data();
-            p.out = out_dev.data();
-            p.sequences = ints_dev.data();
-            p.kv_lengths = ints_dev.data() + batch;
-            p.batch = batch;
-            p.max_kv_length = max_len;
-            p.layer = layer;
-            p.n_heads = opt.n_heads;
-            p.scale = opt.scale;
-            kernels::autoencoder_decode_attention(c.device.view(), p, ws);
-        } else {
-            kernels::decode_attention(c.device, layer, c.sequences, q_dev.data(), out_dev.data(),
-                                      opt, ws);
-            CHECK(ws.last_autoencoder_tensor_cores);
-        }
-        KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
-        const std::vector<float> got = out_dev.to_host();
-        std::vector<float> want(q.size(), 0.0f);
-        for (int b = 0; b < batch; ++b) {
-            const int seq = c.sequences[std::size_t(b)];
-            if (c.host.length(seq, layer) == 0) {
-                for (std::size_t i = 0; i < q_width; ++i)
-                    REQUIRE(got[std::size_t(b) * q_width + i] == 0.0f);
-                continue;
+    return kvcar_test::worst_decode_error(
+        c.host, c.sequences, opt, seed, [&](const kernels::decode_attention_params& p) {
+            if (direct) {
+                kernels::autoencoder_decode_attention(c.device.view(), p, ws);
+            } else {
+                kernels::decode_attention(c.device, p.layer, c.sequences, p.q, p.out, opt, ws);
+                CHECK(ws.last_autoencoder_tensor_cores);
             }
-            reference_decode_attention(
-                c.host, seq, layer, opt,
-                std::span<const float>(q).subspan(std::size_t(b) * q_width, q_width),
-                std::span<float>(want).subspan(std::size_t(b) * q_width, q_width));
-        }
-        worst = std::max(worst, kvcar_test::relative_error(got, want));
-    }
-    return worst;
+        });
 }
 
 /// One autoencoder per stored slot (2 per layer and group), all of hidden width `hidden` and

@@ -2,6 +2,7 @@
 // latents on tensor cores, against kvcar::reference_decode_attention on the CPU reading the very
 // same records (the host cache is filled, then copied byte for byte into the device cache).
 // fp16 operands (Qz, probabilities) with fp32 accumulation: relative error <= 2e-3.
+#include "gpu/decode_check.cuh"
 #include "gpu/gpu_test.cuh"
 
 #include <kvcar/cuda/device_kv_cache.cuh>
@@ -86,57 +87,15 @@ test_caches<Codec> make_caches(const shape& s, const std::vector<Codec>& codecs,
 template <class Codec>
 double decode_error(test_caches<Codec>& c, const attention_params& opt,
                     kernels::attention_workspace& ws, std::uint32_t seed, bool direct) {
-    const kv_geometry g = c.host.geometry();
-    const int batch = int(c.sequences.size());
-    const std::size_t q_width = std::size_t(opt.n_heads) * g.head_dim;
-    std::vector<std::int32_t> ints;
-    int max_len = 0;
-    for (int seq : c.sequences) ints.push_back(seq);
-    for (int seq : c.sequences) {
-        ints.push_back(c.host.length(seq, 0));
-        max_len = std::max(max_len, c.host.length(seq, 0));
-    }
-    cuda::device_buffer<std::int32_t> ints_dev(ints);
-    double worst = 0.0;
-    for (int layer = 0; layer < g.n_layers; ++layer) {
-        const std::vector<float> q = random_floats(q_width * batch, seed + 7u * layer);
-        cuda::device_buffer<float> q_dev(q);
-        cuda::device_buffer<float> out_dev = kvcar_test::poisoned(q.size());
-        if (direct) {
-            kernels::decode_attention_params p;
-            p.q = q_dev.data();
-            p.out = out_dev.data();
-            p.sequences = ints_dev.data();
-            p.kv_lengths = ints_dev.data() + batch;
-            p.batch = batch;
-            p.max_kv_length = max_len;
-            p.layer = layer;
-            p.n_heads = opt.n_heads;
-            p.scale = opt.scale;
-            kernels::latent_decode_attention(c.device.view(), p, ws);
-        } else {
-            kernels::decode_attention(c.device, layer, c.sequences, q_dev.data(), out_dev.data(),
-                                      opt, ws);
-            CHECK(ws.last_latent_tensor_cores);
-        }
-        KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
-        const std::vector<float> got = out_dev.to_host();
-        std::vector<float> want(q.size(), 0.0f);
-        for (int b = 0; b < batch; ++b) {
-            const int seq = c.sequences[std::size_t(b)];
-            if (c.host.length(seq, layer) == 0) {
-                for (std::size_t i = 0; i < q_width; ++i)
-                    REQUIRE(got[std::size_t(b) * q_width + i] == 0.0f);
-                continue;
+    return kvcar_test::worst_decode_error(
+        c.host, c.sequences, opt, seed, [&](const kernels::decode_attention_params& p) {
+            if (direct) {
+                kernels::latent_decode_attention(c.device.view(), p, ws);
+            } else {
+                kernels::decode_attention(c.device, p.layer, c.sequences, p.q, p.out, opt, ws);
+                CHECK(ws.last_latent_tensor_cores);
             }
-            reference_decode_attention(
-                c.host, seq, layer, opt,
-                std::span<const float>(q).subspan(std::size_t(b) * q_width, q_width),
-                std::span<float>(want).subspan(std::size_t(b) * q_width, q_width));
-        }
-        worst = std::max(worst, kvcar_test::relative_error(got, want));
-    }
-    return worst;
+        });
 }
 
 template <class Codec>
