@@ -47,45 +47,14 @@ struct shape {
     int group_width() const { return heads_per_group * head_dim; }
 };
 
-struct test_caches {
-    kv_cache<ae_codec, dense_layout, paged_storage> host;
-    cuda::device_kv_cache<ae_codec, dense_layout> device;
-    std::vector<int> sequences;
-};
+using test_caches = kvcar_test::paired_caches<ae_codec>;
 
-/// Host and device caches with the same records; sequences of the given lengths (0: live but
-/// empty), their pages interleaved with a spare sequence's so that tiles cross page boundaries
-/// (pages of 16 tokens, tiles of 32).
+/// Paired caches over groups of s.heads_per_group heads (kvcar_test::make_interleaved_caches).
 test_caches make_caches(const shape& s, const std::vector<ae_codec>& codecs,
                         const std::vector<int>& lengths, std::uint32_t seed) {
-    const kv_geometry g{s.n_layers, s.n_kv_heads, s.head_dim};
-    const dense_layout layout(g, s.heads_per_group);
-    int max_len = 1, pages = 0;
-    for (int len : lengths) {
-        max_len = std::max(max_len, len);
-        pages += (len + 15) / 16;
-    }
-    const int n = int(lengths.size());
-    test_caches c{kv_cache<ae_codec, dense_layout, paged_storage>(layout, codecs,
-                                                                 {n + 1, max_len, 16, pages + 4}),
-                  cuda::device_kv_cache<ae_codec, dense_layout>(
-                      layout, codecs, {n + 2, max_len + 8, 16, pages + 9}),
-                  {}};
-    const int spare = c.host.add_sequence();
-    for (int i = 0; i < n; ++i) {
-        const int seq = c.host.add_sequence();
-        c.sequences.push_back(seq);
-        kvcar_test::fill_sequence(c.host, seq, lengths[std::size_t(i)] / 2, seed + 17u * seq, 64);
-        kvcar_test::fill_sequence(c.host, spare, 3, seed + 999u + std::uint32_t(i));
-    }
-    for (int i = 0; i < n; ++i) {
-        const int seq = c.sequences[std::size_t(i)];
-        const int rest = lengths[std::size_t(i)] - c.host.length(seq);
-        kvcar_test::fill_sequence(c.host, seq, rest, seed + 31u * seq + 5u, 64);
-    }
-    c.host.remove_sequence(spare);
-    c.device.copy_from(c.host);
-    return c;
+    const dense_layout layout(kv_geometry{s.n_layers, s.n_kv_heads, s.head_dim},
+                              s.heads_per_group);
+    return kvcar_test::make_interleaved_caches(layout, codecs, lengths, seed);
 }
 
 /// Runs decode attention (through decode_attention's dispatch, or autoencoder_decode_attention

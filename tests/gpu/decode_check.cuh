@@ -5,7 +5,9 @@
 
 #include "gpu/gpu_test.cuh"
 
+#include <kvcar/cuda/device_kv_cache.cuh>
 #include <kvcar/kernels/decode_attention.cuh>
+#include <kvcar/layout/dense.hpp>
 #include <kvcar/reference/attention.hpp>
 
 #include <algorithm>
@@ -14,6 +16,51 @@
 #include <vector>
 
 namespace kvcar_test {
+
+/// A host cache and a device cache holding the same records, and the sequences to attend over.
+template <class Codec>
+struct paired_caches {
+    kvcar::kv_cache<Codec, kvcar::dense_layout, kvcar::paged_storage> host;
+    kvcar::cuda::device_kv_cache<Codec, kvcar::dense_layout> device;
+    std::vector<int> sequences;
+};
+
+/// Paired caches with sequences of the given lengths (0: live but empty), their pages
+/// interleaved with a spare sequence's so that tiles cross page boundaries (pages of 16 tokens);
+/// the device cache is larger than the host's, so ids and pages differ from a fresh cache's.
+template <class Codec>
+paired_caches<Codec> make_interleaved_caches(const kvcar::dense_layout& layout,
+                                             const std::vector<Codec>& codecs,
+                                             const std::vector<int>& lengths,
+                                             std::uint32_t seed) {
+    int max_len = 1, pages = 0;
+    for (int len : lengths) {
+        max_len = std::max(max_len, len);
+        pages += (len + 15) / 16;
+    }
+    const int n = int(lengths.size());
+    paired_caches<Codec> c{
+        kvcar::kv_cache<Codec, kvcar::dense_layout, kvcar::paged_storage>(
+            layout, codecs, {n + 1, max_len, 16, pages + 4}),
+        kvcar::cuda::device_kv_cache<Codec, kvcar::dense_layout>(
+            layout, codecs, {n + 2, max_len + 8, 16, pages + 9}),
+        {}};
+    const int spare = c.host.add_sequence();
+    for (int i = 0; i < n; ++i) {
+        const int seq = c.host.add_sequence();
+        c.sequences.push_back(seq);
+        fill_sequence(c.host, seq, lengths[std::size_t(i)] / 2, seed + 17u * seq, 64);
+        fill_sequence(c.host, spare, 3, seed + 999u + std::uint32_t(i));
+    }
+    for (int i = 0; i < n; ++i) {
+        const int seq = c.sequences[std::size_t(i)];
+        const int rest = lengths[std::size_t(i)] - c.host.length(seq);
+        fill_sequence(c.host, seq, rest, seed + 31u * seq + 5u, 64);
+    }
+    c.host.remove_sequence(spare);
+    c.device.copy_from(c.host);
+    return c;
+}
 
 /// For every layer of `host`: random queries (from `seed`), an output poisoned with NaN, and
 /// `attend(p)` with p describing one decode step of `sequences` (lengths from layer 0, as the
