@@ -12,6 +12,7 @@
 #include <kvcar/reference/attention.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -130,6 +131,57 @@ TEST_CASE("latent_decode_attention: int8 and fp8 latents (quantized linear)") {
     check(gpt2, same(gpt2, f8), boundary_lengths, "quantized<linear,fp8> d384");
     const auto i8g = make_quantized<std::int8_t>(lin2.codec<float>());
     check(gpt2, same(gpt2, i8g), {300, 0, 7}, "quantized<linear,int8> d384", true);
+}
+
+/// Sequences whose V latents change size by tiles of 32 tokens — 1e-3 … 1e3 times a random row,
+/// and whole tiles of zero latents (records of scale 0) — under random K: a quantized V's
+/// probability · scale, which the split kernel keeps relative to each tile's largest, must follow
+/// them (every tile a new unit) and come back to the true sums.
+template <class Codec>
+void check_v_scales(const Codec& codec, const linear_params& lin, const char* name) {
+    const shape s{"llama", 1, 8, 128, 32};
+    const dense_layout layout(kv_geometry{s.n_layers, s.n_kv_heads, s.head_dim}, s.n_kv_heads);
+    const std::vector<int> lengths{700, 45, 96, 1};
+    const int width = s.n_kv_heads * s.head_dim;
+    kvcar_test::paired_caches<Codec> c{
+        kv_cache<Codec, dense_layout, paged_storage>(layout, same(s, codec), {8, 700, 16, 64}),
+        cuda::device_kv_cache<Codec, dense_layout>(layout, same(s, codec), {8, 700, 16, 64}),
+        {}};
+    for (std::size_t i = 0; i < lengths.size(); ++i) {
+        const int seq = c.host.add_sequence();
+        c.sequences.push_back(seq);
+        const int n = lengths[i];
+        const std::vector<float> k = random_floats(std::size_t(n) * width, 50u + unsigned(i));
+        std::vector<float> v = random_floats(std::size_t(n) * width, 60u + unsigned(i));
+        for (int t = 0; t < n; ++t) {
+            // Tiles 0, 1, 2 (mod 4) at 1e-3, 1, 1e3 (times 1 … 5 by token); tile 3 all zero:
+            // x = μ gives the latent 0 exactly.
+            const int size_class = (t / 32 + int(i)) % 4;
+            const float size = size_class == 3 ? 0.0f
+                                               : std::pow(1000.0f, float(size_class - 1)) *
+                                                     float(1 + t % 5);
+            for (int e = 0; e < width; ++e) {
+                float& x = v[std::size_t(t) * width + std::size_t(e)];
+                x = lin.mean[std::size_t(e)] + size * x;
+            }
+        }
+        c.host.append(seq, 0, k, v);
+    }
+    c.device.copy_from(c.host);
+    attention_params opt;
+    opt.n_heads = s.n_heads;
+    kernels::attention_workspace ws;
+    const double err = decode_error(c, opt, ws, 5u, false);
+    std::printf("latent_decode_attention V scales 1e-3..1e3 %-26s: rel err %.2e\n", name, err);
+    CHECK(err <= tolerance);
+}
+
+TEST_CASE("latent_decode_attention: quantized V latents of very different sizes") {
+    const linear_params lin = kvcar_test::random_linear(1024, 512, 8, 41);
+    check_v_scales(make_quantized<std::int8_t>(lin.codec<float>()), lin,
+                   "quantized<linear,int8> d512");
+    check_v_scales(make_quantized<fp8_e4m3>(lin.codec<float>()), lin,
+                   "quantized<linear,fp8> d512");
 }
 
 TEST_CASE("latent_decode_attention: latent widths that are not multiples of 16 or 8") {

@@ -16,9 +16,11 @@
 //     cp.async, a tile's K rows and V rows in separate copy groups; the next tile is requested
 //     before the current one is awaited, so tiles are always in flight, and V lands while the
 //     scores are computed. f16 latents land in the fp16 tile directly; int8 / fp8 records land
-//     raw and are converted to fp16 in shared memory (K: the raw element values u, exact in
-//     fp16, with the record's scale and offset applied to the fp32 score,
-//     s = scale·(Qz·u) + offset·ΣQz; V: the dequantized value u·scale + offset in fp16);
+//     raw and stay raw: each lane loads 4 bytes of a record for its MMA fragment and widens
+//     them to the element values u (exact in fp16) in registers (K's columns in an order that
+//     matches Qz's permuted copy, V's through movmatrix); each record's scale and offset stay
+//     in fp32: for K they apply to the score, s = scale·(Qz·u) + offset·ΣQz, for V the scale
+//     joins the probability (Σ p·v = Σ (p·scale)·u + Σ p·offset), so V is never dequantized;
 //   * S = Qz · Zᵀ by mma.sync m16n8k16 (fp16 in, fp32 accumulate, operands by ldmatrix): warp
 //     (token block, slice of d) computes a partial product, the slices meet in shared memory;
 //   * the online softmax (lane per token, each warp a fixed set of heads) keeps each head's
@@ -41,7 +43,8 @@
 // works; d a multiple of 8 (f16) lets each record be fetched in 16-byte pieces, other widths are
 // zero-padded to 16 on the way in. Latents must be finite (a cached inf times a zero probability
 // would be NaN). Precision: Qz, Z (f16 latents are exact) and the probabilities are fp16 operands
-// with fp32 accumulation, as in flash attention; dequantized V latents must fit fp16.
+// with fp32 accumulation, as in flash attention; a quantized V's p·scale is rounded to fp16
+// relative to the tile's largest, so the terms that matter keep fp16's relative precision.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -103,13 +106,14 @@ __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / 
 /// number of 16-byte units, so the eight rows one ldmatrix reads fall in different bank groups.
 struct smem_layout {
     int q_ld = 0, t_ld = 0, s_ld = 0, p_ld = 0;  // row strides: halves, halves, floats, halves
-    int qz = 0, ring = 0, k_half = 0, v_half = 0, scores = 0, probs = 0, vectors = 0;  // bytes
+    int qz = 0, ring = 0, scores = 0, probs = 0, vectors = 0;  // byte offsets
     int stage_bytes = 0;  // one ring stage: the K tile, then the V tile at v_part
     int v_part = 0;
     int total = 0;
 };
 
-/// `lat_pad`: widest latent rounded up to 16; `raw_ld`: bytes per raw record row (quantized).
+/// `lat_pad`: widest latent rounded up to 16; `raw_ld`: bytes per raw record row (quantized), an
+/// odd number of 16-byte units, so the 4-byte fragment loads of 8 rows hit distinct banks.
 /// `slices`: the d-slices the score warps split (warps / token_blocks).
 __host__ __device__ inline smem_layout make_layout(int heads_pad, int lat_pad, int stages,
                                                    int raw_ld, bool quantized, int slices) {
@@ -125,19 +129,12 @@ __host__ __device__ inline smem_layout make_layout(int heads_pad, int lat_pad, i
     off += round_up(heads_pad * L.q_ld * 2, 128);
     L.ring = off;
     off += stages * L.stage_bytes;
-    L.k_half = L.v_half = L.ring;
-    if (quantized) {
-        L.k_half = off;
-        off += round_up(tile * L.t_ld * 2, 128);
-        L.v_half = off;
-        off += round_up(tile * L.t_ld * 2, 128);
-    }
     L.scores = off;  // [slices][heads_pad][s_ld] partial scores
     off += round_up(slices * heads_pad * L.s_ld * 4, 128);
     L.probs = off;  // [heads_pad][p_ld] fp16 probabilities of the tile
     off += round_up(heads_pad * L.p_ld * 2, 128);
-    L.vectors = off;  // K scale[tile], K offset[tile], bias, ΣQz, α [heads_pad each]
-    off += (2 * tile + 3 * heads_pad) * 4;
+    L.vectors = off;  // bias, ΣQz, α, V unit [heads_pad each]
+    off += 4 * heads_pad * 4;
     L.total = round_up(off, 128);
     return L;
 }
@@ -185,6 +182,58 @@ __device__ __forceinline__ float warp_max_float(float x) {
     return __int_as_float(key >= 0 ? key : key ^ 0x7fffffff);
 }
 
+/// Four int8 or fp8 e4m3 elements (one register) → two half2 registers holding their values
+/// exactly: int8 q as q + ½ (the codec's load_float), fp8 as its value / 2^8 (widen_fp8x4).
+template <class E>
+__device__ __forceinline__ void widen_elements4(std::uint32_t raw, std::uint32_t& lo,
+                                                std::uint32_t& hi) {
+    if constexpr (std::same_as<E, std::int8_t>) {
+        const __half2 one = __float2half2_rn(1.0f), half = __float2half2_rn(0.5f);
+        dequant_int8x4(raw, one, half, lo, hi);
+    } else {
+        widen_fp8x4(raw, lo, hi);
+    }
+}
+
+/// Where column c of the Qz tile reads Qz when K is quantized. A B fragment's lane holds rows
+/// 2·t4, 2·t4 + 1 (register b0) and 2·t4 + 8, 2·t4 + 9 (b1) of a 16-deep k-step; a lane of the
+/// quantized path loads the 4 consecutive raw bytes 4·t4 … 4·t4 + 3 of the k-step into b0, b1
+/// instead. A dot product does not care about order, so Qz's columns are permuted to match:
+/// fragment row k reads raw column raw_k_column(k) (within each 16, the same for every step).
+__host__ __device__ constexpr int raw_k_column(int c) {
+    const int k = c & 15, t4 = (k & 7) >> 1;
+    return (c & ~15) + 4 * t4 + (k >= 8 ? 2 : 0) + (k & 1);
+}
+// The split kernel's set-up moves whole column pairs (32-bit words): 0, 2, 4, 6, then 1, 3, 5, 7.
+static_assert(raw_k_column(2) == 4 && raw_k_column(6) == 12 && raw_k_column(8) == 2 &&
+              raw_k_column(15) == 15 && raw_k_column(21) == 25);
+
+/// One thread's walk over the records of tokens t, t + step, t + 2·step, … of a sequence in one
+/// slot: the block and the offset in it advance by subtraction (no integer division per step),
+/// and the page id of the next step is loaded as the walk advances, a whole step before the
+/// copy that needs it, so the dependent block-table load is off the copy's critical path.
+struct record_walk {
+    int block = 0, offset = 0, page = 0;
+
+    /// `valid`: whether token `token` exists (no block-table entry is read for one that does not).
+    __device__ void start(const page_view& v, int seq, int token, bool valid) {
+        block = token / v.page_size;
+        offset = token - block * v.page_size;
+        page = valid ? v.block_table[std::size_t(seq) * v.pages_per_sequence + block] : 0;
+    }
+    __device__ const std::byte* record(const page_view& v) const {
+        return v.pool + (std::size_t(page) * v.page_size + offset) * v.record_bytes;
+    }
+    __device__ void advance(const page_view& v, int seq, int step, bool valid) {
+        offset += step;
+        while (offset >= v.page_size) {
+            offset -= v.page_size;
+            ++block;
+        }
+        if (valid) page = v.block_table[std::size_t(seq) * v.pages_per_sequence + block];
+    }
+};
+
 /// One CTA of NW warps (8 or 16): split blockIdx.x of item blockIdx.y, all heads. MT: 16-row
 /// head blocks (1, 2, 4); NB: 8-wide column blocks of the V latent each warp accumulates (even).
 ///
@@ -230,7 +279,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
     const page_view pk = cache.slots[slot_k];
     const page_view pv = cache.slots[slot_v];
     const int dk = int(ck.latent_width()), dv = int(cv.latent_width());
-    const int dk16 = (dk + 15) / 16, dv8 = (dv + 15) / 16 * 2;
+    const int dk16 = (dk + 15) / 16, dv16 = (dv + 15) / 16, dv8 = 2 * dv16;
     const int header_k = scale_offset_bytes(ck), header_v = scale_offset_bytes(cv);
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t4 = lane & 3;
@@ -238,30 +287,46 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
     const smem_layout L = make_layout(NQP, p.lat_pad, S, p.raw_ld, QUANT, KSL);
     __half* qz_s = reinterpret_cast<__half*>(smem + L.qz);
     unsigned char* ring = smem + L.ring;
-    __half* k_half = reinterpret_cast<__half*>(smem + L.k_half);
-    __half* v_half = reinterpret_cast<__half*>(smem + L.v_half);
     float* scores = reinterpret_cast<float*>(smem + L.scores);
     __half* probs = reinterpret_cast<__half*>(smem + L.probs);
-    float* k_scale = reinterpret_cast<float*>(smem + L.vectors);
-    float* k_offset = k_scale + tile;
-    float* bias_s = k_offset + tile;
+    float* bias_s = reinterpret_cast<float*>(smem + L.vectors);
     float* qsum_s = bias_s + NQP;
     float* alpha_s = qsum_s + NQP;
+    float* unit_s = alpha_s + NQP;  // quantized V: the unit of each head's accumulators
 
     // --- set-up: Qz (fp16, zero rows beyond NQ), running statistics, zeroed tiles ------------
     {
-        const int pieces = p.lat_pad / 8;  // 16-byte pieces per row
-        for (int idx = tid; idx < NQP * pieces; idx += NT) {
-            const int h = idx / pieces, c = idx - (idx / pieces) * pieces;
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (h < NQ)
-                v = *reinterpret_cast<const uint4*>(
-                    p.qz + (std::size_t(b) * NQ + h) * p.qz_ld + std::size_t(c) * 8);
-            *reinterpret_cast<uint4*>(qz_s + h * L.q_ld + c * 8) = v;
+        if constexpr (QUANT) {
+            // Columns in the order quantized K fragments arrive in (raw_k_column): per 16
+            // columns, the column pairs 0, 2, 4, 6, then 1, 3, 5, 7.
+            const int blocks = p.lat_pad / 16;
+            for (int idx = tid; idx < NQP * blocks; idx += NT) {
+                const int h = idx / blocks, c = (idx - (idx / blocks) * blocks) * 16;
+                uint4 lo = make_uint4(0u, 0u, 0u, 0u), hi = lo;
+                if (h < NQ) {
+                    const __half* src = p.qz + (std::size_t(b) * NQ + h) * p.qz_ld + c;
+                    lo = *reinterpret_cast<const uint4*>(src);
+                    hi = *reinterpret_cast<const uint4*>(src + 8);
+                }
+                *reinterpret_cast<uint4*>(qz_s + h * L.q_ld + c) = make_uint4(lo.x, lo.z, hi.x, hi.z);
+                *reinterpret_cast<uint4*>(qz_s + h * L.q_ld + c + 8) =
+                    make_uint4(lo.y, lo.w, hi.y, hi.w);
+            }
+        } else {
+            const int pieces = p.lat_pad / 8;  // 16-byte pieces per row
+            for (int idx = tid; idx < NQP * pieces; idx += NT) {
+                const int h = idx / pieces, c = idx - (idx / pieces) * pieces;
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                if (h < NQ)
+                    v = *reinterpret_cast<const uint4*>(
+                        p.qz + (std::size_t(b) * NQ + h) * p.qz_ld + std::size_t(c) * 8);
+                *reinterpret_cast<uint4*>(qz_s + h * L.q_ld + c * 8) = v;
+            }
         }
         for (int h = tid; h < NQP; h += NT) {
             bias_s[h] = h < NQ ? p.qbias[std::size_t(b) * NQ + h] : 0.0f;
             alpha_s[h] = 0.0f;
+            unit_s[h] = 1.0f;
         }
         // Rows of padded heads stay zero: their MMA rows add nothing.
         for (int idx = tid; idx < NQP * L.p_ld / 2; idx += NT)
@@ -289,11 +354,13 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
     // The softmax warp w owns heads u · NW + w (u < HPW): its running max (uniform) and
     // per-lane partial sums stay in registers for the whole split.
     constexpr int HPW = NQP / NW;
-    float m_run[HPW], l_run[HPW], bias_r[HPW], qsum_r[HPW];
+    // Quantized V (see the softmax): c_run sums p · offset per lane.
+    float m_run[HPW], l_run[HPW], c_run[HPW], bias_r[HPW], qsum_r[HPW];
 #pragma unroll
     for (int u = 0; u < HPW; ++u) {
         m_run[u] = -INFINITY;
         l_run[u] = 0.0f;
+        c_run[u] = 0.0f;
         bias_r[u] = bias_s[u * NW + warp];
         qsum_r[u] = QUANT ? qsum_s[u * NW + warp] : 0.0f;
     }
@@ -304,14 +371,19 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
     // consecutive 16-byte pieces per warp instruction and row.
     constexpr int row_threads = NT / tile;
     const int my_row = tid / row_threads, my_piece = tid % row_threads;
-    auto copy_rows = [&](const page_view& view, int d, int t0, int n, unsigned char* dst) {
+    // The walks of my_row's token through the K and V slots, one tile per issue.
+    record_walk walk_k, walk_v;
+    walk_k.start(pk, seq, begin + my_row, begin + my_row < end);
+    walk_v.start(pv, seq, begin + my_row, begin + my_row < end);
+    auto copy_rows = [&](const page_view& view, const record_walk& walk, int d, int t0, int n,
+                         unsigned char* dst) {
         const int rb = int(view.record_bytes);
         if constexpr (QUANT) {
             // Whole records (elements, padding, scale, offset) in the widest aligned pieces.
             const int piece = rb % 16 == 0 ? 16 : rb % 8 == 0 ? 8 : 4;
             const int per_row = rb / piece;
             if (my_row < n) {
-                const std::byte* src = view.record(seq, t0 + my_row);
+                const std::byte* src = walk.record(view);
                 unsigned char* to = dst + my_row * p.raw_ld;
                 for (int c = my_piece; c < per_row; c += row_threads) {
                     if (piece == 16) cp_async16(to + c * 16, src + c * 16);
@@ -323,7 +395,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
             __half* t = reinterpret_cast<__half*>(dst);
             if (d % 8 == 0 && rb % 16 == 0) {
                 if (my_row < n) {
-                    const std::byte* src = view.record(seq, t0 + my_row);
+                    const std::byte* src = walk.record(view);
                     __half* to = t + my_row * L.t_ld;
                     for (int c = my_piece; c < d / 8; c += row_threads)
                         cp_async16(to + c * 8, src + std::size_t(c) * 16);
@@ -338,77 +410,31 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
             }
         }
     };
+    // Tiles are issued in order, each once: issue_stage is tile i's ring stage (i mod S).
+    int issue_stage = 0;
     auto issue = [&](int i) {
         if (i < n_tiles) {
             const int t0 = begin + i * tile;
             const int n = min(tile, end - t0);
-            unsigned char* stage = ring + std::size_t(i % S) * L.stage_bytes;
-            copy_rows(pk, dk, t0, n, stage);
+            unsigned char* stage = ring + std::size_t(issue_stage) * L.stage_bytes;
+            issue_stage = issue_stage + 1 == S ? 0 : issue_stage + 1;
+            copy_rows(pk, walk_k, dk, t0, n, stage);
             cp_async_commit();
-            copy_rows(pv, dv, t0, n, stage + L.v_part);
+            copy_rows(pv, walk_v, dv, t0, n, stage + L.v_part);
+            const bool next = t0 + tile + my_row < end;
+            walk_k.advance(pk, seq, tile, next);
+            walk_v.advance(pv, seq, tile, next);
         } else {
             cp_async_commit();  // empty groups keep the count of groups per tile at two
         }
         cp_async_commit();
     };
 
-    // Quantized: raw records → fp16 tile of the raw element values (exact for int8 and fp8);
-    // K keeps its per-token scale and offset for the fp32 score, V is dequantized in fp16
-    // (u · scale + offset). Columns beyond d and rows beyond n become zero.
-    auto convert = [&](const unsigned char* raw, int d, int header, int n, bool is_v,
-                       __half* out) {
-        const int groups = (d + 15) / 16 * 2;  // 8 elements each
-        for (int idx = tid; idx < tile * groups; idx += NT) {
-            const int r = idx / groups, gr = idx - (idx / groups) * groups;
-            const int j0 = gr * 8;
-            float v[8];
-#pragma unroll
-            for (int e = 0; e < 8; ++e) v[e] = 0.0f;
-            if (r < n) {
-                const unsigned char* row = raw + r * p.raw_ld;
-                const float sc = *reinterpret_cast<const float*>(row + header);
-                const float of = *reinterpret_cast<const float*>(row + header + 4);
-                if (!is_v && gr == 0) {
-                    k_scale[r] = sc;
-                    k_offset[r] = of;
-                }
-                const float mul = is_v ? sc : 1.0f, add = is_v ? of : 0.0f;
-                if constexpr (std::same_as<E, std::int8_t>) {
-                    if (!is_v && j0 + 8 <= d) {
-                        // K's raw values u + ½ (load_float), packed: 8 elements in 4 byte
-                        // permutes and 4 half2 operations, exact. V keeps the fp32 path: its
-                        // scale rounded to fp16 would shift every value it dequantizes.
-                        const uint2 raw8 = *reinterpret_cast<const uint2*>(row + j0);
-                        const __half2 h_mul = __float2half2_rn(1.0f);
-                        const __half2 h_add = __float2half2_rn(0.5f);
-                        uint4 packed;
-                        dequant_int8x4(raw8.x, h_mul, h_add, packed.x, packed.y);
-                        dequant_int8x4(raw8.y, h_mul, h_add, packed.z, packed.w);
-                        *reinterpret_cast<uint4*>(out + r * L.t_ld + j0) = packed;
-                        continue;
-                    }
-                }
-                if (j0 + 8 <= d) {
-                    const uint2 bytes = *reinterpret_cast<const uint2*>(row + j0);
-                    E el[8];
-                    memcpy(el, &bytes, 8);
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) v[e] = device::load_float(el[e]) * mul + add;
-                } else {
-                    const E* el = reinterpret_cast<const E*>(row);
-#pragma unroll
-                    for (int e = 0; e < 8; ++e)
-                        if (j0 + e < d) v[e] = device::load_float(el[j0 + e]) * mul + add;
-                }
-            } else if (!is_v && gr == 0) {
-                k_scale[r] = 0.0f;
-                k_offset[r] = 0.0f;
-            }
-            *reinterpret_cast<uint4*>(out + r * L.t_ld + j0) =
-                make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]),
-                           pack_half2(v[4], v[5]), pack_half2(v[6], v[7]));
-        }
-    };
+    // Quantized records are read in place (the ring holds them raw): fragments take 4 bytes of
+    // one record per lane and widen them to fp16 in registers, exactly (int8 q as q + ½, fp8 as
+    // its value / 2^8, the 2^8 in `fold`) — no conversion pass, no fp16 copy of the tile, so
+    // the ring has room for more stages. Scales and offsets stay per token in fp32.
+    constexpr float fold = std::same_as<E, fp8_e4m3> ? 256.0f : 1.0f;
 
     float o[MT][NB][4];
 #pragma unroll
@@ -427,22 +453,18 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
     const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_pair = lane >> 4;
 
     for (int s = 0; s < S - 1; ++s) issue(s);
+    int read_stage = 0;  // tile i's ring stage
     for (int i = 0; i < n_tiles; ++i) {
         __syncthreads();  // tile i - 1 is finished: its ring stage, scores and probs are free
         issue(i + S - 1);
         const int t0 = begin + i * tile;
         const int n = min(tile, end - t0);
-        const unsigned char* stage = ring + std::size_t(i % S) * L.stage_bytes;
+        const unsigned char* stage = ring + std::size_t(read_stage) * L.stage_bytes;
+        read_stage = read_stage + 1 == S ? 0 : read_stage + 1;
         cp_async_wait_dyn(2 * S - 1);  // this thread's copies of K_i have landed
         __syncthreads();               // ... everyone's
         const __half* kt = reinterpret_cast<const __half*>(stage);
         const __half* vt = reinterpret_cast<const __half*>(stage + L.v_part);
-        if constexpr (QUANT) {
-            convert(stage, dk, header_k, n, false, k_half);
-            __syncthreads();
-            kt = k_half;
-            vt = v_half;
-        }
 
         // S = Qz · K_tileᵀ, partial over this warp's slice of d.
         {
@@ -456,7 +478,16 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
                     for (int e = 0; e < 4; ++e) sacc[m][j][e] = 0.0f;
             for (int kk = ks; kk < dk16; kk += KSL) {
                 std::uint32_t kb[4];
-                ldmatrix_x4(kb, kt + (nb * 16 + kb_row) * L.t_ld + kk * 16 + kb_col);
+                if constexpr (QUANT) {
+                    // Token nb·16 + g (+ 8), raw bytes 4·t4 … 4·t4 + 3 of this k-step: b0, b1
+                    // of the fragment whose columns raw_k_column put there.
+                    const unsigned char* r = stage + (nb * 16 + g) * p.raw_ld + kk * 16 + 4 * t4;
+                    widen_elements4<E>(*reinterpret_cast<const std::uint32_t*>(r), kb[0], kb[1]);
+                    widen_elements4<E>(*reinterpret_cast<const std::uint32_t*>(r + 8 * p.raw_ld),
+                                       kb[2], kb[3]);
+                } else {
+                    ldmatrix_x4(kb, kt + (nb * 16 + kb_row) * L.t_ld + kk * 16 + kb_col);
+                }
 #pragma unroll
                 for (int m = 0; m < MT; ++m) {
                     std::uint32_t a[4];
@@ -482,8 +513,25 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
         // their reductions overlap. The running max lives in registers (uniform over the warp),
         // the running sum as per-lane partials reduced once at the end: per head and tile, one
         // warp reduction (redux.sync on the float's ordered-integer image) and one exponential.
+        //
+        // Quantized V (v = s_t·u + o_t per token, u exact in fp16): Σ p v = Σ (p s_t) u
+        // + Σ p o_t, so the MMA takes w = p·s_t as its probability and the offsets become one
+        // per-head sum: no dequantization pass over V. w is stored relative to the tile's largest
+        // w of the head (its new unit), so the terms that matter are normal fp16 however small
+        // the scales; the accumulators change unit with α' = α · unit_old / unit_new.
         {
             float x[HPW];
+            float k_scale = 0.0f, k_offset = 0.0f, v_scale = 0.0f, v_offset = 0.0f;
+            if constexpr (QUANT) {
+                if (lane < n) {
+                    const unsigned char* krow = stage + lane * p.raw_ld + header_k;
+                    const unsigned char* vrow = stage + L.v_part + lane * p.raw_ld + header_v;
+                    k_scale = *reinterpret_cast<const float*>(krow) * fold;
+                    k_offset = *reinterpret_cast<const float*>(krow + 4);
+                    v_scale = *reinterpret_cast<const float*>(vrow) * fold;  // >= 0
+                    v_offset = *reinterpret_cast<const float*>(vrow + 4);
+                }
+            }
 #pragma unroll
             for (int u = 0; u < HPW; ++u) {
                 const int h = u * NW + warp;
@@ -493,7 +541,7 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
 #pragma unroll
                     for (int ks = 0; ks < KSL; ++ks)
                         acc += scores[(ks * NQP + h) * L.s_ld + lane];
-                    if constexpr (QUANT) acc = acc * k_scale[lane] + k_offset[lane] * qsum_r[u];
+                    if constexpr (QUANT) acc = acc * k_scale + k_offset * qsum_r[u];
                     x[u] = (acc + bias_r[u]) * p.scale;
                 }
             }
@@ -502,15 +550,29 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
                 const int h = u * NW + warp;
                 if (h >= NQ) continue;  // warp-uniform; padded heads' probabilities stay zero
                 const float m_new = fmaxf(m_run[u], warp_max_float(x[u]));
-                const __half e = __float2half_rn(lane < n ? __expf(x[u] - m_new) : 0.0f);
-                probs[h * L.p_ld + lane] = e;
+                const float pe = lane < n ? __expf(x[u] - m_new) : 0.0f;
+                const __half e = __float2half_rn(pe);
                 const float alpha = __expf(m_run[u] - m_new);  // 0 on the first tile
                 l_run[u] = l_run[u] * alpha + __half2float(e);  // the weights the MMA uses
                 m_run[u] = m_new;
-                if (lane == 0) alpha_s[h] = alpha;
+                if constexpr (QUANT) {
+                    const float w = pe * v_scale;
+                    const float w_max = warp_max_float(w);
+                    const float old_unit = unit_s[h];  // only this warp writes it
+                    const float unit = w_max > 0.0f ? w_max : old_unit;  // all-zero: keep
+                    probs[h * L.p_ld + lane] = __float2half_rn(w * (1.0f / unit));
+                    c_run[u] = c_run[u] * alpha + __half2float(e) * v_offset;
+                    __syncwarp();
+                    if (lane == 0) {
+                        alpha_s[h] = alpha * (old_unit / unit);
+                        unit_s[h] = unit;
+                    }
+                } else {
+                    probs[h * L.p_ld + lane] = e;
+                    if (lane == 0) alpha_s[h] = alpha;
+                }
             }
         }
-        if constexpr (QUANT) convert(stage + L.v_part, dv, header_v, n, true, v_half);
         __syncthreads();
 
         // O = α·O + P · V_tile over this warp's column blocks.
@@ -531,18 +593,44 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
 #pragma unroll
             for (int m = 0; m < MT; ++m)
                 ldmatrix_x4(a[m], probs + (m * 16 + a_row) * L.p_ld + kk * 16 + a_col);
+            if constexpr (QUANT) {
+                // Column group q = 16 raw columns: 4 bytes of tokens g and g + 8 per lane,
+                // widened, are the rows of four 8×8 matrices (tokens × columns 4·t4 + {0, 1}
+                // and 4·t4 + {2, 3}); movmatrix turns them into the B fragments of the two
+                // 8-column blocks j, j + 1 (raw_v_column maps them back).
 #pragma unroll
-            for (int j = 0; j < NB; j += 2) {
-                const int c0 = warp + NW * j, c1 = c0 + NW;
-                if (c0 >= dv8) break;  // warp-uniform
-                const int c = v_pair ? (c1 < dv8 ? c1 : c0) : c0;
-                std::uint32_t vb[4];
-                ldmatrix_x4_trans(vb, vt + (kk * 16 + v_row) * L.t_ld + c * 8);
+                for (int j = 0; j < NB; j += 2) {
+                    const int q = warp + NW * (j / 2);
+                    if (q >= dv16) break;  // warp-uniform
+                    const unsigned char* r =
+                        stage + L.v_part + (kk * 16 + g) * p.raw_ld + q * 16 + 4 * t4;
+                    std::uint32_t lo0, hi0, lo1, hi1;
+                    widen_elements4<E>(*reinterpret_cast<const std::uint32_t*>(r), lo0, hi0);
+                    widen_elements4<E>(*reinterpret_cast<const std::uint32_t*>(r + 8 * p.raw_ld),
+                                       lo1, hi1);
+                    const std::uint32_t b_lo0 = transpose_8x8(lo0), b_lo1 = transpose_8x8(lo1);
+                    const std::uint32_t b_hi0 = transpose_8x8(hi0), b_hi1 = transpose_8x8(hi1);
 #pragma unroll
-                for (int m = 0; m < MT; ++m) {
-                    mma_16816(o[m][j], a[m][0], a[m][1], a[m][2], a[m][3], vb[0], vb[1]);
-                    if (c1 < dv8)
-                        mma_16816(o[m][j + 1], a[m][0], a[m][1], a[m][2], a[m][3], vb[2], vb[3]);
+                    for (int m = 0; m < MT; ++m) {
+                        mma_16816(o[m][j], a[m][0], a[m][1], a[m][2], a[m][3], b_lo0, b_lo1);
+                        mma_16816(o[m][j + 1], a[m][0], a[m][1], a[m][2], a[m][3], b_hi0, b_hi1);
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < NB; j += 2) {
+                    const int c0 = warp + NW * j, c1 = c0 + NW;
+                    if (c0 >= dv8) break;  // warp-uniform
+                    const int c = v_pair ? (c1 < dv8 ? c1 : c0) : c0;
+                    std::uint32_t vb[4];
+                    ldmatrix_x4_trans(vb, vt + (kk * 16 + v_row) * L.t_ld + c * 8);
+#pragma unroll
+                    for (int m = 0; m < MT; ++m) {
+                        mma_16816(o[m][j], a[m][0], a[m][1], a[m][2], a[m][3], vb[0], vb[1]);
+                        if (c1 < dv8)
+                            mma_16816(o[m][j + 1], a[m][0], a[m][1], a[m][2], a[m][3], vb[2],
+                                      vb[3]);
+                    }
                 }
             }
         }
@@ -550,19 +638,35 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
     cp_async_wait<0>();
 
     // --- the split's unnormalized accumulators, m and l, for the combine kernel --------------
+    // Quantized V: back from each head's unit, plus its offset sum, which the softmax warps
+    // hand over in shared memory (ΣQz's slots, read only at set-up).
+    float* offset_sum_s = qsum_s;
+    if constexpr (QUANT) {
+#pragma unroll
+        for (int u = 0; u < HPW; ++u) {
+            const float c = device::warp_sum(c_run[u]);
+            if (lane == 0) offset_sum_s[u * NW + warp] = c;
+        }
+        __syncthreads();
+    }
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
         for (int j = 0; j < NB; ++j) {
-            const int col = (warp + NW * j) * 8 + 2 * t4;
+            // Quantized: column group warp + NW·(j / 2), block j % 2 held raw columns
+            // 4·t4 + 2·(j % 2) and + 1 (see P·V).
+            const int col = QUANT ? (warp + NW * (j / 2)) * 16 + 4 * t4 + 2 * (j % 2)
+                                  : (warp + NW * j) * 8 + 2 * t4;
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int h = m * 16 + g + 8 * half;
                 if (h >= NQ) continue;
                 float* dst = p.part_acc +
                              ((std::size_t(b) * NQ + h) * p.max_splits + split) * p.acc_stride;
-                if (col < dv) dst[col] = o[m][j][2 * half];
-                if (col + 1 < dv) dst[col + 1] = o[m][j][2 * half + 1];
+                const float unit = QUANT ? unit_s[h] : 1.0f;
+                const float add = QUANT ? offset_sum_s[h] : 0.0f;
+                if (col < dv) dst[col] = o[m][j][2 * half] * unit + add;
+                if (col + 1 < dv) dst[col + 1] = o[m][j][2 * half + 1] * unit + add;
             }
         }
 #pragma unroll
@@ -746,6 +850,7 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
     const int max_rb = int(pad_record_bytes(std::size_t(cache.max_latent_width) * sizeof(E))) +
                        (QUANT ? 8 : 0);
     pl.raw_ld = round_up(max_rb, 16);
+    if ((pl.raw_ld / 16) % 2 == 0) pl.raw_ld += 16;  // odd: conflict-free fragment loads
     pl.acc_stride = round_up(cache.max_latent_width, 4);
     const int heads_pad = 16 * pl.mt;
     const int limit = ws.max_shared_bytes();

@@ -60,6 +60,19 @@ __device__ __forceinline__ void dequant_int8x4(std::uint32_t raw, __half2 scale,
     hi = *reinterpret_cast<const std::uint32_t*>(&h1);
 }
 
+/// Four fp8 e4m3 elements (one register) → two half2 registers of each element's value / 256,
+/// exact: e4m3 and binary16 differ in exponent bias by 8, so the sign moves to bit 15 and the
+/// seven exponent and mantissa bits slide into place below it (subnormals included); the 2^8
+/// goes into the caller's scale. The NaN codes 0x7f / 0xff become finite: callers read finite
+/// records only.
+__device__ __forceinline__ void widen_fp8x4(std::uint32_t raw, std::uint32_t& lo,
+                                            std::uint32_t& hi) {
+    const std::uint32_t w0 = __byte_perm(raw, 0u, 0x1404);  // byte k of raw → bits 8..15 of half k
+    const std::uint32_t w1 = __byte_perm(raw, 0u, 0x3424);
+    lo = (w0 & 0x80008000u) | ((w0 & 0x7f007f00u) >> 1);
+    hi = (w1 & 0x80008000u) | ((w1 & 0x7f007f00u) >> 1);
+}
+
 /// Four 8×8 fp16 matrices from shared memory; this lane supplies the address of row lane % 8
 /// of matrix lane / 8 (16 bytes, 16-byte aligned).
 __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* row) {
