@@ -701,13 +701,96 @@ __device__ bool merge_splits(const float* part_acc, const float* part_ml, int le
     return l > 0.0f;
 }
 
-template <int THREADS>
-__global__ void __launch_bounds__(THREADS)
-    combine_kernel(const float* part_acc, const float* part_ml, const std::int32_t* kv_lengths,
-                   float* out, int head_dim, int chunk, int max_splits, int acc_stride) {
+/// The splits' partial results of one launch and where their merge goes (combine_kernel).
+struct merge_params {
+    const float* part_acc = nullptr;          ///< [batch][n_heads][splits][acc_stride]
+    const float* part_ml = nullptr;           ///< [batch][n_heads][splits][2]: max, sum
+    const std::int32_t* kv_lengths = nullptr; ///< [batch]: tells how many splits saw tokens
+    float* out = nullptr;                     ///< [batch][n_heads][width]
+    int batch = 0, n_heads = 0;
+    int width = 0;       ///< merged floats per (item, head)
+    int chunk = 0;       ///< tokens per split
+    int splits = 0;      ///< splits per item (the partial buffers' stride)
+    int acc_stride = 0;  ///< floats between two splits' accumulators
+};
+
+inline constexpr int merge_threads = 128;  ///< 4 warps, each summing every 4th split
+inline constexpr int merge_columns = 128;  ///< columns per merge CTA: 4 per lane
+
+/// Merges the splits of (item blockIdx.x, head blockIdx.y) for the columns blockIdx.z · 128 …:
+/// element i is Σ_s w_s acc_s[i] / Σ_s w_s l_s with w_s = e^(m_s − M). The CTA reduces M and
+/// the denominator once over the splits; then warp w sums the splits w, w + 4, … for all 128
+/// columns (4 consecutive per lane, float4 loads where aligned), with the split's weight one
+/// exponential per lane, and the warps meet in shared memory. At batch 1 a long context has
+/// hundreds of splits per head: spreading columns over CTAs and splits over warps keeps enough
+/// loads in flight (one CTA per head with a serial loop over splits was latency-bound).
+__global__ void __launch_bounds__(merge_threads) combine_kernel(merge_params m) {
+    __shared__ float4 partial[merge_threads / 32][32];
+    __shared__ float red[merge_threads / 32];
     const int b = int(blockIdx.x), h = int(blockIdx.y);
-    merge_splits<THREADS>(part_acc, part_ml, kv_lengths[b], chunk, max_splits, acc_stride,
-                          head_dim, out + (std::size_t(b) * gridDim.y + h) * head_dim);
+    const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+    constexpr int warps = merge_threads / 32;
+    const int len = m.kv_lengths[b];
+    const int splits = len > 0 ? min((len + m.chunk - 1) / m.chunk, m.splits) : 0;
+    const std::size_t row = std::size_t(b) * m.n_heads + h;
+    const float* ml = m.part_ml + row * m.splits * 2;
+    const float* acc = m.part_acc + row * m.splits * m.acc_stride;
+
+    float mx = -INFINITY;
+    for (int s = tid; s < splits; s += merge_threads) mx = fmaxf(mx, ml[2 * s]);
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) red[warp] = mx;
+    __syncthreads();
+    mx = red[0];
+    for (int w = 1; w < warps; ++w) mx = fmaxf(mx, red[w]);
+    __syncthreads();  // red is reused for the sum
+    float l = 0.0f;
+    for (int s = tid; s < splits; s += merge_threads) l += ::expf(ml[2 * s] - mx) * ml[2 * s + 1];
+    l = device::warp_sum(l);
+    if (lane == 0) red[warp] = l;
+    __syncthreads();
+    l = 0.0f;
+    for (int w = 0; w < warps; ++w) l += red[w];
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // no token seen: zeros
+
+    const int col = int(blockIdx.z) * merge_columns + 4 * lane;
+    const bool vec = m.acc_stride % 4 == 0 && col + 4 <= m.width;
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (col < m.width) {
+#pragma unroll 4
+        for (int s = warp; s < splits; s += warps) {
+            const float w = ::expf(ml[2 * s] - mx);
+            const float* a = acc + std::size_t(s) * m.acc_stride + col;
+            float4 v;
+            if (vec) {
+                v = *reinterpret_cast<const float4*>(a);
+            } else {
+                v.x = a[0];
+                v.y = col + 1 < m.width ? a[1] : 0.0f;
+                v.z = col + 2 < m.width ? a[2] : 0.0f;
+                v.w = col + 3 < m.width ? a[3] : 0.0f;
+            }
+            o.x += w * v.x;
+            o.y += w * v.y;
+            o.z += w * v.z;
+            o.w += w * v.w;
+        }
+    }
+    partial[warp][lane] = o;
+    __syncthreads();
+    if (warp == 0 && col < m.width) {
+        float4 t = partial[0][lane];
+        for (int w = 1; w < warps; ++w) {
+            const float4 u = partial[w][lane];
+            t.x += u.x;
+            t.y += u.y;
+            t.z += u.z;
+            t.w += u.w;
+        }
+        float* dst = m.out + row * m.width + col;
+        const float r[4] = {t.x * inv, t.y * inv, t.z * inv, t.w * inv};
+        for (int e = 0; e < 4 && col + e < m.width; ++e) dst[e] = r[e];
+    }
 }
 
 /// Merges latent partials and lifts them: out = P_v,h z̄ + μ_v,h (zeros for an empty item).
@@ -767,25 +850,13 @@ inline void validate(const decode_attention_params& p, int n_layers, int n_kv_he
     }
 }
 
-/// The splits' partial results of one launch and where their merge goes (combine_kernel).
-struct merge_params {
-    const float* part_acc = nullptr;          ///< [batch][n_heads][splits][acc_stride]
-    const float* part_ml = nullptr;           ///< [batch][n_heads][splits][2]: max, sum
-    const std::int32_t* kv_lengths = nullptr; ///< [batch]: tells how many splits saw tokens
-    float* out = nullptr;                     ///< [batch][n_heads][width]
-    int batch = 0, n_heads = 0;
-    int width = 0;       ///< merged floats per (item, head)
-    int chunk = 0;       ///< tokens per split
-    int splits = 0;      ///< splits per item (the partial buffers' stride)
-    int acc_stride = 0;  ///< floats between two splits' accumulators
-};
-
-/// Merges the splits of every (item, head) into `out` (one 128-thread CTA each) and records the
-/// split plan in the workspace; every split-KV path ends with it.
+/// Merges the splits of every (item, head) into `out` (combine_kernel: a CTA per 128 columns)
+/// and records the split plan in the workspace; every split-KV path ends with it.
 inline void launch_merge(const merge_params& m, attention_workspace& ws, cudaStream_t stream,
                          const char* what) {
-    combine_kernel<128><<<dim3(unsigned(m.batch), unsigned(m.n_heads)), 128, 0, stream>>>(
-        m.part_acc, m.part_ml, m.kv_lengths, m.out, m.width, m.chunk, m.splits, m.acc_stride);
+    const unsigned column_blocks = unsigned((m.width + merge_columns - 1) / merge_columns);
+    combine_kernel<<<dim3(unsigned(m.batch), unsigned(m.n_heads), column_blocks), merge_threads,
+                     0, stream>>>(m);
     KVCAR_CUDA_CHECK_LAUNCH(what);
     ws.last_splits = m.splits;
     ws.last_chunk = m.chunk;
