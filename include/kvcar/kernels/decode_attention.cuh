@@ -724,7 +724,10 @@ inline constexpr int merge_columns = 128;  ///< columns per merge CTA: 4 per lan
 /// exponential per lane, and the warps meet in shared memory. At batch 1 a long context has
 /// hundreds of splits per head: spreading columns over CTAs and splits over warps keeps enough
 /// loads in flight (one CTA per head with a serial loop over splits was latency-bound).
-__global__ void __launch_bounds__(merge_threads) combine_kernel(merge_params m) {
+/// A template (of THREADS = merge_threads) so that every translation unit may include it.
+template <int THREADS>
+__global__ void __launch_bounds__(THREADS) combine_kernel(merge_params m) {
+    static_assert(THREADS == merge_threads, "launch_merge's CTA shape");
     __shared__ float4 partial[merge_threads / 32][32];
     __shared__ float red[merge_threads / 32];
     const int b = int(blockIdx.x), h = int(blockIdx.y);
@@ -855,8 +858,9 @@ inline void validate(const decode_attention_params& p, int n_layers, int n_kv_he
 inline void launch_merge(const merge_params& m, attention_workspace& ws, cudaStream_t stream,
                          const char* what) {
     const unsigned column_blocks = unsigned((m.width + merge_columns - 1) / merge_columns);
-    combine_kernel<<<dim3(unsigned(m.batch), unsigned(m.n_heads), column_blocks), merge_threads,
-                     0, stream>>>(m);
+    combine_kernel<merge_threads>
+        <<<dim3(unsigned(m.batch), unsigned(m.n_heads), column_blocks), merge_threads, 0, stream>>>(
+            m);
     KVCAR_CUDA_CHECK_LAUNCH(what);
     ws.last_splits = m.splits;
     ws.last_chunk = m.chunk;
