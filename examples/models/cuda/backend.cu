@@ -18,19 +18,24 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include <cuda_runtime.h>
 
+#include "kvcar/codec/any.hpp"
 #include "kvcar/codec/identity.hpp"
 #include "kvcar/codec/quantized.hpp"
 #include "kvcar/common.hpp"
 #include "kvcar/cuda/device_kv_cache.cuh"
 #include "kvcar/cuda/error.cuh"
+#include "kvcar/io/codec_file.hpp"
 #include "kvcar/layout/dense.hpp"
+#include "kvcar/layout/reuse_map.hpp"
 #include "kvcar/numeric.hpp"
 
 #include "kvcar/shard.hpp"
@@ -45,7 +50,8 @@ namespace kvcar::examples::cuda_backend {
 
 const std::vector<std::string>& kv_names() {
     static const std::vector<std::string> names = {"identity-f32", "identity-f16",
-                                                   "identity-bf16", "int8", "fp8"};
+                                                   "identity-bf16", "int8",
+                                                   "fp8",          "file:PATH"};
     return names;
 }
 
@@ -100,13 +106,19 @@ struct any_cache {
     virtual kv_geometry geometry() const = 0;
 };
 
-template <class Codec>
+template <class Codec, class Layout = dense_layout>
 struct typed_cache final : any_cache {
-    cuda::device_kv_cache<Codec> cache;
+    /// What the host codec views point to (a codec file's tensors); null for parameterless codecs.
+    /// Declared first: it outlives the cache, whose host_codec() views it backs.
+    std::shared_ptr<const io::codec_set> owner;
+    cuda::device_kv_cache<Codec, Layout> cache;
 
     typed_cache(kv_geometry g, const Codec& codec,
-                typename cuda::device_kv_cache<Codec>::params p)
+                typename cuda::device_kv_cache<Codec, Layout>::params p)
         : cache(dense_layout(g), codec, p) {}
+    typed_cache(std::shared_ptr<const io::codec_set> set, std::vector<Codec> codecs,
+                typename cuda::device_kv_cache<Codec, Layout>::params p)
+        : owner(std::move(set)), cache(owner->layout(), std::move(codecs), p) {}
 
     int add_sequence() override { return cache.add_sequence(); }
     void remove_sequence(int seq) override { cache.remove_sequence(seq); }
@@ -141,11 +153,60 @@ std::unique_ptr<any_cache> make(kv_geometry g, const Codec& codec, const cache_s
                                                                 p.page_size, p.num_pages});
 }
 
-/// The device cache `kv` names (kv_dispatch.hpp's fixed names; codec files are CPU-only for
-/// now), dense: one group per KV head. int8 / fp8: quantized<identity<float>>, one scale and
-/// offset per KV head and token, as on the CPU.
-std::unique_ptr<any_cache> make_cache(const std::string& kv, kv_geometry g, const cache_shape& p) {
+/// The slots of `codecs` as concrete codecs of type C, or nothing when any slot is another kind.
+template <class C>
+std::optional<std::vector<C>> all_as(const std::vector<any_codec>& codecs) {
+    if constexpr (std::is_same_v<C, any_codec>) return codecs;
+    std::vector<C> out;
+    for (const any_codec& a : codecs) {
+        a.visit([&](const auto& c) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(c)>, C>) out.push_back(c);
+        });
+        if (out.size() != std::size_t(&a - codecs.data()) + 1) return std::nullopt;
+    }
+    return out;
+}
+
+/// A codec file's cache. When every slot holds the same concrete codec, and it is one of the
+/// kinds calibration makes by default, the cache is of that type: the decode dispatcher then
+/// picks its fast paths (tensor cores for whole-layer latents, int8 read in place). Any other
+/// mix runs as any_codec, whose records are the same bytes, decoded per record.
+std::unique_ptr<any_cache> make_file_cache(std::shared_ptr<const io::codec_set> set,
+                                           const cache_shape& p) {
+    const std::vector<any_codec> codecs = set->codecs();
+    std::unique_ptr<any_cache> out;
+    auto try_as = [&]<class C>() {
+        if (out) return;
+        if (std::optional<std::vector<C>> typed = all_as<C>(codecs))
+            out = std::make_unique<typed_cache<C, reuse_map>>(
+                set, std::move(*typed),
+                typename cuda::device_kv_cache<C, reuse_map>::params{
+                    p.max_sequences, p.max_tokens, p.page_size, p.num_pages});
+    };
+    try_as.template operator()<linear_codec<f16>>();
+    try_as.template operator()<quantized_codec<linear_codec<float>, std::int8_t>>();
+    try_as.template operator()<identity_codec<f16>>();
+    try_as.template operator()<any_codec>();
+    return out;
+}
+
+/// The device cache `kv` names (kv_dispatch.hpp's names). The fixed names are dense, one group
+/// per KV head; int8 / fp8 are quantized<identity<float>>, one scale and offset per KV head and
+/// token, as on the CPU. `file:PATH` is a codec file (any per-slot codecs and K/V reuse maps),
+/// checked against the model's geometry `full` and split to this rank's `shard` of KV heads: the
+/// same any_codec records as the CPU's kv_cache<any_codec, reuse_map>, encoded and decoded on
+/// the device through the uploaded views.
+std::unique_ptr<any_cache> make_cache(const std::string& kv, kv_geometry full, head_shard shard,
+                                      const cache_shape& p) {
+    const kv_geometry g = shard_geometry(full, shard);
     const int hd = g.head_dim;
+    if (kv.starts_with("file:")) {
+        const std::string path = kv.substr(5);
+        require(!path.empty(), "--kv file: needs a codec file path (--kv file:PATH)");
+        io::codec_set set = io::load_codec_set(path, full);
+        if (shard.world > 1) set = shard_codec_set(set, shard);
+        return make_file_cache(std::make_shared<const io::codec_set>(std::move(set)), p);
+    }
     if (kv == "identity-f32") return make(g, identity_codec<float>{hd}, p);
     if (kv == "identity-f16") return make(g, identity_codec<f16>{hd}, p);
     if (kv == "identity-bf16") return make(g, identity_codec<bf16>{hd}, p);
@@ -290,7 +351,7 @@ session::session(const language_model& model, const std::string& kv, session_par
 
     if (params.tensor_parallel == 0) {
         impl_->ranks.resize(1);
-        impl_->ranks[0].cache = make_cache(kv, model.cache_geometry(), shape);
+        impl_->ranks[0].cache = make_cache(kv, model.cache_geometry(), head_shard{0, 1}, shape);
         impl_->ranks[0].model = std::make_unique<device_model>(model);
         return;
     }
@@ -332,7 +393,7 @@ session::session(const language_model& model, const std::string& kv, session_par
     impl_->each_rank([&](int r) {
         rank_state& rank = impl_->ranks[std::size_t(r)];
         const head_shard shard{r, world};
-        rank.cache = make_cache(kv, shard_geometry(full, shard), shape);
+        rank.cache = make_cache(kv, full, shard, shape);
         rank.model = std::make_unique<device_model>(
             model, cuda_model::tensor_parallel_params{shard, rank.comm.get()});
     });

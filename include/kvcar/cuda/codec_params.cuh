@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "kvcar/codec/any.hpp"
 #include "kvcar/codec/autoencoder.hpp"
 #include "kvcar/codec/identity.hpp"
 #include "kvcar/codec/linear.hpp"
@@ -117,6 +118,33 @@ template <class Inner, class Q>
 quantized_codec<Inner, Q> upload_codec(const quantized_codec<Inner, Q>& c,
                                        parameter_store& store) {
     return quantized_codec<Inner, Q>{upload_codec(c.inner, store)};
+}
+
+/// A run-time codec (a codec file's slot) on the device: the concrete view it stands for is
+/// uploaded as that view would be, and the copy points at the device arrays. Kernels then read it
+/// through any_codec's own encode/decode (one switch per record), or, after `visit`, as the
+/// concrete codec. Throws kvcar::error as any_codec::validate and the concrete uploads do.
+inline any_codec upload_codec(const any_codec& c, parameter_store& store) {
+    c.validate();
+    any_codec d = c;
+    switch (c.kind) {
+        case codec_kind::linear: {
+            const linear_codec<float> up = upload_codec(c.as_linear<float>(), store);
+            d.tensors[0] = up.mean;
+            d.tensors[1] = up.basis;
+            break;
+        }
+        case codec_kind::autoencoder: {
+            const autoencoder_codec<float> up = upload_codec(c.as_autoencoder<float>(), store);
+            const float* t[8] = {up.enc1_w, up.enc1_b, up.enc2_wt, up.enc2_b,
+                                 up.dec1_w, up.dec1_b, up.dec2_wt, up.dec2_b};
+            for (int i = 0; i < 8; ++i) d.tensors[i] = t[i];
+            break;
+        }
+        case codec_kind::identity:
+            break;  // no parameters
+    }
+    return d;
 }
 
 /// Codecs that upload_codec can copy to the device.
