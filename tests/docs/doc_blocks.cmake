@@ -210,7 +210,7 @@ function(kvcar_doc_blocks cpu_target gpu_target)
   if(TARGET ${gpu_target})
     target_sources(${gpu_target} PRIVATE ${KVCAR_DOC_CUDA_SOURCES})
     target_compile_options(${gpu_target} PRIVATE
-      $<$<COMPILE_LANGUAGE:CUDA>:-Werror=return-type -Xcompiler=-Werror=return-type>)
+      $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Werror=return-type>)
   endif()
   # A fragment shows a few calls: what it computes or takes may go unused.
   set_source_files_properties(${KVCAR_DOC_FRAGMENT_SOURCES} PROPERTIES COMPILE_OPTIONS
