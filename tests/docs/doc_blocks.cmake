@@ -207,13 +207,22 @@ function(kvcar_doc_blocks cpu_target gpu_target)
   target_compile_definitions(${cpu_target} PRIVATE KVCAR_DOC_BLOCK_COUNT=${KVCAR_DOC_BLOCK_COUNT})
   # A doc program that forgets `return 0` would fall off the end of a function now, not main.
   target_compile_options(${cpu_target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Werror=return-type>)
+  if(KVCAR_HAS_CUDA AND KVCAR_DOC_CUDA_SOURCES AND NOT TARGET ${gpu_target})
+    message(FATAL_ERROR "kvcar_doc_blocks: CUDA is on but there is no target ${gpu_target} for "
+                        "the docs' CUDA blocks")
+  endif()
   if(TARGET ${gpu_target})
     target_sources(${gpu_target} PRIVATE ${KVCAR_DOC_CUDA_SOURCES})
     target_compile_options(${gpu_target} PRIVATE
       $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Werror=return-type>)
   endif()
   # A fragment shows a few calls: what it computes or takes may go unused.
-  set_source_files_properties(${KVCAR_DOC_FRAGMENT_SOURCES} PROPERTIES COMPILE_OPTIONS
+  set(targets ${cpu_target})
+  if(TARGET ${gpu_target})
+    list(APPEND targets ${gpu_target})
+  endif()
+  set_source_files_properties(${KVCAR_DOC_FRAGMENT_SOURCES} TARGET_DIRECTORY ${targets}
+    PROPERTIES COMPILE_OPTIONS
     "$<$<COMPILE_LANGUAGE:CXX>:-Wno-unused-variable;-Wno-unused-but-set-variable;-Wno-unused-parameter>;$<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wno-unused-variable,-Wno-unused-but-set-variable,-Wno-unused-parameter;-diag-suppress=177>")
   message(STATUS "kvcar: ${KVCAR_DOC_BLOCK_COUNT} code blocks of the docs compile as tests")
 endfunction()

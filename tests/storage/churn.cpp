@@ -11,7 +11,7 @@
 // Seeded (KVCAR_CHURN_SEED) and bounded (KVCAR_CHURN_STEPS steps per configuration, default 1500).
 #include "catch.hpp"
 
-#include "storage/churn_fixtures.hpp"
+#include "churn_fixtures.hpp"
 
 #include <kvcar/kv_cache.hpp>
 #include <kvcar/storage/contiguous.hpp>

@@ -9,7 +9,7 @@
 // end every page is free. Seeded (KVCAR_CHURN_SEED), bounded (KVCAR_CHURN_STEPS, default 400).
 #include "catch.hpp"
 
-#include "storage/churn_fixtures.hpp"
+#include "churn_fixtures.hpp"
 
 #include <kvcar/cuda/buffer.cuh>
 #include <kvcar/cuda/device_kv_cache.cuh>
@@ -117,7 +117,6 @@ private:
     }
 
     void add() {
-        const std::vector<int> ids = live();
         int expected = -1;
         for (int seq = 0; seq < int(shadow_.size()) && expected < 0; ++seq)
             if (!shadow_[std::size_t(seq)].live) expected = seq;
