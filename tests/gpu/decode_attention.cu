@@ -1,6 +1,7 @@
 // Tests for kvcar/kernels/decode_attention.cuh: every codec, layout and head arrangement against
 // kvcar::reference_decode_attention on the CPU, reading the very same records (the host cache is
 // filled, then copied byte for byte into the device cache).
+#include "gpu/decode_check.cuh"
 #include "gpu/gpu_test.cuh"
 
 #include <kvcar/cuda/device_kv_cache.cuh>
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -104,7 +106,8 @@ double decode_error(test_caches<Codec, Layout>& c, const attention_params& opt,
             for (std::size_t i = 0; i < q_width; ++i)
                 REQUIRE(got[std::size_t(b) * q_width + i] == 0.0f);
         }
-        worst = std::max(worst, kvcar_test::relative_error(got, want));
+        worst = std::max(worst,
+                         kvcar_test::row_relative_error(got, want, std::size_t(g.head_dim)));
     }
     return worst;
 }
@@ -286,6 +289,59 @@ TEST_CASE("decode_attention: long sequences split over many CTAs batch 1") {
     CHECK(ws.last_splits > 8);
     const linear_params lin = kvcar_test::random_linear(128, 32, 1, 14);
     check_dense({1, 2, 128, 8}, lin.codec<f16>(), 1e-3, "linear<f16> long", {2500});
+}
+
+TEST_CASE("decode_attention: a batch larger than a grid dimension holds (70,000 sequences)") {
+    // 70,000 items: more than gridDim.y (65,535) takes, so decode_attention cuts the launch.
+    // Lengths 0..36 (empty, one token, page boundaries); every (sequence, head) is checked.
+    const int batch = 70000;
+    std::vector<int> lengths;
+    int pages = 0;
+    for (int b = 0; b < batch; ++b) {
+        lengths.push_back((b * 7) % 37);
+        pages += (lengths.back() + 15) / 16;
+    }
+    auto run = [&](const auto& codec, int n_kv_heads, int head_dim, int n_heads, double tolerance,
+                   const char* name) {
+        using Codec = std::decay_t<decltype(codec)>;
+        const kv_geometry g{1, n_kv_heads, head_dim};
+        const dense_layout layout(g);
+        kv_cache<Codec, dense_layout, paged_storage> host(layout, codec, {batch, 36, 16, pages});
+        cuda::device_kv_cache<Codec> dev(layout, codec, {batch, 36, 16, pages});
+        std::vector<int> seqs;
+        for (int b = 0; b < batch; ++b) {
+            seqs.push_back(host.add_sequence());
+            kvcar_test::fill_sequence(host, seqs.back(), lengths[std::size_t(b)],
+                                      90u + std::uint32_t(b), 64);
+        }
+        dev.copy_from(host);
+        attention_params opt;
+        opt.n_heads = n_heads;
+        kernels::attention_workspace ws;
+        const double err = kvcar_test::worst_decode_error(
+            host, seqs, opt, 6u, [&](const kernels::decode_attention_params& p) {
+                kernels::decode_attention(dev.view(), p, ws);
+            });
+        std::printf("decode_attention %-28s B%d H%d KV%d hd%d: rel err %.2e (splits %d%s)\n",
+                    name, batch, n_heads, n_kv_heads, head_dim, err, ws.last_splits,
+                    ws.last_direct_tensor_cores ? ", tensor cores" : "");
+        CHECK(err <= tolerance);
+    };
+    run(identity_codec<f16>{64}, 2, 64, 16, 2e-3, "identity<f16> GQA 8 (tc)");
+    run(make_quantized<std::int8_t>(identity_codec<float>{128}), 1, 128, 4, 2e-3,
+        "quantized<identity,int8> (tc)");
+    run(identity_codec<float>{32}, 1, 32, 2, 1e-5, "identity<f32> hd32 (generic)");
+}
+
+TEST_CASE("decode_attention: a model's full context") {
+    // TinyLlama-1.1B (32 heads, 4 KV heads, hd 64) at its 2048 positions; Llama-3-8B (32 heads,
+    // 8 KV heads, hd 128) at 8192, in f16 and int8, beside short sequences in the same batch.
+    check_dense({1, 4, 64, 32}, identity_codec<f16>{64}, 2e-3, "identity<f16> TinyLlama 2048",
+                {2048, 1, 2047});
+    check_dense({1, 8, 128, 32}, identity_codec<f16>{128}, 2e-3, "identity<f16> Llama-3 8192",
+                {8192, 17, 0});
+    check_dense({1, 8, 128, 32}, make_quantized<std::int8_t>(identity_codec<float>{128}), 2e-3,
+                "quantized<identity,int8> Llama-3 8192", {8192, 8191});
 }
 
 TEST_CASE("decode_attention: argument errors throw before anything runs") {
