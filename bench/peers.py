@@ -98,6 +98,7 @@ def main():
     ap.add_argument("--reps", type=int, default=31)
     ap.add_argument("--shapes", default="all", choices=["all", "quick"])
     ap.add_argument("--round", type=int, default=0, help="round number of an interleaved run")
+    ap.add_argument("--model", default="", help="only this model's shapes (as decode_bench --model)")
     args = ap.parse_args()
     torch.manual_seed(0)
     timer = Timer(args.reps)
@@ -113,6 +114,8 @@ def main():
     del big, dst
 
     for model, b, h, kv, d, L in shapes(args.shapes):
+        if args.model and model != args.model:
+            continue
         q = torch.randn(b, h, 1, d, dtype=torch.float16, device="cuda")
         k = torch.randn(b, kv, L, d, dtype=torch.float16, device="cuda")
         v = torch.randn(b, kv, L, d, dtype=torch.float16, device="cuda")

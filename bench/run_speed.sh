@@ -11,6 +11,8 @@
 # with the median over rounds and the spread (min–max).
 #
 #   bash bench/run_speed.sh [quick|full] [out-dir] [rounds]
+# Environment: REPS (runs per median, 31), MODEL (one model's shapes only, e.g. llama3-8b),
+# BUILD_DIR (reuse that configured build folder instead of configuring build-bench).
 # FlashInfer's headers: $FLASHINFER_INCLUDE_DIR, else .fi/include (bench/fetch_flashinfer.sh
 # unpacks the flashinfer-python wheel there); without them the FlashInfer rows are skipped.
 set -euo pipefail
@@ -18,6 +20,8 @@ grid=${1:-quick}
 out=${2:-bench-out}
 rounds=${3:-3}
 reps=${REPS:-31}
+only=()
+[ -n "${MODEL:-}" ] && only=(--model "$MODEL")
 mkdir -p "$out"
 fi_inc=${FLASHINFER_INCLUDE_DIR:-}
 if [ -z "$fi_inc" ] && [ -f .fi/include/flashinfer/attention/decode.cuh ]; then
@@ -25,9 +29,12 @@ if [ -z "$fi_inc" ] && [ -f .fi/include/flashinfer/attention/decode.cuh ]; then
 fi
 targets=(decode_bench)
 [ -n "$fi_inc" ] && targets+=(flashinfer_peer)
-cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DKVCAR_BUILD_TESTS=OFF -DKVCAR_BUILD_EXAMPLES=OFF \
-      -DKVCAR_BUILD_BENCH=ON -DFLASHINFER_INCLUDE_DIR="$fi_inc" > "$out/cmake.log"
-cmake --build build-bench -j"$(nproc)" --target "${targets[@]}" >> "$out/cmake.log"
+build=${BUILD_DIR:-build-bench}
+if [ -z "${BUILD_DIR:-}" ]; then  # BUILD_DIR: an existing build folder to reuse as it is configured
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKVCAR_BUILD_TESTS=OFF -DKVCAR_BUILD_EXAMPLES=OFF \
+        -DKVCAR_BUILD_BENCH=ON -DFLASHINFER_INCLUDE_DIR="$fi_inc" > "$out/cmake.log"
+fi
+cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >> "$out/cmake.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv > "$out/gpu.txt"
 date -u +%Y-%m-%dT%H:%M:%SZ > "$out/date.txt"
 git rev-parse --short HEAD > "$out/commit.txt" 2>/dev/null || true
@@ -35,11 +42,11 @@ pgrid=$([ "$grid" = full ] && echo all || echo quick)
 : > "$out/kvcar.jsonl"; : > "$out/peers.jsonl"; : > "$out/flashinfer.jsonl"
 run_side() {
   case $1 in
-    kvcar) build-bench/bench/decode_bench --grid "$grid" --reps "$reps" --round "$2" >> "$out/kvcar.jsonl" ;;
-    peers) python3 bench/peers.py --shapes "$pgrid" --reps "$reps" --round "$2" >> "$out/peers.jsonl" ;;
+    kvcar) "$build"/bench/decode_bench --grid "$grid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/kvcar.jsonl" ;;
+    peers) python3 bench/peers.py --shapes "$pgrid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/peers.jsonl" ;;
     flashinfer)
-      if [ -x build-bench/bench/flashinfer_peer ]; then
-        build-bench/bench/flashinfer_peer --grid "$grid" --reps "$reps" --round "$2" >> "$out/flashinfer.jsonl"
+      if [ -x "$build"/bench/flashinfer_peer ]; then
+        "$build"/bench/flashinfer_peer --grid "$grid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/flashinfer.jsonl"
       fi ;;
   esac
 }

@@ -69,7 +69,7 @@ double decode_error(test_caches& c, const attention_params& opt, kernels::attent
                 kernels::autoencoder_decode_attention(c.device.view(), p, ws);
             } else {
                 kernels::decode_attention(c.device, p.layer, c.sequences, p.q, p.out, opt, ws);
-                CHECK(ws.last_autoencoder_tensor_cores);
+                CHECK((ws.last_path == kernels::decode_path::autoencoder_tensor_cores));
             }
         });
 }
@@ -191,7 +191,7 @@ TEST_CASE("autoencoder_decode_attention: what the tensor-core path does not take
         kernels::decode_attention(caches.device, 0, caches.sequences, q_dev.data(),
                                   out_dev.data(), opt, ws);
         KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
-        CHECK_FALSE(ws.last_autoencoder_tensor_cores);
+        CHECK_FALSE((ws.last_path == kernels::decode_path::autoencoder_tensor_cores));
         const std::vector<float> got = out_dev.to_host();
         std::vector<float> want(q.size(), 0.0f);
         for (int b = 0; b < batch; ++b) {
@@ -244,5 +244,5 @@ TEST_CASE("autoencoder_decode_attention: what the tensor-core path does not take
     opt.n_heads = 8;
     kernels::decode_attention(cache32, 0, std::vector<int>{seq}, q.data(), out.data(), opt, ws);
     KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
-    CHECK_FALSE(ws.last_autoencoder_tensor_cores);
+    CHECK_FALSE((ws.last_path == kernels::decode_path::autoencoder_tensor_cores));
 }

@@ -130,12 +130,12 @@ double check_dense(const shape& s, const Codec& codec, double tolerance, const c
     kernels::attention_workspace ws;
     const double err = decode_error(caches, opt, ws, 3u);
     std::printf("decode_attention %-28s H%-2d KV%d hd%-3d hpg%d%s page%d: rel err %.2e (splits %d, "
-                "chunk %d%s)\n",
+                "chunk %d, %s)\n",
                 name, s.n_heads, s.n_kv_heads, s.head_dim, s.heads_per_group,
                 rope == rope_mode::on_read ? " rope" : "", device_page_size, err, ws.last_splits,
-                ws.last_chunk, ws.last_direct_tensor_cores ? ", tensor cores" : "");
+                ws.last_chunk, kernels::to_string(ws.last_path));
     CHECK(err <= tolerance);
-    if (tensor_cores) *tensor_cores = ws.last_direct_tensor_cores;
+    if (tensor_cores) *tensor_cores = ws.last_path == kernels::decode_path::direct_tensor_cores;
     return err;
 }
 
@@ -338,9 +338,9 @@ TEST_CASE("decode_attention: a batch larger than a grid dimension holds (70,000 
             host, seqs, opt, 6u, [&](const kernels::decode_attention_params& p) {
                 kernels::decode_attention(dev.view(), p, ws);
             });
-        std::printf("decode_attention %-28s B%d H%d KV%d hd%d: rel err %.2e (splits %d%s)\n",
+        std::printf("decode_attention %-28s B%d H%d KV%d hd%d: rel err %.2e (splits %d, %s)\n",
                     name, batch, n_heads, n_kv_heads, head_dim, err, ws.last_splits,
-                    ws.last_direct_tensor_cores ? ", tensor cores" : "");
+                    kernels::to_string(ws.last_path));
         CHECK(err <= tolerance);
     };
     run(identity_codec<f16>{64}, 2, 64, 16, 2e-3, "identity<f16> GQA 8 (tc)");

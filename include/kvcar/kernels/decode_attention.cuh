@@ -115,6 +115,31 @@ struct decode_attention_params {
     rope_params rope_cfg{};  ///< the model's RoPE (theta, style, rotary_dim); read when rope != none
 };
 
+/// The way decode_attention read the cache in its last call (attention_workspace::last_path).
+enum class decode_path {
+    none,                      ///< nothing ran (batch 0), or no decode_attention call yet
+    direct_tensor_cores,       ///< f16 / int8 identity heads on tensor cores (direct_mma_…)
+    direct,                    ///< identity / quantized identity heads on CUDA cores
+    latent_tensor_cores,       ///< whole-layer latents on tensor cores (latent_decode_attention)
+    latent,                    ///< affine latents on CUDA cores (the generic kernel, latent space)
+    autoencoder_tensor_cores,  ///< f16 autoencoder latents on tensor cores (hidden space)
+    decoded,                   ///< every other case: tiles decoded into shared memory
+};
+
+/// The path's name as the benchmark's JSON rows spell it.
+inline const char* to_string(decode_path path) {
+    switch (path) {
+        case decode_path::none: return "none";
+        case decode_path::direct_tensor_cores: return "direct_tensor_cores";
+        case decode_path::direct: return "direct";
+        case decode_path::latent_tensor_cores: return "latent_tensor_cores";
+        case decode_path::latent: return "latent";
+        case decode_path::autoencoder_tensor_cores: return "autoencoder_tensor_cores";
+        case decode_path::decoded: return "decoded";
+    }
+    return "?";
+}
+
 /// Device scratch that attention launches reuse: split partials, latent queries and small index
 /// arrays. Grows on demand (a growth synchronizes the device); keep one per stream.
 class attention_workspace {
@@ -154,15 +179,8 @@ public:
     int last_splits = 0;
     /// Tokens per split in the last launch (the last split may hold fewer).
     int last_chunk = 0;
-    /// Whether the last decode_attention ran the tensor-core latent path
-    /// (latent_decode_attention.cuh).
-    bool last_latent_tensor_cores = false;
-    /// Whether the last decode_attention ran the tensor-core direct path for f16 / int8 GQA heads
-    /// (direct_mma_decode_attention.cuh).
-    bool last_direct_tensor_cores = false;
-    /// Whether the last decode_attention ran the tensor-core autoencoder path
-    /// (autoencoder_decode_attention.cuh).
-    bool last_autoencoder_tensor_cores = false;
+    /// The path the last decode_attention took (one value, not a flag per path).
+    decode_path last_path = decode_path::none;
 
 private:
     template <class T>
@@ -963,9 +981,7 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
             decode_attention(cache, slice, ws, stream);
         }))
         return;
-    ws.last_latent_tensor_cores = false;
-    ws.last_direct_tensor_cores = false;
-    ws.last_autoencoder_tensor_cores = false;
+    ws.last_path = decode_path::none;
     if (p.batch == 0) return;
     const int hd = cache.head_dim;
     const int G = p.n_heads / cache.n_kv_heads;
@@ -979,7 +995,7 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
         constexpr int load_bytes = device::codec_traits<Codec>::quantized ? 8 : 16;
         // GQA heads of f16 / int8 records: all query heads of a KV head on tensor cores.
         if (detail::try_direct_tensor_cores(cache, p, scale, ws, stream)) {
-            ws.last_direct_tensor_cores = true;
+            ws.last_path = decode_path::direct_tensor_cores;
             return;
         }
         bool launched = false;
@@ -992,7 +1008,10 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
                 }
             }));
         }
-        if (launched) return;
+        if (launched) {
+            ws.last_path = decode_path::direct;
+            return;
+        }
     }
 
     auto run_generic = [&]<bool LATENT>() {
@@ -1094,21 +1113,23 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
         if (!rope) {
             // Whole-layer latents (MLA-like) on tensor cores when the codec and shape allow.
             if (detail::try_latent_tensor_cores(cache, p, ws, stream)) {
-                ws.last_latent_tensor_cores = true;
+                ws.last_path = decode_path::latent_tensor_cores;
                 return;
             }
             run_generic.template operator()<true>();
+            ws.last_path = decode_path::latent;
             return;
         }
     }
     if constexpr (device::codec_traits<Codec>::family == device::codec_family::mlp) {
         // Autoencoder decoders as matrix products on tensor cores, attention in hidden space.
         if (detail::try_autoencoder_tensor_cores(cache, p, ws, stream)) {
-            ws.last_autoencoder_tensor_cores = true;
+            ws.last_path = decode_path::autoencoder_tensor_cores;
             return;
         }
     }
     run_generic.template operator()<false>();
+    ws.last_path = decode_path::decoded;
 }
 
 /// Decode step for the sequences of a device cache: one query per sequence at its last cached
