@@ -123,4 +123,33 @@ inline double relative_error(std::span<const float> got, std::span<const float> 
     return worst / scale;
 }
 
+/// The worst, over rows of `width` elements, of max |got − want| / max(max |want| of the row,
+/// floor). Attention outputs pass width = head_dim, so each (query, head) is held to its own
+/// scale: one lost token of a 1000-token sequence moves its heads by ~1e-3 of their scale (and
+/// more where that token carried weight), which a scale taken over the whole batch (the largest
+/// |want| of any head) would hide. NaN or infinity anywhere gives infinity.
+inline double row_relative_error(std::span<const float> got, std::span<const float> want,
+                                 std::size_t width, double floor = 1e-6) {
+    REQUIRE(got.size() == want.size());
+    REQUIRE(width > 0);
+    REQUIRE(got.size() % width == 0);
+    double worst = 0.0;
+    for (std::size_t r = 0; r < got.size(); r += width) {
+        double diff = 0.0, scale = floor;
+        for (std::size_t i = r; i < r + width; ++i) {
+            if (!std::isfinite(got[i]) || !std::isfinite(want[i])) return INFINITY;
+            diff = std::max(diff, std::fabs(double(got[i]) - double(want[i])));
+            scale = std::max(scale, std::fabs(double(want[i])));
+        }
+        worst = std::max(worst, diff / scale);
+    }
+    return worst;
+}
+
+/// Unit roundoff (half an ulp, relative) of the formats records are stored in: a value rounded
+/// to the format is within u·|x| of x (normal range). f16: 2^-11; bf16: 2^-8; fp8 e4m3: 2^-4.
+inline constexpr double f16_unit_roundoff = 1.0 / 2048.0;
+inline constexpr double bf16_unit_roundoff = 1.0 / 256.0;
+inline constexpr double fp8_e4m3_unit_roundoff = 1.0 / 16.0;
+
 }  // namespace kvcar_test

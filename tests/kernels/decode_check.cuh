@@ -65,7 +65,8 @@ paired_caches<Codec> make_interleaved_caches(const kvcar::dense_layout& layout,
 /// For every layer of `host`: random queries (from `seed`), an output poisoned with NaN, and
 /// `attend(p)` with p describing one decode step of `sequences` (lengths from layer 0, as the
 /// tests' caches have equal lengths in every layer). Returns the worst relative error against
-/// the reference; an empty sequence must give exact zeros.
+/// the reference, each (sequence, head) against its own scale (row_relative_error); an empty
+/// sequence must give exact zeros.
 template <class HostCache, class Attend>
 double worst_decode_error(const HostCache& host, const std::vector<int>& sequences,
                           const kvcar::attention_params& opt, std::uint32_t seed,
@@ -112,7 +113,7 @@ double worst_decode_error(const HostCache& host, const std::vector<int>& sequenc
                 std::span<const float>(q).subspan(std::size_t(b) * q_width, q_width),
                 std::span<float>(want).subspan(std::size_t(b) * q_width, q_width));
         }
-        worst = std::max(worst, relative_error(got, want));
+        worst = std::max(worst, row_relative_error(got, want, std::size_t(g.head_dim)));
     }
     return worst;
 }

@@ -62,7 +62,7 @@ double decode_error(test_caches<Codec>& c, const attention_params& opt,
                 kernels::latent_decode_attention(c.device.view(), p, ws);
             } else {
                 kernels::decode_attention(c.device, p.layer, c.sequences, p.q, p.out, opt, ws);
-                CHECK(ws.last_latent_tensor_cores);
+                CHECK((ws.last_path == kernels::decode_path::latent_tensor_cores));
             }
         });
 }
@@ -258,7 +258,7 @@ TEST_CASE("latent_decode_attention: what the tensor-core path does not take", "[
     opt.n_heads = 8;
     opt.rope = rope_mode::on_read;
     kernels::decode_attention(cache, 0, std::vector<int>{seq}, q.data(), out.data(), opt, ws);
-    CHECK_FALSE(ws.last_latent_tensor_cores);
+    CHECK_FALSE((ws.last_path == kernels::decode_path::latent_tensor_cores));
     // fp32 latents would be rounded to fp16: the generic path.
     const linear_codec<float> f32 = lin.codec<float>();
     cuda::device_kv_cache<linear_codec<float>> cache32(dense_layout(g, 2), f32, {2, 32, 16, 4});
