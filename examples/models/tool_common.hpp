@@ -312,6 +312,21 @@ inline void check_kv_option(const std::string& tool, const std::string& kv,
     check_codec_file_keys(tool, path, set, model);
 }
 
+/// Bytes per token of the cache `kv` names for `model` (all layers, K and V), for estimates.
+inline double kv_bytes_per_token(const std::string& kv, const language_model& model) {
+    const kv_geometry g = model.cache_geometry();
+    const double fp16 = double(g.fp16_bytes_per_token());
+    if (kv == "identity-f32") return 2.0 * fp16;
+    if (kv == "int8" || kv == "fp8") {
+        // Per head and token: head_dim bytes padded to 4, then an f32 scale and offset.
+        const double record = double((g.head_dim + 3) / 4 * 4 + 8);
+        return fp16 * record / (2.0 * double(g.head_dim));
+    }
+    if (kv.starts_with(kv_file_prefix))
+        return double(io::load_codec_set(kv.substr(kv_file_prefix.size()), g).bytes_per_token());
+    return fp16;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tokenizers: GPT-2 BPE for Hugging Face checkpoints, tokenizer.bin for llama2.c ones.
 
