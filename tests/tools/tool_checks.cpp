@@ -7,6 +7,8 @@
 #include "examples/models/tool_common.hpp"
 #include "examples/models/tool_json.hpp"
 
+#include <kvcar/calib/autoencoder_training.hpp>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -278,4 +280,32 @@ TEST_CASE("--json reports: one object, non-finite numbers as null", "[tools]") {
     const kvcar::io::json_value back = kvcar::io::parse_json(text, "report");
     CHECK(back.at("perplexity").as_double() == 152.5);
     CHECK(back.at("nan").is_null());
+}
+
+TEST_CASE("autoencoder training reports every epoch (kvcar-calibrate's progress inside a slot)",
+          "[tools]") {
+    // 400 rows of width 8 on a 2-dimensional plane plus noise.
+    std::vector<float> rows(400 * 8);
+    for (std::size_t r = 0; r < 400; ++r)
+        for (std::size_t i = 0; i < 8; ++i)
+            rows[r * 8 + i] = float(std::sin(0.1 * double(r) + double(i)) +
+                                    0.5 * std::cos(0.37 * double(r) * double(i + 1)));
+    kvcar::calib::autoencoder_training_params p;
+    p.hidden = 8;
+    p.latent = 2;
+    p.max_epochs = 3;
+    p.patience = 10;
+    p.batch = 64;
+    p.threads = 1;
+    std::vector<int> epochs;
+    std::vector<double> losses;
+    p.on_epoch = [&](int epoch, int max_epochs, double loss) {
+        CHECK(max_epochs == 3);
+        epochs.push_back(epoch);
+        losses.push_back(loss);
+    };
+    const auto r = kvcar::calib::train_autoencoder(rows.data(), 400, 8, p);
+    CHECK(epochs == std::vector<int>{1, 2, 3});
+    REQUIRE(r.holdout_history.size() == 4);  // before training, then one per epoch
+    for (std::size_t e = 0; e < losses.size(); ++e) CHECK(losses[e] == r.holdout_history[e + 1]);
 }
