@@ -137,6 +137,17 @@ def random_texts(n, seed=20261204):
     return texts
 
 
+hf_merges = {}
+
+
+def fnv1a64(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
 def hf_reference(model_path):
     """(encode, decode, description) of HF `tokenizers` on transformers' conversion, or None."""
     try:
@@ -149,6 +160,10 @@ def hf_reference(model_path):
         return None
     slow = LlamaTokenizer(vocab_file=str(model_path), legacy=True)
     fast = LlamaConverter(slow).converted()
+    # The merges the converter derived, as "a b\n" lines: the C++ test derives them too.
+    merges = json.loads(fast.to_str())["model"]["merges"]
+    joined = "".join(f"{a} {b}\n" for a, b in merges).encode("utf-8")
+    hf_merges.update(count=len(merges), fnv1a64=f"{fnv1a64(joined):016x}")
     return (lambda s: fast.encode(s, add_special_tokens=False).ids,
             lambda ids: fast.decode(ids, skip_special_tokens=False),
             f"huggingface tokenizers {tokenizers.__version__} on transformers "
@@ -195,6 +210,7 @@ def main():
         f.write(f'  "generator": "tools/make_sentencepiece_fixtures.py",\n')
         f.write(f'  "reference": {json.dumps(f"sentencepiece {spm.__version__}")},\n')
         f.write(f'  "hf_reference": {json.dumps(hf[2] if hf else None)},\n')
+        f.write(f'  "hf_merges": {json.dumps(hf_merges or None)},\n')
         f.write(f'  "model_sha256": '
                 f'"{hashlib.sha256(model_path.read_bytes()).hexdigest()}",\n')
         f.write('  "cases": [\n')
