@@ -55,6 +55,11 @@ int run(int argc, char** argv) {
     specs.insert(specs.end(), {
         ex::device_option_spec(),
         {"prompt", "TEXT", "text to continue (llama2.c models: may be empty, starting from BOS)"},
+        {"prompt-ids", "IDS", "the prompt as token ids instead: \"1 450 4996\", \"1,450\" or "
+                              "\"[1, 450]\" (no BOS is added)"},
+        {"ids-file", "FILE", "the prompt as token ids read from FILE (same forms)"},
+        {"print-ids", "", "print the ids (prompt, then generated) on stdout as a JSON array; "
+                          "the text goes to stderr"},
         {"steps", "N", "tokens to generate (default 64; stops early at end of text or context)"},
         {"temperature", "T", "sampling temperature; 0 = greedy (default 0.8)"},
         {"top-k", "K", "sample among the K most likely tokens; 0 = all (default 40)"},
@@ -85,9 +90,10 @@ int run(int argc, char** argv) {
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
     std::fprintf(stderr, "model: %s (%s), loaded in %.2f s\n", model.path().c_str(),
                  model.describe().c_str(), ex::seconds_since(load_start));
+    std::fprintf(stderr, "tokenizer: %s\n", tokenizer.describe().c_str());
 
-    const std::string prompt = cl.required("prompt");
-    const std::vector<int> prompt_ids = tokenizer.encode(prompt, /*bos=*/tokenizer.is_llama2c());
+    const std::vector<int> prompt_ids = ex::prompt_from_options(cl, tokenizer, model.vocab_size());
+    std::FILE* text_out = cl.has("print-ids") ? stderr : stdout;
     kvcar::require(!prompt_ids.empty(), "kvcar-generate: the prompt is empty");
     kvcar::require(int(prompt_ids.size()) <= model.max_positions(),
                    "kvcar-generate: the prompt has " + std::to_string(prompt_ids.size()) +
@@ -105,10 +111,10 @@ int run(int argc, char** argv) {
         std::vector<std::vector<int>> ids(std::size_t(batch), prompt_ids);
         int prev = -1;
         for (int id : prompt_ids) {
-            std::fputs(tokenizer.piece(prev, id).c_str(), stdout);
+            std::fputs(tokenizer.piece(prev, id).c_str(), text_out);
             prev = id;
         }
-        std::fflush(stdout);
+        std::fflush(text_out);
 
         // Prefill: every copy of the prompt in one pass.
         std::vector<int> counts(std::size_t(batch), int(prompt_ids.size()));
@@ -137,8 +143,8 @@ int run(int argc, char** argv) {
             }
             for (int b = 0; b < batch; ++b) ids[std::size_t(b)].push_back(tokens[std::size_t(b)]);
             ++generated;
-            std::fputs(tokenizer.piece(prev, next).c_str(), stdout);
-            std::fflush(stdout);
+            std::fputs(tokenizer.piece(prev, next).c_str(), text_out);
+            std::fflush(text_out);
             prev = next;
             if (generated == steps) break;
             if (cache.length(seqs[0]) >= capacity) {
@@ -148,7 +154,8 @@ int run(int argc, char** argv) {
             logits = forward(cache, seqs, counts, std::span<const int>(tokens.data(), std::size_t(batch)));
         }
         const double decode_s = ex::seconds_since(decode_start);
-        std::printf("\n");
+        std::fprintf(text_out, "\n");
+        if (cl.has("print-ids")) std::printf("%s\n", ex::format_token_ids(ids[0]).c_str());
 
         const double prompt_tokens = double(prompt_ids.size()) * batch;
         std::fprintf(stderr, "\nprompt: %zu tokens x %d sequences, prefill %.3f s (%.1f tokens/s)\n",

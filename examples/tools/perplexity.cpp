@@ -23,6 +23,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -98,6 +99,8 @@ int run(int argc, char** argv) {
                         "window after the first are scored (default: ctx)"},
         {"max-tokens", "N", "use only the first N tokens of the text (default: all)"},
         {"quiet", "", "no progress line"},
+        {"prompt-ids", "IDS", "score these token ids instead of a text (\"1 450 4996\" or a JSON array)"},
+        {"ids-file", "FILE", "score the token ids in FILE instead of a text (same forms)"},
         ex::device_option_spec(),
     });
     for (const ex::option_spec& o : ex::tensor_parallel_option_specs()) specs.push_back(o);
@@ -124,8 +127,13 @@ int run(int argc, char** argv) {
     kvcar::require(!(cl.has("text") && cl.has("tokens-file")),
                    "kvcar-perplexity: give --text or --tokens-file, not both");
 
+    const std::optional<std::vector<int>> given_ids = ex::ids_from_options(cl, model.vocab_size());
+    kvcar::require(!(given_ids && (cl.has("text") || cl.has("tokens-file"))),
+                   "kvcar-perplexity: give token ids or a text, not both");
     std::string source, text;
-    if (cl.has("tokens-file")) {
+    if (given_ids) {
+        source = cl.has("ids-file") ? cl.get("ids-file") : "--prompt-ids";
+    } else if (cl.has("tokens-file")) {
         source = cl.get("tokens-file");
         text = read_file(source);
     } else {
@@ -133,7 +141,7 @@ int run(int argc, char** argv) {
         text = wikitext_joined(read_file(source));
     }
     const auto tokenize_start = ex::clock_type::now();
-    std::vector<int> ids = tokenizer.encode(text, /*bos=*/tokenizer.is_llama2c());
+    std::vector<int> ids = given_ids ? *given_ids : tokenizer.encode(text);
     const std::size_t total_tokens = ids.size();
     if (cl.has("max-tokens")) {
         const long long max_tokens = cl.get_int("max-tokens", 0);
