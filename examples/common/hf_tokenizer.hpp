@@ -7,9 +7,12 @@
 //     Metaspace pre_tokenizer), no split, model.byte_fallback = true (an unknown character becomes
 //     its <0xNN> byte pieces), decoder Sequence[Replace("▁", " "), ByteFallback, Fuse,
 //     Strip(" ", 1, 0)]. Llama 2, TinyLlama, Mistral v0.1, Code Llama.
+//   - Llama 3's ByteLevel: pre_tokenizer Sequence[Split(Llama 3's regex, Isolated),
+//     ByteLevel(use_regex = false)] and model.ignore_merges. The regex is matched by hand
+//     (llama3_pre_tokenize), so Split accepts only that pattern and GPT-2's.
 // The pieces are read generically (each normalizer, pre-tokenizer and decoder step by its "type"),
 // so other combinations of the supported steps also work; an unsupported step is an error naming
-// it (Llama 3's regex Split pre-tokenizer is one: not implemented here).
+// it.
 //
 // The BPE model: a word starts as its characters (an unknown one: its byte pieces with
 // byte_fallback, else unk_token, runs fused with fuse_unk); then the adjacent pair with the lowest
@@ -97,6 +100,88 @@ inline std::string string_pattern(const io::json_value& step, const char* where)
 }
 
 inline const std::string& type_of(const io::json_value& step) { return step.at("type").as_string(); }
+
+/// Llama 3's (and tiktoken cl100k's) split pattern, as tokenizer.json stores it.
+inline constexpr std::string_view llama3_pattern =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+/// GPT-2's split pattern, as tokenizer.json stores it.
+inline constexpr std::string_view gpt2_pattern =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+
+/// Calls on_word for each match of llama3_pattern in `text` (the matches tile it). At each
+/// position the alternatives are tried in order, as a backtracking regex does:
+///   (?i:'s|'t|'re|'ve|'m|'ll|'d)   a contraction, any case
+///   [^\r\n\p{L}\p{N}]?\p{L}+       letters, with one leading character that is not CR, LF,
+///                                  letter or number (a space, an apostrophe, punctuation)
+///   \p{N}{1,3}                     up to three digits
+///    ?[^\s\p{L}\p{N}]+[\r\n]*      an optional space, a run of "other", then any CR/LF
+///   \s*[\r\n]+                     whitespace up to and including its last CR/LF
+///   \s+(?!\S) | \s+                whitespace, leaving the last one to a following word
+template <class OnWord>
+void llama3_pre_tokenize(std::string_view text, OnWord&& on_word) {
+    using gpt2_detail::char_class;
+    const auto unit_at = [&](std::size_t pos) { return gpt2_detail::decode_utf8_at(text, pos); };
+    const auto class_at = [&](std::size_t pos) { return gpt2_detail::classify(unit_at(pos).code_point); };
+    const auto is_crlf = [&](std::size_t pos) { return text[pos] == '\r' || text[pos] == '\n'; };
+    const std::size_t n = text.size();
+    const auto run_end = [&](std::size_t pos, char_class c) {  // end of the run of class c from pos
+        while (pos < n && class_at(pos) == c) pos += unit_at(pos).length;
+        return pos;
+    };
+    std::size_t pos = 0;
+    while (pos < n) {
+        const gpt2_detail::text_unit u = unit_at(pos);
+        const char_class c = gpt2_detail::classify(u.code_point);
+        std::size_t end = 0;
+        // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+        if (text[pos] == '\'' && pos + 1 < n) {
+            const auto lower = [&](std::size_t i) {
+                return i < n ? char(text[i] >= 'A' && text[i] <= 'Z' ? text[i] + 32 : text[i]) : '\0';
+            };
+            const char a = lower(pos + 1), b = lower(pos + 2);
+            if (a == 's' || a == 't' || a == 'm' || a == 'd') end = pos + 2;
+            else if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) end = pos + 3;
+        }
+        // [^\r\n\p{L}\p{N}]?\p{L}+
+        if (end == 0) {
+            if (c == char_class::letter) {
+                end = run_end(pos, char_class::letter);
+            } else if (c != char_class::number && !is_crlf(pos) && pos + u.length < n &&
+                       class_at(pos + u.length) == char_class::letter) {
+                end = run_end(pos + u.length, char_class::letter);
+            }
+        }
+        // \p{N}{1,3}
+        if (end == 0 && c == char_class::number) {
+            end = pos;
+            for (int k = 0; k < 3 && end < n && class_at(end) == char_class::number; ++k)
+                end += unit_at(end).length;
+        }
+        //  ?[^\s\p{L}\p{N}]+[\r\n]*
+        if (end == 0) {
+            std::size_t start = pos;
+            if (text[pos] == ' ' && pos + 1 < n && class_at(pos + 1) == char_class::other) start = pos + 1;
+            if (class_at(start) == char_class::other) {
+                end = run_end(start, char_class::other);
+                while (end < n && is_crlf(end)) ++end;
+            }
+        }
+        if (end == 0) {  // whitespace: \s*[\r\n]+, then \s+(?!\S), then \s+
+            const std::size_t ws_end = run_end(pos, char_class::space);
+            std::size_t last_crlf = std::string_view::npos, last_start = pos;
+            for (std::size_t i = pos; i < ws_end; i += unit_at(i).length) {
+                if (is_crlf(i)) last_crlf = i;
+                last_start = i;
+            }
+            if (last_crlf != std::string_view::npos) end = last_crlf + 1;
+            else if (ws_end < n && last_start > pos) end = last_start;  // give one back
+            else end = ws_end;
+        }
+        on_word(text.substr(pos, end - pos));
+        pos = end;
+    }
+}
 
 }  // namespace hf_detail
 
@@ -334,12 +419,21 @@ private:
             const std::string& t = hf_detail::type_of(*s);
             if (t == "ByteLevel") {
                 byte_level_ = true;
+            } else if (t == "Split") {
+                const io::json_value& p = s->at("pattern");
+                const io::json_value* regex = p.is_object() ? p.find("Regex") : nullptr;
+                const io::json_value* behavior = s->find("behavior");
+                const io::json_value* invert = s->find("invert");
+                if (!regex || (regex->as_string() != hf_detail::llama3_pattern &&
+                               regex->as_string() != hf_detail::gpt2_pattern) ||
+                    !behavior || behavior->as_string() != "Isolated" || (invert && invert->as_bool()))
+                    hf_detail::fail("pre_tokenizer 'Split' is supported only with Llama 3's or GPT-2's "
+                                    "regex, behavior Isolated, not inverted");
             } else if (t != "Metaspace") {
-                hf_detail::fail("pre_tokenizer '" + t + "' is not supported (ByteLevel and Metaspace are)");
+                hf_detail::fail("pre_tokenizer '" + t + "' is not supported (ByteLevel, Metaspace and "
+                                "Split with Llama 3's or GPT-2's pattern are)");
             }
         }
-        if (byte_level_ && pre_tokenizer_steps_.size() != 1)
-            hf_detail::fail("a ByteLevel pre_tokenizer must be the only one");
         for (const io::json_value* s : decoder_steps_) {
             const std::string& t = hf_detail::type_of(*s);
             if (t == "Replace") hf_detail::string_pattern(*s, "decoder");
@@ -393,6 +487,7 @@ private:
             const std::string& t = hf_detail::type_of(*step);
             for (const std::string& w : words) {
                 if (t == "ByteLevel") byte_level_split(*step, w, next);
+                else if (t == "Split") regex_split(*step, w, next);
                 else metaspace_split(*step, w, next, &w == &words.front());
             }
             words = std::move(next);
@@ -417,6 +512,15 @@ private:
         };
         if (flag("use_regex", true)) gpt2_pre_tokenize(s, spell);
         else spell(s);
+    }
+
+    static void regex_split(const io::json_value& step, const std::string& text,
+                            std::vector<std::string>& out) {
+        const auto add = [&](std::string_view w) { out.emplace_back(w); };
+        if (step.at("pattern").at("Regex").as_string() == hf_detail::llama3_pattern)
+            hf_detail::llama3_pre_tokenize(text, add);
+        else
+            gpt2_pre_tokenize(text, add);
     }
 
     static void metaspace_split(const io::json_value& step, const std::string& text,

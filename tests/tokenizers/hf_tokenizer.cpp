@@ -117,7 +117,10 @@ TEST_CASE("hf_tokenizer: unsupported steps are named", "[hf_tokenizer]") {
     const std::string pre = R"("pre_tokenizer":null)";
     j.replace(j.find(pre), pre.size(),
               R"("pre_tokenizer":{"type":"Split","pattern":{"Regex":"x"},"behavior":"Isolated","invert":false})");
-    CHECK_THROWS_WITH(hf_tokenizer::parse(j), Catch::Contains("pre_tokenizer 'Split' is not supported"));
+    CHECK_THROWS_WITH(hf_tokenizer::parse(j), Catch::Contains("'Split' is supported only with Llama 3's"));
+    std::string ws = tiny_metaspace_json();
+    ws.replace(ws.find(pre), pre.size(), R"("pre_tokenizer":{"type":"Whitespace"})");
+    CHECK_THROWS_WITH(hf_tokenizer::parse(ws), Catch::Contains("pre_tokenizer 'Whitespace' is not supported"));
     std::string w = tiny_metaspace_json();
     w.replace(w.find(R"("type":"BPE")"), 12, R"("type":"WordPiece")");
     CHECK_THROWS_WITH(hf_tokenizer::parse(w), Catch::Contains("only BPE"));
@@ -127,7 +130,9 @@ TEST_CASE("hf_tokenizer: unsupported steps are named", "[hf_tokenizer]") {
 // --- GPT-2 as tokenizer.json ------------------------------------------------------------------
 
 /// vocab.json + merges.txt in the tokenizer.json layout that ByteLevelBPETokenizer.save writes.
-std::string gpt2_tokenizer_json(const std::string& dir) {
+/// With `pre_tokenizer_json` and `ignore_merges`, the Llama 3 layout on GPT-2's vocabulary.
+std::string gpt2_tokenizer_json(const std::string& dir, const std::string& pre_tokenizer_json = "",
+                                bool ignore_merges = false) {
     const std::string vocab = read_file(dir + "/vocab.json");
     std::string merges = "[";
     std::istringstream lines(read_file(dir + "/merges.txt"));
@@ -145,10 +150,11 @@ std::string gpt2_tokenizer_json(const std::string& dir) {
     const std::string byte_level =
         R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})";
     return R"({"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
-      "pre_tokenizer":)" + byte_level + R"(,"post_processor":)" + byte_level + R"(,"decoder":)" + byte_level +
+      "pre_tokenizer":)" + (pre_tokenizer_json.empty() ? byte_level : pre_tokenizer_json) +
+           R"(,"post_processor":)" + byte_level + R"(,"decoder":)" + byte_level +
            R"(,"model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":"",
-      "end_of_word_suffix":"","fuse_unk":false,"byte_fallback":false,"ignore_merges":false,"vocab":)" +
-           vocab + R"(,"merges":)" + merges + "}}";
+      "end_of_word_suffix":"","fuse_unk":false,"byte_fallback":false,"ignore_merges":)" +
+           (ignore_merges ? "true" : "false") + R"(,"vocab":)" + vocab + R"(,"merges":)" + merges + "}}";
 }
 
 TEST_CASE("hf_tokenizer: GPT-2 ByteLevel tokenizer.json gives tokenizers' ids", "[hf_tokenizer][data]") {
@@ -184,6 +190,34 @@ TEST_CASE("hf_tokenizer: GPT-2 ByteLevel tokenizer.json gives tokenizers' ids", 
     }
     CHECK(mismatches == 0);
     WARN("GPT-2 tokenizer.json: " << checked << " texts checked, " << mismatches << " differ");
+}
+
+TEST_CASE("hf_tokenizer: Llama 3's Split + ByteLevel layout gives tokenizers' ids", "[hf_tokenizer][data]") {
+    const std::string dir = shared("tokenizers/gpt2");
+    if (!std::filesystem::exists(dir + "/vocab.json")) {
+        WARN("shared data not found under " KVCAR_SHARED_DATA "; skipping");
+        return;
+    }
+    // tools/make_hf_tokenizer_fixtures.py: GPT-2's vocabulary under Llama 3's pre-tokenizer
+    // (a Split on Llama 3's regex, then ByteLevel without its own regex) and ignore_merges.
+    const auto fixture = kvcar::io::load_json(std::string(KVCAR_SOURCE_DIR) +
+                                              "/tests/fixtures/hf_split_bytelevel_tokens.json");
+    const std::string pre = kvcar::io::to_json(fixture.at("pre_tokenizer"));
+    const auto t = hf_tokenizer::parse(gpt2_tokenizer_json(dir, pre, fixture.at("ignore_merges").as_bool()),
+                                       "llama3-style tokenizer.json");
+    int mismatches = 0, checked = 0;
+    for (const auto& k : fixture.at("cases").as_array()) {
+        const std::string& text = k.at("text").as_string();
+        const std::vector<int> want = ints(k.at("ids"));
+        const std::vector<int> got = t.encode(text);
+        ++checked;
+        if (got != want && ++mismatches <= 5)
+            FAIL_CHECK(kvcar::io::to_json(json_value(text)) << "\n  tokenizers " << show(want)
+                                                            << "\n  kvcar      " << show(got));
+        if (t.decode(want) != text && ++mismatches <= 5) FAIL_CHECK("decode of " << kvcar::io::to_json(json_value(text)));
+    }
+    CHECK(mismatches == 0);
+    WARN("Llama 3 style tokenizer.json: " << checked << " texts checked, " << mismatches << " differ");
 }
 
 // --- Llama 2 tokenizer.model converted to tokenizer.json ----------------------------------------
