@@ -17,8 +17,9 @@ Fixture (--fixture, default tests/fixtures/llama_e2e.json): the config, the seed
 its text, transformers' prompt ids (with BOS), the greedy ids after it, the top-5 logits of the
 first generated position, and the smallest gap between the best and second-best logit seen.
 
-Usage (needs torch, transformers, safetensors; sentencepiece for the text prompts, else the
-prompt ids built into this script are used and the fixture says so):
+Usage (needs numpy, safetensors, torch and transformers; the text prompts are tokenized with
+sentencepiece when it is installed, else with the ids built into this script, which are
+sentencepiece's, and the fixture says which):
     python3 tools/make_llama_e2e_fixture.py --out /tmp/llama-e2e \\
         --tokenizer ../shared/data/tokenizers/llama2/tokenizer.model
 The TinyLlama-1.1B shape for speed measurements (random weights, bf16, no fixture):
@@ -127,6 +128,8 @@ def main():
     ap.add_argument("--steps", type=int, default=24, help="greedy tokens per prompt")
     ap.add_argument("--device", default="cpu", help="torch device for transformers (cpu is exact fp32)")
     ap.add_argument("--fixture", default=str(ROOT / "tests/fixtures/llama_e2e.json"))
+    ap.add_argument("--tokenizer-is-not-llama2", dest="tokenizer_is_llama2", action="store_false",
+                    help="skip the check of sentencepiece's ids against the built-in Llama 2 ids")
     ap.add_argument("--no-fixture", action="store_true", help="write the folder only")
     args = ap.parse_args()
 
@@ -164,17 +167,26 @@ def main():
     from transformers import LlamaForCausalLM
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    # The prompt ids come from the reference encoder, sentencepiece, when it is installed (they
+    # must then equal the ids built into this script), else from the built-in list.
     try:
-        from transformers import LlamaTokenizer
-        tok = LlamaTokenizer(vocab_file=str(out / "tokenizer.model"), legacy=True)
-        prompt_ids = [tok(p).input_ids for p in PROMPTS]
-        tokenizer_used = f"transformers LlamaTokenizer (sentencepiece), legacy=True"
-    except Exception as e:  # no sentencepiece here: the ids computed with it, stored below
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+        prompt_ids = [[1] + sp.encode(p) for p in PROMPTS]
+        if args.tokenizer_is_llama2:
+            assert prompt_ids == builtin_prompt_ids(), "sentencepiece disagrees with the built-in ids"
+        tokenizer_used = f"sentencepiece {spm.__version__}, BOS in front (as LlamaTokenizer)"
+    except ImportError:
         prompt_ids = builtin_prompt_ids()
-        tokenizer_used = f"ids built into the script (sentencepiece 0.2.3); tokenizer unavailable: {e}"
+        tokenizer_used = "ids built into the script (sentencepiece 0.2.3, Llama 2 tokenizer.model)"
 
-    model = LlamaForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32,
-                                             attn_implementation="eager").to(args.device).eval()
+    try:  # transformers 5 names it dtype, 4.x torch_dtype
+        model = LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32, attn_implementation="eager")
+    except TypeError:
+        model = LlamaForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32,
+                                                 attn_implementation="eager")
+    model = model.to(args.device).eval()
+    assert model.dtype == torch.float32
     cases = []
     for text, ids in zip(PROMPTS, prompt_ids):
         x = torch.tensor([ids], device=args.device)
