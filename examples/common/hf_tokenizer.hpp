@@ -15,8 +15,9 @@
 // it.
 //
 // The BPE model: a word starts as its characters (an unknown one: its byte pieces with
-// byte_fallback, else unk_token, runs fused with fuse_unk); then the adjacent pair with the lowest
-// merge rank is merged, leftmost first on ties, until no pair has a rule (tokenizers' merge_word).
+// byte_fallback, else unk_token, runs fused with fuse_unk, else dropped, as tokenizers does);
+// then the adjacent pair with the lowest merge rank is merged, leftmost first on ties, until no
+// pair has a rule (tokenizers' merge_word).
 // With ignore_merges, a word that is itself in the vocabulary is that one token.
 //
 // Special tokens (added_tokens) are NOT recognised in the text: "<s>" in a prompt is encoded as
@@ -408,6 +409,39 @@ private:
         if (const auto* s = root.find("normalizer")) flatten(*s, "normalizers", normalizer_steps_);
         if (const auto* s = root.find("pre_tokenizer")) flatten(*s, "pretokenizers", pre_tokenizer_steps_);
         if (const auto* s = root.find("decoder")) flatten(*s, "decoders", decoder_steps_);
+        // Every field a step uses is checked here, so encode and decode never meet a bad one.
+        const auto need = [](const io::json_value& step, const char* key, io::json_value::kind kind,
+                             bool optional = false) {
+            const io::json_value* v = step.find(key);
+            if (!v && optional) return;
+            if (!v || v->type() != kind || (kind == io::json_value::kind::number && !v->is_integer()))
+                hf_detail::fail("step '" + hf_detail::type_of(step) + "' needs " +
+                                (optional ? "an optional " : "a ") + "'" + key + "' of the right type");
+        };
+        using K = io::json_value::kind;
+        for (const auto* list : {&normalizer_steps_, &pre_tokenizer_steps_, &decoder_steps_})
+            for (const io::json_value* s : *list) {
+                if (!s->is_object() || !s->contains("type") || !s->at("type").is_string())
+                    hf_detail::fail("a normalizer, pre_tokenizer or decoder step has no \"type\"");
+                const std::string& t = hf_detail::type_of(*s);
+                if (t == "Prepend") need(*s, "prepend", K::string);
+                if (t == "Replace") need(*s, "content", K::string);
+                if (t == "Strip") {
+                    need(*s, "content", K::string);
+                    need(*s, "start", K::number);
+                    need(*s, "stop", K::number);
+                }
+                if (t == "Metaspace") {
+                    need(*s, "replacement", K::string);
+                    if (s->at("replacement").as_string().empty())
+                        hf_detail::fail("step 'Metaspace' has an empty replacement");
+                    need(*s, "prepend_scheme", K::string, true);
+                    need(*s, "add_prefix_space", K::boolean, true);
+                    need(*s, "split", K::boolean, true);
+                }
+                if (t == "ByteLevel")
+                    for (const char* key : {"add_prefix_space", "use_regex"}) need(*s, key, K::boolean, true);
+            }
         for (const io::json_value* s : normalizer_steps_) {
             const std::string& t = hf_detail::type_of(*s);
             if (t == "Replace") hf_detail::string_pattern(*s, "normalizer");
@@ -557,22 +591,22 @@ private:
             }
         }
         std::vector<int> id;
-        std::string pending_unk;  // fuse_unk: consecutive unknown characters become one <unk>
+        bool prev_unknown = false;  // fuse_unk: consecutive unknown characters become one unk
         for (std::size_t pos = 0; pos < word.size();) {
             const gpt2_detail::text_unit u = gpt2_detail::decode_utf8_at(word, pos);
             const std::string_view ch = word.substr(pos, u.length);
             pos += u.length;
             const int known = token_to_id(ch);
+            const bool unknown = known < 0 && !byte_fallback_ && unk_id_ >= 0;
             if (known >= 0) {
                 id.push_back(known);
             } else if (byte_fallback_) {
                 for (char c : ch) id.push_back(byte_token_[static_cast<unsigned char>(c)]);
             } else if (unk_id_ >= 0) {
-                if (!(fuse_unk_ && !id.empty() && id.back() == unk_id_)) id.push_back(unk_id_);
-            } else {
-                hf_detail::fail("character '" + std::string(ch) + "' is not in the vocabulary and "
-                                "there is no unk_token or byte_fallback");
+                if (!(fuse_unk_ && prev_unknown)) id.push_back(unk_id_);
             }
+            // else: no unk_token and no byte fallback: tokenizers drops the character
+            prev_unknown = unknown;
         }
         const std::size_t n = id.size();
         std::vector<int> next(n), prev(n);
@@ -628,6 +662,7 @@ private:
         } else if (t == "Strip") {
             const std::string& content = step.at("content").as_string();
             const auto start = step.at("start").as_int(), stop = step.at("stop").as_int();
+            if (content.empty()) return;  // nothing to strip (and no endless loop)
             for (std::string& s : tokens) {
                 for (std::int64_t k = 0; k < start && s.starts_with(content); ++k) s.erase(0, content.size());
                 for (std::int64_t k = 0; k < stop && s.ends_with(content); ++k) s.resize(s.size() - content.size());

@@ -127,6 +127,21 @@ TEST_CASE("hf_tokenizer: unsupported steps are named", "[hf_tokenizer]") {
     CHECK_THROWS_AS(hf_tokenizer::parse("{"), kvcar::error);
 }
 
+TEST_CASE("hf_tokenizer: unknown characters without byte fallback", "[hf_tokenizer]") {
+    // As tokenizers: with unk_token, runs of unknown characters become one unk (fuse_unk), even
+    // when unk is also an ordinary piece; without unk_token they are dropped.
+    const std::string model = R"({"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2},"merges":[["a","b"]]%s}})";
+    const auto with = [&](const std::string& extra) {
+        std::string j = model;
+        j.replace(j.find("%s"), 2, extra);
+        return hf_tokenizer::parse(j);
+    };
+    CHECK(with("").encode("ab xab") == ids({2, 2}));
+    CHECK(with(R"(,"unk_token":"a","fuse_unk":true)").encode("xxab yyab") == ids({0, 2, 0, 2}));
+    CHECK(with(R"(,"unk_token":"a","fuse_unk":true)").encode("axx") == ids({0, 0}));
+    CHECK(with(R"(,"unk_token":"a","fuse_unk":false)").encode("xxab") == ids({0, 0, 2}));
+}
+
 // --- GPT-2 as tokenizer.json ------------------------------------------------------------------
 
 /// vocab.json + merges.txt in the tokenizer.json layout that ByteLevelBPETokenizer.save writes.
