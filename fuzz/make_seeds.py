@@ -248,6 +248,46 @@ def main():
     put(os.path.join(CORPUS, "sentencepiece_tokenizer", "no_fallback"),
         sentencepiece_model(normal, False) + b"\0" + "zz ab".encode())
 
+    # hf_tokenizer: tokenizer.json NUL text (Metaspace + byte fallback; Llama 3 style Split)
+    clear_generated("hf_tokenizer")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab["<0x%02X>" % b] = 3 + b
+    vocab.update({sp: 259, "a": 260, "b": 261, "ab": 262, sp + "a": 263, sp + "ab": 264})
+    metaspace = {
+        "added_tokens": [{"id": 1, "content": "<s>", "special": True}],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": sp},
+            {"type": "Replace", "pattern": {"String": " "}, "content": sp}]},
+        "pre_tokenizer": None,
+        "post_processor": {"type": "TemplateProcessing", "single": [
+            {"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": sp}, "content": " "}, {"type": "ByteFallback"},
+            {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "unk_token": "<unk>", "byte_fallback": True, "fuse_unk": True,
+                  "vocab": vocab, "merges": [["a", "b"], [sp, "a"], [sp, "ab"]]}}
+    put(os.path.join(CORPUS, "hf_tokenizer", "metaspace"),
+        json.dumps(metaspace, ensure_ascii=False).encode() + b"\0" + "ab b\u00e9 a".encode())
+    alphabet, _ = byte_alphabet()
+    bl_vocab = {alphabet[b]: b for b in range(256)}
+    bl_vocab[alphabet[ord("a")] + alphabet[ord("b")]] = 256
+    bl_vocab["\u0120a"] = 257
+    llama3 = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+              "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                  "use_regex": False}
+    split = {
+        "added_tokens": [], "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": llama3}, "behavior": "Isolated", "invert": False},
+            byte_level]},
+        "decoder": byte_level,
+        "model": {"type": "BPE", "ignore_merges": True, "vocab": bl_vocab,
+                  "merges": ["a b", "\u0120 a"]}}
+    put(os.path.join(CORPUS, "hf_tokenizer", "split_bytelevel"),
+        json.dumps(split, ensure_ascii=False).encode() + b"\0" + "It's ab 1234 \n\n x\n".encode())
+
     # llama2c checkpoints
     clear_generated("llama2c")
     put(os.path.join(CORPUS, "llama2c", "shared"),
