@@ -121,7 +121,9 @@ def tensor_shapes(c):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="folder to write the model into")
-    ap.add_argument("--tokenizer", default=str(ROOT.parent / "shared/data/tokenizers/llama2/tokenizer.model"))
+    ap.add_argument("--tokenizer", default=str(ROOT.parent / "shared/data/tokenizers/llama2/tokenizer.model"),
+                    help="the Llama 2 tokenizer.model to copy into the folder (if absent: no copy, "
+                         "built-in prompt ids)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--seed", type=int, default=20261204)
@@ -146,7 +148,12 @@ def main():
     (out / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
          "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "legacy": True}, indent=2) + "\n")
-    shutil.copyfile(args.tokenizer, out / "tokenizer.model")
+    have_tokenizer = Path(args.tokenizer).is_file()
+    if have_tokenizer:
+        shutil.copyfile(args.tokenizer, out / "tokenizer.model")
+    else:  # the weights and transformers' ids do not need it; the prompts use the built-in ids
+        print(f"note: no tokenizer at {args.tokenizer}; the folder has none and the prompts are "
+              f"the built-in ids")
 
     shapes = tensor_shapes(config)
     if args.dtype == "f32":  # numpy only, so the folder can be written without torch
@@ -170,6 +177,8 @@ def main():
     # The prompt ids come from the reference encoder, sentencepiece, when it is installed (they
     # must then equal the ids built into this script), else from the built-in list.
     try:
+        if not have_tokenizer:
+            raise ImportError("no tokenizer.model given")
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
         prompt_ids = [[1] + sp.encode(p) for p in PROMPTS]
