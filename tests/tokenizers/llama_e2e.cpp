@@ -237,7 +237,7 @@ TEST_CASE("llama e2e: a random Llama folder with tokenizer.model runs from text 
     }
     WARN("llama e2e: " << total << " greedy tokens compared; first-position top-5 logits max_diff "
                        << max_diff);
-    CHECK(max_diff < 1e-4);
+    CHECK(max_diff < 2e-5);  // measured 1.4e-6 (logits up to about 7)
 }
 
 }  // namespace
