@@ -17,6 +17,8 @@ Contents:
               "hf_decoded" when HF's decode differs from sentencepiece's
   wiki_lines  ids of the first lines of wikitext-2/wiki.test.raw, each line encoded on its own
               without its "\\n" (the text is not stored: the test reads the file)
+  wiki_whole  the whole wiki.test.raw encoded as one text: its byte count, the number of ids and
+              the 64-bit FNV-1a hash of the ids as little-endian int32 bytes
 
 Usage: python3 tools/make_sentencepiece_fixtures.py [shared data dir] [output path]
 """
@@ -196,6 +198,9 @@ def main():
         cases.append(case)
 
     raw = (data / "wikitext-2" / "wiki.test.raw").read_bytes().decode("utf-8")
+    whole = sp.encode(raw)  # the whole file as one text: one long BPE run
+    if hf:
+        assert hf[0](raw) == whole
     lines = raw.split("\n")[:WIKI_LINES]
     wiki = []
     for line in lines:
@@ -219,7 +224,11 @@ def main():
         f.write("\n  ],\n")
         f.write('  "wiki_lines": [\n')
         f.write(",\n".join(f"    {compact(ids)}" for ids in wiki))
-        f.write("\n  ]\n}\n")
+        f.write("\n  ],\n")
+        import struct
+        whole_hash = fnv1a64(struct.pack(f"<{len(whole)}i", *whole))
+        f.write(f'  "wiki_whole": {{"bytes": {len(raw.encode())}, "ids": {len(whole)}, '
+                f'"fnv1a64": "{whole_hash:016x}"}}\n}}\n')
     json.loads(out.read_text(encoding="utf-8"))
     n_hf_diff = sum("hf_ids" in c for c in cases)
     print(f"wrote {out} ({out.stat().st_size} bytes): {len(cases)} texts, {len(wiki)} wiki lines; "

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -46,6 +47,17 @@ std::vector<int> ints(const json_value& v) {
     std::vector<int> out;
     for (std::size_t i = 0; i < v.size(); ++i) out.push_back(int(v.at(i).as_int()));
     return out;
+}
+
+/// FNV-1a 64 of the ids as little-endian int32 bytes (as the fixture scripts hash them).
+std::uint64_t ids_hash(const std::vector<int>& ids) {
+    std::uint64_t h = 0xCBF29CE484222325ull;
+    for (int id : ids)
+        for (int k = 0; k < 4; ++k) {
+            h ^= (std::uint32_t(id) >> (8 * k)) & 0xFF;
+            h *= 0x100000001B3ull;
+        }
+    return h;
 }
 
 std::string show(const std::vector<int>& v) {
@@ -361,6 +373,14 @@ TEST_CASE("hf_tokenizer: Llama 2 as tokenizer.json gives tokenizers' ids", "[hf_
         ++checked;
         if (t.encode(line) != ints(line_ids) && ++mismatches <= 5) FAIL_CHECK("wiki line differs: " << line);
     }
+    // The whole of wiki.test.raw as one text: one BPE run over 1.29 MB.
+    const auto& whole = fixture.at("wiki_whole");
+    REQUIRE(raw.size() == std::size_t(whole.at("bytes").as_int()));
+    const std::vector<int> all = t.encode(raw);
+    char hash[17];
+    std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(ids_hash(all)));
+    CHECK(all.size() == std::size_t(whole.at("ids").as_int()));
+    CHECK(std::string(hash) == whole.at("fnv1a64").as_string());
     CHECK(mismatches == 0);
     CHECK(skipped <= 1);
     WARN("Llama 2 tokenizer.json: " << checked << " texts checked, " << mismatches << " differ, "

@@ -7,6 +7,7 @@
 #include "catch.hpp"
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -179,6 +180,17 @@ std::vector<int> ints(const kvcar::io::json_value& v) {
     return out;
 }
 
+/// FNV-1a 64 of the ids as little-endian int32 bytes (as the fixture scripts hash them).
+std::uint64_t ids_hash(const std::vector<int>& ids) {
+    std::uint64_t h = 0xCBF29CE484222325ull;
+    for (int id : ids)
+        for (int k = 0; k < 4; ++k) {
+            h ^= (std::uint32_t(id) >> (8 * k)) & 0xFF;
+            h *= 0x100000001B3ull;
+        }
+    return h;
+}
+
 std::string show(const std::vector<int>& ids) {
     std::string s = "[";
     for (std::size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
@@ -240,6 +252,15 @@ TEST_CASE("sentencepiece: Llama 2 tokenizer.model gives sentencepiece's ids", "[
             FAIL_CHECK("wiki line " << i << " differs");
     }
     CHECK(wiki_mismatches == 0);
+
+    // The whole of wiki.test.raw as one text: one BPE run over 1.29 MB.
+    const auto& whole = fixture.at("wiki_whole");
+    REQUIRE(raw.size() == std::size_t(whole.at("bytes").as_int()));
+    const std::vector<int> all = t.encode(raw);
+    char hash[17];
+    std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(ids_hash(all)));
+    CHECK(all.size() == std::size_t(whole.at("ids").as_int()));
+    CHECK(std::string(hash) == whole.at("fnv1a64").as_string());
 }
 
 }  // namespace
