@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <string>
@@ -21,8 +22,7 @@
 
 #include "kvcar/common.hpp"
 
-#include "examples/common/gpt2_tokenizer.hpp"
-#include "examples/common/llama2c_tokenizer.hpp"
+#include "examples/common/tokenizer.hpp"
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tool_checks.hpp"
@@ -163,10 +163,11 @@ inline std::vector<option_spec> model_options_spec(const std::string& default_kv
     for (const std::string& n : kv_codec_names()) kv_names += (kv_names.empty() ? "" : " | ") + n;
     return {
         {"model", "PATH", "HF model folder (config.json + model.safetensors) or llama2.c .bin"},
-        {"tokenizer", "PATH", "llama2.c tokenizer.bin (for .bin models; default: tokenizer.bin "
-                              "beside the model)"},
-        {"tokenizer-dir", "DIR", "folder with GPT-2 vocab.json + merges.txt (HF models; default: "
-                                 "the model folder if it has them, else shared/data/tokenizers/gpt2)"},
+        {"tokenizer", "PATH", "tokenizer.json, tokenizer.model, vocab.json or llama2.c tokenizer.bin, "
+                              "or a folder (default: the model folder's tokenizer.json, then "
+                              "tokenizer.model, then vocab.json + merges.txt)"},
+        {"tokenizer-dir", "DIR", "folder to search for the tokenizer instead of the model folder "
+                                 "(a 50257-token model without one uses shared/data/tokenizers/gpt2)"},
         {"kv", "NAME", "KV cache codec: " + kv_names + " (default " + default_kv + ")"},
         {"keys", "post|pre", "Llama: cache keys after RoPE (default) or before (RoPE on read)"},
         {"threads", "N", "matmul threads (default: all hardware threads)"},
@@ -328,70 +329,57 @@ inline double kv_bytes_per_token(const std::string& kv, const language_model& mo
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tokenizers: GPT-2 BPE for Hugging Face checkpoints, tokenizer.bin for llama2.c ones.
+// Tokenizers: examples/common/tokenizer.hpp finds and reads them; this adds the tools' options.
 
-class text_tokenizer {
+class text_tokenizer : public tokenizer {
 public:
-    /// The tokenizer for `model`, from --tokenizer / --tokenizer-dir or the defaults; its
-    /// vocabulary must be the model's.
+    /// The tokenizer for `model`: --tokenizer, --tokenizer-dir, or the one in the model folder
+    /// (tokenizer.json, tokenizer.model, vocab.json + merges.txt); its vocabulary must be the
+    /// model's.
     static text_tokenizer for_model(const language_model& model, const command_line& cl) {
-        namespace fs = std::filesystem;
-        if (model.format() == checkpoint_format::llama2c) {
-            const std::string path =
-                cl.has("tokenizer")
-                    ? cl.get("tokenizer")
-                    : (fs::path(model.path()).parent_path() / "tokenizer.bin").string();
-            require(fs::exists(path), cl.tool() + ": llama2.c tokenizer '" + path +
-                                          "' not found (give --tokenizer PATH)");
-            text_tokenizer t(llama2c_tokenizer::load(path, model.vocab_size()));
-            check_tokenizer_vocab(t.vocab_size(), model.vocab_size(), path);
-            return t;
-        }
-        std::string dir = cl.get("tokenizer-dir");
-        if (dir.empty()) {
-            const fs::path folder = fs::is_directory(model.path())
-                                        ? fs::path(model.path())
-                                        : fs::path(model.path()).parent_path();
-            dir = fs::exists(folder / "vocab.json") && fs::exists(folder / "merges.txt")
-                      ? folder.string()
-                      : shared_data_dir() + "/tokenizers/gpt2";
-        }
-        text_tokenizer t(gpt2_tokenizer::load(dir + "/vocab.json", dir + "/merges.txt"));
-        check_tokenizer_vocab(t.vocab_size(), model.vocab_size(), dir + "/vocab.json");
+        text_tokenizer t(find_tokenizer({
+            .model_path = model.path(),
+            .llama2c_model = model.format() == checkpoint_format::llama2c,
+            .tokenizer_path = cl.get("tokenizer"),
+            .tokenizer_dir = cl.get("tokenizer-dir"),
+            .model_vocab_size = model.vocab_size(),
+            .gpt2_fallback_dir = shared_data_dir() + "/tokenizers/gpt2",
+        }));
+        check_tokenizer_vocab(t.vocab_size(), model.vocab_size(), "'" + t.path() + "'");
         return t;
     }
 
-    bool is_llama2c() const { return std::holds_alternative<llama2c_tokenizer>(impl_); }
-
-    /// Ids of `text`, with llama2.c's BOS in front when `bos` (GPT-2 has no BOS convention).
-    std::vector<int> encode(std::string_view text, bool bos) const {
-        if (const auto* l = std::get_if<llama2c_tokenizer>(&impl_)) return l->encode(text, bos, false);
-        return std::get<gpt2_tokenizer>(impl_).encode(text);
-    }
-    /// The text of `id` as it follows `prev` (llama2.c drops the space after BOS).
-    std::string piece(int prev, int id) const {
-        if (const auto* l = std::get_if<llama2c_tokenizer>(&impl_)) {
-            if (id == llama2c_tokenizer::bos_id || id == llama2c_tokenizer::eos_id) return "";
-            return l->decode_piece(prev, id);
-        }
-        return std::get<gpt2_tokenizer>(impl_).piece(id);
-    }
-    /// Generating this id ends the text: <|endoftext|> for GPT-2; BOS or EOS for llama2.c (run.c
-    /// stops on BOS).
-    bool ends_text(int id) const {
-        if (is_llama2c()) return id == llama2c_tokenizer::bos_id || id == llama2c_tokenizer::eos_id;
-        return id == std::get<gpt2_tokenizer>(impl_).eos_id();
-    }
-    int vocab_size() const {
-        return std::visit([](const auto& t) { return t.vocab_size(); }, impl_);
-    }
+    /// The text of `id` as it follows `prev`.
+    std::string piece(int prev, int id) const { return decode_piece(prev, id); }
+    /// Generating this id ends the text (an EOS id of the model's config or the tokenizer).
+    bool ends_text(int id) const { return is_eos(id); }
 
 private:
-    explicit text_tokenizer(gpt2_tokenizer t) : impl_(std::move(t)) {}
-    explicit text_tokenizer(llama2c_tokenizer t) : impl_(std::move(t)) {}
-
-    std::variant<gpt2_tokenizer, llama2c_tokenizer> impl_;
+    explicit text_tokenizer(tokenizer t) : tokenizer(std::move(t)) {}
 };
+
+/// --prompt-ids IDS or --ids-file FILE when given (at most one of them), else nothing.
+inline std::optional<std::vector<int>> ids_from_options(const command_line& cl, int vocab_size) {
+    require(!(cl.has("prompt-ids") && cl.has("ids-file")),
+            cl.tool() + ": give --prompt-ids or --ids-file, not both");
+    if (cl.has("prompt-ids")) return parse_token_ids(cl.get("prompt-ids"), vocab_size, "--prompt-ids");
+    if (!cl.has("ids-file")) return std::nullopt;
+    std::ifstream in(cl.get("ids-file"), std::ios::binary);
+    require(bool(in), cl.tool() + ": cannot open --ids-file '" + cl.get("ids-file") + "'");
+    std::ostringstream text;
+    text << in.rdbuf();
+    return parse_token_ids(text.str(), vocab_size, "--ids-file '" + cl.get("ids-file") + "'");
+}
+
+/// The prompt's ids: --prompt encoded (BOS in front when the tokenizer adds one), or
+/// --prompt-ids / --ids-file taken as they are; exactly one of them.
+inline std::vector<int> prompt_from_options(const command_line& cl, const tokenizer& t, int vocab_size) {
+    std::optional<std::vector<int>> ids = ids_from_options(cl, vocab_size);
+    require(!(ids && cl.has("prompt")), cl.tool() + ": give --prompt or token ids, not both");
+    if (ids) return *ids;
+    require(cl.has("prompt"), cl.tool() + ": --prompt (or --prompt-ids / --ids-file) is required");
+    return t.encode(cl.get("prompt"));
+}
 
 // ---------------------------------------------------------------------------------------------
 // The tools that learn codecs from the model's own activations (kvcar-calibrate, kvcar-finetune):
@@ -417,7 +405,7 @@ inline std::vector<option_spec> text_options_spec(const std::string& for_what,
 
 struct tokenized_text {
     std::string path;
-    std::vector<int> ids;  ///< every token of the file (BOS first for llama2.c tokenizers)
+    std::vector<int> ids;  ///< every token of the file (BOS first when the tokenizer adds one)
 };
 
 /// --text's path (default: WikiText-2 validation), checked to be a readable file.
@@ -431,7 +419,7 @@ inline std::string text_option_path(const command_line& cl) {
 inline tokenized_text read_text_option(const command_line& cl, const text_tokenizer& tokenizer) {
     tokenized_text t;
     t.path = text_option_path(cl);
-    t.ids = tokenizer.encode(read_text_file(cl.tool(), "text", t.path), tokenizer.is_llama2c());
+    t.ids = tokenizer.encode(read_text_file(cl.tool(), "text", t.path));
     return t;
 }
 
