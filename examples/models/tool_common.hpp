@@ -137,6 +137,13 @@ public:
                 tool_ + ": --" + name + " needs a number, got '" + v + "'");
         return x;
     }
+    /// --name as an integer that must be >= `min`: "tool: --steps '-3' must be an integer ≥ 0".
+    long long get_int_at_least(const std::string& name, long long fallback, long long min) const {
+        const long long x = get_int(name, fallback);
+        require(!has(name) || x >= min, tool_ + ": --" + name + " '" + get(name) +
+                                            "' must be an integer ≥ " + std::to_string(min));
+        return x;
+    }
     /// --name as a number that must be finite and >= `min` (NaN and infinities are refused).
     double get_double_at_least(const std::string& name, double fallback, double min) const {
         const double x = get_double(name, fallback);
@@ -231,7 +238,7 @@ struct tensor_parallel_choice {
 };
 inline tensor_parallel_choice parse_tensor_parallel(const command_line& cl, bool use_cuda) {
     tensor_parallel_choice t;
-    t.ranks = int(cl.get_int("tensor-parallel", 0));
+    t.ranks = int(cl.get_int_at_least("tensor-parallel", 0, 0));
     t.share_one_gpu = cl.has("shard-on-one-gpu");
     require(t.ranks >= 0, cl.tool() + ": --tensor-parallel must not be negative");
     require(use_cuda || (t.ranks == 0 && !t.share_one_gpu),
@@ -243,8 +250,7 @@ inline tensor_parallel_choice parse_tensor_parallel(const command_line& cl, bool
 
 inline model_options parse_model_options(const command_line& cl) {
     model_options o;
-    o.threads = int(cl.get_int("threads", 0));
-    require(o.threads >= 0, cl.tool() + ": --threads must not be negative");
+    o.threads = int(cl.get_int_at_least("threads", 0, 0));
     const std::string keys = cl.get("keys", "post");
     require(keys == "post" || keys == "pre",
             cl.tool() + ": --keys must be 'post' or 'pre', got '" + keys + "'");

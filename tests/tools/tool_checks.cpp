@@ -89,6 +89,16 @@ TEST_CASE("numbers must be finite and within the rule, and the message says both
     CHECK(m.find("--temperature 'nan' must be a finite number ≥ 0") != std::string::npos);
 }
 
+TEST_CASE("integers below their rule are refused with the value and the rule", "[tools]") {
+    args a({"kvcar-demo", "--steps", "-3"});
+    ex::command_line cl("kvcar-demo", "A test tool.", {{"steps", "N", "a count"}});
+    REQUIRE(cl.parse(a.argc(), a.argv()));
+    CHECK(thrown([&] { (void)cl.get_int_at_least("steps", 10, 0); })
+              .find("--steps '-3' must be an integer ≥ 0") != std::string::npos);
+    CHECK(cl.get_int_at_least("steps", 10, -5) == -3);
+    CHECK(cl.get_int_at_least("other", 10, 20) == 10);  // the default is not checked
+}
+
 TEST_CASE("the parser: -h is --help, unknown and stray arguments are refused by name", "[tools]") {
     {
         args a({"kvcar-demo", "-h"});
