@@ -21,6 +21,7 @@
 
 #include "kvcar/common.hpp"
 
+#include "examples/common/data_path.hpp"
 #include "examples/common/gpt2_tokenizer.hpp"
 #include "examples/common/llama2c_tokenizer.hpp"
 #include "examples/models/kv_dispatch.hpp"
@@ -28,14 +29,23 @@
 #include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_json.hpp"
 
-#ifndef KVCAR_SHARED_DATA
-#define KVCAR_SHARED_DATA "../shared/data"
-#endif
 
 namespace kvcar::examples {
 
 /// The shared data folder the tools default to (compiled in; see examples/CMakeLists.txt).
-inline std::string shared_data_dir() { return KVCAR_SHARED_DATA; }
+/// The value of --data when the command line had it (command_line::parse records it), else "".
+inline std::string& data_option() {
+    static std::string value;
+    return value;
+}
+
+/// The data folder the tools default to: --data, else $KVCAR_DATA, else share/kvcar/data or
+/// shared/data above the executable (examples/common/data_path.hpp). When there is none, a
+/// placeholder that names the rule, so a default path built on it says why it is missing.
+inline std::string shared_data_dir() {
+    const std::filesystem::path dir = data_dir(data_option());
+    return dir.empty() ? "<no data folder: " + data_dir_help() + ">" : dir.string();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Command line: `--name value` options and `--flag`s, declared up front so a typo is an error.
@@ -87,6 +97,7 @@ public:
             std::printf("%s", usage().c_str());
             return false;
         }
+        if (has("data")) data_option() = get("data");
         return true;
     }
 
@@ -173,10 +184,13 @@ inline std::vector<option_spec> model_options_spec(const std::string& default_kv
         {"tokenizer", "PATH", "llama2.c tokenizer.bin (for .bin models; default: tokenizer.bin "
                               "beside the model)"},
         {"tokenizer-dir", "DIR", "folder with GPT-2 vocab.json + merges.txt (HF models; default: "
-                                 "the model folder if it has them, else shared/data/tokenizers/gpt2)"},
+                                 "the model folder if it has them, else DATA/tokenizers/gpt2)"},
         {"kv", "NAME", "KV cache codec: " + kv_names + " (default " + default_kv + ")"},
         {"keys", "post|pre", "Llama: cache keys after RoPE (default) or before (RoPE on read)"},
         {"threads", "N", "matmul threads (default: all hardware threads)"},
+        {"data", "DIR", "data folder for the defaults below (tokenizers/, wikitext-2/, piqa/; "
+                        "default: $KVCAR_DATA, else share/kvcar/data or shared/data above the "
+                        "executable)"},
     };
 }
 
@@ -414,7 +428,7 @@ inline std::vector<option_spec> codec_fitting_options_spec() {
 inline std::vector<option_spec> text_options_spec(const std::string& for_what,
                                                   const std::string& max_tokens_help) {
     return {
-        {"text", "FILE", for_what + ", read as it is (default: shared/data/wikitext-2/"
+        {"text", "FILE", for_what + ", read as it is (default: DATA/wikitext-2/"
                                     "wiki.valid.tokens)"},
         {"max-tokens", "N", "use only the first N tokens of the text (" + max_tokens_help + ")"},
     };
