@@ -319,3 +319,13 @@ TEST_CASE("autoencoder training reports every epoch (kvcar-calibrate's progress 
     REQUIRE(r.holdout_history.size() == 4);  // before training, then one per epoch
     for (std::size_t e = 0; e < losses.size(); ++e) CHECK(losses[e] == r.holdout_history[e + 1]);
 }
+
+TEST_CASE("--data sets the folder the tools' defaults come from", "[tools]") {
+    const std::string before = ex::data_option();
+    args a({"kvcar-demo", "--data", "/some/data"});
+    ex::command_line cl("kvcar-demo", "A test tool.", ex::model_options_spec("identity-f16"));
+    REQUIRE(cl.parse(a.argc(), a.argv()));
+    CHECK(ex::shared_data_dir() == "/some/data");
+    CHECK(ex::text_options_spec("text", "all")[0].help.find("DATA/wikitext-2") != std::string::npos);
+    ex::data_option() = before;
+}
