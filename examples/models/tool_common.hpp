@@ -22,20 +22,30 @@
 
 #include "kvcar/common.hpp"
 
+#include "examples/common/data_path.hpp"
 #include "examples/common/tokenizer.hpp"
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_json.hpp"
 
-#ifndef KVCAR_SHARED_DATA
-#define KVCAR_SHARED_DATA "../shared/data"
-#endif
 
 namespace kvcar::examples {
 
 /// The shared data folder the tools default to (compiled in; see examples/CMakeLists.txt).
-inline std::string shared_data_dir() { return KVCAR_SHARED_DATA; }
+/// The value of --data when the command line had it (command_line::parse records it), else "".
+inline std::string& data_option() {
+    static std::string value;
+    return value;
+}
+
+/// The data folder the tools default to: --data, else $KVCAR_DATA, else share/kvcar/data or
+/// shared/data above the executable (examples/common/data_path.hpp). When there is none, a
+/// placeholder that names the rule, so a default path built on it says why it is missing.
+inline std::string shared_data_dir() {
+    const std::filesystem::path dir = data_dir(data_option());
+    return dir.empty() ? "<no data folder: " + data_dir_help() + ">" : dir.string();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Command line: `--name value` options and `--flag`s, declared up front so a typo is an error.
@@ -87,6 +97,7 @@ public:
             std::printf("%s", usage().c_str());
             return false;
         }
+        if (has("data")) data_option() = get("data");
         return true;
     }
 
@@ -137,6 +148,13 @@ public:
                 tool_ + ": --" + name + " needs a number, got '" + v + "'");
         return x;
     }
+    /// --name as an integer that must be >= `min`: "tool: --steps '-3' must be an integer ≥ 0".
+    long long get_int_at_least(const std::string& name, long long fallback, long long min) const {
+        const long long x = get_int(name, fallback);
+        require(!has(name) || x >= min, tool_ + ": --" + name + " '" + get(name) +
+                                            "' must be an integer ≥ " + std::to_string(min));
+        return x;
+    }
     /// --name as a number that must be finite and >= `min` (NaN and infinities are refused).
     double get_double_at_least(const std::string& name, double fallback, double min) const {
         const double x = get_double(name, fallback);
@@ -167,10 +185,13 @@ inline std::vector<option_spec> model_options_spec(const std::string& default_kv
                               "or a folder (default: the model folder's tokenizer.json, then "
                               "tokenizer.model, then vocab.json + merges.txt)"},
         {"tokenizer-dir", "DIR", "folder to search for the tokenizer instead of the model folder "
-                                 "(a 50257-token model without one uses shared/data/tokenizers/gpt2)"},
+                                 "(a 50257-token model without one uses DATA/tokenizers/gpt2)"},
         {"kv", "NAME", "KV cache codec: " + kv_names + " (default " + default_kv + ")"},
         {"keys", "post|pre", "Llama: cache keys after RoPE (default) or before (RoPE on read)"},
         {"threads", "N", "matmul threads (default: all hardware threads)"},
+        {"data", "DIR", "data folder for the defaults below (tokenizers/, wikitext-2/, piqa/; "
+                        "default: $KVCAR_DATA, else share/kvcar/data or shared/data above the "
+                        "executable)"},
     };
 }
 
@@ -232,7 +253,7 @@ struct tensor_parallel_choice {
 };
 inline tensor_parallel_choice parse_tensor_parallel(const command_line& cl, bool use_cuda) {
     tensor_parallel_choice t;
-    t.ranks = int(cl.get_int("tensor-parallel", 0));
+    t.ranks = int(cl.get_int_at_least("tensor-parallel", 0, 0));
     t.share_one_gpu = cl.has("shard-on-one-gpu");
     require(t.ranks >= 0, cl.tool() + ": --tensor-parallel must not be negative");
     require(use_cuda || (t.ranks == 0 && !t.share_one_gpu),
@@ -244,8 +265,7 @@ inline tensor_parallel_choice parse_tensor_parallel(const command_line& cl, bool
 
 inline model_options parse_model_options(const command_line& cl) {
     model_options o;
-    o.threads = int(cl.get_int("threads", 0));
-    require(o.threads >= 0, cl.tool() + ": --threads must not be negative");
+    o.threads = int(cl.get_int_at_least("threads", 0, 0));
     const std::string keys = cl.get("keys", "post");
     require(keys == "post" || keys == "pre",
             cl.tool() + ": --keys must be 'post' or 'pre', got '" + keys + "'");
@@ -396,7 +416,7 @@ inline std::vector<option_spec> codec_fitting_options_spec() {
 inline std::vector<option_spec> text_options_spec(const std::string& for_what,
                                                   const std::string& max_tokens_help) {
     return {
-        {"text", "FILE", for_what + ", read as it is (default: shared/data/wikitext-2/"
+        {"text", "FILE", for_what + ", read as it is (default: DATA/wikitext-2/"
                                     "wiki.valid.tokens)"},
         {"max-tokens", "N", "use only the first N tokens of the text (" + max_tokens_help + ")"},
     };

@@ -94,7 +94,7 @@ int run(int argc, char** argv) {
     std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
     specs.insert(specs.end(), {
         {"text", "FILE", "WikiText raw file, joined the usual way (default: "
-                         "shared/data/wikitext-2/wiki.test.raw, else "
+                         "DATA/wikitext-2/wiki.test.raw (DATA: the --data folder), else "
                          "models/wikitext-2-test-excerpt.txt)"},
         {"tokens-file", "FILE", "any text file read as it is (e.g. wiki.test.tokens)"},
         {"ctx", "N", "window length in tokens (default 512, at most the model's context)"},

@@ -71,7 +71,8 @@ std::vector<piqa_example> load_piqa(const std::string& dir) {
 int run(int argc, char** argv) {
     std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
     specs.insert(specs.end(), {
-        {"piqa", "DIR", "folder with dev.jsonl and dev-labels.lst (default: shared/data/piqa)"},
+        {"piqa", "DIR", "folder with dev.jsonl and dev-labels.lst (default: DATA/piqa, DATA = "
+                        "the --data folder)"},
         {"limit", "N", "evaluate only the first N examples (default: all 1838)"},
         {"quiet", "", "no progress line"},
         ex::json_option_spec(),
