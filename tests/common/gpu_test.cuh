@@ -123,6 +123,15 @@ inline double relative_error(std::span<const float> got, std::span<const float> 
     return worst / scale;
 }
 
+/// Tolerances of row_relative_error for kernels that multiply fp16 operands (tensor cores, f16
+/// records): q, k, p and v are each rounded once to fp16 (unit roundoff u = 2^-11), so a head's
+/// output moves by a few u relative to its scale; 4u leaves room for the sums of those roundings.
+inline constexpr double fp16_operands_tolerance = 4.0 / 2048.0;
+/// int8 records widened to fp16 operands: the dequantized value (q + 1/2) * scale + offset is
+/// rounded to fp16 once more before the product, and the scale product once more in the sum: 8u.
+/// (Measured on an H200: 1.1e-3 to 2.6e-3 over 70,000 sequences.)
+inline constexpr double int8_fp16_operands_tolerance = 8.0 / 2048.0;
+
 /// The worst, over rows of `width` elements, of max |got − want| / max(max |want| of the row,
 /// floor). Attention outputs pass width = head_dim, so each (query, head) is held to its own
 /// scale: one lost token of a 1000-token sequence moves its heads by ~1e-3 of their scale (and

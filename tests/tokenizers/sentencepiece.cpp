@@ -157,10 +157,10 @@ TEST_CASE("sentencepiece: malformed files are errors, not crashes", "[sentencepi
     std::string unigram = good;
     put_bytes(unigram, 2, std::string("\x18\x01", 2));  // a later trainer_spec: model_type UNIGRAM
     CHECK_THROWS_WITH(sentencepiece_tokenizer::parse(unigram),
-                      Catch::Contains("only BPE models are supported"));
+                      KVCAR_STRING_CONTAINS("only BPE models are supported"));
     std::string charsmap = good;
     put_bytes(charsmap, 3, std::string("\x12\x03xyz", 5));  // precompiled_charsmap "xyz"
-    CHECK_THROWS_WITH(sentencepiece_tokenizer::parse(charsmap), Catch::Contains("charsmap"));
+    CHECK_THROWS_WITH(sentencepiece_tokenizer::parse(charsmap), KVCAR_STRING_CONTAINS("charsmap"));
 }
 
 // --- the real Llama 2 tokenizer against sentencepiece ------------------------------------------

@@ -107,15 +107,15 @@ TEST_CASE("tokenizer: no tokenizer is an error naming what was looked for and wh
                                                   .model_vocab_size = vocab, .gpt2_fallback_dir = fallback};
     };
     CHECK_THROWS_WITH(find_tokenizer(request(32000, "")),
-                      Catch::Contains("looked in '" + f.path.string() + "'") &&
-                          Catch::Contains("tokenizer.json, tokenizer.model, vocab.json + merges.txt") &&
-                          Catch::Contains("--tokenizer PATH"));
+                      KVCAR_STRING_CONTAINS("looked in '" + f.path.string() + "'") &&
+                          KVCAR_STRING_CONTAINS("tokenizer.json, tokenizer.model, vocab.json + merges.txt") &&
+                          KVCAR_STRING_CONTAINS("--tokenizer PATH"));
     // The GPT-2 fallback is for 50257-token models only.
     CHECK_THROWS_WITH(find_tokenizer(request(32000, shared("tokenizers/gpt2"))),
-                      Catch::Contains("only for 50257-token models"));
+                      KVCAR_STRING_CONTAINS("only for 50257-token models"));
     f.write("merges.txt", "#version: 0.2\n");  // half a GPT-2 tokenizer is none
-    CHECK_THROWS_WITH(tokenizer::load_dir(f.path.string()), Catch::Contains("no tokenizer in"));
-    CHECK_THROWS_WITH(tokenizer::load_file((f.path / "config.txt").string()), Catch::Contains("not a file"));
+    CHECK_THROWS_WITH(tokenizer::load_dir(f.path.string()), KVCAR_STRING_CONTAINS("no tokenizer in"));
+    CHECK_THROWS_WITH(tokenizer::load_file((f.path / "config.txt").string()), KVCAR_STRING_CONTAINS("not a file"));
 }
 
 TEST_CASE("tokenizer: token id lists", "[tokenizer]") {
@@ -123,9 +123,9 @@ TEST_CASE("tokenizer: token id lists", "[tokenizer]") {
     CHECK(parse_token_ids("[1, 450,4996]\n", 32000, "x") == std::vector<int>{1, 450, 4996});
     CHECK(parse_token_ids("", 32000, "x").empty());
     CHECK_THROWS_WITH(parse_token_ids("1 32000", 32000, "--prompt-ids"),
-                      Catch::Contains("--prompt-ids: '32000' is not a token id in [0, 32000)"));
-    CHECK_THROWS_WITH(parse_token_ids("1 -2", 32000, "x"), Catch::Contains("'-2'"));
-    CHECK_THROWS_WITH(parse_token_ids("1 2a", 32000, "x"), Catch::Contains("'2a'"));
+                      KVCAR_STRING_CONTAINS("--prompt-ids: '32000' is not a token id in [0, 32000)"));
+    CHECK_THROWS_WITH(parse_token_ids("1 -2", 32000, "x"), KVCAR_STRING_CONTAINS("'-2'"));
+    CHECK_THROWS_WITH(parse_token_ids("1 2a", 32000, "x"), KVCAR_STRING_CONTAINS("'2a'"));
     CHECK_THROWS(parse_token_ids("99999999999999999999", 32000, "x"));
     const std::vector<int> ids = {1, 2, 3};
     CHECK(format_token_ids(ids) == "[1, 2, 3]");
