@@ -104,6 +104,7 @@ struct any_cache {
     virtual std::size_t bytes_used() const = 0;
     virtual std::size_t bytes_reserved() const = 0;
     virtual kv_geometry geometry() const = 0;
+    virtual int free_pages() const = 0;
 };
 
 template <class Codec, class Layout = dense_layout>
@@ -139,6 +140,7 @@ struct typed_cache final : any_cache {
     }
     std::size_t bytes_reserved() const override { return cache.pool_bytes(); }
     kv_geometry geometry() const override { return cache.geometry(); }
+    int free_pages() const override { return cache.free_pages(); }
 };
 
 /// device_kv_cache<Codec>::params without the codec type.
@@ -453,5 +455,6 @@ double session::compression_ratio() const {
 std::size_t session::bytes_used() const { return impl_->ranks[0].cache->bytes_used(); }
 std::size_t session::bytes_reserved() const { return impl_->ranks[0].cache->bytes_reserved(); }
 std::size_t session::weight_bytes() const { return impl_->ranks[0].model->weight_bytes(); }
+int session::free_pages() const { return impl_->ranks[0].cache->free_pages(); }
 
 }  // namespace kvcar::examples::cuda_backend
