@@ -93,7 +93,7 @@ double quantile(std::vector<double> v, double q) {
 
 /// What one run sustained.
 struct run_result {
-    std::string kv;
+    std::string model, device, kv;
     long long budget_bytes = 0;
     int num_pages = 0;
     std::size_t bytes_per_token = 0;
@@ -214,6 +214,8 @@ void report(const run_result& r, bool json) {
     if (json) {
         using kvcar::io::json_value;
         json_value j = json_value::object_type{};
+        j.set("model", json_value(r.model));
+        j.set("device", json_value(r.device));
         j.set("kv", json_value(r.kv));
         j.set("budget_bytes", json_value(r.budget_bytes));
         j.set("num_pages", json_value(r.num_pages));
@@ -359,6 +361,8 @@ int run(int argc, char** argv) {
                 run_settings s = settings;
                 s.sched.num_pages = pages;
                 run_result r = serve(engine, s, pool - pages);
+                r.model = model.path();
+                r.device = use_cuda ? "cuda" : "cpu";
                 r.kv = kv;
                 r.budget_bytes = bytes;
                 r.bytes_per_token = bpt;
