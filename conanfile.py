@@ -6,7 +6,7 @@ The package is the project's own `cmake --install` with tests, examples, benchma
 off: include/kvcar/** plus share/cmake/kvcar (kvcar's config, for non-Conan consumers of the
 package folder). Conan consumers use CMakeDeps, which generates its own kvcar-config.cmake; the
 properties below make that `find_package(kvcar)` -> `kvcar::kvcar`, exactly as with the project's
-config, and a small build module adds what CMakeDeps cannot express (C++20, CUDA/CCCL).
+config, and a small build module adds what CMakeDeps cannot express (C++20, kvcar::cuda).
 """
 import os
 import re
@@ -18,20 +18,26 @@ from conan.tools.files import copy, load, save
 # What kvcar's own kvcarConfig.cmake (cmake/kvcarConfig.cmake.in) and CMakeLists.txt give
 # kvcar::kvcar, for the target CMakeDeps generates.
 _BUILD_MODULE = """\
-# Added by kvcar's Conan recipe: what kvcar's own kvcarConfig.cmake gives kvcar::kvcar and
-# CMakeDeps cannot express (keep the two in step). The headers need C++20 and threads (the
-# calibration trains on several); the device API (.cuh) needs the CUDA toolkit and CCCL, which are
-# looked up here only when present (host headers never need them).
+# Added by kvcar's Conan recipe: what kvcar's own kvcarConfig.cmake gives and CMakeDeps cannot
+# express (keep the two in step). kvcar::kvcar: C++20 and threads, no CUDA flags. kvcar::cuda,
+# defined when the CUDA toolkit is found: kvcar::kvcar plus the toolkit, CCCL and C++20 for .cu
+# files (the -std flag itself where this CMake does not know nvcc's cuda_std_20).
 if(TARGET kvcar::kvcar)
   target_compile_features(kvcar::kvcar INTERFACE cxx_std_20)
   find_package(Threads REQUIRED)
   target_link_libraries(kvcar::kvcar INTERFACE Threads::Threads)
   find_package(CUDAToolkit QUIET)
-  if(CUDAToolkit_FOUND)
+  if(CUDAToolkit_FOUND AND NOT TARGET kvcar::cuda)
     find_package(CCCL CONFIG QUIET HINTS ${CUDAToolkit_LIBRARY_DIR}/cmake)
+    add_library(kvcar::cuda INTERFACE IMPORTED)
+    target_link_libraries(kvcar::cuda INTERFACE kvcar::kvcar CUDA::toolkit
+                          $<TARGET_NAME_IF_EXISTS:CCCL::CCCL>)
+    if("cuda_std_20" IN_LIST CMAKE_CUDA_COMPILE_FEATURES)
+      target_compile_features(kvcar::cuda INTERFACE cuda_std_20)
+    else()
+      target_compile_options(kvcar::cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
+    endif()
   endif()
-  target_link_libraries(kvcar::kvcar INTERFACE
-    $<TARGET_NAME_IF_EXISTS:CUDA::toolkit> $<TARGET_NAME_IF_EXISTS:CCCL::CCCL>)
 endif()
 """
 _BUILD_MODULE_PATH = os.path.join("share", "conan", "kvcar", "kvcar-conan-target.cmake")

@@ -5,14 +5,18 @@ For each logical decode shape (batch B, query heads H, KV heads KV, head dim D, 
   sdpa   torch.nn.functional.scaled_dot_product_attention, one query token, fp16 K/V
   copy   a device-to-device copy of the same number of K/V bytes (the bandwidth ceiling:
          decode attention must read every cached byte once)
-Timing: CUDA events, warm-up, L2 flushed between runs (a write of 2x the L2 size), median of
---reps runs. Prints one JSON object per line.
+Timing, the same as decode_bench's: the call captured once into a CUDA graph (so that launch
+gaps stay out of the interval; "timing": "eager" where capture fails), 3 warm-ups, L2 flushed
+between runs (a write of 2x the L2 size), CUDA events around one replay, statistics.median of
+--reps runs (31: the middle sample). Each row records the torch version and the SDPA backend
+that PyTorch chose for the shape. Prints one JSON object per line.
 
-    python3 bench/peers.py [--reps 30] [--shapes all|quick] > peers.jsonl
+    python3 bench/peers.py [--reps 31] [--shapes all|quick] [--round R] > peers.jsonl
 """
 import argparse
 import json
 import statistics
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -44,25 +48,57 @@ class Timer:
         self.flush = torch.empty(2 * l2 // 4, dtype=torch.float32, device="cuda")
 
     def median_ms(self, fn):
+        """Median time of fn() replayed from a CUDA graph; returns (ms, "graph" | "eager")."""
         for _ in range(3):
             fn()
+        torch.cuda.synchronize()
+        run, timing = fn, "eager"
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                fn()  # warm-up on the capture stream, as torch.cuda.graphs asks
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            run, timing = graph.replay, "graph"
+        except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager timing
+            print(f"peers.py: capture failed ({e}); timing eagerly", file=sys.stderr)
+        torch.cuda.synchronize()
         times = []
         for _ in range(self.reps):
             self.flush.fill_(1.0)  # evict the previous run's data from L2
             start = torch.cuda.Event(enable_timing=True)
             stop = torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            run()
             stop.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(stop))
-        return statistics.median(times)
+        return statistics.median(times), timing
+
+
+def sdpa_backend(q, k, v, gqa):
+    """The backend PyTorch's dispatcher picks for these inputs (its private chooser), or
+    "unknown" where this torch version does not expose it."""
+    try:
+        from torch.nn.attention import SDPBackend
+        choice = torch._fused_sdp_choice(q, k, v, None, 0.0, False, None, gqa)
+        return SDPBackend(choice).name
+    except Exception:  # noqa: BLE001
+        try:
+            return str(torch._fused_sdp_choice(q, k, v, enable_gqa=gqa))
+        except Exception:  # noqa: BLE001
+            return "unknown"
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--reps", type=int, default=31)
     ap.add_argument("--shapes", default="all", choices=["all", "quick"])
+    ap.add_argument("--round", type=int, default=0, help="round number of an interleaved run")
+    ap.add_argument("--model", default="", help="only this model's shapes (as decode_bench --model)")
     args = ap.parse_args()
     torch.manual_seed(0)
     timer = Timer(args.reps)
@@ -71,29 +107,34 @@ def main():
     # The ceiling: one large copy, bytes read + bytes written.
     big = torch.empty(2**30 // 2, dtype=torch.float16, device="cuda").normal_()
     dst = torch.empty_like(big)
-    ms = timer.median_ms(lambda: dst.copy_(big))
-    print(json.dumps({"peer": "copy-1GiB", "gpu": gpu, "ms": ms,
+    ms, timing = timer.median_ms(lambda: dst.copy_(big))
+    print(json.dumps({"peer": "copy-1GiB", "gpu": gpu, "ms": ms, "timing": timing,
+                      "round": args.round, "torch": torch.__version__,
                       "gbps": 2 * big.numel() * 2 / ms / 1e6}), flush=True)
     del big, dst
 
     for model, b, h, kv, d, L in shapes(args.shapes):
+        if args.model and model != args.model:
+            continue
         q = torch.randn(b, h, 1, d, dtype=torch.float16, device="cuda")
         k = torch.randn(b, kv, L, d, dtype=torch.float16, device="cuda")
         v = torch.randn(b, kv, L, d, dtype=torch.float16, device="cuda")
         kv_bytes = 2 * k.numel() * 2
         gqa = h != kv
-        ms_sdpa = timer.median_ms(
+        ms_sdpa, t_sdpa = timer.median_ms(
             lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa))
+        backend = sdpa_backend(q, k, v, gqa)
         flat = torch.cat([k.reshape(-1), v.reshape(-1)])
         out = torch.empty_like(flat)
-        ms_copy = timer.median_ms(lambda: out.copy_(flat))
+        ms_copy, t_copy = timer.median_ms(lambda: out.copy_(flat))
         base = {"model": model, "gpu": gpu, "batch": b, "heads": h, "kv_heads": kv,
-                "head_dim": d, "context": L, "kv_bytes": kv_bytes}
-        print(json.dumps({**base, "peer": "sdpa", "ms": ms_sdpa,
-                          "gbps": kv_bytes / ms_sdpa / 1e6}), flush=True)
+                "head_dim": d, "context": L, "kv_bytes": kv_bytes, "round": args.round,
+                "reps": args.reps, "torch": torch.__version__}
+        print(json.dumps({**base, "peer": "sdpa", "ms": ms_sdpa, "timing": t_sdpa,
+                          "sdpa_backend": backend, "gbps": kv_bytes / ms_sdpa / 1e6}), flush=True)
         # gbps counts what a copy moves through DRAM, bytes read + bytes written: the ceiling
         # for a kernel that only reads.
-        print(json.dumps({**base, "peer": "copy", "ms": ms_copy,
+        print(json.dumps({**base, "peer": "copy", "ms": ms_copy, "timing": t_copy,
                           "gbps": 2 * kv_bytes / ms_copy / 1e6}), flush=True)
         del q, k, v, flat, out
         torch.cuda.empty_cache()

@@ -1,20 +1,63 @@
 #!/usr/bin/env bash
-# Speed of kvcar's decode attention against its peers, all in ONE run on one GPU:
-#   build/bench/decode_bench   kvcar kernels, every codec           -> $out/kvcar.jsonl
-#   bench/peers.py             PyTorch SDPA + device-to-device copy -> $out/peers.jsonl
-# then bench/speed_report.py turns both into docs/results/speed.md and speed.png.
+# Speed of kvcar's decode attention against its peers, all in ONE session on one GPU, the sides
+# interleaved and repeated (so that drift of the GPU or of a peer shows as spread, not as a
+# speed-up):
+#   for each of R rounds (the order of the sides rotates every round):
+#     build-bench/bench/decode_bench     kvcar kernels, every codec          -> $out/kvcar.jsonl
+#     bench/peers.py                     PyTorch SDPA + device-to-device copy -> $out/peers.jsonl
+#     build-bench/bench/flashinfer_peer  FlashInfer batch decode (when its headers are there)
+#                                                                            -> $out/flashinfer.jsonl
+# Every row carries its "round". Then bench/speed_report.py turns them into speed.md / speed.png
+# with the median over rounds and the spread (min–max).
 #
-#   bash bench/run_speed.sh [quick|full] [out-dir]
+#   bash bench/run_speed.sh [quick|full] [out-dir] [rounds]
+# Environment: REPS (runs per median, 31), MODEL (one model's shapes only, e.g. llama3-8b),
+# BUILD_DIR (reuse that configured build folder instead of configuring build-bench).
+# FlashInfer's headers: $FLASHINFER_INCLUDE_DIR, else .fi/include (bench/fetch_flashinfer.sh
+# unpacks the flashinfer-python wheel there); without them the FlashInfer rows are skipped.
 set -euo pipefail
 grid=${1:-quick}
 out=${2:-bench-out}
+rounds=${3:-3}
+reps=${REPS:-31}
+only=()
+[ -n "${MODEL:-}" ] && only=(--model "$MODEL")
 mkdir -p "$out"
-cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DKVCAR_BUILD_TESTS=OFF -DKVCAR_BUILD_EXAMPLES=OFF \
-      -DKVCAR_BUILD_BENCH=ON > "$out/cmake.log"
-cmake --build build-bench -j"$(nproc)" --target decode_bench >> "$out/cmake.log"
+fi_inc=${FLASHINFER_INCLUDE_DIR:-}
+if [ -z "$fi_inc" ] && [ -f .fi/include/flashinfer/attention/decode.cuh ]; then
+  fi_inc=$PWD/.fi/include
+fi
+targets=(decode_bench)
+[ -n "$fi_inc" ] && targets+=(flashinfer_peer)
+build=${BUILD_DIR:-build-bench}
+if [ -z "${BUILD_DIR:-}" ]; then  # BUILD_DIR: an existing build folder to reuse as it is configured
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKVCAR_BUILD_TESTS=OFF -DKVCAR_BUILD_EXAMPLES=OFF \
+        -DKVCAR_BUILD_BENCH=ON -DFLASHINFER_INCLUDE_DIR="$fi_inc" > "$out/cmake.log"
+fi
+cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >> "$out/cmake.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv > "$out/gpu.txt"
 date -u +%Y-%m-%dT%H:%M:%SZ > "$out/date.txt"
+git rev-parse --short HEAD > "$out/commit.txt" 2>/dev/null || true
 pgrid=$([ "$grid" = full ] && echo all || echo quick)
-python3 bench/peers.py --shapes "$pgrid" --reps 30 > "$out/peers.jsonl"
-build-bench/bench/decode_bench --grid "$grid" --reps 30 > "$out/kvcar.jsonl"
-echo "bench: $(wc -l < "$out/kvcar.jsonl") kvcar rows, $(wc -l < "$out/peers.jsonl") peer rows"
+: > "$out/kvcar.jsonl"; : > "$out/peers.jsonl"; : > "$out/flashinfer.jsonl"
+run_side() {
+  case $1 in
+    kvcar) "$build"/bench/decode_bench --grid "$grid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/kvcar.jsonl" ;;
+    peers) python3 bench/peers.py --shapes "$pgrid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/peers.jsonl" ;;
+    flashinfer)
+      if [ -x "$build"/bench/flashinfer_peer ]; then
+        "$build"/bench/flashinfer_peer --grid "$grid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/flashinfer.jsonl"
+      fi ;;
+  esac
+}
+sides=(kvcar peers flashinfer)
+for r in $(seq 1 "$rounds"); do
+  for i in 0 1 2; do
+    side=${sides[$(( (i + r - 1) % 3 ))]}
+    echo "round $r: $side" >&2
+    run_side "$side" "$r"
+  done
+done
+echo "bench: $(wc -l < "$out/kvcar.jsonl") kvcar rows, $(wc -l < "$out/peers.jsonl") peer rows," \
+     "$(wc -l < "$out/flashinfer.jsonl") flashinfer rows; checks failed:" \
+     "$(grep -c '"check":"FAIL"' "$out/kvcar.jsonl" "$out/flashinfer.jsonl" | tr '\n' ' ')"

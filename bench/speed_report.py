@@ -2,13 +2,19 @@
 """Turns one run of bench/run_speed.sh into docs/results/speed.md and docs/results/speed.png.
 
     python3 bench/speed_report.py DATA_DIR [--out docs/results]
-DATA_DIR holds kvcar.jsonl, peers.jsonl, gpu.txt, date.txt from the same run on the same GPU.
-Every ratio compares numbers of that one run. Capacity is computed from the caches' exact
-byte accounting (bytes_per_token reported by the benchmark), not measured by allocation.
+DATA_DIR holds kvcar.jsonl, peers.jsonl (and flashinfer.jsonl when FlashInfer ran), gpu.txt,
+date.txt from the same session on the same GPU; each row carries the "round" of the
+interleaved run it came from (rows without one count as round 0). Every number is the median
+over rounds, with the spread (min–max over rounds) beside it; a ratio is computed per round
+(peer time / kvcar time of that round), and where its spread covers 1.0 the report calls it
+parity, not a speed-up. Capacity is computed from the caches' exact byte accounting
+(bytes_per_token reported by the benchmark), not measured by allocation.
 """
 import argparse
 import json
 import os
+import statistics
+from collections import defaultdict
 
 CODECS = ["identity-f16", "int8", "linear-head-d/2", "linear-layer-d/2", "linear-layer-d/2-int8",
           "linear-layer-d/4", "autoencoder-layer-d/2"]
@@ -27,36 +33,109 @@ def main():
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--note", default="", help="a line printed under the header (e.g. the commit)")
     args = ap.parse_args()
-    kv = load(os.path.join(args.data, "kvcar.jsonl"))
-    peers = load(os.path.join(args.data, "peers.jsonl"))
+    kv_rows = load(os.path.join(args.data, "kvcar.jsonl"))
+    peer_rows = load(os.path.join(args.data, "peers.jsonl"))
+    fi_path = os.path.join(args.data, "flashinfer.jsonl")
+    fi_rows = load(fi_path) if os.path.exists(fi_path) else []
     gpu_line = open(os.path.join(args.data, "gpu.txt")).read().strip().splitlines()[-1]
     date = open(os.path.join(args.data, "date.txt")).read().strip()
     key = lambda r: (r["model"], r["batch"], r["context"])
-    sdpa = {key(r): r for r in peers if r["peer"] == "sdpa"}
-    copy = {key(r): r for r in peers if r["peer"] == "copy"}
-    ceiling = next(r for r in peers if r["peer"] == "copy-1GiB")
-    ours = {(key(r), r["codec"]): r for r in kv}
-    shapes = sorted({key(r) for r in kv}, key=lambda k: (list(LAYERS).index(k[0]), k[1], k[2]))
+    rnd = lambda r: r.get("round", 0)
+
+    # Per (shape, side): {round: row}. A side is a peer name or a kvcar codec.
+    by_round = defaultdict(dict)
+    for r in peer_rows + fi_rows:
+        if r["peer"] != "copy-1GiB":
+            by_round[(key(r), r["peer"])][rnd(r)] = r
+    for r in kv_rows:
+        by_round[(key(r), r["codec"])][rnd(r)] = r
+    rounds = sorted({rnd(r) for r in kv_rows})
+
+    def med(k, side, field="ms"):
+        rows = by_round.get((k, side))
+        return statistics.median(r[field] for r in rows.values()) if rows else None
+
+    def med_row(k, side):
+        """The median-time row's fields with ms = the median over rounds (None if absent)."""
+        rows = by_round.get((k, side))
+        if not rows:
+            return None
+        out = dict(next(iter(rows.values())))
+        out["ms"] = statistics.median(r["ms"] for r in rows.values())
+        if "stored_gbps" in out:
+            out["stored_gbps"] = out["stored_bytes"] / out["ms"] / 1e6
+        out["check"] = "FAIL" if any(r.get("check") == "FAIL" for r in rows.values()) else \
+            out.get("check", "n/a")
+        out["check_err"] = max((r.get("check_err", 0.0) for r in rows.values()), default=0.0)
+        return out
+
+    def ratio(k, peer, codec):
+        """(median, min, max) over rounds of peer ms / kvcar ms, pairing rows of one round."""
+        p, c = by_round.get((k, peer)), by_round.get((k, codec))
+        if not p or not c:
+            return None
+        rs = [p[r]["ms"] / c[r]["ms"] for r in c if r in p]
+        if not rs:  # rounds not paired (old data): the medians' ratio
+            rs = [med(k, peer) / med(k, codec)]
+        return statistics.median(rs), min(rs), max(rs)
+
+    def fmt_ratio(t):
+        if t is None:
+            return "–"
+        m, lo, hi = t
+        if lo <= 1.0 <= hi and len(rounds) > 1:
+            return f"parity ({lo:.2f}–{hi:.2f})"
+        return f"{m:.2f}× ({lo:.2f}–{hi:.2f})" if hi > lo else f"{m:.2f}×"
+
+    sdpa = {k: med_row(k, "sdpa") for (k, side) in by_round if side == "sdpa"}
+    flashinfer = {k: med_row(k, "flashinfer") for (k, side) in by_round if side == "flashinfer"}
+    copy = {k: med_row(k, "copy") for (k, side) in by_round if side == "copy"}
+    for k, r in copy.items():
+        r["gbps"] = 2 * r["kv_bytes"] / r["ms"] / 1e6
+    ceilings = [r for r in peer_rows if r["peer"] == "copy-1GiB"]
+    ceiling = {"gbps": statistics.median(r["gbps"] for r in ceilings)}
+    ours = {(key(r), r["codec"]): med_row(key(r), r["codec"]) for r in kv_rows}
+    kv = list(ours.values())
+    shapes = sorted({key(r) for r in kv_rows}, key=lambda k: (list(LAYERS).index(k[0]), k[1], k[2]))
+    torch_version = next((r["torch"] for r in peer_rows if "torch" in r), "unknown")
+    backends = sorted({r.get("sdpa_backend", "unknown") for r in peer_rows if r["peer"] == "sdpa"})
+    failed = sorted({(k, c) for (k, c), r in ours.items() if r["check"] == "FAIL"} |
+                    {(k, "flashinfer") for k, r in flashinfer.items() if r["check"] == "FAIL"})
 
     md = []
     md.append("# Decode attention speed\n")
     grid = "full" if any(k[2] == 2048 for k in shapes) else "quick"
     pgrid = "all" if grid == "full" else "quick"
-    md.append(f"GPU: `{gpu_line}`. Date: {date}. One run of `bash bench/run_speed.sh {grid}` "
-              f"(kvcar `build-bench/bench/decode_bench --grid {grid} --reps 30` and "
-              f"`python3 bench/peers.py --shapes {pgrid} --reps 30` in the same session); report: "
+    md.append(f"GPU: `{gpu_line}`. Date: {date}. One session of `bash bench/run_speed.sh {grid} "
+              f"<dir> {max(len(rounds), 1)}` (kvcar `decode_bench --grid {grid}`, `bench/peers.py "
+              f"--shapes {pgrid}` and `flashinfer_peer --grid {grid}`, interleaved); report: "
               f"`python3 bench/speed_report.py {args.data} --out {args.out}`. Raw rows: "
               f"`{args.data}/`.\n")
     if args.note:
         md.append(args.note + "\n")
     md.append("Method: one query token per sequence, one layer, fp32 q/out, K/V as each codec stores "
-              "them; CUDA events, 3 warm-ups, L2 flushed (2× its size written) before every run, "
-              "median of 30. Peers on the same logical shape: PyTorch 2.11 "
-              "`scaled_dot_product_attention` (fp16 q/K/V, `enable_gqa` for GQA) and a device-to-device "
-              f"copy of the same fp16 K/V bytes. Large-copy ceiling: {ceiling['gbps']:.0f} GB/s "
-              "(read + write).\n")
-    md.append("`x SDPA` = SDPA time / kvcar time (above 1 = kvcar faster). `% copy` = bytes kvcar read per "
-              "second / the DRAM traffic rate (read + write) of a copy of the same fp16 K/V bytes.\n")
+              "them; every side captured into a CUDA graph (launch gaps out of the interval), 3 "
+              "warm-ups, L2 flushed (2× its size written) before every run, median of 31 runs; "
+              f"{max(len(rounds), 1)} round(s), the sides interleaved in rotating order, and each "
+              "number below is the median over rounds with the min–max over rounds beside it. "
+              "Peers on the same logical shape: PyTorch "
+              f"{torch_version} `scaled_dot_product_attention` (fp16 q/K/V, `enable_gqa` for GQA; "
+              f"backend chosen: {', '.join(backends)}), "
+              + ("FlashInfer's `BatchDecodeWithPagedKVCache` (fp16 paged K/V, page size 16, "
+                 "fp16 q/o; `bench/flashinfer_peer.cu`), " if flashinfer else
+                 "FlashInfer: not in this run (no headers; see `bench/fetch_flashinfer.sh`), ")
+              + "and a device-to-device copy of the same fp16 K/V bytes. Large-copy ceiling: "
+              f"{ceiling['gbps']:.0f} GB/s (read + write).\n")
+    md.append("`x SDPA` = SDPA time / kvcar time (above 1 = kvcar faster); `x FI` the same against "
+              "FlashInfer; where the spread over rounds covers 1.0 the cell says parity. `% copy` = "
+              "bytes kvcar read per second / the DRAM traffic rate (read + write) of a copy of the "
+              "same fp16 K/V bytes. Every kvcar row checks its output against a CPU reference "
+              "(`check` in the JSONL).\n")
+    if failed:
+        md.append("**Output checks failed** (these rows time a wrong result): " +
+                  ", ".join(f"{k[0]} B{k[1]} L{k[2]} {c}" for k, c in failed) + "\n")
+    else:
+        md.append("Output checks: every checked row agreed with the reference.\n")
 
     md.append("## Targets (issue 6) and where they stand\n")
     def ratios(codec, pred):
@@ -85,22 +164,35 @@ def main():
     md.append("")
 
     md.append("## All shapes\n")
-    md.append("| model | B | L | SDPA ms | " + " | ".join(CODECS) + " |")
-    md.append("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in CODECS) + " |")
+    md.append("| model | B | L | SDPA ms | FlashInfer ms | copy GB/s | " + " | ".join(CODECS) + " |")
+    md.append("| --- | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in CODECS) + " |")
     for k in shapes:
-        s = sdpa.get(k)
+        s_ = sdpa.get(k)
+        f_ = flashinfer.get(k)
         cells = []
         for c in CODECS:
             r = ours.get((k, c))
             if not r:
                 cells.append("–")
                 continue
-            cell = f"{r['ms']:.3f} ms, {s['ms'] / r['ms']:.2f}×" if s else f"{r['ms']:.3f} ms"
+            cell = f"{r['ms']:.3f} ms"
+            if s_:
+                cell += f", {fmt_ratio(ratio(k, 'sdpa', c))} SDPA"
+            if f_:
+                cell += f", {fmt_ratio(ratio(k, 'flashinfer', c))} FI"
             if k in copy:
                 cell += f", {100 * r['stored_gbps'] / copy[k]['gbps']:.0f}%"
+            if r["check"] == "FAIL":
+                cell += f", **check FAIL {r['check_err']:.1e}**"
             cells.append(cell)
-        md.append(f"| {k[0]} | {k[1]} | {k[2]} | {s['ms']:.3f} | " + " | ".join(cells) + " |" if s else "")
-    md.append("\nEach cell: kvcar time, × SDPA, % of copy bandwidth on the bytes this codec stores.\n")
+        fi_cell = f"{f_['ms']:.3f}" if f_ else "–"
+        cp_cell = f"{copy[k]['gbps']:.0f}" if k in copy else "–"
+        if s_:
+            md.append(f"| {k[0]} | {k[1]} | {k[2]} | {s_['ms']:.3f} | {fi_cell} | {cp_cell} | " +
+                      " | ".join(cells) + " |")
+    md.append("\nEach cell: kvcar time (median over rounds), × SDPA and × FlashInfer (median, with "
+              "the min–max over rounds; parity where that covers 1.0), % of copy bandwidth on the "
+              "bytes this codec stores.\n")
 
     md.append("## Capacity: longest context at batch 64 in 40 GiB of KV memory\n")
     md.append("All layers of the model (GPT-2 small 12, TinyLlama 22, Llama-3-8B 32), from the caches' exact "

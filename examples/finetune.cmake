@@ -6,7 +6,6 @@ add_executable(kvcar-finetune ${CMAKE_CURRENT_LIST_DIR}/tools/finetune.cpp)
 target_link_libraries(kvcar-finetune PRIVATE kvcar::kvcar Threads::Threads)
 # The source includes "examples/models/..." and "examples/common/...".
 target_include_directories(kvcar-finetune PRIVATE ${PROJECT_SOURCE_DIR})
-target_compile_definitions(kvcar-finetune PRIVATE KVCAR_SHARED_DATA="${KVCAR_SHARED_DATA}")
 # -O3 in every build type; never -ffast-math (the trainer's forward must round as inference does).
 target_compile_options(kvcar-finetune PRIVATE -O3)
 kvcar_warnings(kvcar-finetune)

@@ -1,9 +1,15 @@
 // CUDA consumer (Conan test_package and tests/package/consumer): a kernel of its own decodes
-// records through a kvcar codec.
+// records through a kvcar codec. It includes a .cuh and uses C++20, which must come with the
+// kvcar::cuda target alone (no -std flag in the consumer's CMakeLists).
+#include <kvcar/cuda/error.cuh>
 #include <kvcar/kvcar.hpp>
+
+#include <concepts>
 
 #include <cstdio>
 #include <cuda_runtime.h>
+
+static_assert(std::floating_point<float>, "C++20 <concepts> works in this .cu");
 
 __global__ void decode_kernel(kvcar::identity_codec<kvcar::f16> codec, const std::byte* records,
                               float* out) {
@@ -28,7 +34,7 @@ int main() {
     cudaMalloc(&d_out, sizeof back);
     cudaMemcpy(d_rec, rec, sizeof rec, cudaMemcpyHostToDevice);
     decode_kernel<<<1, 2>>>(codec, d_rec, d_out);
-    cudaMemcpy(back, d_out, sizeof back, cudaMemcpyDeviceToHost);
+    KVCAR_CUDA_CHECK(cudaMemcpy(back, d_out, sizeof back, cudaMemcpyDeviceToHost));
     cudaFree(d_rec);
     cudaFree(d_out);
     for (int i = 0; i < 16; ++i)

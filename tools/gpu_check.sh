@@ -22,8 +22,7 @@ cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DKVCAR_BUILD_EXAMPLES=ON \
 grep "kvcar: CUDA" "$out/configure.log"
 
 # Only kvcar's GPU targets: the rest of the tree (CPU examples, tools) is not this script's job.
-targets=(test_headers_self_contained)
-for f in tests/gpu/*.cu; do targets+=("test_$(basename "$f" .cu)"); done
+targets=(kvcar-gpu-tests)  # every test_<area>_gpu (tests/<area>/*.cu) and the .cuh header check
 have_example=0
 if grep -q custom_kernel examples/CMakeLists.txt; then targets+=(kvcar-custom-kernel); have_example=1; fi
 step "build ${targets[*]}"
@@ -62,15 +61,15 @@ san() {  # tool, binary, test-case filter
         status=1
     fi
 }
-san memcheck build-dev/tests/test_decode_attention "decode_attention: a reuse map reads earlier layers' slots"
-san memcheck build-dev/tests/test_append "append: identity records equal the host's across pages and a reuse map"
-san racecheck build-dev/tests/test_decode_attention "decode_attention: quantized identity int8 and fp8 (plain KV quantization)"
-san racecheck build-dev/tests/test_decode_attention "decode_attention: linear codec in latent space per head and whole layer"
-san racecheck build-dev/tests/test_decode_attention "decode_attention: autoencoder decoded tile by tile in shared memory"
-san racecheck build-dev/tests/test_decode "decoders: autoencoder (hidden layer in shared memory)"
+san memcheck build-dev/tests/test_kernels_gpu "decode_attention: a reuse map reads earlier layers' slots"
+san memcheck build-dev/tests/test_kernels_gpu "append: identity records equal the host's across pages and a reuse map"
+san racecheck build-dev/tests/test_kernels_gpu "decode_attention: quantized identity int8 and fp8 (plain KV quantization)"
+san racecheck build-dev/tests/test_kernels_gpu "decode_attention: linear codec in latent space per head and whole layer"
+san racecheck build-dev/tests/test_kernels_gpu "decode_attention: autoencoder decoded tile by tile in shared memory"
+san racecheck build-dev/tests/test_device_gpu "decoders: autoencoder (hidden layer in shared memory)"
 
 step "bandwidth"
-timeout 150 build-dev/tests/test_decode_attention "[perf]" 2>&1 | grep PERF | tee "$out/perf.txt"
+timeout 150 build-dev/tests/test_kernels_gpu "[perf]" 2>&1 | grep PERF | tee "$out/perf.txt"
 
 if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_logs.tgz" -C /tmp kvcar-gpu-logs; fi
 step "result: $([ $status = 0 ] && echo PASS || echo FAIL)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the exactness fixtures of kvcar's reference models (tests/cpu/{gpt2,llama}_model.cpp).
+"""Writes the exactness fixtures of kvcar's reference models (tests/models/{gpt2,llama}_model.cpp).
 
 For each tiny checkpoint in shared/data/models, Hugging Face transformers runs the model in
 float32 on a fixed prompt (the GPT-2 BPE ids of PROMPT) and the fixture records:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write tests/fixtures/gpt2_tokens.json: GPT-2 token ids from an independent reference, Hugging
 Face `tokenizers` (ByteLevelBPETokenizer on shared/data/tokenizers/gpt2/{vocab.json, merges.txt},
-add_prefix_space=False), for tests/cpu/gpt2_tokenizer.cpp to compare against exactly.
+add_prefix_space=False), for tests/tokenizers/gpt2_tokenizer.cpp to compare against exactly.
 
 Contents:
   strings     ~40 tricky strings with their ids (contractions, whitespace runs, scripts, emoji...)

@@ -10,7 +10,8 @@ For each model (gpt2-tiny, llama-tiny) and configuration it runs
   kvcar-calibrate  on WikiText-2 validation (the codec file of the configuration),
   kvcar-perplexity on the first --ppl-tokens tokens of wiki.test.tokens, ctx 512, stride 512,
   kvcar-piqa       on the first --piqa-limit examples of PIQA dev,
-every run single-threaded and --jobs runs at a time (calibrations first, then perplexity, then
+every run single-threaded and --jobs runs at a time, each with --json (its results are read from
+the JSON object it prints on stdout, not parsed from its text) (calibrations first, then perplexity, then
 PIQA). Every result is appended to <work>/quality.json as it arrives, so a run stopped by its
 time limit still leaves a report of what finished; at the end it is copied beside the report
 (docs/results/quality.json). `--report-only --work docs/results` rebuilds the report from that
@@ -25,7 +26,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -186,17 +186,17 @@ class Runner:
             cmd = [str(self.bin / "kvcar-calibrate")] + self.common(model, cfg["keys"]) + [
                 "--text", str(self.data / "wikitext-2" / "wiki.valid.tokens"),
                 "--max-tokens", str(a.calib_tokens), "--train-rows", str(a.train_rows),
-                "--epochs", str(a.epochs), "--quiet", "--out", str(codec)] + cfg["calib"]
+                "--epochs", str(a.epochs), "--quiet", "--json", "--out", str(codec)] + cfg["calib"]
             calib = dict(key=key, kind="calibrate", cmd=cmd, deps=[], priority=0)
         ppl = dict(key=key, kind="perplexity", priority=1, deps=[calib] if calib else [],
                    cmd=[str(self.bin / "kvcar-perplexity")] + self.common(model, cfg["keys"]) + [
                        "--tokens-file", str(self.data / "wikitext-2" / "wiki.test.tokens"),
                        "--max-tokens", str(a.ppl_tokens), "--ctx", "512", "--stride", "512",
-                       "--quiet", "--kv", kv])
+                       "--quiet", "--json", "--kv", kv])
         piqa = dict(key=key, kind="piqa", priority=2, deps=[calib] if calib else [],
                     cmd=[str(self.bin / "kvcar-piqa")] + self.common(model, cfg["keys"]) + [
                         "--piqa", str(self.data / "piqa"), "--limit", str(a.piqa_limit),
-                        "--quiet", "--kv", kv])
+                        "--quiet", "--json", "--kv", kv])
         return calib, ppl, piqa
 
     def record(self, job, status, parsed, seconds, log):
@@ -215,11 +215,12 @@ class Runner:
         with open(log, "w") as f:
             f.write("$ " + " ".join(shlex.quote(c) for c in job["cmd"]) + "\n")
             f.flush()
-            p = subprocess.run(job["cmd"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            p = subprocess.run(job["cmd"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
+            f.write(p.stderr)
             f.write(p.stdout)
         seconds = time.time() - t0
-        parsed = parse_output(job["kind"], p.stdout)
+        parsed = parse_output(job["kind"], p.stdout) if p.returncode == 0 else {}
         status = "ok" if p.returncode == 0 else f"failed (exit {p.returncode})"
         self.record(job, status, parsed, seconds, str(log.relative_to(self.work)))
         elapsed = time.time() - self.start
@@ -277,32 +278,43 @@ class Runner:
         return self.results
 
 
+def json_result(text):
+    """The JSON object a tool printed with --json: the last line of its stdout that is one."""
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
 def parse_output(kind, text):
+    """The numbers the report needs from a tool's --json object (see the tools' --help)."""
+    r = json_result(text)
+    if r is None:
+        return {}
     out = {}
     if kind == "perplexity":
-        if m := re.search(r"^perplexity: ([0-9.]+)", text, re.M):
-            out["ppl"] = float(m.group(1))
-        if m := re.search(r"^tokens scored: (\d+)", text, re.M):
-            out["tokens_scored"] = int(m.group(1))
+        out.update(ppl=r.get("perplexity"), tokens_scored=r.get("tokens_scored"))
     if kind == "piqa":
-        if m := re.search(r"^acc \(summed log-prob\):\s+([0-9.]+)\s+\((\d+)/(\d+)\)", text, re.M):
-            out.update(acc=float(m.group(1)), correct=int(m.group(2)), examples=int(m.group(3)))
-        if m := re.search(r"^acc_per_token \(mean log-prob\):\s+([0-9.]+)", text, re.M):
-            out["acc_per_token"] = float(m.group(1))
+        out.update(acc=r.get("acc"), correct=r.get("correct"), examples=r.get("examples"),
+                   acc_per_token=r.get("acc_per_token"))
     if kind in ("perplexity", "piqa"):
-        if m := re.search(r"^kv cache: .*?, (\d+) bytes/token, compression ([0-9.]+)x", text, re.M):
-            out["bytes_per_token"] = int(m.group(1))
+        out["bytes_per_token"] = r.get("kv_cache", {}).get("bytes_per_token")
     if kind == "calibrate":
-        if m := re.search(r"^kv bytes/token: (\d+) \(fp16 (\d+)\)", text, re.M):
-            out.update(bytes_per_token=int(m.group(1)), fp16_bytes_per_token=int(m.group(2)))
-        if m := re.search(r"^notes: (.*)$", text, re.M):
-            out["notes"] = m.group(1)
-        errs = [float(x) for x in re.findall(r"^L\d+\.G\d+\.[KV]\s+\S+\s+\d+\s+\d+\s+([0-9.]+)",
-                                             text, re.M)]
-        if errs:
-            out["max_rel_err"] = max(errs)
-            out["mean_rel_err"] = round(sum(errs) / len(errs), 5)
-    return out
+        out.update(bytes_per_token=r.get("bytes_per_token"),
+                   fp16_bytes_per_token=r.get("fp16_bytes_per_token"), notes=r.get("notes"),
+                   keys=r.get("keys"))
+        for field in ("rel_err", "held_out_rel_err"):
+            errs = [x[field] for x in r.get("slots", []) if x.get(field) is not None]
+            if errs:
+                out["max_" + field] = max(errs)
+                out["mean_" + field] = round(sum(errs) / len(errs), 5)
+        if r.get("warnings"):
+            out["warnings"] = r["warnings"]
+    return {k: v for k, v in out.items() if v is not None}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -164,9 +165,31 @@ float run(const char* name, const Codec& codec, int heads_per_group) {
     return worst;
 }
 
+/// The program takes no options: -h/--help says what it does, anything else is refused.
+/// Returns the exit status when the program should stop here, or -1 to run.
+int handle_arguments(int argc, char** argv) {
+    const char* usage =
+        "usage: %s [-h | --help]\n"
+        "Runs a hand-written CUDA attention kernel that reads kvcar caches (fp16 and low-rank)\n"
+        "through the device API and checks it against kvcar's CPU reference. Without a GPU it\n"
+        "says so and exits 0.\n";
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "-h" || arg == "--help") {
+            std::printf(usage, "kvcar-custom-kernel");
+            return 0;
+        }
+        std::fprintf(stderr, "error: kvcar-custom-kernel: unknown argument '%s' (it takes no options; see --help)\n",
+                     arg.c_str());
+        return 2;
+    }
+    return -1;
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+    if (const int status = handle_arguments(argc, argv); status >= 0) return status;
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
         std::printf("custom_kernel: no GPU found; nothing to run (built fine)\n");

@@ -39,6 +39,13 @@ public:
         }
         const fs::path folder = is_dir ? fs::path(path) : fs::path(path).parent_path();
         const io::model_config c = io::load_hf_config((folder / "config.json").string());
+        // GPT-2 adds learned absolute positions to its input and rotates nothing: its keys are
+        // the same before and after "RoPE", so pre-RoPE caching means nothing there. Refused
+        // before the weights load.
+        require(c.architecture != io::model_config::arch::gpt2 ||
+                    options.keys != cached_keys::pre_rope,
+                "model: " + c.source + ": --keys pre does not apply to GPT-2 (learned absolute "
+                "positions, no RoPE: its keys are cached as computed); drop --keys or use post");
         const io::safetensors_model st = io::safetensors_model::open(path);
         if (c.architecture == io::model_config::arch::gpt2) {
             require(c.activation == "gelu_new" || c.activation == "gelu_pytorch_tanh",

@@ -1,6 +1,9 @@
 // examples/models/tool_common.hpp — what the command-line tools share: a small option parser,
-// the tokenizer that goes with a checkpoint, a progress line, and the KV cache report.
+// the tokenizer that goes with a checkpoint, a progress line, and the KV cache report. The
+// checks made before any work are in tool_checks.hpp, the --json report in tool_json.hpp.
 #pragma once
+
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -22,6 +25,8 @@
 #include "examples/common/llama2c_tokenizer.hpp"
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
+#include "examples/models/tool_checks.hpp"
+#include "examples/models/tool_json.hpp"
 
 #ifndef KVCAR_SHARED_DATA
 #define KVCAR_SHARED_DATA "../shared/data"
@@ -48,10 +53,12 @@ public:
         specs_.push_back({"help", "", "print this help"});
     }
 
-    /// Returns false after printing the usage when --help was given; throws on a bad command line.
+    /// Returns false after printing the usage when --help (or -h) was given; throws on a bad
+    /// command line.
     bool parse(int argc, char** argv) {
         for (int i = 1; i < argc; ++i) {
             std::string_view arg = argv[i];
+            if (arg == "-h") arg = "--help";
             require(arg.starts_with("--"), tool_ + ": unexpected argument '" + std::string(arg) +
                                                "' (options start with --; see --help)");
             std::string name(arg.substr(2));
@@ -63,14 +70,15 @@ public:
                 has_inline_value = true;
             }
             const option_spec* spec = find(name);
-            require(spec != nullptr, tool_ + ": unknown option --" + name + " (see --help)");
+            require(spec != nullptr, tool_ + ": unknown option '--" + name + "' (see --help)");
             if (spec->value.empty()) {
                 require(!has_inline_value, tool_ + ": --" + name + " takes no value");
                 values_[name] = "1";
                 continue;
             }
             if (!has_inline_value) {
-                require(i + 1 < argc, tool_ + ": --" + name + " needs a value (" + spec->value + ")");
+                require(i + 1 < argc, tool_ + ": --" + name + " needs a value (" + spec->value +
+                                          "), and it is the last argument");
                 value = argv[++i];
             }
             values_[name] = value;
@@ -83,7 +91,7 @@ public:
     }
 
     std::string usage() const {
-        std::string u = "usage: " + tool_ + " [options]\n" + summary_ + "\n\noptions:\n";
+        std::string u = "usage: " + tool_ + " [options]\n" + summary_ + "\n\noptions (-h = --help):\n";
         for (const option_spec& s : specs_) {
             std::string left = "  --" + s.name + (s.value.empty() ? "" : " " + s.value);
             if (left.size() < 28) left.resize(28, ' ');
@@ -129,6 +137,12 @@ public:
                 tool_ + ": --" + name + " needs a number, got '" + v + "'");
         return x;
     }
+    /// --name as a number that must be finite and >= `min` (NaN and infinities are refused).
+    double get_double_at_least(const std::string& name, double fallback, double min) const {
+        const double x = get_double(name, fallback);
+        if (has(name)) require_finite_at_least(tool_, name, get(name), x, min);
+        return x;
+    }
     const std::string& tool() const { return tool_; }
 
 private:
@@ -157,6 +171,12 @@ inline std::vector<option_spec> model_options_spec(const std::string& default_kv
         {"keys", "post|pre", "Llama: cache keys after RoPE (default) or before (RoPE on read)"},
         {"threads", "N", "matmul threads (default: all hardware threads)"},
     };
+}
+
+/// --json: the final results as one JSON object on stdout, the report on stderr.
+inline option_spec json_option_spec() {
+    return {"json", "", "print the final results as one JSON object on stdout (the readable "
+                        "report goes to stderr)"};
 }
 
 /// A tool's whole main(): runs `run(argc, argv)` and turns any exception into "error: <what>"
@@ -230,6 +250,81 @@ inline model_options parse_model_options(const command_line& cl) {
             cl.tool() + ": --keys must be 'post' or 'pre', got '" + keys + "'");
     o.keys = keys == "pre" ? cached_keys::pre_rope : cached_keys::post_rope;
     return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Codec files: the keys they were fitted to must be the keys this run caches.
+
+/// The keys `set` was fitted to: its "keys" field; for a file without it, what kvcar-calibrate
+/// used to write in the notes ("keys=pre-rope"), else post-RoPE. `assumed` tells the caller
+/// the file did not say.
+inline io::codec_keys codec_file_keys(const io::codec_set& set, bool* assumed = nullptr) {
+    if (assumed) *assumed = set.keys == io::codec_keys::unknown;
+    if (set.keys != io::codec_keys::unknown) return set.keys;
+    return set.calibration.notes.find("keys=pre-rope") != std::string::npos
+               ? io::codec_keys::pre_rope
+               : io::codec_keys::post_rope;
+}
+
+/// The keys `model` caches as a codec file records them (GPT-2 has no RoPE: always post).
+inline io::codec_keys run_keys(const language_model& model) {
+    return model.is_gpt2() || model.options().keys == cached_keys::post_rope
+               ? io::codec_keys::post_rope
+               : io::codec_keys::pre_rope;
+}
+
+/// Throws when the codec file `path` (loaded as `set`) was fitted to other keys than `model`
+/// caches; notes on stderr when a RoPE model's file does not record its keys.
+inline void check_codec_file_keys(const std::string& tool, const std::string& path,
+                                  const io::codec_set& set, const language_model& model) {
+    bool assumed = false;
+    const io::codec_keys file = codec_file_keys(set, &assumed);
+    const io::codec_keys run = run_keys(model);
+    const auto flag = [](io::codec_keys k) {
+        return k == io::codec_keys::pre_rope ? "--keys pre" : "--keys post (the default)";
+    };
+    require(file == run, tool + ": codec file '" + path + "' was fitted to " + to_string(file) +
+                             " keys, but this run caches " + to_string(run) + " keys; run with " +
+                             flag(file) + ", as the file was calibrated");
+    if (assumed && !model.is_gpt2())
+        std::fprintf(stderr, "note: codec file '%s' does not record its key mode (written before "
+                             "the \"keys\" field); assuming %s\n",
+                     path.c_str(), to_string(file));
+}
+
+/// Checks --kv before any work: a `file:PATH` must be a codec file for this model's geometry,
+/// fitted to the keys this run caches.
+inline void check_kv_option(const std::string& tool, const std::string& kv,
+                            const language_model& model) {
+    if (!kv.starts_with(kv_file_prefix)) {
+        const auto& names = kv_codec_names();
+        std::string known;
+        for (const std::string& n : names) known += (known.empty() ? "" : ", ") + n;
+        bool ok = false;
+        for (const std::string& n : names) ok = ok || (n == kv && n != "file:PATH");
+        require(ok, tool + ": --kv '" + kv + "' is not a known cache (known: " + known + ")");
+        return;
+    }
+    const std::string path = kv.substr(kv_file_prefix.size());
+    require(!path.empty(), tool + ": --kv 'file:' needs a codec file path (--kv file:PATH)");
+    check_input_file(tool, "kv file:", path);
+    const io::codec_set set = io::load_codec_set(path, model.cache_geometry());
+    check_codec_file_keys(tool, path, set, model);
+}
+
+/// Bytes per token of the cache `kv` names for `model` (all layers, K and V), for estimates.
+inline double kv_bytes_per_token(const std::string& kv, const language_model& model) {
+    const kv_geometry g = model.cache_geometry();
+    const double fp16 = double(g.fp16_bytes_per_token());
+    if (kv == "identity-f32") return 2.0 * fp16;
+    if (kv == "int8" || kv == "fp8") {
+        // Per head and token: head_dim bytes padded to 4, then an f32 scale and offset.
+        const double record = double((g.head_dim + 3) / 4 * 4 + 8);
+        return fp16 * record / (2.0 * double(g.head_dim));
+    }
+    if (kv.starts_with(kv_file_prefix))
+        return double(io::load_codec_set(kv.substr(kv_file_prefix.size()), g).bytes_per_token());
+    return fp16;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,25 +414,24 @@ inline std::vector<option_spec> text_options_spec(const std::string& for_what,
     };
 }
 
-/// A file's bytes, whole.
-inline std::string read_whole_file(const std::string& tool, const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    require(bool(in), tool + ": cannot open '" + path + "'");
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
 
 struct tokenized_text {
     std::string path;
     std::vector<int> ids;  ///< every token of the file (BOS first for llama2.c tokenizers)
 };
 
-/// --text (default: WikiText-2 validation), tokenized.
+/// --text's path (default: WikiText-2 validation), checked to be a readable file.
+inline std::string text_option_path(const command_line& cl) {
+    const std::string path = cl.get("text", shared_data_dir() + "/wikitext-2/wiki.valid.tokens");
+    check_input_file(cl.tool(), "text", path);
+    return path;
+}
+
+/// --text (default: WikiText-2 validation), tokenized; binary files are refused.
 inline tokenized_text read_text_option(const command_line& cl, const text_tokenizer& tokenizer) {
     tokenized_text t;
-    t.path = cl.get("text", shared_data_dir() + "/wikitext-2/wiki.valid.tokens");
-    t.ids = tokenizer.encode(read_whole_file(cl.tool(), t.path), tokenizer.is_llama2c());
+    t.path = text_option_path(cl);
+    t.ids = tokenizer.encode(read_text_file(cl.tool(), "text", t.path), tokenizer.is_llama2c());
     return t;
 }
 
@@ -375,27 +469,42 @@ void print_cache_report(std::FILE* out, const std::string& kv, const Cache& cach
                  cache.compression_ratio());
 }
 
-/// A progress line on stderr, rewritten in place at most a few times a second.
+/// True when stderr is a terminal: only then may a progress line use "\r" and escape codes.
+inline bool stderr_is_terminal() { return ::isatty(::fileno(stderr)) == 1; }
+
+/// A progress line on stderr. On a terminal it is rewritten in place at most a few times a
+/// second; redirected (a log file, a pipe) it is a plain line at most every `plain_every`, so
+/// a log holds no "\r" or escape codes and still shows that a long run is alive.
 class progress_line {
 public:
-    explicit progress_line(bool enabled = true) : enabled_(enabled) {}
+    explicit progress_line(bool enabled = true, bool terminal = stderr_is_terminal(),
+                           std::chrono::milliseconds plain_every = std::chrono::seconds(10))
+        : enabled_(enabled), terminal_(terminal), plain_every_(plain_every) {}
     void update(const std::string& text, bool force = false) {
         if (!enabled_) return;
         const auto now = clock_type::now();
-        if (!force && now - last_ < std::chrono::milliseconds(250)) return;
+        const auto every = terminal_ ? std::chrono::milliseconds(250) : plain_every_;
+        if (!force && shown_once_ && now - last_ < every) return;
         last_ = now;
-        std::fprintf(stderr, "\r%s\033[K", text.c_str());
+        shown_once_ = true;
+        if (terminal_) {
+            std::fprintf(stderr, "\r%s\033[K", text.c_str());
+            shown_ = true;
+        } else {
+            std::fprintf(stderr, "%s\n", text.c_str());
+        }
         std::fflush(stderr);
-        shown_ = true;
     }
+    /// Ends a line rewritten in place (nothing to do for plain lines).
     void finish() {
         if (shown_) std::fprintf(stderr, "\n");
         shown_ = false;
     }
 
 private:
-    bool enabled_;
-    bool shown_ = false;
+    bool enabled_, terminal_;
+    std::chrono::milliseconds plain_every_;
+    bool shown_ = false, shown_once_ = false;
     clock_type::time_point last_{};
 };
 

@@ -17,7 +17,16 @@
 //      reconstruction loss, Adam, holdout early stopping, initialised at the PCA codec);
 //      every other slot stays identity f16;
 //   4. writes the codec file (io/codec_file.hpp) with the calibration text's name and token
-//      count, and reports each slot's reconstruction error and the bytes per token.
+//      count and the keys it was fitted to, and reports each slot's reconstruction error and
+//      the bytes per token.
+//
+// The last 10% of the tokens (--holdout) are never fitted on: each slot's error is reported on
+// them too, so a codec fitted to too few rows shows it. Fewer fitting rows than the latent width
+// are refused (PCA would be exact on them and mean nothing); fewer than 4x warn.
+//
+// Output: the table and the summary on stdout (with --json, one JSON object instead, and the
+// table on stderr); diagnostics and progress on stderr. Every option, the output folder and
+// the text are checked before the model runs.
 //
 // A group is one KV head (--group head) or a layer's whole K or V vector (--group layer, the
 // paper's autoencoder). Reuse works on the same groups: with --group layer a reused "head" is a
@@ -45,6 +54,8 @@
 #include "kvcar/layout/reuse_map.hpp"
 
 #include "examples/models/kv_collect.hpp"
+#include "examples/models/tool_checks.hpp"
+#include "examples/models/tool_json.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tool_common.hpp"
 
@@ -212,7 +223,10 @@ int run(int argc, char** argv) {
                             "(default 16384; 0 = all)"},
         {"seed", "N", "autoencoder seed (default 0)"},
         {"no-pca-init", "", "autoencoder: start from PyTorch's default init, not the PCA codec"},
+        {"holdout", "F", "fraction of the tokens (the text's last ones) never fitted on, where "
+                         "each slot's error is measured (default 0.1; 0 = none)"},
         {"quiet", "", "no progress line"},
+        ex::json_option_spec(),
     });
     ex::command_line cl(tool,
                         "Fits KV-cache codecs (and K/V head reuse) on calibration text and "
@@ -222,6 +236,14 @@ int run(int argc, char** argv) {
 
     // --- options, all checked before the model runs ---
     const std::string out_path = cl.required("out");
+    ex::check_output_file(tool, "out", out_path);
+    const std::string model_path = cl.required("model");
+    const std::string text_path = ex::text_option_path(cl);
+    const bool json = cl.has("json");
+    std::FILE* report = json ? stderr : stdout;  // the table and summary
+    const double holdout = cl.get_double_at_least("holdout", 0.1, 0.0);
+    require(holdout < 0.5, tool + ": --holdout '" + cl.get("holdout") +
+                               "' must be below 0.5 (the codecs are fitted on the rest)");
     const std::string codec_name = cl.get("codec", "linear");
     require(codec_name == "linear" || codec_name == "autoencoder" || codec_name == "identity",
             tool + ": --codec '" + codec_name + "' is not one of linear, autoencoder, identity");
@@ -247,7 +269,7 @@ int run(int argc, char** argv) {
     const int threads = ex::resolve_threads(int(cl.get_int("threads", 0)));
 
     const ex::language_model model =
-        ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
+        ex::language_model::load(model_path, ex::parse_model_options(cl));
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
     const kvcar::kv_geometry g = model.cache_geometry();
     const int ctx = int(cl.get_int("ctx", std::min(512, model.max_positions())));
@@ -280,11 +302,15 @@ int run(int argc, char** argv) {
         ae.latent = latent;
         ae.hidden = int(cl.get_int("hidden", std::max(D, 2 * latent)));
         ae.slope = float(cl.get_double("slope", 0.01));
+        require(std::isfinite(ae.slope), tool + ": --slope '" + cl.get("slope") +
+                                             "' must be a finite number");
         ae.max_epochs = int(cl.get_int("epochs", 30));
         ae.patience = int(cl.get_int("patience", 5));
         // From the PCA start a step of 1e-3 throws away more than an epoch wins back (measured
         // on gpt2-tiny: the holdout loss never recovers); 1e-4 improves on PCA at D/4.
         ae.lr = float(cl.get_double("lr", 1e-4));
+        require(std::isfinite(ae.lr) && ae.lr > 0.0f,
+                tool + ": --lr '" + cl.get("lr") + "' must be a finite number > 0");
         ae.batch = int(cl.get_int("batch", 256));
         ae.threads = threads;
         ae.init_from_pca = !cl.has("no-pca-init");
@@ -299,12 +325,40 @@ int run(int argc, char** argv) {
     // --- 1. the calibration text and its K/V ---
     const auto start = ex::clock_type::now();
     const ex::tokenized_text text = ex::read_text_option(cl, tokenizer);
-    const std::string& text_path = text.path;
     const std::vector<int>& ids = text.ids;
+    const std::size_t used_tokens =
+        max_tokens > 0 ? std::min(ids.size(), std::size_t(max_tokens)) : ids.size();
     std::fprintf(stderr, "model: %s (%s)\n", model.path().c_str(), model.describe().c_str());
     std::fprintf(stderr, "text: %s, %zu tokens, using %zu in windows of %d\n", text_path.c_str(),
-                 ids.size(),
-                 max_tokens > 0 ? std::min(ids.size(), std::size_t(max_tokens)) : ids.size(), ctx);
+                 ids.size(), used_tokens, ctx);
+
+    // Rows per slot: one per token; the held-out tail is never fitted on. A fit from fewer rows
+    // than the latent width reproduces those rows exactly and says nothing about the next ones.
+    std::vector<std::string> warnings;
+    const auto rows_split = [&](std::size_t tokens) {
+        const std::size_t held = std::size_t(std::floor(holdout * double(tokens)));
+        return std::pair<std::size_t, std::size_t>{tokens - held, held};
+    };
+    if (kind != kvcar::codec_kind::identity) {
+        const int width = energy > 0.0 ? D : latent;  // by energy, the rank may reach D
+        const std::size_t fit_rows = rows_split(used_tokens).first;
+        const std::string what = std::to_string(fit_rows) + " rows per slot (" +
+                                 std::to_string(used_tokens) + " tokens less the held-out " +
+                                 cl.get("holdout", "0.1") + ")";
+        require(fit_rows >= std::size_t(width),
+                tool + ": " + what + " are fewer than the " +
+                    (energy > 0.0 ? "group width " : "latent width ") + std::to_string(width) +
+                    " to fit; a fit from so few rows is exact on them and means nothing (raise "
+                    "--max-tokens, give a longer --text, or lower the width)");
+        if (fit_rows < 4 * std::size_t(width)) {
+            warnings.push_back(what + " are fewer than 4x the " +
+                               (energy > 0.0 ? "group" : "latent") + " width " +
+                               std::to_string(width) +
+                               ": the codecs will fit these rows much better than new text (see "
+                               "the held-out error)");
+            std::fprintf(stderr, "WARNING: %s\n", warnings.back().c_str());
+        }
+    }
     ex::progress_line progress(!cl.has("quiet"));
     ex::kv_collect_params cp;
     cp.ctx = ctx;
@@ -316,8 +370,11 @@ int run(int argc, char** argv) {
     };
     const ex::kv_collection kv = ex::collect_kv(model, ids, cp);
     progress.finish();
-    std::fprintf(stderr, "collected K/V of %zu tokens in %.1f s\n", kv.tokens,
-                 ex::seconds_since(start));
+    const std::size_t fit_rows = rows_split(kv.tokens).first;
+    const std::size_t held_rows = rows_split(kv.tokens).second;
+    std::fprintf(stderr, "collected K/V of %zu tokens in %.1f s: %zu rows per slot to fit, %zu "
+                         "held out\n",
+                 kv.tokens, ex::seconds_since(start), fit_rows, held_rows);
 
     // Bytes per token of a stored slot as configured (PCA by energy: its fitted rank).
     std::map<std::tuple<int, int, int>, calib::pca_result> pca_fits;
@@ -333,7 +390,7 @@ int run(int argc, char** argv) {
                 pp.energy = energy;
             else
                 pp.rank = latent;
-            it = pca_fits.emplace(key, calib::fit_pca(rows.data(), kv.tokens, D, pp)).first;
+            it = pca_fits.emplace(key, calib::fit_pca(rows.data(), fit_rows, D, pp)).first;
         }
         return it->second;
     };
@@ -393,8 +450,11 @@ int run(int argc, char** argv) {
 
     // --- 3. a codec per stored slot ---
     const kvcar::reuse_map map = set.layout();
-    std::fprintf(stderr, "%-10s %-12s %6s %6s %9s %s\n", "slot", "codec", "d", "bytes",
-                 "rel.err", "notes");
+    // rel.err: on the fitted rows; held-out: on the text's last rows, never fitted on.
+    std::fprintf(report, "%-10s %-12s %6s %6s %9s %9s %s\n", "slot", "codec", "d", "bytes",
+                 "rel.err", "held-out", "notes");
+    std::fflush(report);
+    kvcar::io::json_value slots_json = kvcar::io::json_value::array();
     for (int slot = 0; slot < map.num_slots(); ++slot) {
         const kvcar::slot_owner o = map.owner(slot);
         io::slot_codec sc;
@@ -406,12 +466,13 @@ int run(int argc, char** argv) {
         } else if (kind == kvcar::codec_kind::linear) {
             const calib::pca_result& p = pca_of(o.layer, o.group, o.kind);
             char buf[64];
-            std::snprintf(buf, sizeof buf, "energy kept %.4f", p.retained_energy);
+            std::snprintf(buf, sizeof buf, "energy kept %.4f (fitted rows)", p.retained_energy);
             note = buf;
             sc = io::slot_codec::make_linear(o.layer, o.group, o.kind, p.params, storage);
         } else {
             std::vector<float> rows = kv.group_rows(o.layer, o.group, heads_per_group, o.kind);
-            std::size_t n = kv.tokens;
+            std::size_t n = fit_rows;
+            rows.resize(n * std::size_t(D));
             // Evenly spaced rows: training cost grows with rows, and neighbouring tokens of one
             // window are strongly correlated, so a spread-out subset loses little.
             if (train_rows > 0 && n > std::size_t(train_rows)) {
@@ -426,8 +487,17 @@ int run(int argc, char** argv) {
             calib::autoencoder_training_params p = ae;
             p.seed = slot_seed(ae.seed, o.layer, o.group, o.kind);
             const auto t0 = ex::clock_type::now();
+            const std::string name = slot_name(o.layer, o.group, o.kind);
+            p.on_epoch = [&](int epoch, int max_epochs, double loss) {
+                char line[160];
+                std::snprintf(line, sizeof line, "%s: autoencoder epoch %d/%d, holdout loss %.4g, "
+                                                 "%.0f s",
+                              name.c_str(), epoch, max_epochs, loss, ex::seconds_since(t0));
+                progress.update(line);
+            };
             const calib::autoencoder_training_result r =
                 calib::train_autoencoder(rows.data(), n, D, p);
+            progress.finish();
             char buf[160];
             std::snprintf(buf, sizeof buf,
                           "%d epochs (best %d), holdout loss %.4g -> %.4g, %.1f s%s", r.epochs,
@@ -441,11 +511,25 @@ int run(int argc, char** argv) {
         const std::vector<float> rows = kv.group_rows(o.layer, o.group, heads_per_group, o.kind);
         const kvcar::any_codec view = sc.view();
         view.validate();
-        std::fprintf(stderr, "%-10s %-12s %6d %6zu %9.4f %s\n",
-                     slot_name(o.layer, o.group, o.kind).c_str(),
-                     (std::string(to_string(sc.codec)) + "/" + to_string(sc.storage)).c_str(),
-                     sc.latent_width(), view.bytes_per_group(),
-                     relative_error(view, rows, kv.tokens), note.c_str());
+        const double fit_err = relative_error(view, rows, fit_rows);
+        const std::vector<float> held(rows.begin() + std::ptrdiff_t(fit_rows * std::size_t(D)),
+                                      rows.end());
+        const double held_err = held_rows >= 2 ? relative_error(view, held, held_rows) : NAN;
+        const std::string codec_text = std::string(to_string(sc.codec)) + "/" + to_string(sc.storage);
+        std::fprintf(report, "%-10s %-12s %6d %6zu %9.4f %9.4f %s\n",
+                     slot_name(o.layer, o.group, o.kind).c_str(), codec_text.c_str(),
+                     sc.latent_width(), view.bytes_per_group(), fit_err, held_err, note.c_str());
+        std::fflush(report);
+        kvcar::io::json_value sj = kvcar::io::json_value::object();
+        sj.set("slot", slot_name(o.layer, o.group, o.kind));
+        sj.set("codec", to_string(sc.codec));
+        sj.set("storage", to_string(sc.storage));
+        sj.set("latent", sc.latent_width());
+        sj.set("bytes", view.bytes_per_group());
+        sj.set("rel_err", ex::json_number(fit_err));
+        sj.set("held_out_rel_err", ex::json_number(held_err));
+        sj.set("notes", note);
+        slots_json.push_back(std::move(sj));
         set.slots.push_back(std::move(sc));
     }
 
@@ -455,13 +539,15 @@ int run(int argc, char** argv) {
     if (set.model.name.empty())
         set.model.name = std::filesystem::path(model.path()).parent_path().filename().string();
     set.calibration.text = std::filesystem::path(text_path).filename().string();
-    set.calibration.tokens = std::int64_t(kv.tokens);
+    set.calibration.tokens = std::int64_t(fit_rows);
+    set.keys = ex::run_keys(model);
     std::string notes = "kvcar-calibrate: codec=" + codec_name + " group=" + group_name;
     if (kind != kvcar::codec_kind::identity)
         notes += energy > 0.0 ? " energy=" + cl.get("energy") : " latent=" + std::to_string(latent);
     notes += std::string(" storage=") + to_string(storage) + " layers=" + layers_string(layers);
     if (kind == kvcar::codec_kind::autoencoder)
         notes += " hidden=" + std::to_string(ae.hidden) + " seed=" + std::to_string(ae.seed);
+    notes += " holdout=" + std::to_string(held_rows);
     notes += " reuse_k=" + std::to_string(set.key_reuse.size()) +
              " reuse_v=" + std::to_string(set.value_reuse.size()) + " ctx=" + std::to_string(ctx);
     if (!model.is_gpt2()) notes += std::string(" keys=") + ex::to_string(kv.keys_form);
@@ -469,14 +555,37 @@ int run(int argc, char** argv) {
     io::save_codec_set(set, out_path);
 
     const std::size_t bytes = set.bytes_per_token(), fp16 = g.fp16_bytes_per_token();
-    std::printf("codec file: %s\n", out_path.c_str());
-    std::printf("calibration: %s, %zu tokens\n", set.calibration.text.c_str(), kv.tokens);
-    std::printf("notes: %s\n", notes.c_str());
-    std::printf("kv bytes/token: %zu (fp16 %zu), %.2f%% saved, compression %.2fx\n", bytes, fp16,
-                100.0 * (1.0 - double(bytes) / double(fp16)), set.compression_ratio());
-    std::printf("time: %.1f s\n", ex::seconds_since(start));
+    const double seconds = ex::seconds_since(start);
+    std::fprintf(report, "codec file: %s\n", out_path.c_str());
+    std::fprintf(report, "calibration: %s, %zu tokens fitted, %zu held out\n",
+                 set.calibration.text.c_str(), fit_rows, held_rows);
+    std::fprintf(report, "keys: %s\n", to_string(set.keys));
+    std::fprintf(report, "notes: %s\n", notes.c_str());
+    std::fprintf(report, "kv bytes/token: %zu (fp16 %zu), %.2f%% saved, compression %.2fx\n",
+                 bytes, fp16, 100.0 * (1.0 - double(bytes) / double(fp16)),
+                 set.compression_ratio());
+    std::fprintf(report, "time: %.1f s\n", seconds);
     if (!model.is_gpt2() && kv.keys_form == ex::cached_keys::pre_rope)
-        std::printf("note: fitted to pre-RoPE keys: evaluate with --keys pre\n");
+        std::fprintf(report, "note: fitted to pre-RoPE keys: evaluate with --keys pre\n");
+    for (const std::string& w : warnings) std::fprintf(stderr, "WARNING: %s\n", w.c_str());
+    if (json) {
+        kvcar::io::json_value r = ex::json_report(tool);
+        r.set("codec_file", out_path);
+        r.set("calibration_text", set.calibration.text);
+        r.set("fit_rows", fit_rows);
+        r.set("held_out_rows", held_rows);
+        r.set("keys", to_string(set.keys));
+        r.set("notes", notes);
+        r.set("bytes_per_token", bytes);
+        r.set("fp16_bytes_per_token", fp16);
+        r.set("compression_vs_fp16", ex::json_number(set.compression_ratio()));
+        r.set("seconds", ex::json_number(seconds));
+        r.set("slots", std::move(slots_json));
+        kvcar::io::json_value wj = kvcar::io::json_value::array();
+        for (const std::string& w : warnings) wj.push_back(w);
+        r.set("warnings", std::move(wj));
+        ex::print_json_report(r);
+    }
     return 0;
 }
 

@@ -23,6 +23,10 @@
 // for the codecs before training, and after (and every --eval-every steps, keeping the best
 // weights). The rest are visited in a seeded random order, --batch windows per Adam step.
 //
+// Nothing is lost: the paths are checked before any work; --save-every N writes the weights to
+// --out every N steps; SIGINT (Ctrl-C) or SIGTERM stops after the current step, saves the
+// weights reached so far to --out and exits with 128 + the signal (130 for Ctrl-C).
+//
 // Train at the context length the cache will serve: on gpt2-tiny, autoencoders fine-tuned on
 // 128-token windows improved perplexity at ctx 128 and 256 but worsened it at ctx 512
 // (docs/results/stage2.md).
@@ -43,7 +47,9 @@
 #include "examples/models/gpt2_train.hpp"
 #include "examples/models/llama_train.hpp"
 #include "examples/models/model.hpp"
+#include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_common.hpp"
+#include "examples/models/tool_json.hpp"
 
 namespace ex = kvcar::examples;
 namespace io = kvcar::io;
@@ -124,8 +130,11 @@ int run(int argc, char** argv) {
         {"eval-every", "N", "evaluate every N steps and save the best weights (default 0: only "
                             "before and after; the final weights are saved)"},
         {"log-every", "N", "print the mean training loss every N steps (default 50)"},
+        {"save-every", "N", "write the current weights to --out every N steps (default 0: only "
+                            "at the end, or when SIGINT/SIGTERM stops the run)"},
         {"seed", "N", "window order seed (default 0)"},
         {"quiet", "", "no progress line"},
+        ex::json_option_spec(),
     });
     ex::command_line cl(tool,
                         "Fine-tunes a codec file's autoencoders jointly through the frozen model "
@@ -133,15 +142,25 @@ int run(int argc, char** argv) {
                         specs);
     if (!cl.parse(argc, argv)) return 0;
 
+    // Everything the command line says is checked before the model loads.
+    const std::string model_path = cl.required("model");
     const std::string in_path = cl.required("codec-file");
+    ex::check_input_file(tool, "codec-file", in_path);
     const std::string out_path = cl.required("out");
+    ex::check_output_file(tool, "out", out_path);
+    (void)ex::text_option_path(cl);
+    const bool json = cl.has("json");
+    std::FILE* report = json ? stderr : stdout;
     const int ctx = int(cl.get_int("ctx", 128));
     const long long steps = cl.get_int("steps", 1000);
-    const double time_limit = cl.get_double("time-limit", 0.0);
+    const double time_limit = cl.get_double_at_least("time-limit", 0.0, 0.0);
     const int batch = int(cl.get_int("batch", 1));
     const double lr = cl.get_double("lr", 1e-4);
-    const double l1 = cl.get_double("l1", 0.1);
-    const double clip = cl.get_double("clip", 1.0);
+    const double l1 = cl.get_double_at_least("l1", 0.1, 0.0);
+    const double clip = cl.get_double_at_least("clip", 1.0, 0.0);
+    const long long save_every = cl.get_int("save-every", 0);
+    require(save_every >= 0, tool + ": --save-every " + cl.get("save-every") +
+                                 " must not be negative");
     const int eval_windows = int(cl.get_int("eval-windows", 8));
     const long long eval_every = cl.get_int("eval-every", 0);
     const long long log_every = cl.get_int("log-every", 50);
@@ -151,7 +170,8 @@ int run(int argc, char** argv) {
     require(steps >= 0, tool + ": --steps must not be negative");
     require(std::isfinite(time_limit) && time_limit >= 0, tool + ": --time-limit must be >= 0");
     require(batch >= 1, tool + ": --batch must be at least 1");
-    require(std::isfinite(lr) && lr > 0, tool + ": --lr must be positive");
+    require(std::isfinite(lr) && lr > 0,
+            tool + ": --lr '" + cl.get("lr", "1e-4") + "' must be a finite number > 0");
     require(std::isfinite(l1) && l1 >= 0, tool + ": --l1 must not be negative");
     require(std::isfinite(clip) && clip >= 0, tool + ": --clip must not be negative");
     require(eval_windows >= 0, tool + ": --eval-windows must not be negative");
@@ -163,24 +183,15 @@ int run(int argc, char** argv) {
             tool + ": --eval-every needs --eval-windows > 0");
 
     const ex::language_model model =
-        ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
+        ex::language_model::load(model_path, ex::parse_model_options(cl));
     require(ctx <= model.max_positions(), tool + ": --ctx " + std::to_string(ctx) +
                                               " exceeds the model's context of " +
                                               std::to_string(model.max_positions()));
     const io::codec_set set = io::load_codec_set(in_path, model.cache_geometry());
     const int threads = ex::resolve_threads(int(cl.get_int("threads", 0)));
     const ex::kv_finetune_params params{.l1_weight = float(l1), .threads = threads};
-    if (!model.is_gpt2()) {
-        // The codec must see the keys it was fitted to; kvcar-calibrate notes which ones.
-        const std::string other = model.options().keys == ex::cached_keys::post_rope
-                                      ? "keys=pre-rope"
-                                      : "keys=post-rope";
-        require(set.calibration.notes.find(other) == std::string::npos,
-                tool + ": " + in_path + " was fitted to " + other.substr(5) + " keys (its notes: '" +
-                    set.calibration.notes + "') but --keys caches them " +
-                    ex::to_string(model.options().keys) + "; pass the same --keys as to "
-                    "kvcar-calibrate");
-    }
+    // The codecs must see the keys they were fitted to.
+    ex::check_codec_file_keys(tool, in_path, set, model);
     kv_trainer trainer(model, set, params);
     require(!trainer.autoencoders().empty(),
             tool + ": " + in_path + " has no autoencoder slot; nothing to fine-tune (identity "
@@ -244,10 +255,10 @@ int run(int argc, char** argv) {
         exact_ce = evaluate(exact).ce;
         const ex::kv_finetune_loss before = evaluate(trainer);
         ce_before = best_ce = before.ce;
-        std::printf("held-out CE: exact model %.4f (ppl %.2f); codecs before fine-tuning %.4f "
-                    "(ppl %.2f), l1 %.4f\n",
-                    exact_ce, std::exp(exact_ce), before.ce, std::exp(before.ce), before.l1);
-        std::fflush(stdout);
+        std::fprintf(report, "held-out CE: exact model %.4f (ppl %.2f); codecs before fine-tuning "
+                             "%.4f (ppl %.2f), l1 %.4f\n",
+                     exact_ce, std::exp(exact_ce), before.ce, std::exp(before.ce), before.l1);
+        std::fflush(report);
     }
     std::vector<ex::folded_ae_weights<float>> best = trainer.autoencoders();
 
@@ -261,7 +272,23 @@ int run(int argc, char** argv) {
     double log_total = 0, log_ce = 0, log_l1 = 0, log_norm = 0;
     long long log_count = 0, step = 0;
     bool diverged = false;
+    // The weights as a codec file at --out, with how they were made in the notes.
+    const auto save = [&](long long saved_step, long long steps_run, const std::string& extra) {
+        io::codec_set out = trainer.trained_codec_set();
+        out.calibration.notes +=
+            (out.calibration.notes.empty() ? "" : "; ") + std::string("kvcar-finetune: ") +
+            "text=" + std::filesystem::path(text_path).filename().string() +
+            " ctx=" + std::to_string(ctx) + " steps=" + std::to_string(saved_step) + "/" +
+            std::to_string(steps_run) + " batch=" + std::to_string(batch) + " lr=" +
+            cl.get("lr", "1e-4") + " l1=" + cl.get("l1", "0.1") + " clip=" + cl.get("clip", "1") +
+            " seed=" + std::to_string(seed) + extra;
+        io::save_codec_set(out, out_path);
+    };
+    // From here on SIGINT/SIGTERM stop the loop after the current step; the weights are saved.
+    ex::install_interrupt_flag();
+    int signal_seen = 0;
     for (; step < steps; ++step) {
+        if ((signal_seen = ex::interrupt_signal()) != 0) break;
         const double elapsed = ex::seconds_since(start);
         // Stop before a step that would likely overrun the limit.
         if (time_limit > 0 && step > 0 && elapsed * double(step + 1) / double(step) > time_limit)
@@ -300,10 +327,10 @@ int run(int argc, char** argv) {
         progress.update(line);
         if ((step + 1) % log_every == 0) {
             progress.finish();
-            std::printf("step %lld  %.0f s  train loss %.4f  ce %.4f  l1 %.4f  |grad| %.3g\n",
-                        step + 1, s, log_total / log_count, log_ce / log_count,
-                        log_l1 / log_count, log_norm / log_count);
-            std::fflush(stdout);
+            std::fprintf(report, "step %lld  %.0f s  train loss %.4f  ce %.4f  l1 %.4f  |grad| %.3g\n",
+                         step + 1, s, log_total / log_count, log_ce / log_count,
+                         log_l1 / log_count, log_norm / log_count);
+            std::fflush(report);
             log_total = log_ce = log_l1 = log_norm = 0;
             log_count = 0;
         }
@@ -316,44 +343,74 @@ int run(int argc, char** argv) {
                 best_step = step + 1;
                 best = trainer.autoencoders();
             }
-            std::printf("step %lld  held-out CE %.4f (ppl %.2f)  l1 %.4f%s\n", step + 1, e.ce,
-                        std::exp(e.ce), e.l1, better ? "  (best so far)" : "");
-            std::fflush(stdout);
+            std::fprintf(report, "step %lld  held-out CE %.4f (ppl %.2f)  l1 %.4f%s\n", step + 1,
+                         e.ce, std::exp(e.ce), e.l1, better ? "  (best so far)" : "");
+            std::fflush(report);
+        }
+        if (save_every > 0 && (step + 1) % save_every == 0 && step + 1 < steps) {
+            save(step + 1, step + 1, " checkpoint");
+            progress.finish();
+            std::fprintf(stderr, "step %lld: weights saved to %s\n", step + 1, out_path.c_str());
         }
     }
+    if (signal_seen == 0) signal_seen = ex::interrupt_signal();
     progress.finish();
+    if (signal_seen != 0) {
+        // Stopped by a signal: keep the weights reached, skip the final evaluation.
+        save(step, step, " interrupted");
+        ex::remove_interrupt_flag();
+        std::fprintf(stderr, "%s: stopped by signal %d after %lld steps; saved the weights of step "
+                             "%lld to %s\n",
+                     tool.c_str(), signal_seen, step, step, out_path.c_str());
+        if (json) {
+            kvcar::io::json_value r = ex::json_report(tool);
+            r.set("codec_file", out_path);
+            r.set("interrupted_by_signal", signal_seen);
+            r.set("steps_run", step);
+            r.set("saved_step", step);
+            ex::print_json_report(r);
+        }
+        return ex::interrupted_exit_status(signal_seen);
+    }
+    ex::remove_interrupt_flag();
     const double seconds = ex::seconds_since(start);
     const long long steps_run = step;
 
     // What is saved: the final weights, unless --eval-every (or a divergence) found better ones.
     long long saved_step = steps_run;
+    double ce_after = NAN;
     if (!eval.empty()) {
         const ex::kv_finetune_loss after = evaluate(trainer);
         if ((eval_every > 0 || diverged) && !(after.ce < best_ce)) {
             trainer.autoencoders() = best;
             saved_step = best_step;
         }
-        std::printf("held-out CE after %lld steps: %.4f (ppl %.2f), l1 %.4f; before %.4f, exact "
-                    "%.4f\n",
-                    steps_run, after.ce, std::exp(after.ce), after.l1, ce_before, exact_ce);
+        ce_after = after.ce;
+        std::fprintf(report, "held-out CE after %lld steps: %.4f (ppl %.2f), l1 %.4f; before "
+                             "%.4f, exact %.4f\n",
+                     steps_run, after.ce, std::exp(after.ce), after.l1, ce_before, exact_ce);
     } else if (diverged) {
         trainer.autoencoders() = best;  // the initial weights
         saved_step = 0;
     }
 
-    io::codec_set out = trainer.trained_codec_set();
-    out.calibration.notes +=
-        (out.calibration.notes.empty() ? "" : "; ") + std::string("kvcar-finetune: ") +
-        "text=" + std::filesystem::path(text_path).filename().string() +
-        " ctx=" + std::to_string(ctx) + " steps=" + std::to_string(saved_step) + "/" +
-        std::to_string(steps_run) + " batch=" + std::to_string(batch) + " lr=" + cl.get("lr", "1e-4") +
-        " l1=" + cl.get("l1", "0.1") + " clip=" + cl.get("clip", "1") + " seed=" +
-        std::to_string(seed);
-    io::save_codec_set(out, out_path);
-    std::printf("trained %lld steps (%lld windows of %d tokens) in %.1f s, %.2f s/step; saved the "
-                "weights of step %lld to %s\n",
-                steps_run, steps_run * batch, ctx, seconds,
-                steps_run > 0 ? seconds / double(steps_run) : 0.0, saved_step, out_path.c_str());
+    save(saved_step, steps_run, "");
+    std::fprintf(report, "trained %lld steps (%lld windows of %d tokens) in %.1f s, %.2f s/step; "
+                         "saved the weights of step %lld to %s\n",
+                 steps_run, steps_run * batch, ctx, seconds,
+                 steps_run > 0 ? seconds / double(steps_run) : 0.0, saved_step, out_path.c_str());
+    if (json) {
+        kvcar::io::json_value r = ex::json_report(tool);
+        r.set("codec_file", out_path);
+        r.set("steps_run", steps_run);
+        r.set("saved_step", saved_step);
+        r.set("diverged", diverged);
+        r.set("held_out_ce_exact", ex::json_number(exact_ce));
+        r.set("held_out_ce_before", ex::json_number(ce_before));
+        r.set("held_out_ce_after", ex::json_number(ce_after));
+        r.set("seconds", ex::json_number(seconds));
+        ex::print_json_report(r);
+    }
     return diverged ? 2 : 0;
 }
 

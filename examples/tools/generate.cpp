@@ -11,7 +11,12 @@
 // same model on the GPU (examples/models/cuda) with a device cache of the same codec;
 // --tensor-parallel N splits it over N GPUs by heads, each GPU caching its share of the KV heads.
 // --batch B runs B copies of the prompt as one batch (every decode step is one forward pass for
-// all B sequences) and prints the first; the tokens/s line counts all of them.
+// all B sequences) and prints the first; the tokens/s line counts all of them. Before the batch
+// is allocated, its memory is estimated (KV cache at full length, logits) and refused past
+// --max-memory, with the estimate in the message.
+//
+// Output: the text on stdout, the timings and the cache report on stderr; with --json the text
+// streams to stderr and stdout gets one JSON object (the text, the timings, the cache).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -23,7 +28,9 @@
 
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
+#include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_common.hpp"
+#include "examples/models/tool_json.hpp"
 #ifdef KVCAR_WITH_CUDA
 #include "examples/models/cuda/backend.hpp"
 #endif
@@ -54,39 +61,54 @@ int run(int argc, char** argv) {
     std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
     specs.insert(specs.end(), {
         ex::device_option_spec(),
-        {"prompt", "TEXT", "text to continue (llama2.c models: may be empty, starting from BOS)"},
+        {"prompt", "TEXT", "text to continue (required; llama2.c models: may be empty, starting "
+                           "from BOS)"},
         {"steps", "N", "tokens to generate (default 64; stops early at end of text or context)"},
         {"temperature", "T", "sampling temperature; 0 = greedy (default 0.8)"},
         {"top-k", "K", "sample among the K most likely tokens; 0 = all (default 40)"},
         {"seed", "S", "random seed (default 42)"},
         {"batch", "B", "generate B sequences of the prompt together; prints the first (default 1)"},
+        {"max-memory", "GIB", "refuse a run whose estimated memory (KV cache at full length, "
+                              "logits) exceeds GIB gibibytes (default 8)"},
+        ex::json_option_spec(),
     });
     for (const ex::option_spec& o : ex::tensor_parallel_option_specs()) specs.push_back(o);
     ex::command_line cl("kvcar-generate", "Generate text with a model whose KV cache is kvcar's.",
                         specs);
     if (!cl.parse(argc, argv)) return 0;
 
+    const std::string tool = "kvcar-generate";
+    // Everything the command line says is checked before the model loads.
+    const std::string model_path = cl.required("model");
+    const std::string prompt = cl.required("prompt");
     const std::string kv = cl.get("kv", "identity-f16");
-    const int steps = int(cl.get_int("steps", 64));
-    const double temperature = cl.get_double("temperature", 0.8);
-    const int top_k = int(cl.get_int("top-k", 40));
-    kvcar::require(steps >= 0, "kvcar-generate: --steps must not be negative");
-    kvcar::require(temperature >= 0.0, "kvcar-generate: --temperature must not be negative");
-    kvcar::require(top_k >= 0, "kvcar-generate: --top-k must not be negative");
+    const long long steps_arg = cl.get_int("steps", 64);
+    const double temperature = cl.get_double_at_least("temperature", 0.8, 0.0);
+    const long long top_k_arg = cl.get_int("top-k", 40);
+    kvcar::require(steps_arg >= 0 && steps_arg <= 1000000,
+                   tool + ": --steps " + cl.get("steps") + " must be in [0, 1000000]");
+    kvcar::require(top_k_arg >= 0 && top_k_arg <= 1000000000,
+                   tool + ": --top-k " + cl.get("top-k") + " must be in [0, 1e9] (0 = all)");
+    const int steps = int(steps_arg), top_k = int(top_k_arg);
     std::mt19937_64 rng(std::uint64_t(cl.get_int("seed", 42)));
-    const int batch = int(cl.get_int("batch", 1));
-    kvcar::require(batch >= 1, "kvcar-generate: --batch must be at least 1");
+    const long long batch_arg = cl.get_int("batch", 1);
+    kvcar::require(batch_arg >= 1 && batch_arg <= 1000000000,
+                   tool + ": --batch " + cl.get("batch") + " must be at least 1");
+    const int batch = int(batch_arg);
+    const double max_memory_gib = cl.get_double_at_least("max-memory", 8.0, 0.0);
+    const bool json = cl.has("json");
+    std::FILE* text_out = json ? stderr : stdout;
     [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
     [[maybe_unused]] const ex::tensor_parallel_choice tp = ex::parse_tensor_parallel(cl, use_cuda);
 
     const auto load_start = ex::clock_type::now();
     const ex::language_model model =
-        ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
+        ex::language_model::load(model_path, ex::parse_model_options(cl));
+    ex::check_kv_option(tool, kv, model);
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
     std::fprintf(stderr, "model: %s (%s), loaded in %.2f s\n", model.path().c_str(),
                  model.describe().c_str(), ex::seconds_since(load_start));
 
-    const std::string prompt = cl.required("prompt");
     const std::vector<int> prompt_ids = tokenizer.encode(prompt, /*bos=*/tokenizer.is_llama2c());
     kvcar::require(!prompt_ids.empty(), "kvcar-generate: the prompt is empty");
     kvcar::require(int(prompt_ids.size()) <= model.max_positions(),
@@ -95,6 +117,11 @@ int run(int argc, char** argv) {
                        std::to_string(model.max_positions()));
     const int capacity = std::min<long long>(model.max_positions(),
                                              (long long)prompt_ids.size() + steps);
+    ex::check_generate_memory(tool, batch, capacity,
+                              ex::estimate_generate_memory(batch, capacity,
+                                                           ex::kv_bytes_per_token(kv, model),
+                                                           model.vocab_size()),
+                              max_memory_gib * double(1ull << 30));
 
     // The generation loop, for a CPU cache (model.forward) or the CUDA session alike: `cache`
     // gives add_sequence/length and the report; `forward(cache, seqs, counts, tokens)` runs item
@@ -104,11 +131,13 @@ int run(int argc, char** argv) {
         for (int b = 0; b < batch; ++b) seqs.push_back(cache.add_sequence());
         std::vector<std::vector<int>> ids(std::size_t(batch), prompt_ids);
         int prev = -1;
+        std::string prompt_text, generated_text;
         for (int id : prompt_ids) {
-            std::fputs(tokenizer.piece(prev, id).c_str(), stdout);
+            prompt_text += tokenizer.piece(prev, id);
             prev = id;
         }
-        std::fflush(stdout);
+        std::fputs(prompt_text.c_str(), text_out);
+        std::fflush(text_out);
 
         // Prefill: every copy of the prompt in one pass.
         std::vector<int> counts(std::size_t(batch), int(prompt_ids.size()));
@@ -137,8 +166,10 @@ int run(int argc, char** argv) {
             }
             for (int b = 0; b < batch; ++b) ids[std::size_t(b)].push_back(tokens[std::size_t(b)]);
             ++generated;
-            std::fputs(tokenizer.piece(prev, next).c_str(), stdout);
-            std::fflush(stdout);
+            const std::string piece = tokenizer.piece(prev, next);
+            generated_text += piece;
+            std::fputs(piece.c_str(), text_out);
+            std::fflush(text_out);
             prev = next;
             if (generated == steps) break;
             if (cache.length(seqs[0]) >= capacity) {
@@ -148,7 +179,7 @@ int run(int argc, char** argv) {
             logits = forward(cache, seqs, counts, std::span<const int>(tokens.data(), std::size_t(batch)));
         }
         const double decode_s = ex::seconds_since(decode_start);
-        std::printf("\n");
+        std::fprintf(text_out, "\n");
 
         const double prompt_tokens = double(prompt_ids.size()) * batch;
         std::fprintf(stderr, "\nprompt: %zu tokens x %d sequences, prefill %.3f s (%.1f tokens/s)\n",
@@ -157,6 +188,21 @@ int run(int argc, char** argv) {
                      generated, batch, stop, decode_s,
                      decode_s > 0 ? double(generated) * batch / decode_s : 0.0);
         ex::print_cache_report(stderr, kv, cache, cache.bytes_used(), cache.bytes_reserved());
+        if (json) {
+            kvcar::io::json_value r = ex::json_report(tool);
+            r.set("prompt", prompt_text);
+            r.set("text", generated_text);
+            r.set("prompt_tokens", prompt_ids.size());
+            r.set("generated_tokens", generated);
+            r.set("batch", batch);
+            r.set("stop", stop);
+            r.set("prefill_seconds", ex::json_number(prefill_s));
+            r.set("decode_seconds", ex::json_number(decode_s));
+            r.set("decode_tokens_per_second",
+                  ex::json_number(decode_s > 0 ? double(generated) * batch / decode_s : NAN));
+            ex::add_cache_json(r, kv, cache, cache.bytes_used(), cache.bytes_reserved());
+            ex::print_json_report(r);
+        }
         return 0;
     };
 

@@ -17,6 +17,13 @@
 // Every window starts a fresh sequence in the cache, prefilled in one forward pass: the logits
 // of every position come from attention over K/V read back through the codec. With
 // --device cuda the model and its cache live on the GPU, which returns only the log-probabilities.
+//
+// How much of the number is context: `--ctx 8 --stride 1` scores every token with exactly its 7
+// preceding tokens (8 inputs), what a model that looks at 8 tokens would reach; the demo prints
+// both.
+//
+// Output: the results on stdout, diagnostics and progress on stderr; with --json one JSON
+// object on stdout instead of the results' lines (which go to stderr).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -30,7 +37,9 @@
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tensor_ops.hpp"
+#include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_common.hpp"
+#include "examples/models/tool_json.hpp"
 #ifdef KVCAR_WITH_CUDA
 #include "examples/models/cuda/backend.hpp"
 #endif
@@ -39,13 +48,7 @@ namespace ex = kvcar::examples;
 
 namespace {
 
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    kvcar::require(bool(in), "kvcar-perplexity: cannot open '" + path + "'");
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+const std::string tool = "kvcar-perplexity";
 
 /// WikiText-2 raw joined the usual way (GPTQ, most KV-cache papers): the file's lines, each
 /// kept with its "\n", blank ones (" \n") made empty, joined with "\n\n" — the string
@@ -99,17 +102,44 @@ int run(int argc, char** argv) {
         {"max-tokens", "N", "use only the first N tokens of the text (default: all)"},
         {"quiet", "", "no progress line"},
         ex::device_option_spec(),
+        ex::json_option_spec(),
     });
     for (const ex::option_spec& o : ex::tensor_parallel_option_specs()) specs.push_back(o);
     ex::command_line cl("kvcar-perplexity",
                         "Sliding-window perplexity of a model whose KV cache is kvcar's.", specs);
     if (!cl.parse(argc, argv)) return 0;
 
+    // Everything the command line says is checked before the model loads, the text included.
+    const std::string model_path = cl.required("model");
     const std::string kv = cl.get("kv", "identity-f16");
     [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
     [[maybe_unused]] const ex::tensor_parallel_choice tp = ex::parse_tensor_parallel(cl, use_cuda);
+    kvcar::require(!(cl.has("text") && cl.has("tokens-file")),
+                   tool + ": give --text or --tokens-file, not both");
+    const bool json = cl.has("json");
+    std::FILE* report = json ? stderr : stdout;
+    long long max_tokens = 0;
+    if (cl.has("max-tokens")) {
+        max_tokens = cl.get_int("max-tokens", 0);
+        kvcar::require(max_tokens >= 2, tool + ": --max-tokens " + cl.get("max-tokens") +
+                                            " must be at least 2");
+    }
+    for (const char* opt : {"ctx", "stride"})
+        if (cl.has(opt))
+            kvcar::require(cl.get_int(opt, 0) >= 1, tool + ": --" + opt + " " + cl.get(opt) +
+                                                        " must be at least 1");
+    std::string source, text;
+    if (cl.has("tokens-file")) {
+        source = cl.get("tokens-file");
+        text = ex::read_text_file(tool, "tokens-file", source);
+    } else if (cl.has("text")) {
+        source = cl.get("text");
+        text = wikitext_joined(ex::read_text_file(tool, "text", source));
+    }
+
     const ex::language_model model =
-        ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
+        ex::language_model::load(model_path, ex::parse_model_options(cl));
+    ex::check_kv_option(tool, kv, model);
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
 
     const int ctx = int(cl.get_int("ctx", std::min(512, model.max_positions())));
@@ -121,25 +151,14 @@ int run(int argc, char** argv) {
     kvcar::require(stride >= 1 && stride <= ctx, "kvcar-perplexity: --stride " +
                                                      std::to_string(stride) + " must be in [1, ctx " +
                                                      std::to_string(ctx) + "]");
-    kvcar::require(!(cl.has("text") && cl.has("tokens-file")),
-                   "kvcar-perplexity: give --text or --tokens-file, not both");
-
-    std::string source, text;
-    if (cl.has("tokens-file")) {
-        source = cl.get("tokens-file");
-        text = read_file(source);
-    } else {
-        source = cl.has("text") ? cl.get("text") : default_text(model.path());
-        text = wikitext_joined(read_file(source));
+    if (source.empty()) {
+        source = default_text(model.path());
+        text = wikitext_joined(ex::read_text_file(tool, "text", source));
     }
     const auto tokenize_start = ex::clock_type::now();
     std::vector<int> ids = tokenizer.encode(text, /*bos=*/tokenizer.is_llama2c());
     const std::size_t total_tokens = ids.size();
-    if (cl.has("max-tokens")) {
-        const long long max_tokens = cl.get_int("max-tokens", 0);
-        kvcar::require(max_tokens >= 2, "kvcar-perplexity: --max-tokens must be at least 2");
-        if (ids.size() > std::size_t(max_tokens)) ids.resize(std::size_t(max_tokens));
-    }
+    if (max_tokens > 0 && ids.size() > std::size_t(max_tokens)) ids.resize(std::size_t(max_tokens));
     kvcar::require(ids.size() >= 2, "kvcar-perplexity: '" + source + "' has " +
                                         std::to_string(ids.size()) +
                                         " tokens; perplexity needs at least 2");
@@ -193,13 +212,26 @@ int run(int argc, char** argv) {
         progress.finish();
         const double seconds = ex::seconds_since(start);
 
-        std::printf("perplexity: %.4f\n", std::exp(nll / double(scored)));
-        std::printf("tokens scored: %lld (windows %lld, ctx %d, stride %d)\n", scored, w, ctx,
-                    stride);
-        std::printf("mean nll: %.6f nats/token\n", nll / double(scored));
-        std::printf("time: %.1f s, %.1f tokens/s fed through the model\n", seconds,
-                    double(fed) / seconds);
-        ex::print_cache_report(stdout, kv, cache, peak_bytes, peak_reserved);
+        std::fprintf(report, "perplexity: %.4f\n", std::exp(nll / double(scored)));
+        std::fprintf(report, "tokens scored: %lld (windows %lld, ctx %d, stride %d)\n", scored, w,
+                     ctx, stride);
+        std::fprintf(report, "mean nll: %.6f nats/token\n", nll / double(scored));
+        std::fprintf(report, "time: %.1f s, %.1f tokens/s fed through the model\n", seconds,
+                     double(fed) / seconds);
+        ex::print_cache_report(report, kv, cache, peak_bytes, peak_reserved);
+        if (json) {
+            kvcar::io::json_value r = ex::json_report(tool);
+            r.set("text", source);
+            r.set("perplexity", ex::json_number(std::exp(nll / double(scored))));
+            r.set("mean_nll", ex::json_number(nll / double(scored)));
+            r.set("tokens_scored", scored);
+            r.set("windows", w);
+            r.set("ctx", ctx);
+            r.set("stride", stride);
+            r.set("seconds", ex::json_number(seconds));
+            ex::add_cache_json(r, kv, cache, peak_bytes, peak_reserved);
+            ex::print_json_report(r);
+        }
         return 0;
     };
 

@@ -20,7 +20,9 @@
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tensor_ops.hpp"
+#include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_common.hpp"
+#include "examples/models/tool_json.hpp"
 
 namespace ex = kvcar::examples;
 
@@ -35,6 +37,9 @@ struct piqa_example {
 std::vector<piqa_example> load_piqa(const std::string& dir) {
     const std::string data_path = dir + "/dev.jsonl";
     const std::string labels_path = dir + "/dev-labels.lst";
+    kvcar::examples::check_input_dir("kvcar-piqa", "piqa", dir);
+    kvcar::examples::check_input_file("kvcar-piqa", "piqa", data_path);
+    kvcar::examples::check_input_file("kvcar-piqa", "piqa", labels_path);
     std::ifstream data(data_path), labels(labels_path);
     kvcar::require(bool(data), "kvcar-piqa: cannot open '" + data_path + "'");
     kvcar::require(bool(labels), "kvcar-piqa: cannot open '" + labels_path + "'");
@@ -69,21 +74,27 @@ int run(int argc, char** argv) {
         {"piqa", "DIR", "folder with dev.jsonl and dev-labels.lst (default: shared/data/piqa)"},
         {"limit", "N", "evaluate only the first N examples (default: all 1838)"},
         {"quiet", "", "no progress line"},
+        ex::json_option_spec(),
     });
     ex::command_line cl("kvcar-piqa", "Zero-shot PIQA accuracy of a model whose KV cache is kvcar's.",
                         specs);
     if (!cl.parse(argc, argv)) return 0;
 
+    // Everything the command line says, the data included, is checked before the model loads.
+    const std::string model_path = cl.required("model");
     const std::string kv = cl.get("kv", "identity-f16");
-    const ex::language_model model =
-        ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
-    const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
-    std::vector<piqa_example> examples = load_piqa(cl.get("piqa", ex::shared_data_dir() + "/piqa"));
+    const bool json = cl.has("json");
+    std::FILE* report = json ? stderr : stdout;
+    long long limit = 0;
     if (cl.has("limit")) {
-        const long long limit = cl.get_int("limit", 0);
-        kvcar::require(limit > 0, "kvcar-piqa: --limit must be positive");
-        if (examples.size() > std::size_t(limit)) examples.resize(std::size_t(limit));
+        limit = cl.get_int("limit", 0);
+        kvcar::require(limit > 0, "kvcar-piqa: --limit " + cl.get("limit") + " must be positive");
     }
+    std::vector<piqa_example> examples = load_piqa(cl.get("piqa", ex::shared_data_dir() + "/piqa"));
+    if (limit > 0 && examples.size() > std::size_t(limit)) examples.resize(std::size_t(limit));
+    const ex::language_model model = ex::language_model::load(model_path, ex::parse_model_options(cl));
+    ex::check_kv_option("kvcar-piqa", kv, model);
+    const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
     std::fprintf(stderr, "model: %s (%s)\n", model.path().c_str(), model.describe().c_str());
 
     const int context = model.max_positions();
@@ -144,17 +155,29 @@ int run(int argc, char** argv) {
         progress.finish();
         const double n = double(examples.size());
         const double seconds = ex::seconds_since(start);
-        std::printf("piqa examples: %zu%s\n", examples.size(),
-                    truncated ? (" (" + std::to_string(truncated) +
-                                 " sequences cut to the context)").c_str()
-                              : "");
-        std::printf("acc (summed log-prob):        %.4f  (%d/%zu)\n", correct_sum / n,
-                    correct_sum, examples.size());
-        std::printf("acc_per_token (mean log-prob): %.4f  (%d/%zu)\n", correct_mean / n,
-                    correct_mean, examples.size());
-        std::printf("time: %.1f s, %.1f tokens/s fed through the model\n", seconds,
-                    double(tokens_fed) / seconds);
-        ex::print_cache_report(stdout, kv, cache, peak_bytes, peak_reserved);
+        std::fprintf(report, "piqa examples: %zu%s\n", examples.size(),
+                     truncated ? (" (" + std::to_string(truncated) +
+                                  " sequences cut to the context)").c_str()
+                               : "");
+        std::fprintf(report, "acc (summed log-prob):        %.4f  (%d/%zu)\n", correct_sum / n,
+                     correct_sum, examples.size());
+        std::fprintf(report, "acc_per_token (mean log-prob): %.4f  (%d/%zu)\n",
+                     correct_mean / n, correct_mean, examples.size());
+        std::fprintf(report, "time: %.1f s, %.1f tokens/s fed through the model\n", seconds,
+                     double(tokens_fed) / seconds);
+        ex::print_cache_report(report, kv, cache, peak_bytes, peak_reserved);
+        if (json) {
+            kvcar::io::json_value r = ex::json_report("kvcar-piqa");
+            r.set("examples", examples.size());
+            r.set("truncated_sequences", truncated);
+            r.set("acc", ex::json_number(correct_sum / n));
+            r.set("correct", correct_sum);
+            r.set("acc_per_token", ex::json_number(correct_mean / n));
+            r.set("correct_per_token", correct_mean);
+            r.set("seconds", ex::json_number(seconds));
+            ex::add_cache_json(r, kv, cache, peak_bytes, peak_reserved);
+            ex::print_json_report(r);
+        }
         return 0;
     });
 }

@@ -1,6 +1,13 @@
 // kvcar/common.hpp — the few definitions every other kvcar header needs.
 #pragma once
 
+// kvcar needs C++20 (concepts, std::span, designated initializers). Checked before anything else,
+// so that an older standard gets this one message instead of pages of errors. With nvcc, pass
+// -std=c++20 (in CMake: link kvcar::cuda, see docs/install.md).
+#if (defined(_MSVC_LANG) && _MSVC_LANG < 202002L) || (!defined(_MSVC_LANG) && __cplusplus < 202002L)
+#error "kvcar needs C++20: compile with -std=c++20 (g++, clang++, nvcc) or /std:c++20 (MSVC)"
+#endif
+
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>

@@ -283,6 +283,18 @@ private:
     sequence_table sequences_;  // live ids, tokens appended per layer
 };
 
+/// Deduces the storage from its params, so that
+///     kv_cache cache(layout, codec, paged_storage::params{...});
+/// is a paged cache (without these guides the default storage, contiguous, would be deduced and
+/// the params would not convert). Braced params without a type still mean contiguous_storage.
+template <kv_layout L, kv_codec C, class P>
+    requires kv_storage<typename P::storage_type>
+kv_cache(L, C, P) -> kv_cache<C, L, typename P::storage_type>;
+/// The same, with one codec per stored slot.
+template <kv_layout L, kv_codec C, class P>
+    requires kv_storage<typename P::storage_type>
+kv_cache(L, std::vector<C>, P) -> kv_cache<C, L, typename P::storage_type>;
+
 /// CamelCase alias of kv_cache (the name the design notes use).
 template <class C, class L = dense_layout, class S = contiguous_storage>
 using KvCache = kv_cache<C, L, S>;

@@ -50,9 +50,10 @@ public:
 namespace detail {
 
 /// out[i] = Σ_r parts[r][i], summed in rank order (the same order on every call: the result
-/// does not depend on which rank got there first).
-__global__ void sum_parts_kernel(float* out, const float* const* parts, int n_parts,
-                                 std::size_t count) {
+/// does not depend on which rank got there first). Static, as in device_ops.cuh: a plain
+/// __global__ in a header is defined in every translation unit that includes it.
+static __global__ void sum_parts_kernel(float* out, const float* const* parts, int n_parts,
+                                        std::size_t count) {
     const std::size_t stride = std::size_t(gridDim.x) * blockDim.x;
     for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
          i += stride) {

@@ -34,6 +34,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <random>
 #include <string>
@@ -65,6 +66,9 @@ struct autoencoder_training_params {
     std::uint64_t seed = 0;     ///< seeds the holdout split, the shuffling and the initial weights
     int threads = 0;            ///< worker threads; 0: std::thread::hardware_concurrency()
     bool init_from_pca = true;  ///< start at the PCA codec (needs hidden >= 2 * latent)
+    /// Called after every epoch with (epoch, max_epochs, holdout loss or NaN without a holdout),
+    /// from the calling thread: a long training run can report progress. Empty: not called.
+    std::function<void(int, int, double)> on_epoch;
 
     /// Throws kvcar::error naming the first bad field; `width` is D.
     void validate(int width) const {
@@ -908,10 +912,12 @@ inline autoencoder_training_result train(const float* rows, std::size_t n, int w
         if (!has_holdout) {
             best = w;
             result.best_epoch = epoch;
+            if (p.on_epoch) p.on_epoch(epoch, p.max_epochs, std::numeric_limits<double>::quiet_NaN());
             continue;
         }
         const double loss = holdout_loss(w).loss;
         result.holdout_history.push_back(loss);
+        if (p.on_epoch) p.on_epoch(epoch, p.max_epochs, loss);
         if (loss < best_loss) {  // NaN never improves
             best_loss = loss;
             best = w;

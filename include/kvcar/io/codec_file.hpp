@@ -172,6 +172,26 @@ struct slot_codec {
     }
 };
 
+/// Which keys the K codecs were fitted to, the metadata's "keys": as attention reads them, after
+/// RoPE (models without RoPE, such as GPT-2, always have these), or before RoPE (the cache
+/// rotates them on read). A codec fitted to one form is wrong for the other (+31% perplexity on
+/// llama-tiny), so a tool refuses a mismatch. `unknown`: the file does not say (files written
+/// before the field existed).
+enum class codec_keys : std::uint8_t { unknown, post_rope, pre_rope };
+
+/// "post-rope", "pre-rope" or "unknown".
+inline const char* to_string(codec_keys k) {
+    switch (k) {
+        case codec_keys::post_rope:
+            return "post-rope";
+        case codec_keys::pre_rope:
+            return "pre-rope";
+        case codec_keys::unknown:
+        default:
+            return "unknown";
+    }
+}
+
 /// Free-form provenance, stored as given.
 struct codec_model_info {
     std::string architecture;  ///< "gpt2", "llama", ...
@@ -194,6 +214,7 @@ struct codec_set {
     std::vector<slot_codec> slots;         ///< one per stored slot, any order
     codec_model_info model;                ///< provenance: the model
     codec_calibration_info calibration;    ///< provenance: the calibration data
+    codec_keys keys = codec_keys::unknown;  ///< the keys the K codecs were fitted to
 
     /// Every (layer, group) stored with the same codec kind `identity` of `storage`: the
     /// uncompressed baseline, and a starting point to replace some slots' codecs.
@@ -499,6 +520,7 @@ inline void save_codec_set(const codec_set& set, const std::string& path) {
     root.set("version", codec_file_version);
     root.set("model", std::move(model));
     root.set("heads_per_group", set.heads_per_group);
+    if (set.keys != codec_keys::unknown) root.set("keys", to_string(set.keys));
     root.set("key_reuse", detail::reuse_json(set.key_reuse));
     root.set("value_reuse", detail::reuse_json(set.value_reuse));
     root.set("slots", std::move(slots));
@@ -547,6 +569,15 @@ inline codec_set parse_owned_codec_bytes(std::vector<std::byte> bytes, const std
     set.geometry.n_kv_heads = r.get_int(model, "n_kv_heads", "model");
     set.geometry.head_dim = r.get_int(model, "head_dim", "model");
     set.heads_per_group = r.get_int(root, "heads_per_group", "metadata");
+    if (root.contains("keys")) {
+        const std::string keys = r.get_string(root, "keys", "metadata");
+        if (keys == "post-rope")
+            set.keys = codec_keys::post_rope;
+        else if (keys == "pre-rope")
+            set.keys = codec_keys::pre_rope;
+        else
+            r.fail("metadata \"keys\" is \"" + keys + "\", not \"post-rope\" or \"pre-rope\"");
+    }
     set.key_reuse = r.reuse_list(root, "key_reuse");
     set.value_reuse = r.reuse_list(root, "value_reuse");
     if (const json_value* cal = root.find("calibration")) {

@@ -24,6 +24,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/cuda/device_kv_cache.cuh"
 #include "kvcar/cuda/error.cuh"
+#include "kvcar/cuda/launch.cuh"
 #include "kvcar/device/cache_view.cuh"
 #include "kvcar/device/encode.cuh"
 
@@ -91,15 +92,13 @@ void append(const device::cache_view<Codec>& cache, const append_params& p, int 
     const long long records =
         (long long)p.total_tokens * cache.groups_per_layer * kv_kind_count;
     const long long blocks = (records + detail::append_warps - 1) / detail::append_warps;
-    require(blocks < (1ll << 31), "append: too many records for one launch");
     const int per_warp = std::max(max_latent_width, 1);
     const std::size_t smem = sizeof(float) * std::size_t(per_warp) * detail::append_warps;
     auto kernel = detail::append_kernel<Codec>;
-    if (smem > 48 * 1024) {
-        KVCAR_CUDA_CHECK(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    }
-    kernel<<<unsigned(blocks), detail::append_warps * 32, smem, stream>>>(cache, p, per_warp);
+    if (smem > cuda::default_dynamic_smem)  // the limit is looked up only where it matters
+        cuda::allow_dynamic_smem(kernel, smem, cuda::max_dynamic_smem_optin(), "append_kernel");
+    kernel<<<cuda::checked_grid(blocks, 1, 1, "append_kernel"), detail::append_warps * 32, smem,
+             stream>>>(cache, p, per_warp);
     KVCAR_CUDA_CHECK_LAUNCH("append_kernel");
 }
 

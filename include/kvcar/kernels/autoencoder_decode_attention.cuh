@@ -663,8 +663,9 @@ void launch_split(const split_params<Codec>& sp, const plan& pl, int batch, int 
     auto kernel = split_kernel<Codec, MT, NCOL>;
     KVCAR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(pl.smem)));
-    kernel<<<dim3(unsigned(pl.splits), unsigned(batch), unsigned(groups)), threads, pl.smem,
-             stream>>>(sp);
+    const dim3 grid =
+        cuda::checked_grid(pl.splits, batch, groups, "autoencoder_decode_attention split_kernel");
+    kernel<<<grid, threads, pl.smem, stream>>>(sp);
     KVCAR_CUDA_CHECK_LAUNCH("autoencoder_decode_attention split_kernel");
 }
 
@@ -712,6 +713,10 @@ void autoencoder_decode_attention(const device::cache_view<Codec>& cache,
     if constexpr (!autoencoder_tensor_core_codec<Codec>) {
         require(false, "autoencoder_decode_attention: the codec is not autoencoder_codec<f16>");
     } else {
+        if (detail::run_in_item_slices(p, cache.head_dim, [&](const decode_attention_params& slice) {
+                autoencoder_decode_attention(cache, slice, ws, stream);
+            }))
+            return;
         const at::plan pl = at::make_plan(cache, p, ws);
         require(pl.ok, pl.why);
         if (p.batch == 0) return;
@@ -750,18 +755,18 @@ void autoencoder_decode_attention(const device::cache_view<Codec>& cache,
         constexpr int PB = at::project_items;
         const std::size_t project_smem = sizeof(float) * PB * cache.head_dim;
         auto project = at::project_kernel<Codec, PB>;
-        if (project_smem > 48 * 1024) {
-            KVCAR_CUDA_CHECK(cudaFuncSetAttribute(
-                project, cudaFuncAttributeMaxDynamicSharedMemorySize, int(project_smem)));
-        }
-        const dim3 project_grid(unsigned(H), unsigned((p.batch + PB - 1) / PB),
-                                unsigned((pl.hid_pad + at::project_rows - 1) / at::project_rows));
+        cuda::allow_dynamic_smem(project, project_smem, ws.max_shared_bytes(),
+                                 "autoencoder_decode_attention project_kernel");
+        const dim3 project_grid = cuda::checked_grid(
+            H, (p.batch + PB - 1) / PB, (pl.hid_pad + at::project_rows - 1) / at::project_rows,
+            "autoencoder_decode_attention project_kernel");
         project<<<project_grid, at::aux_threads, project_smem, stream>>>(
             cache, p.q, qt, bias, p.layer, p.batch, H, G, pl.hid_pad);
         KVCAR_CUDA_CHECK_LAUNCH("autoencoder_decode_attention project_kernel");
 
-        const dim3 copy_grid(unsigned(2 * cache.groups_per_layer),
-                             unsigned((pl.hid_pad + at::copy_rows - 1) / at::copy_rows));
+        const dim3 copy_grid = cuda::checked_grid(
+            2 * cache.groups_per_layer, (pl.hid_pad + at::copy_rows - 1) / at::copy_rows, 1,
+            "autoencoder_decode_attention copy_weights_kernel");
         at::copy_weights_kernel<Codec><<<copy_grid, at::aux_threads, 0, stream>>>(
             cache, p.layer, w1h, pl.hid_pad, pl.lat_pad);
         KVCAR_CUDA_CHECK_LAUNCH("autoencoder_decode_attention copy_weights_kernel");
@@ -784,12 +789,11 @@ void autoencoder_decode_attention(const device::cache_view<Codec>& cache,
             sizeof(float) * (std::size_t(LB) * pl.hid_pad +
                              (ksplit > 1 ? std::size_t(ksplit) * LB * cache.head_dim : 0));
         auto lift = at::lift_kernel<Codec, LB>;
-        if (lift_smem > 48 * 1024) {
-            KVCAR_CUDA_CHECK(cudaFuncSetAttribute(
-                lift, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lift_smem)));
-        }
-        lift<<<dim3(unsigned(H), unsigned((p.batch + LB - 1) / LB)), at::lift_threads, lift_smem,
-               stream>>>(cache, zbar, pl.hid_pad, p.kv_lengths, p.out, p.layer, p.batch, H, G);
+        cuda::allow_dynamic_smem(lift, lift_smem, ws.max_shared_bytes(),
+                                 "autoencoder_decode_attention lift_kernel");
+        const dim3 lift_grid = cuda::checked_grid(H, (p.batch + LB - 1) / LB, 1,
+                                                  "autoencoder_decode_attention lift_kernel");
+        lift<<<lift_grid, at::lift_threads, lift_smem, stream>>>(cache, zbar, pl.hid_pad, p.kv_lengths, p.out, p.layer, p.batch, H, G);
         KVCAR_CUDA_CHECK_LAUNCH("autoencoder_decode_attention lift_kernel");
     }
 }

@@ -61,6 +61,7 @@
 #include "kvcar/cuda/buffer.cuh"
 #include "kvcar/cuda/device_kv_cache.cuh"
 #include "kvcar/cuda/error.cuh"
+#include "kvcar/cuda/launch.cuh"
 #include "kvcar/device/affine.cuh"
 #include "kvcar/device/cache_view.cuh"
 #include "kvcar/device/decode.cuh"
@@ -114,6 +115,31 @@ struct decode_attention_params {
     rope_params rope_cfg{};  ///< the model's RoPE (theta, style, rotary_dim); read when rope != none
 };
 
+/// The way decode_attention read the cache in its last call (attention_workspace::last_path).
+enum class decode_path {
+    none,                      ///< nothing ran (batch 0), or no decode_attention call yet
+    direct_tensor_cores,       ///< f16 / int8 identity heads on tensor cores (direct_mma_…)
+    direct,                    ///< identity / quantized identity heads on CUDA cores
+    latent_tensor_cores,       ///< whole-layer latents on tensor cores (latent_decode_attention)
+    latent,                    ///< affine latents on CUDA cores (the generic kernel, latent space)
+    autoencoder_tensor_cores,  ///< f16 autoencoder latents on tensor cores (hidden space)
+    decoded,                   ///< every other case: tiles decoded into shared memory
+};
+
+/// The path's name as the benchmark's JSON rows spell it.
+inline const char* to_string(decode_path path) {
+    switch (path) {
+        case decode_path::none: return "none";
+        case decode_path::direct_tensor_cores: return "direct_tensor_cores";
+        case decode_path::direct: return "direct";
+        case decode_path::latent_tensor_cores: return "latent_tensor_cores";
+        case decode_path::latent: return "latent";
+        case decode_path::autoencoder_tensor_cores: return "autoencoder_tensor_cores";
+        case decode_path::decoded: return "decoded";
+    }
+    return "?";
+}
+
 /// Device scratch that attention launches reuse: split partials, latent queries and small index
 /// arrays. Grows on demand (a growth synchronizes the device); keep one per stream.
 class attention_workspace {
@@ -153,15 +179,8 @@ public:
     int last_splits = 0;
     /// Tokens per split in the last launch (the last split may hold fewer).
     int last_chunk = 0;
-    /// Whether the last decode_attention ran the tensor-core latent path
-    /// (latent_decode_attention.cuh).
-    bool last_latent_tensor_cores = false;
-    /// Whether the last decode_attention ran the tensor-core direct path for f16 / int8 GQA heads
-    /// (direct_mma_decode_attention.cuh).
-    bool last_direct_tensor_cores = false;
-    /// Whether the last decode_attention ran the tensor-core autoencoder path
-    /// (autoencoder_decode_attention.cuh).
-    bool last_autoencoder_tensor_cores = false;
+    /// The path the last decode_attention took (one value, not a flag per path).
+    decode_path last_path = decode_path::none;
 
 private:
     template <class T>
@@ -853,14 +872,49 @@ inline void validate(const decode_attention_params& p, int n_layers, int n_kv_he
     }
 }
 
+/// Most items one launch takes. The split kernels keep the item on grid y, and the projection
+/// and lift kernels a block of items, so a launch of more items than gridDim.y may hold would
+/// fail (a prefill of 64 sequences × 1493 tokens is 95,552 items); the entry points cut such a
+/// batch into launches of at most this many items, one after another on the stream (they share
+/// the workspace, which stream order makes safe).
+inline constexpr int max_items_per_launch = int(cuda::max_grid_yz);
+
+/// Items [first, first + count) of p, as a launch of their own: q, out and the per-item arrays
+/// move by `first` items; max_kv_length stays a bound.
+inline decode_attention_params item_slice(const decode_attention_params& p, int first, int count,
+                                          int head_dim) {
+    decode_attention_params s = p;
+    const std::size_t rows = std::size_t(first) * std::size_t(p.n_heads) * std::size_t(head_dim);
+    s.q = p.q + rows;
+    s.out = p.out + rows;
+    s.sequences = p.sequences + first;
+    s.kv_lengths = p.kv_lengths + first;
+    if (p.q_positions) s.q_positions = p.q_positions + first;
+    s.batch = count;
+    return s;
+}
+
+/// When p has more than max_items_per_launch items, calls run(slice) for consecutive slices of
+/// at most that many and returns true; otherwise runs nothing and returns false. Slices are of
+/// equal size (a multiple of 4 items, so that q stays 16-byte aligned), the last one smaller.
+template <class Run>
+bool run_in_item_slices(const decode_attention_params& p, int head_dim, Run&& run) {
+    if (p.batch <= max_items_per_launch) return false;
+    const int n = (p.batch + max_items_per_launch - 1) / max_items_per_launch;
+    int per = (p.batch + n - 1) / n;
+    per = std::min((per + 3) / 4 * 4, max_items_per_launch / 4 * 4);
+    for (int first = 0; first < p.batch; first += per)
+        run(item_slice(p, first, std::min(per, p.batch - first), head_dim));
+    return true;
+}
+
 /// Merges the splits of every (item, head) into `out` (combine_kernel: a CTA per 128 columns)
 /// and records the split plan in the workspace; every split-KV path ends with it.
 inline void launch_merge(const merge_params& m, attention_workspace& ws, cudaStream_t stream,
                          const char* what) {
-    const unsigned column_blocks = unsigned((m.width + merge_columns - 1) / merge_columns);
-    combine_kernel<merge_threads>
-        <<<dim3(unsigned(m.batch), unsigned(m.n_heads), column_blocks), merge_threads, 0, stream>>>(
-            m);
+    const dim3 grid = cuda::checked_grid(m.batch, m.n_heads,
+                                         (m.width + merge_columns - 1) / merge_columns, what);
+    combine_kernel<merge_threads><<<grid, merge_threads, 0, stream>>>(m);
     KVCAR_CUDA_CHECK_LAUNCH(what);
     ws.last_splits = m.splits;
     ws.last_chunk = m.chunk;
@@ -881,7 +935,8 @@ void launch_direct(const device::cache_view<Codec>& cache, const decode_attentio
                      ws.partial_acc(rows * HEAD_DIM), ws.partial_ml(rows * 2), p.layer,
                      p.n_heads, cache.heads_per_group, cache.groups_per_layer, plan.chunk,
                      plan.splits, header, scale};
-    const dim3 grid(unsigned(plan.splits), unsigned(p.batch), unsigned(cache.n_kv_heads));
+    const dim3 grid = cuda::checked_grid(plan.splits, p.batch, cache.n_kv_heads,
+                                         "direct_attention_kernel");
     direct_attention_kernel<Codec, HEAD_DIM, GQA, direct_threads>
         <<<grid, direct_threads, 0, stream>>>(dp);
     KVCAR_CUDA_CHECK_LAUNCH("direct_attention_kernel");
@@ -922,9 +977,11 @@ template <class Codec>
 void decode_attention(const device::cache_view<Codec>& cache, const decode_attention_params& p,
                       attention_workspace& ws, cudaStream_t stream = nullptr) {
     detail::validate(p, cache.n_layers, cache.n_kv_heads, cache.head_dim, "decode_attention");
-    ws.last_latent_tensor_cores = false;
-    ws.last_direct_tensor_cores = false;
-    ws.last_autoencoder_tensor_cores = false;
+    if (detail::run_in_item_slices(p, cache.head_dim, [&](const decode_attention_params& slice) {
+            decode_attention(cache, slice, ws, stream);
+        }))
+        return;
+    ws.last_path = decode_path::none;
     if (p.batch == 0) return;
     const int hd = cache.head_dim;
     const int G = p.n_heads / cache.n_kv_heads;
@@ -938,7 +995,7 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
         constexpr int load_bytes = device::codec_traits<Codec>::quantized ? 8 : 16;
         // GQA heads of f16 / int8 records: all query heads of a KV head on tensor cores.
         if (detail::try_direct_tensor_cores(cache, p, scale, ws, stream)) {
-            ws.last_direct_tensor_cores = true;
+            ws.last_path = decode_path::direct_tensor_cores;
             return;
         }
         bool launched = false;
@@ -951,7 +1008,10 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
                 }
             }));
         }
-        if (launched) return;
+        if (launched) {
+            ws.last_path = decode_path::direct;
+            return;
+        }
     }
 
     auto run_generic = [&]<bool LATENT>() {
@@ -1014,7 +1074,8 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
             sp.qz = ws.latent_queries(rows * cache.max_latent_width);
             sp.qbias = ws.latent_bias(rows);
             detail::project_queries_kernel<Codec, 128>
-                <<<dim3(unsigned(p.batch), unsigned(p.n_heads)), 128, 0, stream>>>(
+                <<<cuda::checked_grid(p.batch, p.n_heads, 1, "project_queries_kernel"), 128, 0,
+                   stream>>>(
                     cache, p.q, const_cast<float*>(sp.qz), const_cast<float*>(sp.qbias), p.layer,
                     G, cache.max_latent_width);
             KVCAR_CUDA_CHECK_LAUNCH("project_queries_kernel");
@@ -1023,16 +1084,16 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
             sizeof(float) * detail::generic_smem_floats(NQ, qw_max, acc_stride, tile, tile_width,
                                                         plan.chunk, scratch);
         auto kernel = detail::split_attention_kernel<Codec, LATENT, THREADS, TILE>;
-        if (smem > 48 * 1024) {
-            KVCAR_CUDA_CHECK(cudaFuncSetAttribute(
-                kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-        }
-        const dim3 grid(unsigned(plan.splits), unsigned(p.batch), unsigned(cache.groups_per_layer));
+        cuda::allow_dynamic_smem(kernel, smem, ws.max_shared_bytes(), "split_attention_kernel");
+        const dim3 grid = cuda::checked_grid(plan.splits, p.batch, cache.groups_per_layer,
+                                             "split_attention_kernel");
         kernel<<<grid, THREADS, smem, stream>>>(sp);
         KVCAR_CUDA_CHECK_LAUNCH("split_attention_kernel");
-        const dim3 heads(unsigned(p.batch), unsigned(p.n_heads));
         if constexpr (LATENT) {
+            const dim3 heads = cuda::checked_grid(p.batch, p.n_heads, 1, "combine_lift_kernel");
             const std::size_t csmem = sizeof(float) * cache.max_latent_width;
+            cuda::allow_dynamic_smem(detail::combine_lift_kernel<Codec, 128>, csmem,
+                                     ws.max_shared_bytes(), "combine_lift_kernel");
             detail::combine_lift_kernel<Codec, 128><<<heads, combine_threads, csmem, stream>>>(
                 cache, sp.part_acc, sp.part_ml, p.kv_lengths, p.out, p.layer, G, plan.chunk,
                 plan.splits, acc_stride);
@@ -1052,21 +1113,23 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
         if (!rope) {
             // Whole-layer latents (MLA-like) on tensor cores when the codec and shape allow.
             if (detail::try_latent_tensor_cores(cache, p, ws, stream)) {
-                ws.last_latent_tensor_cores = true;
+                ws.last_path = decode_path::latent_tensor_cores;
                 return;
             }
             run_generic.template operator()<true>();
+            ws.last_path = decode_path::latent;
             return;
         }
     }
     if constexpr (device::codec_traits<Codec>::family == device::codec_family::mlp) {
         // Autoencoder decoders as matrix products on tensor cores, attention in hidden space.
         if (detail::try_autoencoder_tensor_cores(cache, p, ws, stream)) {
-            ws.last_autoencoder_tensor_cores = true;
+            ws.last_path = decode_path::autoencoder_tensor_cores;
             return;
         }
     }
     run_generic.template operator()<false>();
+    ws.last_path = decode_path::decoded;
 }
 
 /// Decode step for the sequences of a device cache: one query per sequence at its last cached

@@ -918,9 +918,11 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
 template <class Codec, int MT, int NB, int NW>
 void launch_split(const split_params<Codec>& sp, const plan& pl, int batch, cudaStream_t stream) {
     auto kernel = split_kernel<Codec, MT, NB, NW>;
+    // make_plan kept pl.smem within the device's opt-in limit.
     KVCAR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(pl.smem)));
-    kernel<<<dim3(unsigned(pl.splits), unsigned(batch)), NW * 32, pl.smem, stream>>>(sp);
+    const dim3 grid = cuda::checked_grid(pl.splits, batch, 1, "latent_decode_attention split_kernel");
+    kernel<<<grid, NW * 32, pl.smem, stream>>>(sp);
     KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention split_kernel");
 }
 
@@ -986,6 +988,10 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
         require(false, "latent_decode_attention: the codec is not a linear codec with f16, int8 "
                        "or fp8 latents");
     } else {
+        if (detail::run_in_item_slices(p, cache.head_dim, [&](const decode_attention_params& slice) {
+                latent_decode_attention(cache, slice, ws, stream);
+            }))
+            return;
         const lt::plan pl = lt::make_plan(cache, p, ws);
         require(pl.ok, pl.why);
         if (p.batch == 0) return;
@@ -1031,14 +1037,13 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
             constexpr int BB = decltype(items)::value;
             const std::size_t project_smem =
                 sizeof(float) * BB * (cache.head_dim + lt::project_columns * lt::project_row_groups);
-            const dim3 project_grid(
-                unsigned(H), unsigned((p.batch + BB - 1) / BB),
-                unsigned((pl.lat_pad + lt::project_columns - 1) / lt::project_columns));
+            const dim3 project_grid = cuda::checked_grid(
+                H, (p.batch + BB - 1) / BB,
+                (pl.lat_pad + lt::project_columns - 1) / lt::project_columns,
+                "latent_decode_attention project_kernel");
             auto project = lt::project_kernel<Codec, BB>;
-            if (project_smem > 48 * 1024) {
-                KVCAR_CUDA_CHECK(cudaFuncSetAttribute(
-                    project, cudaFuncAttributeMaxDynamicSharedMemorySize, int(project_smem)));
-            }
+            cuda::allow_dynamic_smem(project, project_smem, ws.max_shared_bytes(),
+                                     "latent_decode_attention project_kernel");
             project<<<project_grid, lt::aux_threads, project_smem, stream>>>(
                 cache, p.q, qz, bias, p.layer, p.batch, H, G, pl.lat_pad);
             KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention project_kernel");
@@ -1061,13 +1066,12 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
             constexpr int BB = decltype(items)::value;
             const std::size_t lift_smem = sizeof(float) * BB * std::size_t(zw);
             auto lift = lt::lift_kernel<Codec, BB>;
-            if (lift_smem > 48 * 1024) {
-                KVCAR_CUDA_CHECK(cudaFuncSetAttribute(
-                    lift, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lift_smem)));
-            }
-            const dim3 lift_grid(unsigned(H), unsigned((p.batch + BB - 1) / BB),
-                                 unsigned((cache.head_dim + lt::lift_rows_per_block - 1) /
-                                          lt::lift_rows_per_block));
+            cuda::allow_dynamic_smem(lift, lift_smem, ws.max_shared_bytes(),
+                                     "latent_decode_attention lift_kernel");
+            const dim3 lift_grid = cuda::checked_grid(
+                H, (p.batch + BB - 1) / BB,
+                (cache.head_dim + lt::lift_rows_per_block - 1) / lt::lift_rows_per_block,
+                "latent_decode_attention lift_kernel");
             lift<<<lift_grid, lt::lift_threads, lift_smem, stream>>>(
                 cache, zbar, zw, p.kv_lengths, p.out, p.layer, p.batch, H, G);
             KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention lift_kernel");

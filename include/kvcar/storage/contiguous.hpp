@@ -30,6 +30,7 @@ class contiguous_storage {
 public:
     /// Capacity: how many sequences, each of how many tokens at most.
     struct params {
+        using storage_type = contiguous_storage;  ///< what these params build (kv_cache deduces it)
         int max_sequences;  ///< sequences held at once (> 0)
         int max_tokens;     ///< tokens per sequence, the size of each region (> 0)
     };

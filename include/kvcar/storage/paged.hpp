@@ -31,6 +31,7 @@ class paged_storage {
 public:
     /// Capacity: sequences, their longest length, and the page pool.
     struct params {
+        using storage_type = paged_storage;  ///< what these params build (kv_cache deduces it)
         int max_sequences;   ///< sequences held at once (> 0)
         int max_tokens;      ///< tokens per sequence at most (> 0)
         int page_size = 16;  ///< tokens per page (> 0)
