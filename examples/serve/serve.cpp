@@ -299,7 +299,7 @@ int run(int argc, char** argv) {
             static const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
             return tokenizer.encode(text, tokenizer.is_llama2c());
         };
-        requests = sv::parse_trace(ex::read_whole_file(tool, path), path, model.vocab_size(),
+        requests = sv::parse_trace(ex::read_text_file(tool, "trace", path), path, model.vocab_size(),
                                    tokenize);
     } else {
         requests = sv::generate_requests(
