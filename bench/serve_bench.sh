@@ -8,13 +8,16 @@
 #
 #   bash bench/serve_bench.sh BUILD_DIR [OUT_DIR]          (OUT_DIR default: $OUT/serve)
 #
-# Time: about 7 minutes on one H200 with the defaults below (model writing and loading ~1.5 min,
-# 15 runs x 8 s on TinyLlama, 15 runs x 12 s on the 8B, plus the sessions' weight uploads).
+# Time: about 7 minutes on one H200 with the defaults below, estimated, not yet measured (model
+# writing and loading ~1.5 min, 15 runs x 8 s on TinyLlama, 15 runs x 10 s on the 8B, and the
+# 10 sessions' weight uploads, ~1 min). If it does not fit one call, run SHAPES=tinyllama-1.1b
+# and SHAPES=llama3-8b as two calls into the same OUT_DIR: the report reads both.
 # The 1000-request trace cannot be served to the end for 30 combinations in that time (the CUDA
 # reference model multiplies in fp32 without tensor cores: ~2.6k prompt tokens per request), so
 # each run serves the trace for --max-seconds and reports what it sustained in that window
-# (generated tokens / seconds, from a cold start, identical for every codec). Override with
-# SECONDS_TINY / SECONDS_8B, BUDGETS_TINY / BUDGETS_8B, REQUESTS, MODELS (where the checkpoints
+# (generated tokens per second counted after a warm-up, from the same cold start for every
+# codec). Override with SECONDS_* / WARMUP_* (_TINY, _8B), BUDGETS_TINY / BUDGETS_8B, REQUESTS,
+# MODELS (where the checkpoints
 # go, ~19 GB; not under OUT_DIR) and SHAPES ("tinyllama-1.1b llama3-8b").
 # Speed does not depend on the weights' values: the checkpoints and codecs are noise, with the
 # real shapes, the real kernels and the same bytes per token.
@@ -46,17 +49,20 @@ for shape in $shapes; do
     python3 bench/make_random_serving.py "$m" --shape "$shape" | tee -a "$out/timing.txt"
   fi
   case $shape in
-    tinyllama-1.1b) budgets=${BUDGETS_TINY:-0.5GiB,2GiB,8GiB}; seconds=${SECONDS_TINY:-8} ;;
-    llama3-8b)      budgets=${BUDGETS_8B:-2GiB,8GiB,32GiB};   seconds=${SECONDS_8B:-12} ;;
-    *)              budgets=${BUDGETS:-64MiB};                 seconds=${SECONDS_ANY:-5} ;;
+    tinyllama-1.1b) budgets=${BUDGETS_TINY:-0.5GiB,2GiB,8GiB}; seconds=${SECONDS_TINY:-8}
+                    warmup=${WARMUP_TINY:-3} ;;
+    llama3-8b)      budgets=${BUDGETS_8B:-2GiB,8GiB,32GiB};   seconds=${SECONDS_8B:-10}
+                    warmup=${WARMUP_8B:-4} ;;
+    *)              budgets=${BUDGETS:-64MiB}; seconds=${SECONDS_ANY:-5}; warmup=0 ;;
   esac
   c=$m/codecs
-  stamp "serving $shape: budgets $budgets, $seconds s per run"
+  stamp "serving $shape: budgets $budgets, $seconds s per run, throughput after $warmup s"
   # One process per model: the checkpoint is read once; each codec gets one session (weights
   # uploaded once) whose pool is the largest budget, and every budget runs on it in turn.
   "$build/examples/kvcar-serve" --model "$m" --device cuda --json \
     --requests "$requests" --seed 0 --prompt-len 512:4096 --output-len 128:512 --rate 0 \
     --chunk 2048 --max-seqs 256 --page-size 16 --max-seconds "$seconds" \
+    --warmup "$warmup" \
     --kv "identity-f16,int8,file:$c/lin-d2.kvc,file:$c/lin-d4-int8.kvc,file:$c/ae-d2.kvc" \
     --kv-budget "$budgets" > "$out/serve-$shape.jsonl" 2> "$out/serve-$shape.log" ||
     stamp "kvcar-serve failed on $shape (see serve-$shape.log)"

@@ -119,8 +119,9 @@ def main():
            "continuous batching with 2048 prefill tokens per step beside the decode tokens, at most "
            "256 sequences, pages of 16 tokens. The budget is bytes of cache records: a cache with "
            "fewer bytes per token gets more pages from it. A run serves the trace for a fixed "
-           "window (`--max-seconds`, the `window` column) from a cold start, the same for every "
-           "codec, and reports generated tokens per second over it.", "",
+           "window (`--max-seconds`) from a cold start, the same for every codec, and reports the "
+           "generated tokens per second from the end of a warm-up (`--warmup`) to the end of the "
+           "window (the `window` column, in seconds from the start).", "",
            "The checkpoints and codecs are random (`bench/make_random_serving.py`): a forward "
            "pass costs the same whatever the values, so the speed is the real shape's. The "
            "quality column is the perplexity cost of the same kind of codec, calibrated on the "
@@ -155,7 +156,7 @@ def main():
                 f"{r['peak_sequences']} | {size(r['peak_kv_bytes'] / GiB)} | "
                 f"{r['ttft_p50_s']:.2f} / {r['ttft_p99_s']:.2f} | "
                 f"{r['tpot_p50_s']:.3f} / {r['tpot_p99_s']:.3f} | {r['preemptions']} | "
-                f"{r['finished']}/{r['requests']} | {r['seconds']:.1f} |")
+                f"{r['finished']}/{r['requests']} | {r.get('warmup_s', 0):.1f}–{r['seconds']:.1f} |")
             lines.setdefault(c, []).append((r["budget_bytes"] / GiB, r["tokens_per_s"]))
         md.append("")
         panels.append((shape, lines))

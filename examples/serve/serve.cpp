@@ -98,6 +98,8 @@ struct run_result {
     int num_pages = 0;
     std::size_t bytes_per_token = 0;
     double seconds = 0;
+    double tokens_per_s = 0;  // generated tokens / seconds, after the warm-up if there was one
+    double warmup = 0;        // seconds not counted in tokens_per_s
     int requests = 0, finished = 0, preemptions = 0, peak_sequences = 0, steps = 0;
     long long prompt_tokens = 0, generated_tokens = 0, computed_tokens = 0;
     double ttft_p50 = 0, ttft_p99 = 0, tpot_p50 = 0, tpot_p99 = 0;
@@ -109,7 +111,9 @@ struct run_result {
 struct run_settings {
     const std::vector<sv::request>* requests = nullptr;
     sv::scheduler_params sched;
+    std::size_t bytes_per_token = 0;  // of the cache: what a page of the budget holds
     double max_seconds = 0;  // 0: run until every request has finished
+    double warmup = 0;       // throughput counts the tokens generated after this many seconds
     bool progress = true;
     std::string out_ids;     // JSONL of every request's generated ids, appended
 };
@@ -151,7 +155,13 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
     const auto clock = [&] { return ex::seconds_since(start); };
     progress_reporter progress(settings.progress);
     run_result out;
+    long long warm_tokens = -1;  // tokens generated when the warm-up ended
+    double warm_time = 0;
     while (!s.done()) {
+        if (warm_tokens < 0 && clock() >= settings.warmup) {
+            warm_tokens = s.generated_tokens();
+            warm_time = clock();
+        }
         if (settings.max_seconds > 0 && clock() >= settings.max_seconds) {
             for (int seq : s.abandon()) engine.remove_sequence(seq);
             out.stopped_early = true;
@@ -173,6 +183,14 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
         progress.update(clock(), s);
     }
     out.seconds = clock();
+    if (warm_tokens < 0 || out.seconds <= warm_time) {  // ended within the warm-up: count all
+        warm_tokens = 0;
+        warm_time = 0;
+    }
+    out.warmup = warm_time;
+    out.tokens_per_s = out.seconds > warm_time
+                           ? double(s.generated_tokens() - warm_tokens) / (out.seconds - warm_time)
+                           : 0;
     progress.finish();
 
     std::vector<double> ttft, tpot;
@@ -190,7 +208,8 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
     out.tpot_p50 = quantile(s.token_gaps(), 0.5);
     out.tpot_p99 = quantile(s.token_gaps(), 0.99);
     out.num_pages = settings.sched.num_pages;
-    out.peak_kv_bytes = std::size_t(s.peak_pages()) * std::size_t(settings.sched.page_size);
+    out.peak_kv_bytes = std::size_t(s.peak_pages()) * std::size_t(settings.sched.page_size) *
+                        settings.bytes_per_token;
 
     if (!settings.out_ids.empty()) {
         std::ofstream f(settings.out_ids, std::ios::app);
@@ -210,7 +229,7 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
 
 /// Prints one run: a paragraph for people, or one JSON line (--json).
 void report(const run_result& r, bool json) {
-    const double tps = r.seconds > 0 ? double(r.generated_tokens) / r.seconds : 0;
+    const double tps = r.tokens_per_s;
     if (json) {
         using kvcar::io::json_value;
         json_value j = json_value::object_type{};
@@ -229,6 +248,7 @@ void report(const run_result& r, bool json) {
         j.set("generated_tokens", json_value(r.generated_tokens));
         j.set("computed_tokens", json_value(r.computed_tokens));
         j.set("tokens_per_s", json_value(tps));
+        j.set("warmup_s", json_value(r.warmup));
         j.set("ttft_p50_s", json_value(r.ttft_p50));
         j.set("ttft_p99_s", json_value(r.ttft_p99));
         j.set("tpot_p50_s", json_value(r.tpot_p50));
@@ -246,8 +266,8 @@ void report(const run_result& r, bool json) {
                 "(prompts %lld)\n",
                 r.finished, r.requests, r.stopped_early ? " (stopped at --max-seconds)" : "",
                 r.seconds, r.steps, r.computed_tokens, r.prompt_tokens);
-    std::printf("  throughput     %.1f generated tokens/s (%lld tokens)\n", tps,
-                r.generated_tokens);
+    std::printf("  throughput     %.1f generated tokens/s (%lld tokens%s)\n", tps,
+                r.generated_tokens, r.warmup > 0 ? ", counted after the warm-up" : "");
     std::printf("  first token    p50 %.4f s, p99 %.4f s\n", r.ttft_p50, r.ttft_p99);
     std::printf("  per token      p50 %.4f s, p99 %.4f s\n", r.tpot_p50, r.tpot_p99);
     std::printf("  peak           %d sequences live, %s of KV pages held; %d preemptions\n",
@@ -275,6 +295,7 @@ int run(int argc, char** argv) {
         {"max-seqs", "N", "requests running at once at most (default 256)"},
         {"chunk", "N", "prefill tokens per forward pass, beside the decode tokens (default 512)"},
         {"max-seconds", "S", "stop each run after S seconds (default: when all have finished)"},
+        {"warmup", "S", "throughput counts only tokens generated after S seconds (default 0)"},
         {"json", "", "print one JSON line per run on stdout"},
         {"out-ids", "FILE", "append each request's generated ids as JSONL"},
         {"quiet", "", "no progress line"},
@@ -319,6 +340,9 @@ int run(int argc, char** argv) {
     settings.sched.chunk = int(cl.get_int("chunk", 512));
     settings.sched.max_tokens = std::min(model.max_positions(), std::max(longest, 1));
     settings.max_seconds = cl.get_double("max-seconds", 0);
+    settings.warmup = cl.get_double("warmup", 0);
+    require(settings.max_seconds >= 0 && settings.warmup >= 0,
+            tool + ": --max-seconds and --warmup must not be negative");
     settings.progress = !cl.has("quiet");
     settings.out_ids = cl.get("out-ids");
     require(settings.sched.page_size > 0 && settings.sched.max_sequences > 0 &&
@@ -360,13 +384,13 @@ int run(int argc, char** argv) {
             for (const auto& [bytes, pages] : budgets) {
                 run_settings s = settings;
                 s.sched.num_pages = pages;
+                s.bytes_per_token = bpt;
                 run_result r = serve(engine, s, pool - pages);
                 r.model = model.path();
                 r.device = use_cuda ? "cuda" : "cpu";
                 r.kv = kv;
                 r.budget_bytes = bytes;
                 r.bytes_per_token = bpt;
-                r.peak_kv_bytes *= bpt;
                 report(r, json);
             }
         };
