@@ -3,7 +3,7 @@
 // per-token latency, the most sequences live at once and the KV memory they held.
 //
 //   kvcar-serve --model models/gpt2-tiny --requests 40 --prompt-len 16:200 --output-len 8:64
-//               --kv-budget 256KiB --kv identity-f16,int8             (CPU, two caches in turn)
+//               --kv-budget 1MiB --kv identity-f16,int8                (CPU, two caches in turn)
 //   kvcar-serve --model M --device cuda --trace trace.jsonl --kv-budget 4GiB,16GiB --json
 //
 // The pieces, top to bottom:
@@ -11,8 +11,10 @@
 //                  --prompt-len, --output-len, --rate with --poisson or evenly spaced arrivals)
 //   scheduler.hpp  which requests run in the next forward pass (prefill chunks beside decode
 //                  steps), page accounting, preemption by recompute when pages run out
-//   here           the engine (CPU: model + kv_cache<..., paged_storage>; CUDA: the session's
-//                  paged device cache), the serving loop and the report
+//   cpu_engine.hpp the CPU engine: a reference model and kv_cache<..., paged_storage>, one
+//                  sequence at a time
+//   cuda_engine.hpp  the GPU engine: the models' CUDA session, one batched forward per step
+//   here           the serving loop (clock, idle waits, the page cross-check) and the report
 //
 // The KV budget is bytes of cache records (--kv-budget, e.g. 4GiB) or pages (--num-pages); a
 // cache that stores fewer bytes per token gets more pages from the same bytes, so it holds more
@@ -20,6 +22,10 @@
 // --kv-budget x,y) run every combination on the one loaded model, one result each: the engine is
 // built once per cache with the largest budget's pages, and each run's scheduler uses only its
 // own budget (a pool larger than the pages in use does not change the speed of a step).
+//
+// Sampling is greedy, and every request generates exactly its max_new_tokens (as serving
+// benchmarks do with ignore_eos), so a request's tokens are the same whatever else runs beside
+// it and however often it was preempted (tests/serve checks that against solo runs).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -41,7 +47,7 @@
 #include "examples/serve/requests.hpp"
 #include "examples/serve/scheduler.hpp"
 #ifdef KVCAR_WITH_CUDA
-#include "examples/models/cuda/backend.hpp"
+#include "examples/serve/cuda_engine.hpp"
 #endif
 
 namespace ex = kvcar::examples;
@@ -160,7 +166,7 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
     while (!s.done()) {
         if (warm_tokens < 0 && clock() >= settings.warmup) {
             warm_tokens = s.generated_tokens();
-            warm_time = clock();
+            warm_time = settings.warmup > 0 ? clock() : 0;
         }
         if (settings.max_seconds > 0 && clock() >= settings.max_seconds) {
             for (int seq : s.abandon()) engine.remove_sequence(seq);
@@ -193,7 +199,7 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
                            : 0;
     progress.finish();
 
-    std::vector<double> ttft, tpot;
+    std::vector<double> ttft;  // [requests that got a token] seconds from arrival to it
     for (const sv::request_state& q : s.requests()) {
         out.prompt_tokens += (long long)q.req.prompt.size();
         if (q.first_token_time >= 0) ttft.push_back(q.first_token_time - q.req.arrival);
@@ -405,16 +411,7 @@ int run(int argc, char** argv) {
                                            .max_tokens = storage.max_tokens,
                                            .page_size = storage.page_size,
                                            .num_pages = storage.num_pages});
-            struct cuda_engine {
-                ex::cuda_backend::session& s;
-                int add_sequence() { return s.add_sequence(); }
-                void remove_sequence(int seq) { s.remove_sequence(seq); }
-                std::vector<float> forward(std::span<const int> seqs, std::span<const int> counts,
-                                           std::span<const int> tokens) {
-                    return s.forward(seqs, counts, tokens, ex::logits_for::last);
-                }
-                int free_pages() const { return s.free_pages(); }
-            } engine{gpu};
+            sv::cuda_engine engine{gpu};
             run_budgets(engine);
 #endif
         } else {
