@@ -127,7 +127,7 @@ def codec_file(path, kind, latent, storage, hidden=0):
             name = f"L{l}.G0.{kv}."
             if kind == "linear":
                 slot["heads"] = KVH
-                q, _ = np.linalg.qr(rng.normal(size=(W, latent)))  # orthonormal columns
+                q = rng.normal(0, 1 / np.sqrt(W), size=(W, latent))  # near-orthonormal columns
                 parts = [("mean", np.zeros(W)), ("basis", q)]
             else:
                 slot.update(hidden=hidden, slope=0.01)
