@@ -229,7 +229,10 @@ struct check_result {
 
 // Parameters of a linear codec with a random basis: timing does not depend on the values.
 kvcar::linear_params random_linear(int width, int rank, int heads, unsigned seed) {
-    kvcar::linear_params p{.width = width, .rank = rank, .heads = heads};
+    kvcar::linear_params p;  // members assigned, not designated: -Wmissing-field-initializers
+    p.width = width;
+    p.rank = rank;
+    p.heads = heads;
     p.mean.assign(std::size_t(width), 0.0f);
     p.basis.resize(std::size_t(width) * rank);
     unsigned s = seed;
@@ -242,7 +245,10 @@ kvcar::linear_params random_linear(int width, int rank, int heads, unsigned seed
 
 // The paper's autoencoder (h = D, d = D/2) with random weights, BatchNorm at identity.
 kvcar::folded_autoencoder random_autoencoder(int D, int h, int d, unsigned seed) {
-    kvcar::autoencoder_params p{.width = D, .hidden = h, .latent = d};
+    kvcar::autoencoder_params p;
+    p.width = D;
+    p.hidden = h;
+    p.latent = d;
     unsigned s = seed;
     auto fill = [&](std::vector<float>& v, std::size_t n, float scale) {
         v.resize(n);

@@ -38,7 +38,7 @@ short=$("$bin/kvcar-perplexity" --model "$model" --tokens-file "$text" --max-tok
   --ctx 8 --stride 1 --quiet --json 2>/dev/null | ppl_of)
 printf 'The same %d tokens with only 8 tokens of context (fp16 cache): perplexity %.2f.\n' \
   "$tokens" "$short"
-echo "Lower is better: perplexity is the effective number of equally likely next tokens. The"
-echo "fp16 cache's figure above, below this one, is what up to 256 tokens of context buy this tiny"
-echo "model; a good compressed cache keeps close to the fp16 figure, and one that drifts towards"
-echo "the 8-token figure has lost what the longer context gave."
+echo "Lower is better: perplexity is the effective number of equally likely next tokens. The gap"
+echo "between the fp16 cache's figure above and this one is what up to 256 tokens of context buy"
+echo "this tiny model. A good compressed cache stays close to the fp16 figure; one that drifts"
+echo "towards this 8-token figure has lost what the longer context gave."

@@ -152,6 +152,42 @@ def safetensors_file(tensors, metadata=None):
     return struct.pack("<Q", len(text)) + text + data
 
 
+# --- SentencePiece tokenizer.model (the protobuf wire format, written by hand) ---
+
+def pb_varint(v):
+    v &= (1 << 64) - 1
+    out = b""
+    while v >= 0x80:
+        out += bytes([0x80 | (v & 0x7F)])
+        v >>= 7
+    return out + bytes([v])
+
+
+def pb_bytes(field, data):
+    return pb_varint(field << 3 | 2) + pb_varint(len(data)) + data
+
+
+def pb_int(field, v):
+    return pb_varint(field << 3) + pb_varint(v)
+
+
+def pb_float(field, x):
+    return pb_varint(field << 3 | 5) + struct.pack("<f", x)
+
+
+def sentencepiece_model(normal, byte_fallback=True):
+    """A BPE ModelProto: <unk> <s> </s>, the 256 byte pieces, then (piece, score, type) triples."""
+    pieces = [("<unk>", 0, 2), ("<s>", 0, 3), ("</s>", 0, 3)]
+    pieces += [("<0x%02X>" % b, 0, 6) for b in range(256)] + normal
+    model = b""
+    for text, score, kind in pieces:
+        p = pb_bytes(1, text.encode()) + pb_float(2, score) + (pb_int(3, kind) if kind != 1 else b"")
+        model += pb_bytes(1, p)
+    model += pb_bytes(2, pb_int(3, 2) + pb_int(35, 1 if byte_fallback else 0))
+    model += pb_bytes(3, pb_bytes(1, b"identity") + pb_int(3, 1) + pb_int(4, 0))
+    return model
+
+
 def main():
     rng = random.Random(20240611)
 
@@ -201,6 +237,56 @@ def main():
         only_bytes, n_bytes = llama2c_tokenizer_bin("", 0)
         put(os.path.join(CORPUS, target, "bytes_only"), struct.pack("<i", n_bytes) + only_bytes)
         put(os.path.join(CORPUS, target, "wrong_size"), struct.pack("<i", tok_vocab - 1) + tok_bin)
+
+    # sentencepiece_tokenizer: tokenizer.model NUL text
+    clear_generated("sentencepiece_tokenizer")
+    sp = "\u2581"
+    normal = [(sp, -10, 1), ("a", -10, 1), ("b", -10, 1), ("ab", -1, 1), (sp + "a", -2, 1),
+              (sp + "ab", -3, 1), ("bb", -1, 1), ("\u00e9", -5, 1), ("x", -4, 4)]
+    put(os.path.join(CORPUS, "sentencepiece_tokenizer", "small"),
+        sentencepiece_model(normal) + b"\0" + "abba b\u00e9 ab\u00e9x".encode())
+    put(os.path.join(CORPUS, "sentencepiece_tokenizer", "no_fallback"),
+        sentencepiece_model(normal, False) + b"\0" + "zz ab".encode())
+
+    # hf_tokenizer: tokenizer.json NUL text (Metaspace + byte fallback; Llama 3 style Split)
+    clear_generated("hf_tokenizer")
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab["<0x%02X>" % b] = 3 + b
+    vocab.update({sp: 259, "a": 260, "b": 261, "ab": 262, sp + "a": 263, sp + "ab": 264})
+    metaspace = {
+        "added_tokens": [{"id": 1, "content": "<s>", "special": True}],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": sp},
+            {"type": "Replace", "pattern": {"String": " "}, "content": sp}]},
+        "pre_tokenizer": None,
+        "post_processor": {"type": "TemplateProcessing", "single": [
+            {"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": sp}, "content": " "}, {"type": "ByteFallback"},
+            {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "unk_token": "<unk>", "byte_fallback": True, "fuse_unk": True,
+                  "vocab": vocab, "merges": [["a", "b"], [sp, "a"], [sp, "ab"]]}}
+    put(os.path.join(CORPUS, "hf_tokenizer", "metaspace"),
+        json.dumps(metaspace, ensure_ascii=False).encode() + b"\0" + "ab b\u00e9 a".encode())
+    alphabet, _ = byte_alphabet()
+    bl_vocab = {alphabet[b]: b for b in range(256)}
+    bl_vocab[alphabet[ord("a")] + alphabet[ord("b")]] = 256
+    bl_vocab["\u0120a"] = 257
+    llama3 = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+              "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                  "use_regex": False}
+    split = {
+        "added_tokens": [], "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": llama3}, "behavior": "Isolated", "invert": False},
+            byte_level]},
+        "decoder": byte_level,
+        "model": {"type": "BPE", "ignore_merges": True, "vocab": bl_vocab,
+                  "merges": ["a b", "\u0120 a"]}}
+    put(os.path.join(CORPUS, "hf_tokenizer", "split_bytelevel"),
+        json.dumps(split, ensure_ascii=False).encode() + b"\0" + "It's ab 1234 \n\n x\n".encode())
 
     # llama2c checkpoints
     clear_generated("llama2c")

@@ -467,7 +467,8 @@ def write_report(results, docs):
 
 
 def default_data():
-    for c in (os.environ.get("KVCAR_SHARED_DATA"), REPO / ".carry" / "data",
+    for c in (os.environ.get("KVCAR_DATA"), os.environ.get("KVCAR_SHARED_DATA"),
+              REPO / ".carry" / "data",
               REPO.parent / "shared" / "data"):
         if c and (Path(c) / "models").is_dir() and (Path(c) / "wikitext-2").is_dir():
             return str(c)

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <string>
@@ -21,21 +22,30 @@
 
 #include "kvcar/common.hpp"
 
-#include "examples/common/gpt2_tokenizer.hpp"
-#include "examples/common/llama2c_tokenizer.hpp"
+#include "examples/common/data_path.hpp"
+#include "examples/common/tokenizer.hpp"
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_json.hpp"
 
-#ifndef KVCAR_SHARED_DATA
-#define KVCAR_SHARED_DATA "../shared/data"
-#endif
 
 namespace kvcar::examples {
 
 /// The shared data folder the tools default to (compiled in; see examples/CMakeLists.txt).
-inline std::string shared_data_dir() { return KVCAR_SHARED_DATA; }
+/// The value of --data when the command line had it (command_line::parse records it), else "".
+inline std::string& data_option() {
+    static std::string value;
+    return value;
+}
+
+/// The data folder the tools default to: --data, else $KVCAR_DATA, else share/kvcar/data or
+/// shared/data above the executable (examples/common/data_path.hpp). When there is none, a
+/// placeholder that names the rule, so a default path built on it says why it is missing.
+inline std::string shared_data_dir() {
+    const std::filesystem::path dir = data_dir(data_option());
+    return dir.empty() ? "<no data folder: " + data_dir_help() + ">" : dir.string();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Command line: `--name value` options and `--flag`s, declared up front so a typo is an error.
@@ -87,6 +97,7 @@ public:
             std::printf("%s", usage().c_str());
             return false;
         }
+        if (has("data")) data_option() = get("data");
         return true;
     }
 
@@ -137,6 +148,13 @@ public:
                 tool_ + ": --" + name + " needs a number, got '" + v + "'");
         return x;
     }
+    /// --name as an integer that must be >= `min`: "tool: --steps '-3' must be an integer ≥ 0".
+    long long get_int_at_least(const std::string& name, long long fallback, long long min) const {
+        const long long x = get_int(name, fallback);
+        require(!has(name) || x >= min, tool_ + ": --" + name + " '" + get(name) +
+                                            "' must be an integer ≥ " + std::to_string(min));
+        return x;
+    }
     /// --name as a number that must be finite and >= `min` (NaN and infinities are refused).
     double get_double_at_least(const std::string& name, double fallback, double min) const {
         const double x = get_double(name, fallback);
@@ -163,13 +181,17 @@ inline std::vector<option_spec> model_options_spec(const std::string& default_kv
     for (const std::string& n : kv_codec_names()) kv_names += (kv_names.empty() ? "" : " | ") + n;
     return {
         {"model", "PATH", "HF model folder (config.json + model.safetensors) or llama2.c .bin"},
-        {"tokenizer", "PATH", "llama2.c tokenizer.bin (for .bin models; default: tokenizer.bin "
-                              "beside the model)"},
-        {"tokenizer-dir", "DIR", "folder with GPT-2 vocab.json + merges.txt (HF models; default: "
-                                 "the model folder if it has them, else shared/data/tokenizers/gpt2)"},
+        {"tokenizer", "PATH", "tokenizer.json, tokenizer.model, vocab.json or llama2.c tokenizer.bin, "
+                              "or a folder (default: the model folder's tokenizer.json, then "
+                              "tokenizer.model, then vocab.json + merges.txt)"},
+        {"tokenizer-dir", "DIR", "folder to search for the tokenizer instead of the model folder "
+                                 "(a 50257-token model without one uses DATA/tokenizers/gpt2)"},
         {"kv", "NAME", "KV cache codec: " + kv_names + " (default " + default_kv + ")"},
         {"keys", "post|pre", "Llama: cache keys after RoPE (default) or before (RoPE on read)"},
         {"threads", "N", "matmul threads (default: all hardware threads)"},
+        {"data", "DIR", "data folder for the defaults below (tokenizers/, wikitext-2/, piqa/; "
+                        "default: $KVCAR_DATA, else share/kvcar/data or shared/data above the "
+                        "executable)"},
     };
 }
 
@@ -231,7 +253,7 @@ struct tensor_parallel_choice {
 };
 inline tensor_parallel_choice parse_tensor_parallel(const command_line& cl, bool use_cuda) {
     tensor_parallel_choice t;
-    t.ranks = int(cl.get_int("tensor-parallel", 0));
+    t.ranks = int(cl.get_int_at_least("tensor-parallel", 0, 0));
     t.share_one_gpu = cl.has("shard-on-one-gpu");
     require(t.ranks >= 0, cl.tool() + ": --tensor-parallel must not be negative");
     require(use_cuda || (t.ranks == 0 && !t.share_one_gpu),
@@ -243,8 +265,7 @@ inline tensor_parallel_choice parse_tensor_parallel(const command_line& cl, bool
 
 inline model_options parse_model_options(const command_line& cl) {
     model_options o;
-    o.threads = int(cl.get_int("threads", 0));
-    require(o.threads >= 0, cl.tool() + ": --threads must not be negative");
+    o.threads = int(cl.get_int_at_least("threads", 0, 0));
     const std::string keys = cl.get("keys", "post");
     require(keys == "post" || keys == "pre",
             cl.tool() + ": --keys must be 'post' or 'pre', got '" + keys + "'");
@@ -328,70 +349,57 @@ inline double kv_bytes_per_token(const std::string& kv, const language_model& mo
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tokenizers: GPT-2 BPE for Hugging Face checkpoints, tokenizer.bin for llama2.c ones.
+// Tokenizers: examples/common/tokenizer.hpp finds and reads them; this adds the tools' options.
 
-class text_tokenizer {
+class text_tokenizer : public tokenizer {
 public:
-    /// The tokenizer for `model`, from --tokenizer / --tokenizer-dir or the defaults; its
-    /// vocabulary must be the model's.
+    /// The tokenizer for `model`: --tokenizer, --tokenizer-dir, or the one in the model folder
+    /// (tokenizer.json, tokenizer.model, vocab.json + merges.txt); its vocabulary must be the
+    /// model's.
     static text_tokenizer for_model(const language_model& model, const command_line& cl) {
-        namespace fs = std::filesystem;
-        if (model.format() == checkpoint_format::llama2c) {
-            const std::string path =
-                cl.has("tokenizer")
-                    ? cl.get("tokenizer")
-                    : (fs::path(model.path()).parent_path() / "tokenizer.bin").string();
-            require(fs::exists(path), cl.tool() + ": llama2.c tokenizer '" + path +
-                                          "' not found (give --tokenizer PATH)");
-            text_tokenizer t(llama2c_tokenizer::load(path, model.vocab_size()));
-            check_tokenizer_vocab(t.vocab_size(), model.vocab_size(), path);
-            return t;
-        }
-        std::string dir = cl.get("tokenizer-dir");
-        if (dir.empty()) {
-            const fs::path folder = fs::is_directory(model.path())
-                                        ? fs::path(model.path())
-                                        : fs::path(model.path()).parent_path();
-            dir = fs::exists(folder / "vocab.json") && fs::exists(folder / "merges.txt")
-                      ? folder.string()
-                      : shared_data_dir() + "/tokenizers/gpt2";
-        }
-        text_tokenizer t(gpt2_tokenizer::load(dir + "/vocab.json", dir + "/merges.txt"));
-        check_tokenizer_vocab(t.vocab_size(), model.vocab_size(), dir + "/vocab.json");
+        text_tokenizer t(find_tokenizer({
+            .model_path = model.path(),
+            .llama2c_model = model.format() == checkpoint_format::llama2c,
+            .tokenizer_path = cl.get("tokenizer"),
+            .tokenizer_dir = cl.get("tokenizer-dir"),
+            .model_vocab_size = model.vocab_size(),
+            .gpt2_fallback_dir = shared_data_dir() + "/tokenizers/gpt2",
+        }));
+        check_tokenizer_vocab(t.vocab_size(), model.vocab_size(), "'" + t.path() + "'");
         return t;
     }
 
-    bool is_llama2c() const { return std::holds_alternative<llama2c_tokenizer>(impl_); }
-
-    /// Ids of `text`, with llama2.c's BOS in front when `bos` (GPT-2 has no BOS convention).
-    std::vector<int> encode(std::string_view text, bool bos) const {
-        if (const auto* l = std::get_if<llama2c_tokenizer>(&impl_)) return l->encode(text, bos, false);
-        return std::get<gpt2_tokenizer>(impl_).encode(text);
-    }
-    /// The text of `id` as it follows `prev` (llama2.c drops the space after BOS).
-    std::string piece(int prev, int id) const {
-        if (const auto* l = std::get_if<llama2c_tokenizer>(&impl_)) {
-            if (id == llama2c_tokenizer::bos_id || id == llama2c_tokenizer::eos_id) return "";
-            return l->decode_piece(prev, id);
-        }
-        return std::get<gpt2_tokenizer>(impl_).piece(id);
-    }
-    /// Generating this id ends the text: <|endoftext|> for GPT-2; BOS or EOS for llama2.c (run.c
-    /// stops on BOS).
-    bool ends_text(int id) const {
-        if (is_llama2c()) return id == llama2c_tokenizer::bos_id || id == llama2c_tokenizer::eos_id;
-        return id == std::get<gpt2_tokenizer>(impl_).eos_id();
-    }
-    int vocab_size() const {
-        return std::visit([](const auto& t) { return t.vocab_size(); }, impl_);
-    }
+    /// The text of `id` as it follows `prev`.
+    std::string piece(int prev, int id) const { return decode_piece(prev, id); }
+    /// Generating this id ends the text (an EOS id of the model's config or the tokenizer).
+    bool ends_text(int id) const { return is_eos(id); }
 
 private:
-    explicit text_tokenizer(gpt2_tokenizer t) : impl_(std::move(t)) {}
-    explicit text_tokenizer(llama2c_tokenizer t) : impl_(std::move(t)) {}
-
-    std::variant<gpt2_tokenizer, llama2c_tokenizer> impl_;
+    explicit text_tokenizer(tokenizer t) : tokenizer(std::move(t)) {}
 };
+
+/// --prompt-ids IDS or --ids-file FILE when given (at most one of them), else nothing.
+inline std::optional<std::vector<int>> ids_from_options(const command_line& cl, int vocab_size) {
+    require(!(cl.has("prompt-ids") && cl.has("ids-file")),
+            cl.tool() + ": give --prompt-ids or --ids-file, not both");
+    if (cl.has("prompt-ids")) return parse_token_ids(cl.get("prompt-ids"), vocab_size, "--prompt-ids");
+    if (!cl.has("ids-file")) return std::nullopt;
+    std::ifstream in(cl.get("ids-file"), std::ios::binary);
+    require(bool(in), cl.tool() + ": cannot open --ids-file '" + cl.get("ids-file") + "'");
+    std::ostringstream text;
+    text << in.rdbuf();
+    return parse_token_ids(text.str(), vocab_size, "--ids-file '" + cl.get("ids-file") + "'");
+}
+
+/// The prompt's ids: --prompt encoded (BOS in front when the tokenizer adds one), or
+/// --prompt-ids / --ids-file taken as they are; exactly one of them.
+inline std::vector<int> prompt_from_options(const command_line& cl, const tokenizer& t, int vocab_size) {
+    std::optional<std::vector<int>> ids = ids_from_options(cl, vocab_size);
+    require(!(ids && cl.has("prompt")), cl.tool() + ": give --prompt or token ids, not both");
+    if (ids) return *ids;
+    require(cl.has("prompt"), cl.tool() + ": --prompt (or --prompt-ids / --ids-file) is required");
+    return t.encode(cl.get("prompt"));
+}
 
 // ---------------------------------------------------------------------------------------------
 // The tools that learn codecs from the model's own activations (kvcar-calibrate, kvcar-finetune):
@@ -408,7 +416,7 @@ inline std::vector<option_spec> codec_fitting_options_spec() {
 inline std::vector<option_spec> text_options_spec(const std::string& for_what,
                                                   const std::string& max_tokens_help) {
     return {
-        {"text", "FILE", for_what + ", read as it is (default: shared/data/wikitext-2/"
+        {"text", "FILE", for_what + ", read as it is (default: DATA/wikitext-2/"
                                     "wiki.valid.tokens)"},
         {"max-tokens", "N", "use only the first N tokens of the text (" + max_tokens_help + ")"},
     };
@@ -417,7 +425,7 @@ inline std::vector<option_spec> text_options_spec(const std::string& for_what,
 
 struct tokenized_text {
     std::string path;
-    std::vector<int> ids;  ///< every token of the file (BOS first for llama2.c tokenizers)
+    std::vector<int> ids;  ///< every token of the file (BOS first when the tokenizer adds one)
 };
 
 /// --text's path (default: WikiText-2 validation), checked to be a readable file.
@@ -431,7 +439,7 @@ inline std::string text_option_path(const command_line& cl) {
 inline tokenized_text read_text_option(const command_line& cl, const text_tokenizer& tokenizer) {
     tokenized_text t;
     t.path = text_option_path(cl);
-    t.ids = tokenizer.encode(read_text_file(cl.tool(), "text", t.path), tokenizer.is_llama2c());
+    t.ids = tokenizer.encode(read_text_file(cl.tool(), "text", t.path));
     return t;
 }
 

@@ -91,7 +91,11 @@ fitted_linear fit_linear(const activations& act, const kvcar::dense_layout& layo
 kvcar::folded_autoencoder autoencoder_from_pca(const kvcar::linear_params& pca) {
     const int D = pca.width, d = pca.rank, h = 2 * d;
     const float s = 0.01f;
-    kvcar::autoencoder_params p{.width = D, .hidden = h, .latent = d, .slope = s};
+    kvcar::autoencoder_params p;  // the weight vectors are filled below
+    p.width = D;
+    p.hidden = h;
+    p.latent = d;
+    p.slope = s;
     p.enc1_w.assign(std::size_t(h) * D, 0.0f);
     p.enc1_b.assign(h, 0.0f);
     p.enc2_w.assign(std::size_t(d) * h, 0.0f);

@@ -264,8 +264,7 @@ int run(int argc, char** argv) {
                             int(cl.has("reuse-budget"));
     require(reuse_modes <= 1, tool + ": give --reuse-k/--reuse-v, --reuse-count, "
                                      "--reuse-threshold or --reuse-budget, not several");
-    const long long max_tokens = cl.get_int("max-tokens", 32768);
-    require(max_tokens >= 0, tool + ": --max-tokens must not be negative");
+    const long long max_tokens = cl.get_int_at_least("max-tokens", 32768, 0);
     const int threads = ex::resolve_threads(int(cl.get_int("threads", 0)));
 
     const ex::language_model model =
@@ -314,13 +313,11 @@ int run(int argc, char** argv) {
         ae.batch = int(cl.get_int("batch", 256));
         ae.threads = threads;
         ae.init_from_pca = !cl.has("no-pca-init");
-        const long long seed = cl.get_int("seed", 0);
-        require(seed >= 0, tool + ": --seed must not be negative");
+        const long long seed = cl.get_int_at_least("seed", 0, 0);
         ae.seed = std::uint64_t(seed);
         ae.validate(D);  // before the (slow) collection
     }
-    const long long train_rows = cl.get_int("train-rows", 16384);
-    require(train_rows >= 0, tool + ": --train-rows must not be negative");
+    const long long train_rows = cl.get_int_at_least("train-rows", 16384, 0);
 
     // --- 1. the calibration text and its K/V ---
     const auto start = ex::clock_type::now();
@@ -419,15 +416,13 @@ int run(int argc, char** argv) {
             set.value_reuse = calib::select_reuse_threshold(vt, t, rp);
         } else if (cl.has("reuse-count")) {
             // A joint count is a byte budget where every group weighs 1.
-            const long long count = cl.get_int("reuse-count", 0);
-            require(count >= 0, tool + ": --reuse-count must not be negative");
+            const long long count = cl.get_int_at_least("reuse-count", 0, 0);
             const calib::reuse_selection s = calib::select_reuse_bytes(
                 kt, vt, std::size_t(count), [](kvcar::slot_owner) { return std::size_t(1); }, rp);
             set.key_reuse = s.key;
             set.value_reuse = s.value;
         } else if (cl.has("reuse-budget")) {
-            const long long bytes = cl.get_int("reuse-budget", 0);
-            require(bytes >= 0, tool + ": --reuse-budget must not be negative");
+            const long long bytes = cl.get_int_at_least("reuse-budget", 0, 0);
             const calib::reuse_selection s =
                 calib::select_reuse_bytes(kt, vt, std::size_t(bytes), slot_bytes, rp);
             set.key_reuse = s.key;

@@ -151,34 +151,21 @@ int run(int argc, char** argv) {
     (void)ex::text_option_path(cl);
     const bool json = cl.has("json");
     std::FILE* report = json ? stderr : stdout;
-    const int ctx = int(cl.get_int("ctx", 128));
-    const long long steps = cl.get_int("steps", 1000);
+    const int ctx = int(cl.get_int_at_least("ctx", 128, 2));
+    const long long steps = cl.get_int_at_least("steps", 1000, 0);
     const double time_limit = cl.get_double_at_least("time-limit", 0.0, 0.0);
-    const int batch = int(cl.get_int("batch", 1));
+    const int batch = int(cl.get_int_at_least("batch", 1, 1));
     const double lr = cl.get_double("lr", 1e-4);
     const double l1 = cl.get_double_at_least("l1", 0.1, 0.0);
     const double clip = cl.get_double_at_least("clip", 1.0, 0.0);
-    const long long save_every = cl.get_int("save-every", 0);
-    require(save_every >= 0, tool + ": --save-every " + cl.get("save-every") +
-                                 " must not be negative");
-    const int eval_windows = int(cl.get_int("eval-windows", 8));
-    const long long eval_every = cl.get_int("eval-every", 0);
-    const long long log_every = cl.get_int("log-every", 50);
-    const long long seed = cl.get_int("seed", 0);
-    const long long max_tokens = cl.get_int("max-tokens", 0);
-    require(ctx >= 2, tool + ": --ctx must be at least 2");
-    require(steps >= 0, tool + ": --steps must not be negative");
-    require(std::isfinite(time_limit) && time_limit >= 0, tool + ": --time-limit must be >= 0");
-    require(batch >= 1, tool + ": --batch must be at least 1");
+    const long long save_every = cl.get_int_at_least("save-every", 0, 0);
+    const int eval_windows = int(cl.get_int_at_least("eval-windows", 8, 0));
+    const long long eval_every = cl.get_int_at_least("eval-every", 0, 0);
+    const long long log_every = cl.get_int_at_least("log-every", 50, 1);
+    const long long seed = cl.get_int_at_least("seed", 0, 0);
+    const long long max_tokens = cl.get_int_at_least("max-tokens", 0, 0);
     require(std::isfinite(lr) && lr > 0,
             tool + ": --lr '" + cl.get("lr", "1e-4") + "' must be a finite number > 0");
-    require(std::isfinite(l1) && l1 >= 0, tool + ": --l1 must not be negative");
-    require(std::isfinite(clip) && clip >= 0, tool + ": --clip must not be negative");
-    require(eval_windows >= 0, tool + ": --eval-windows must not be negative");
-    require(eval_every >= 0, tool + ": --eval-every must not be negative");
-    require(log_every >= 1, tool + ": --log-every must be at least 1");
-    require(seed >= 0, tool + ": --seed must not be negative");
-    require(max_tokens >= 0, tool + ": --max-tokens must not be negative");
     require(!(eval_every > 0 && eval_windows == 0),
             tool + ": --eval-every needs --eval-windows > 0");
 

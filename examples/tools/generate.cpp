@@ -61,8 +61,13 @@ int run(int argc, char** argv) {
     std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
     specs.insert(specs.end(), {
         ex::device_option_spec(),
-        {"prompt", "TEXT", "text to continue (required; llama2.c models: may be empty, starting "
-                           "from BOS)"},
+        {"prompt", "TEXT", "text to continue (required unless --prompt-ids or --ids-file gives ids; "
+                           "llama2.c models: may be empty, starting from BOS)"},
+        {"prompt-ids", "IDS", "the prompt as token ids instead: \"1 450 4996\", \"1,450\" or "
+                              "\"[1, 450]\" (no BOS is added)"},
+        {"ids-file", "FILE", "the prompt as token ids read from FILE (same forms)"},
+        {"print-ids", "", "print the ids (prompt, then generated) on stdout as a JSON array; "
+                          "the text goes to stderr"},
         {"steps", "N", "tokens to generate (default 64; stops early at end of text or context)"},
         {"temperature", "T", "sampling temperature; 0 = greedy (default 0.8)"},
         {"top-k", "K", "sample among the K most likely tokens; 0 = all (default 40)"},
@@ -80,7 +85,8 @@ int run(int argc, char** argv) {
     const std::string tool = "kvcar-generate";
     // Everything the command line says is checked before the model loads.
     const std::string model_path = cl.required("model");
-    const std::string prompt = cl.required("prompt");
+    kvcar::require(cl.has("prompt") || cl.has("prompt-ids") || cl.has("ids-file"),
+                   tool + ": --prompt is required (or the prompt as --prompt-ids / --ids-file)");
     const std::string kv = cl.get("kv", "identity-f16");
     const long long steps_arg = cl.get_int("steps", 64);
     const double temperature = cl.get_double_at_least("temperature", 0.8, 0.0);
@@ -97,7 +103,8 @@ int run(int argc, char** argv) {
     const int batch = int(batch_arg);
     const double max_memory_gib = cl.get_double_at_least("max-memory", 8.0, 0.0);
     const bool json = cl.has("json");
-    std::FILE* text_out = json ? stderr : stdout;
+    // With --json or --print-ids, stdout is for the machine-readable output.
+    std::FILE* text_out = json || cl.has("print-ids") ? stderr : stdout;
     [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
     [[maybe_unused]] const ex::tensor_parallel_choice tp = ex::parse_tensor_parallel(cl, use_cuda);
 
@@ -108,8 +115,9 @@ int run(int argc, char** argv) {
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
     std::fprintf(stderr, "model: %s (%s), loaded in %.2f s\n", model.path().c_str(),
                  model.describe().c_str(), ex::seconds_since(load_start));
+    std::fprintf(stderr, "tokenizer: %s\n", tokenizer.describe().c_str());
 
-    const std::vector<int> prompt_ids = tokenizer.encode(prompt, /*bos=*/tokenizer.is_llama2c());
+    const std::vector<int> prompt_ids = ex::prompt_from_options(cl, tokenizer, model.vocab_size());
     kvcar::require(!prompt_ids.empty(), "kvcar-generate: the prompt is empty");
     kvcar::require(int(prompt_ids.size()) <= model.max_positions(),
                    "kvcar-generate: the prompt has " + std::to_string(prompt_ids.size()) +
@@ -180,6 +188,7 @@ int run(int argc, char** argv) {
         }
         const double decode_s = ex::seconds_since(decode_start);
         std::fprintf(text_out, "\n");
+        if (cl.has("print-ids")) std::printf("%s\n", ex::format_token_ids(ids[0]).c_str());
 
         const double prompt_tokens = double(prompt_ids.size()) * batch;
         std::fprintf(stderr, "\nprompt: %zu tokens x %d sequences, prefill %.3f s (%.1f tokens/s)\n",

@@ -30,6 +30,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -93,7 +94,7 @@ int run(int argc, char** argv) {
     std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
     specs.insert(specs.end(), {
         {"text", "FILE", "WikiText raw file, joined the usual way (default: "
-                         "shared/data/wikitext-2/wiki.test.raw, else "
+                         "DATA/wikitext-2/wiki.test.raw (DATA: the --data folder), else "
                          "models/wikitext-2-test-excerpt.txt)"},
         {"tokens-file", "FILE", "any text file read as it is (e.g. wiki.test.tokens)"},
         {"ctx", "N", "window length in tokens (default 512, at most the model's context)"},
@@ -101,6 +102,8 @@ int run(int argc, char** argv) {
                         "window after the first are scored (default: ctx)"},
         {"max-tokens", "N", "use only the first N tokens of the text (default: all)"},
         {"quiet", "", "no progress line"},
+        {"prompt-ids", "IDS", "score these token ids instead of a text (\"1 450 4996\" or a JSON array)"},
+        {"ids-file", "FILE", "score the token ids in FILE instead of a text (same forms)"},
         ex::device_option_spec(),
         ex::json_option_spec(),
     });
@@ -128,6 +131,9 @@ int run(int argc, char** argv) {
         if (cl.has(opt))
             kvcar::require(cl.get_int(opt, 0) >= 1, tool + ": --" + opt + " " + cl.get(opt) +
                                                         " must be at least 1");
+    kvcar::require(!((cl.has("prompt-ids") || cl.has("ids-file")) &&
+                     (cl.has("text") || cl.has("tokens-file"))),
+                   tool + ": give token ids (--prompt-ids / --ids-file) or a text, not both");
     std::string source, text;
     if (cl.has("tokens-file")) {
         source = cl.get("tokens-file");
@@ -151,12 +157,15 @@ int run(int argc, char** argv) {
     kvcar::require(stride >= 1 && stride <= ctx, "kvcar-perplexity: --stride " +
                                                      std::to_string(stride) + " must be in [1, ctx " +
                                                      std::to_string(ctx) + "]");
-    if (source.empty()) {
+    const std::optional<std::vector<int>> given_ids = ex::ids_from_options(cl, model.vocab_size());
+    if (given_ids) {
+        source = cl.has("ids-file") ? cl.get("ids-file") : "--prompt-ids";
+    } else if (source.empty()) {
         source = default_text(model.path());
         text = wikitext_joined(ex::read_text_file(tool, "text", source));
     }
     const auto tokenize_start = ex::clock_type::now();
-    std::vector<int> ids = tokenizer.encode(text, /*bos=*/tokenizer.is_llama2c());
+    std::vector<int> ids = given_ids ? *given_ids : tokenizer.encode(text);
     const std::size_t total_tokens = ids.size();
     if (max_tokens > 0 && ids.size() > std::size_t(max_tokens)) ids.resize(std::size_t(max_tokens));
     kvcar::require(ids.size() >= 2, "kvcar-perplexity: '" + source + "' has " +

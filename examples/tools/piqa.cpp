@@ -71,7 +71,8 @@ std::vector<piqa_example> load_piqa(const std::string& dir) {
 int run(int argc, char** argv) {
     std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
     specs.insert(specs.end(), {
-        {"piqa", "DIR", "folder with dev.jsonl and dev-labels.lst (default: shared/data/piqa)"},
+        {"piqa", "DIR", "folder with dev.jsonl and dev-labels.lst (default: DATA/piqa, DATA = "
+                        "the --data folder)"},
         {"limit", "N", "evaluate only the first N examples (default: all 1838)"},
         {"quiet", "", "no progress line"},
         ex::json_option_spec(),
@@ -107,11 +108,11 @@ int run(int argc, char** argv) {
         const auto start = ex::clock_type::now();
         for (std::size_t e = 0; e < examples.size(); ++e) {
             const piqa_example& ex_ = examples[e];
-            const std::vector<int> goal_ids = tokenizer.encode(ex_.goal, tokenizer.is_llama2c());
+            const std::vector<int> goal_ids = tokenizer.encode(ex_.goal);
             double sum[2], mean[2];
             for (int s = 0; s < 2; ++s) {
                 std::vector<int> ids =
-                    tokenizer.encode(ex_.goal + " " + ex_.solutions[s], tokenizer.is_llama2c());
+                    tokenizer.encode(ex_.goal + " " + ex_.solutions[s]);
                 // The continuation: tokens past the goal's own tokenization (at least one).
                 std::size_t first = std::min(goal_ids.size(), ids.size() - 1);
                 // Too long for the context: drop the oldest goal tokens, keep the continuation.

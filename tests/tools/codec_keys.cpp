@@ -1,7 +1,7 @@
-// tests/tools/codec_keys.cpp — the key mode (pre or post RoPE) as a field of the codec file
-// (io/codec_file.hpp "keys"), and the tools' refusal of a file fitted to other keys than the
-// run caches (tool_common.hpp check_codec_file_keys / check_kv_option). Also: --keys pre is
-// refused on GPT-2, which has no RoPE, and the shipped demo codec file still loads.
+// tests/tools/codec_keys.cpp — the tools' refusal of a codec file fitted to other keys than the
+// run caches (tool_common.hpp check_codec_file_keys / check_kv_option; the file's "keys" field
+// itself is tested in tests/io/codec_keys.cpp). Also: --keys pre is refused on GPT-2, which has
+// no RoPE, and the shipped demo codec file still loads.
 #include "catch.hpp"
 
 #include "examples/models/model.hpp"
@@ -54,36 +54,7 @@ std::string write_set(const kvcar::kv_geometry& g, io::codec_keys keys, const st
     return path;
 }
 
-/// The file's bytes with `from` replaced by `to` (same length, so the header length holds).
-std::vector<std::byte> patched(const std::string& path, const std::string& from,
-                               const std::string& to) {
-    REQUIRE(from.size() == to.size());
-    std::vector<std::byte> bytes = io::detail::read_file_bytes(path, "test");
-    std::string text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-    const std::size_t at = text.find(from);
-    REQUIRE(at != std::string::npos);
-    std::memcpy(bytes.data() + at, to.data(), to.size());
-    return bytes;
-}
-
 }  // namespace
-
-TEST_CASE("codec files record their key mode and read it back", "[tools][codec_file]") {
-    const kvcar::kv_geometry g{.n_layers = 2, .n_kv_heads = 2, .head_dim = 8};
-    for (io::codec_keys k : {io::codec_keys::post_rope, io::codec_keys::pre_rope, io::codec_keys::unknown}) {
-        const std::string path = write_set(g, k, std::string("rt-") + io::to_string(k));
-        CHECK(io::load_codec_set(path, g).keys == k);
-        fs::remove(path);
-    }
-    // Absent: unknown (files written before the field). A value outside the two is refused.
-    const std::string path = write_set(g, io::codec_keys::pre_rope, "bad");
-    const std::vector<std::byte> bad = patched(path, "pre-rope", "sideways");
-    const std::string m = thrown([&] { (void)io::parse_codec_set(bad, "bad.kvc"); });
-    INFO(m);
-    CHECK(m.find("bad.kvc") != std::string::npos);
-    CHECK(m.find("\"keys\" is \"sideways\", not \"post-rope\" or \"pre-rope\"") != std::string::npos);
-    fs::remove(path);
-}
 
 TEST_CASE("files without the field: the old notes decide, else post-RoPE (with a note)",
           "[tools][codec_file]") {

@@ -89,6 +89,16 @@ TEST_CASE("numbers must be finite and within the rule, and the message says both
     CHECK(m.find("--temperature 'nan' must be a finite number ≥ 0") != std::string::npos);
 }
 
+TEST_CASE("integers below their rule are refused with the value and the rule", "[tools]") {
+    args a({"kvcar-demo", "--steps", "-3"});
+    ex::command_line cl("kvcar-demo", "A test tool.", {{"steps", "N", "a count"}});
+    REQUIRE(cl.parse(a.argc(), a.argv()));
+    CHECK(thrown([&] { (void)cl.get_int_at_least("steps", 10, 0); })
+              .find("--steps '-3' must be an integer ≥ 0") != std::string::npos);
+    CHECK(cl.get_int_at_least("steps", 10, -5) == -3);
+    CHECK(cl.get_int_at_least("other", 10, 20) == 10);  // the default is not checked
+}
+
 TEST_CASE("the parser: -h is --help, unknown and stray arguments are refused by name", "[tools]") {
     {
         args a({"kvcar-demo", "-h"});
@@ -308,4 +318,14 @@ TEST_CASE("autoencoder training reports every epoch (kvcar-calibrate's progress 
     CHECK(epochs == std::vector<int>{1, 2, 3});
     REQUIRE(r.holdout_history.size() == 4);  // before training, then one per epoch
     for (std::size_t e = 0; e < losses.size(); ++e) CHECK(losses[e] == r.holdout_history[e + 1]);
+}
+
+TEST_CASE("--data sets the folder the tools' defaults come from", "[tools]") {
+    const std::string before = ex::data_option();
+    args a({"kvcar-demo", "--data", "/some/data"});
+    ex::command_line cl("kvcar-demo", "A test tool.", ex::model_options_spec("identity-f16"));
+    REQUIRE(cl.parse(a.argc(), a.argv()));
+    CHECK(ex::shared_data_dir() == "/some/data");
+    CHECK(ex::text_options_spec("text", "all")[0].help.find("DATA/wikitext-2") != std::string::npos);
+    ex::data_option() = before;
 }
