@@ -8,17 +8,21 @@
 #
 #   bash bench/serve_bench.sh BUILD_DIR [OUT_DIR]          (OUT_DIR default: $OUT/serve)
 #
-# Time: about 7 minutes on one H200 with the defaults below, estimated, not yet measured (model
-# writing and loading ~1.5 min, 15 runs x 8 s on TinyLlama, 15 runs x 10 s on the 8B, and the
-# 10 sessions' weight uploads, ~1 min). If it does not fit one call, run SHAPES=tinyllama-1.1b
-# and SHAPES=llama3-8b as two calls into the same OUT_DIR: the report reads both.
-# The 1000-request trace cannot be served to the end for 30 combinations in that time (the CUDA
-# reference model multiplies in fp32 without tensor cores: ~2.6k prompt tokens per request), so
-# each run serves the trace for --max-seconds and reports what it sustained in that window
-# (generated tokens per second counted after a warm-up, from the same cold start for every
-# codec). Override with SECONDS_* / WARMUP_* (_TINY, _8B), BUDGETS_TINY / BUDGETS_8B, REQUESTS,
-# MODELS (where the checkpoints
-# go, ~19 GB; not under OUT_DIR) and SHAPES ("tinyllama-1.1b llama3-8b").
+# Time: about 7 minutes on one H200 with the defaults, estimated, not yet measured: writing the
+# checkpoints (~19 GB) and loading them ~1.5 min, 10 sessions' weight uploads ~1 min, 15 runs x
+# 8 s on TinyLlama and 15 x 10 s on the 8B. timing.txt records where the time went. If it does
+# not fit one call, run SHAPES=tinyllama-1.1b and SHAPES=llama3-8b as two calls into the same
+# OUT_DIR: the report reads both.
+#
+# Why windows: the 1000-request trace cannot be served to the end 30 times in that time (the
+# CUDA reference model multiplies in fp32 without tensor cores, and a request carries ~2.3k
+# prompt tokens on average), so each run serves the trace for --max-seconds from the same cold
+# start and reports the generated tokens per second after a warm-up (--warmup).
+#
+# Overrides: SECONDS_TINY / SECONDS_8B, WARMUP_TINY / WARMUP_8B, BUDGETS_TINY / BUDGETS_8B,
+# REQUESTS, SHAPES ("tinyllama-1.1b llama3-8b"), MODELS (where the checkpoints go; not under
+# OUT_DIR, whose files come back from the GPU machine).
+#
 # Speed does not depend on the weights' values: the checkpoints and codecs are noise, with the
 # real shapes, the real kernels and the same bytes per token.
 set -euo pipefail
