@@ -49,34 +49,34 @@ inline const std::vector<std::string>& kv_codec_names() {
 inline constexpr std::string_view kv_file_prefix = "file:";
 
 /// Builds a dense (one group per KV head) cache of `codec` and runs body(cache) on it.
-template <class Codec, class Body>
+template <class Storage, class Codec, class Body>
 decltype(auto) run_with_dense_cache(kv_geometry g, const Codec& codec,
-                                    contiguous_storage::params storage, Body&& body) {
-    kv_cache<Codec> cache(dense_layout(g), codec, storage);
+                                    typename Storage::params storage, Body&& body) {
+    kv_cache<Codec, dense_layout, Storage> cache(dense_layout(g), codec, storage);
     return std::forward<Body>(body)(cache);
 }
 
-/// Runs body(cache) with the cache `kv` names, shaped for `g`. Every branch must make `body`
-/// return the same type (usually void or a result struct).
-template <class Body>
-decltype(auto) with_kv_cache(std::string_view kv, kv_geometry g, contiguous_storage::params storage,
+/// Runs body(cache) with the cache `kv` names, shaped for `g`, its records in a `Storage`
+/// (contiguous_storage by default; paged_storage for a page pool, as kvcar-serve uses). Every
+/// branch must make `body` return the same type (usually void or a result struct).
+template <class Storage = contiguous_storage, class Body>
+decltype(auto) with_kv_cache(std::string_view kv, kv_geometry g, typename Storage::params storage,
                              Body&& body) {
     const int hd = g.head_dim;
-    if (kv == "identity-f32") return run_with_dense_cache(g, identity_codec<float>{hd}, storage, body);
-    if (kv == "identity-f16") return run_with_dense_cache(g, identity_codec<f16>{hd}, storage, body);
-    if (kv == "identity-bf16") return run_with_dense_cache(g, identity_codec<bf16>{hd}, storage, body);
-    if (kv == "int8")
-        return run_with_dense_cache(g, make_quantized<std::int8_t>(identity_codec<float>{hd}),
-                                    storage, body);
-    if (kv == "fp8")
-        return run_with_dense_cache(g, make_quantized<fp8_e4m3>(identity_codec<float>{hd}),
-                                    storage, body);
+    const auto dense = [&](const auto& codec) -> decltype(auto) {
+        return run_with_dense_cache<Storage>(g, codec, storage, body);
+    };
+    if (kv == "identity-f32") return dense(identity_codec<float>{hd});
+    if (kv == "identity-f16") return dense(identity_codec<f16>{hd});
+    if (kv == "identity-bf16") return dense(identity_codec<bf16>{hd});
+    if (kv == "int8") return dense(make_quantized<std::int8_t>(identity_codec<float>{hd}));
+    if (kv == "fp8") return dense(make_quantized<fp8_e4m3>(identity_codec<float>{hd}));
     if (kv.starts_with(kv_file_prefix)) {
         const std::string path(kv.substr(kv_file_prefix.size()));
         require(!path.empty(), "--kv file: needs a codec file path (--kv file:PATH)");
         // The set owns every codec parameter the any_codec views point to: it outlives the cache.
         const io::codec_set set = io::load_codec_set(path, g);
-        kv_cache<any_codec, reuse_map> cache(set.layout(), set.codecs(), storage);
+        kv_cache<any_codec, reuse_map, Storage> cache(set.layout(), set.codecs(), storage);
         return std::forward<Body>(body)(cache);
     }
 

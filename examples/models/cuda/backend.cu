@@ -28,6 +28,7 @@
 #include <cuda_runtime.h>
 
 #include "kvcar/codec/any.hpp"
+#include "kvcar/codec/autoencoder.hpp"
 #include "kvcar/codec/identity.hpp"
 #include "kvcar/codec/quantized.hpp"
 #include "kvcar/common.hpp"
@@ -104,6 +105,7 @@ struct any_cache {
     virtual std::size_t bytes_used() const = 0;
     virtual std::size_t bytes_reserved() const = 0;
     virtual kv_geometry geometry() const = 0;
+    virtual int free_pages() const = 0;
 };
 
 template <class Codec, class Layout = dense_layout>
@@ -139,6 +141,7 @@ struct typed_cache final : any_cache {
     }
     std::size_t bytes_reserved() const override { return cache.pool_bytes(); }
     kv_geometry geometry() const override { return cache.geometry(); }
+    int free_pages() const override { return cache.free_pages(); }
 };
 
 /// device_kv_cache<Codec>::params without the codec type.
@@ -169,7 +172,8 @@ std::optional<std::vector<C>> all_as(const std::vector<any_codec>& codecs) {
 
 /// A codec file's cache. When every slot holds the same concrete codec, and it is one of the
 /// kinds calibration makes by default, the cache is of that type: the decode dispatcher then
-/// picks its fast paths (tensor cores for whole-layer latents, int8 read in place). Any other
+/// picks its fast paths (tensor cores for whole-layer latents, int8 read in place, attention in
+/// an f16 autoencoder's hidden space instead of decoding every key per query). Any other
 /// mix runs as any_codec, whose records are the same bytes, decoded per record.
 std::unique_ptr<any_cache> make_file_cache(std::shared_ptr<const io::codec_set> set,
                                            const cache_shape& p) {
@@ -186,6 +190,7 @@ std::unique_ptr<any_cache> make_file_cache(std::shared_ptr<const io::codec_set> 
     try_as.template operator()<linear_codec<f16>>();
     try_as.template operator()<quantized_codec<linear_codec<float>, std::int8_t>>();
     try_as.template operator()<identity_codec<f16>>();
+    try_as.template operator()<autoencoder_codec<f16>>();
     try_as.template operator()<any_codec>();
     return out;
 }
@@ -453,5 +458,6 @@ double session::compression_ratio() const {
 std::size_t session::bytes_used() const { return impl_->ranks[0].cache->bytes_used(); }
 std::size_t session::bytes_reserved() const { return impl_->ranks[0].cache->bytes_reserved(); }
 std::size_t session::weight_bytes() const { return impl_->ranks[0].model->weight_bytes(); }
+int session::free_pages() const { return impl_->ranks[0].cache->free_pages(); }
 
 }  // namespace kvcar::examples::cuda_backend

@@ -92,6 +92,8 @@ public:
     std::size_t bytes_reserved() const;
     /// Device bytes of the model's weights.
     std::size_t weight_bytes() const;
+    /// Pages of the cache's pool that no sequence holds (a scheduler checks its plan with it).
+    int free_pages() const;
 
 private:
     struct impl;
