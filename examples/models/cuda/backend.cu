@@ -28,7 +28,6 @@
 #include <cuda_runtime.h>
 
 #include "kvcar/codec/any.hpp"
-#include "kvcar/codec/autoencoder.hpp"
 #include "kvcar/codec/identity.hpp"
 #include "kvcar/codec/quantized.hpp"
 #include "kvcar/common.hpp"
@@ -172,8 +171,7 @@ std::optional<std::vector<C>> all_as(const std::vector<any_codec>& codecs) {
 
 /// A codec file's cache. When every slot holds the same concrete codec, and it is one of the
 /// kinds calibration makes by default, the cache is of that type: the decode dispatcher then
-/// picks its fast paths (tensor cores for whole-layer latents, int8 read in place, attention in
-/// an f16 autoencoder's hidden space instead of decoding every key per query). Any other
+/// picks its fast paths (tensor cores for whole-layer latents, int8 read in place). Any other
 /// mix runs as any_codec, whose records are the same bytes, decoded per record.
 std::unique_ptr<any_cache> make_file_cache(std::shared_ptr<const io::codec_set> set,
                                            const cache_shape& p) {
@@ -190,7 +188,6 @@ std::unique_ptr<any_cache> make_file_cache(std::shared_ptr<const io::codec_set> 
     try_as.template operator()<linear_codec<f16>>();
     try_as.template operator()<quantized_codec<linear_codec<float>, std::int8_t>>();
     try_as.template operator()<identity_codec<f16>>();
-    try_as.template operator()<autoencoder_codec<f16>>();
     try_as.template operator()<any_codec>();
     return out;
 }
