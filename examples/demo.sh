@@ -28,7 +28,8 @@ for kv in identity-f16 "file:$model/kv-linear-d32-int8.kvc"; do
   echo "================ KV cache: $kv ================"
   "$bin/kvcar-generate" --model "$model" --kv "$kv" --prompt "$prompt" --steps 40 --temperature 0
   echo
-  "$bin/kvcar-perplexity" --model "$model" --kv "$kv" --tokens-file "$text" \
+  kl=(); [ "$kv" = identity-f16 ] || kl=(--kl)  # the compressed cache: KL from the fp16 one
+  "$bin/kvcar-perplexity" --model "$model" --kv "$kv" --tokens-file "$text" "${kl[@]}" \
     --max-tokens "$tokens" --ctx 256 --quiet
   echo
 done

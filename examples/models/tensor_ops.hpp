@@ -152,4 +152,68 @@ inline double log_prob(std::span<const float> logits, int target) {
     return double(logits[std::size_t(target)]) - max_logit - std::log(sum);
 }
 
+/// KL(P || Q) in nats, P = softmax(base_logits), Q = softmax(logits), in double:
+/// Σ_j p_j (log p_j − log q_j) with log p = base − max − log Σ exp(base − max), likewise q.
+/// This is what a compressed cache costs a next-token distribution, taking the fp16 cache's as P
+/// (llama.cpp's --kl-divergence); 0 exactly when the two rows are equal.
+inline double kl_divergence(std::span<const float> base_logits, std::span<const float> logits) {
+    const auto log_normalizer = [](std::span<const float> row) {
+        double max_logit = -INFINITY;
+        for (float v : row) max_logit = std::max(max_logit, double(v));
+        double sum = 0.0;
+        for (float v : row) sum += std::exp(double(v) - max_logit);
+        return max_logit + std::log(sum);
+    };
+    const double zp = log_normalizer(base_logits), zq = log_normalizer(logits);
+    double kl = 0.0;
+    for (std::size_t j = 0; j < base_logits.size(); ++j) {
+        const double lp = double(base_logits[j]) - zp, lq = double(logits[j]) - zq;
+        kl += std::exp(lp) * (lp - lq);
+    }
+    return std::max(kl, 0.0);  // rounding can leave -1e-17 where the rows are equal
+}
+
+/// Index of the largest logit (the greedy token); the first one on ties.
+inline int argmax(std::span<const float> logits) {
+    return int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+/// Per-token statistics of a perplexity run: the negative log-likelihoods, and (when a base
+/// distribution is given) the KL divergence from it and whether the greedy token agrees.
+struct token_stats {
+    std::vector<double> nll;  ///< −log p(target), one per scored token
+    std::vector<double> kl;   ///< KL(base || this) per scored token, when measured
+    long long same_top = 0;   ///< scored tokens whose argmax equals the base's
+
+    double mean_nll() const { return mean(nll); }
+    double perplexity() const { return std::exp(mean_nll()); }
+    /// Standard error of the perplexity by the delta method: PPL · s / √n, s the sample standard
+    /// deviation of the per-token NLL (tokens treated as independent, as llama.cpp does).
+    double perplexity_stderr() const {
+        const std::size_t n = nll.size();
+        if (n < 2) return NAN;
+        const double m = mean_nll();
+        double ss = 0.0;
+        for (double x : nll) ss += (x - m) * (x - m);
+        return perplexity() * std::sqrt(ss / double(n - 1)) / std::sqrt(double(n));
+    }
+    /// The q-quantile (0..1) of the KL values, nearest rank; NaN without any.
+    double kl_quantile(double q) const {
+        if (kl.empty()) return NAN;
+        std::vector<double> v = kl;
+        const std::size_t k = std::min(v.size() - 1, std::size_t(std::ceil(q * double(v.size()))) -
+                                                         (q > 0.0 ? 1 : 0));
+        std::nth_element(v.begin(), v.begin() + std::ptrdiff_t(k), v.end());
+        return v[k];
+    }
+    double mean_kl() const { return kl.empty() ? NAN : mean(kl); }
+
+private:
+    static double mean(const std::vector<double>& v) {
+        double s = 0.0;
+        for (double x : v) s += x;
+        return v.empty() ? NAN : s / double(v.size());
+    }
+};
+
 }  // namespace kvcar::examples

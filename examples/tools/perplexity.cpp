@@ -22,18 +22,29 @@
 // preceding tokens (8 inputs), what a model that looks at 8 tokens would reach; the demo prints
 // both.
 //
+// What a compressed cache costs, beyond the perplexity (which is printed with its standard error,
+// PPL · s/√n over the per-token NLL): --kl runs a second, fp16 cache (identity-f16) over the same
+// windows and reports the KL divergence of each scored next-token distribution from the fp16
+// one — mean, median, p99 and max, as llama.cpp's --kl-divergence does — and how often the
+// greedy token agrees. On CUDA both caches' logits then come back to the host.
+//
 // Output: the results on stdout, diagnostics and progress on stderr; with --json one JSON
 // object on stdout instead of the results' lines (which go to stderr).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "kvcar/codec/identity.hpp"
+#include "kvcar/kv_cache.hpp"
+#include "kvcar/layout/dense.hpp"
 
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
@@ -90,6 +101,22 @@ std::string default_text(const std::string& model_path) {
     return shared;  // absent: the error names the file the user most likely wants
 }
 
+/// One window's scores: log p(target) of each scored input, and (for --kl) the logits of every
+/// input, [len][vocab].
+struct window_scores {
+    std::vector<double> lp;
+    std::vector<float> logits;
+};
+
+/// log p(targets[i]) from rows i >= first of `logits` [len][vocab].
+std::vector<double> scored_log_probs(const std::vector<float>& logits, std::size_t vocab,
+                                     std::span<const int> targets, long long first) {
+    std::vector<double> lp;
+    for (std::size_t i = std::size_t(first); i < targets.size(); ++i)
+        lp.push_back(ex::log_prob(std::span<const float>(&logits[i * vocab], vocab), targets[i]));
+    return lp;
+}
+
 int run(int argc, char** argv) {
     std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
     specs.insert(specs.end(), {
@@ -102,6 +129,9 @@ int run(int argc, char** argv) {
                         "window after the first are scored (default: ctx)"},
         {"max-tokens", "N", "use only the first N tokens of the text (default: all)"},
         {"quiet", "", "no progress line"},
+        {"kl", "", "also run an fp16 cache (identity-f16) over the same windows and report the KL "
+                   "divergence of each next-token distribution from it (mean, median, p99, max) "
+                   "and how often the greedy token agrees"},
         {"prompt-ids", "IDS", "score these token ids instead of a text (\"1 450 4996\" or a JSON array)"},
         {"ids-file", "FILE", "score the token ids in FILE instead of a text (same forms)"},
         ex::device_option_spec(),
@@ -188,7 +218,13 @@ int run(int argc, char** argv) {
     // The window loop, for a CPU cache or the CUDA session alike. log_probs(cache, seq, inputs,
     // targets, first) runs `inputs` through the model as a fresh sequence and returns
     // log p(targets[i]) after input i, for i >= first (the predictions this window scores).
+    // With --kl, base_logits(inputs) gives the fp16 cache's logits [len][vocab] for a window and
+    // log_probs also returns the compressed cache's (window_scores::logits).
+    const bool kl = cl.has("kl");
+    const std::size_t vocab = std::size_t(model.vocab_size());
+    std::function<std::vector<float>(std::span<const int>)> base_logits;
     const auto evaluate = [&](auto& cache, auto&& log_probs) {
+        ex::token_stats stats;
         double nll = 0.0;
         long long scored = 0;
         long long scored_end = 1;  // tokens [1, scored_end) have been scored
@@ -202,12 +238,26 @@ int run(int argc, char** argv) {
             const int seq = cache.add_sequence();
             // Input i (token begin + i) predicts token begin + i + 1; score the new ones.
             const long long first = std::max(0ll, scored_end - 1 - begin);
-            const std::vector<double> lp = log_probs(cache, seq, inputs, targets, first);
+            const window_scores ws = log_probs(cache, seq, inputs, targets, first);
+            const std::vector<double>& lp = ws.lp;
             peak_bytes = std::max(peak_bytes, cache.bytes_used());
             peak_reserved = std::max(peak_reserved, cache.bytes_reserved());
             cache.remove_sequence(seq);
             fed += len;
-            for (const double v : lp) nll -= v;
+            for (const double v : lp) {
+                nll -= v;
+                stats.nll.push_back(-v);
+            }
+            if (kl) {
+                // P: the fp16 cache's distribution after each scored input; Q: this cache's.
+                const std::vector<float> base = base_logits(inputs);
+                for (long long i = first; i < len; ++i) {
+                    const std::span<const float> p(&base[std::size_t(i) * vocab], vocab);
+                    const std::span<const float> q(&ws.logits[std::size_t(i) * vocab], vocab);
+                    stats.kl.push_back(ex::kl_divergence(p, q));
+                    stats.same_top += ex::argmax(p) == ex::argmax(q);
+                }
+            }
             scored += (long long)lp.size();
             scored_end = begin + len + 1;
 
@@ -221,10 +271,18 @@ int run(int argc, char** argv) {
         progress.finish();
         const double seconds = ex::seconds_since(start);
 
-        std::fprintf(report, "perplexity: %.4f\n", std::exp(nll / double(scored)));
+        std::fprintf(report, "perplexity: %.4f +/- %.4f (standard error)\n",
+                     std::exp(nll / double(scored)), stats.perplexity_stderr());
         std::fprintf(report, "tokens scored: %lld (windows %lld, ctx %d, stride %d)\n", scored, w,
                      ctx, stride);
         std::fprintf(report, "mean nll: %.6f nats/token\n", nll / double(scored));
+        if (kl) {
+            std::fprintf(report,
+                         "KL divergence from the fp16 cache: mean %.6f, median %.6f, p99 %.6f, "
+                         "max %.6f nats/token; same greedy token %.2f%%\n",
+                         stats.mean_kl(), stats.kl_quantile(0.5), stats.kl_quantile(0.99),
+                         stats.kl_quantile(1.0), 100.0 * double(stats.same_top) / double(scored));
+        }
         std::fprintf(report, "time: %.1f s, %.1f tokens/s fed through the model\n", seconds,
                      double(fed) / seconds);
         ex::print_cache_report(report, kv, cache, peak_bytes, peak_reserved);
@@ -232,7 +290,16 @@ int run(int argc, char** argv) {
             kvcar::io::json_value r = ex::json_report(tool);
             r.set("text", source);
             r.set("perplexity", ex::json_number(std::exp(nll / double(scored))));
+            r.set("perplexity_stderr", ex::json_number(stats.perplexity_stderr()));
             r.set("mean_nll", ex::json_number(nll / double(scored)));
+            if (kl) {
+                r.set("kl_mean", ex::json_number(stats.mean_kl()));
+                r.set("kl_median", ex::json_number(stats.kl_quantile(0.5)));
+                r.set("kl_p99", ex::json_number(stats.kl_quantile(0.99)));
+                r.set("kl_max", ex::json_number(stats.kl_quantile(1.0)));
+                r.set("same_top_fraction",
+                      ex::json_number(double(stats.same_top) / double(scored)));
+            }
             r.set("tokens_scored", scored);
             r.set("windows", w);
             r.set("ctx", ctx);
@@ -252,27 +319,51 @@ int run(int argc, char** argv) {
                                        .max_tokens = ctx,
                                        .tensor_parallel = tp.ranks,
                                        .ranks_share_one_gpu = tp.share_one_gpu});
-        return evaluate(gpu, [](auto& session, int seq, std::span<const int> inputs,
-                                std::span<const int> targets, long long first) {
-            // Log-probabilities come back from the GPU for every input; keep the scored ones.
-            std::vector<double> lp = session.log_probs(seq, inputs, targets);
-            lp.erase(lp.begin(), lp.begin() + first);
-            return lp;
+        std::optional<ex::cuda_backend::session> base;
+        if (kl) {
+            base.emplace(model, "identity-f16",
+                         ex::cuda_backend::session_params{.max_sequences = 1, .max_tokens = ctx});
+            base_logits = [&](std::span<const int> inputs) {
+                const int s = base->add_sequence();
+                std::vector<float> l = base->forward(s, inputs, ex::logits_for::all);
+                base->remove_sequence(s);
+                return l;
+            };
+        }
+        return evaluate(gpu, [&](auto& session, int seq, std::span<const int> inputs,
+                                 std::span<const int> targets, long long first) {
+            window_scores ws;
+            if (!kl) {
+                // Only the log-probabilities come back from the GPU; keep the scored ones.
+                ws.lp = session.log_probs(seq, inputs, targets);
+                ws.lp.erase(ws.lp.begin(), ws.lp.begin() + first);
+                return ws;
+            }
+            ws.logits = session.forward(seq, inputs, ex::logits_for::all);
+            ws.lp = scored_log_probs(ws.logits, vocab, targets, first);
+            return ws;
         });
     }
 #endif
-    return ex::with_kv_cache(kv, model.cache_geometry(), {1, ctx}, [&](auto& cache) {
-        const int vocab = model.vocab_size();
+    // The fp16 baseline of --kl: one more cache, dense identity-f16, as `--kv identity-f16` runs.
+    const kvcar::kv_geometry g = model.cache_geometry();
+    kvcar::kv_cache<kvcar::identity_codec<kvcar::f16>> base(
+        kvcar::dense_layout(g), kvcar::identity_codec<kvcar::f16>{g.head_dim},
+        kvcar::contiguous_storage::params{.max_sequences = 1, .max_tokens = kl ? ctx : 1});
+    base_logits = [&](std::span<const int> inputs) {
+        const int s = base.add_sequence();
+        std::vector<float> l = model.forward(base, s, inputs);
+        base.remove_sequence(s);
+        return l;
+    };
+    return ex::with_kv_cache(kv, g, {1, ctx}, [&](auto& cache) {
         return evaluate(cache, [&](auto& c, int seq, std::span<const int> inputs,
                                    std::span<const int> targets, long long first) {
-            const std::vector<float> logits = model.forward(c, seq, inputs);
-            std::vector<double> lp;
-            for (long long i = first; i < (long long)inputs.size(); ++i) {
-                const std::span<const float> row(&logits[std::size_t(i) * std::size_t(vocab)],
-                                                 std::size_t(vocab));
-                lp.push_back(ex::log_prob(row, targets[std::size_t(i)]));
-            }
-            return lp;
+            window_scores ws;
+            std::vector<float> logits = model.forward(c, seq, inputs);
+            ws.lp = scored_log_probs(logits, vocab, targets, first);
+            if (kl) ws.logits = std::move(logits);
+            return ws;
         });
     });
 }
