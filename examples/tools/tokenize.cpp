@@ -23,7 +23,7 @@ namespace ex = kvcar::examples;
 namespace {
 
 std::string read_input(const ex::command_line& cl, const char* text_option) {
-    if (cl.has("file")) return ex::read_whole_file(cl.tool(), cl.get("file"));
+    if (cl.has("file")) return ex::read_text_file(cl.tool(), "file", cl.get("file"));
     kvcar::require(cl.has(text_option), cl.tool() + ": give --" + text_option + " or --file");
     return cl.get(text_option);
 }
@@ -69,7 +69,7 @@ int run(int argc, char** argv) {
 
     if (cl.has("decode")) {
         const std::string ids_text = cl.get("decode").empty() && cl.has("file")
-                                         ? ex::read_whole_file(cl.tool(), cl.get("file"))
+                                         ? ex::read_text_file(cl.tool(), "file", cl.get("file"))
                                          : cl.get("decode");
         const std::vector<int> ids = ex::parse_token_ids(ids_text, tokenizer.vocab_size(), "--decode");
         std::printf("%s\n", tokenizer.decode(ids).c_str());
