@@ -42,6 +42,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/io/json.hpp"
 
+#include "byte_piece.hpp"
 #include "gpt2_tokenizer.hpp"
 
 namespace kvcar::examples {
@@ -66,21 +67,6 @@ inline std::string replace_all(std::string_view s, std::string_view from, std::s
     }
 }
 
-/// "<0xHH>" -> HH, else -1.
-inline int byte_token_value(std::string_view s) {
-    if (s.size() != 6 || !s.starts_with("<0x") || s[5] != '>') return -1;
-    int v = 0;
-    for (std::size_t k = 3; k < 5; ++k) {
-        const char c = s[k];
-        int d;
-        if (c >= '0' && c <= '9') d = c - '0';
-        else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-        else return -1;
-        v = v * 16 + d;
-    }
-    return v;
-}
 
 /// Whether `bytes` is valid UTF-8 throughout.
 inline bool is_utf8(std::string_view bytes) {
@@ -368,7 +354,7 @@ private:
         for (std::size_t i = 0; i < n; ++i)
             if (!seen[i]) hf_detail::fail("no token has id " + std::to_string(i));
         byte_value_.resize(n);
-        for (std::size_t i = 0; i < n; ++i) byte_value_[i] = hf_detail::byte_token_value(token_[i]);
+        for (std::size_t i = 0; i < n; ++i) byte_value_[i] = byte_piece_value(token_[i]);
         if (const auto* unk = model.find("unk_token"); unk && !unk->is_null()) {
             unk_id_ = token_to_id(unk->as_string());
             if (unk_id_ < 0) hf_detail::fail("unk_token '" + unk->as_string() + "' is not in the vocabulary");
@@ -684,7 +670,7 @@ private:
                 run_tokens = 0;
             };
             for (std::string& s : tokens) {
-                const int b = hf_detail::byte_token_value(s);
+                const int b = byte_piece_value(s);
                 if (b >= 0) {
                     run += char(b);
                     ++run_tokens;

@@ -23,27 +23,15 @@
 #include "kvcar/common.hpp"
 #include "kvcar/io/llama2c.hpp"
 
+#include "examples/common/byte_piece.hpp"
+
 namespace kvcar::examples {
 
 namespace llama2c_detail {
 
 [[noreturn]] inline void fail(const std::string& what) { throw error("kvcar: " + what); }
 
-/// "<0xHH>" -> HH, else -1. Only this exact 6-character form (either hex case) is a byte piece.
-constexpr int byte_piece_value(std::string_view piece) {
-    if (piece.size() != 6 || !piece.starts_with("<0x") || piece[5] != '>') return -1;
-    int v = 0;
-    for (int k = 3; k < 5; ++k) {
-        const char c = piece[std::size_t(k)];
-        int d;
-        if (c >= '0' && c <= '9') d = c - '0';
-        else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-        else return -1;
-        v = v * 16 + d;
-    }
-    return v;
-}
+using ::kvcar::examples::byte_piece_value;
 
 }  // namespace llama2c_detail
 

@@ -48,6 +48,8 @@
 
 #include "kvcar/common.hpp"
 
+#include "examples/common/byte_piece.hpp"
+
 namespace kvcar::examples {
 
 namespace spm_detail {
@@ -412,22 +414,6 @@ private:
     static std::string hex_byte(int b) {
         const char* digits = "0123456789ABCDEF";
         return {digits[b >> 4], digits[b & 15]};
-    }
-
-    /// "<0xHH>" -> HH, else -1.
-    static int byte_piece_value(std::string_view s) {
-        if (s.size() != 6 || !s.starts_with("<0x") || s[5] != '>') return -1;
-        int v = 0;
-        for (std::size_t k = 3; k < 5; ++k) {
-            const char c = s[k];
-            int d;
-            if (c >= '0' && c <= '9') d = c - '0';
-            else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-            else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-            else return -1;
-            v = v * 16 + d;
-        }
-        return v;
     }
 
     void read_piece(std::string_view bytes, const std::string& who) {
