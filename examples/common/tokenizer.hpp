@@ -211,7 +211,11 @@ public:
         std::string s = std::string(kinds[impl_.index()]) + " '" + path_ + "', " +
                         std::to_string(vocab_size()) + " tokens, bos " + std::to_string(bos_id_) +
                         (add_bos_ ? " (added)" : " (not added)") + ", eos";
-        for (int id : eos_ids_) s += " " + std::to_string(id);
+        // Appended piece by piece: GCC 12's -Wrestrict misfires on "literal" + std::string&&.
+        for (int id : eos_ids_) {
+            s += ' ';
+            s += std::to_string(id);
+        }
         if (eos_ids_.empty()) s += " none";
         return s;
     }
