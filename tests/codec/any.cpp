@@ -188,7 +188,8 @@ TEST_CASE("any_codec is bit-identical to linear codecs", "[codec][any]") {
 
     const any_codec a = make_any_codec(p.codec<f16>());
     REQUIRE(a.is_affine());
-    REQUIRE(a.heads == 3);
+    REQUIRE(a.as<linear_codec<f16>>().heads == 3);
+    REQUIRE(std::string(a.name()) == "linear");
     // Latent-space attention through visit: the affine view answers as the concrete one does.
     const std::vector<float> q = normal(16, rng, 1.0f);
     std::vector<float> qz_any(13), qz_concrete(13);
@@ -218,7 +219,7 @@ TEST_CASE("any_codec is bit-identical to autoencoder codecs", "[codec][any]") {
     REQUIRE(visited_type(make_any_codec(f.codec<bf16>())) == 22);
     REQUIRE(visited_type(make_any_codec(q8)) == 23);
     REQUIRE(visited_type(make_any_codec(qf8)) == 24);
-    REQUIRE(make_any_codec(f.codec<f16>()).slope == 0.05f);
+    REQUIRE(make_any_codec(f.codec<f16>()).as<autoencoder_codec<f16>>().slope == 0.05f);
     REQUIRE(!make_any_codec(f.codec<f16>()).is_affine());
 }
 
@@ -292,7 +293,7 @@ TEST_CASE("any_codec rejects bad codecs and fields", "[codec][any]") {
     std::mt19937 rng(5);
     KVCAR_REQUIRE_ERROR(make_any_codec(identity_codec<f16>{0}), "width must be positive");
     // Plain identity has no latent buffer, so it may be wide; quantized identity may not.
-    REQUIRE(make_any_codec(identity_codec<f16>{4096}).width == 4096);
+    REQUIRE(make_any_codec(identity_codec<f16>{4096}).group_width() == 4096);
     KVCAR_REQUIRE_ERROR(make_any_codec(make_quantized<std::int8_t>(identity_codec<float>{4096})),
                         "max_latent_width");
 
@@ -322,9 +323,9 @@ TEST_CASE("any_codec rejects bad codecs and fields", "[codec][any]") {
     a = before;
     a.storage = latent_storage(9);
     KVCAR_REQUIRE_ERROR(a.validate(), "unknown storage 9");
-    a = before;
-    a.latent = 4;
-    KVCAR_REQUIRE_ERROR(a.validate(), "latent 4 must equal width 8");
+    a = make_any_codec(identity_codec<f16>{2048});
+    a.storage = latent_storage::int8;  // a quantized latent lives in a max_latent_width buffer
+    KVCAR_REQUIRE_ERROR(a.validate(), "latent 2048 exceeds max_latent_width 1024");
     a = before;
     REQUIRE_NOTHROW(a.validate());
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kvcar/codec/limits.hpp"
+#include "kvcar/codec/traits.hpp"
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/numeric.hpp"
@@ -273,5 +274,53 @@ inline folded_autoencoder fold(const autoencoder_params& p) {
     f.validate();  // folding can overflow (a tiny variance with a large gamma): say so here
     return f;
 }
+
+static_assert(latent_codec<autoencoder_codec<f16>>);
+
+/// The autoencoder's registration (codec/traits.hpp): a file stores it folded (folded_autoencoder),
+/// which is exactly what inference runs.
+template <float_element T>
+struct codec_registration<autoencoder_codec<T>> {
+    /// The codec file's "codec" value.
+    static constexpr const char* name = "autoencoder";
+    /// The codec storing its latent as U.
+    template <float_element U>
+    using view = autoencoder_codec<U>;
+    /// The owning, folded parameters.
+    using params = folded_autoencoder;
+    /// A view over `p`'s vectors (not validated: see validate).
+    static autoencoder_codec<float> view_of(const params& p) {
+        return autoencoder_codec<float>{p.width,          p.hidden,         p.latent,
+                                        p.slope,          p.enc1_w.data(),  p.enc1_b.data(),
+                                        p.enc2_wt.data(), p.enc2_b.data(),  p.dec1_w.data(),
+                                        p.dec1_b.data(),  p.dec2_wt.data(), p.dec2_b.data()};
+    }
+    /// D, d, the hidden width h and the LeakyReLU slope, then the eight folded tensors.
+    template <class X, class F>
+    static void members(X& x, F& f) {
+        f.size("width", x.width);
+        f.size("latent", x.latent);
+        f.size("hidden", x.hidden);
+        f.real("slope", x.slope);
+        f.tensor("enc1_w", x.enc1_w, {x.hidden, x.width});
+        f.tensor("enc1_b", x.enc1_b, {x.hidden});
+        f.tensor("enc2_wt", x.enc2_wt, {x.hidden, x.latent});
+        f.tensor("enc2_b", x.enc2_b, {x.latent});
+        f.tensor("dec1_w", x.dec1_w, {x.hidden, x.latent});
+        f.tensor("dec1_b", x.dec1_b, {x.hidden});
+        f.tensor("dec2_wt", x.dec2_wt, {x.hidden, x.width});
+        f.tensor("dec2_b", x.dec2_b, {x.width});
+    }
+    /// folded_autoencoder::validate.
+    static void validate(const params& p) { p.validate(); }
+    /// The view's shape and pointers.
+    static void validate(const autoencoder_codec<float>& c) {
+        require(c.hidden > 0, "autoencoder_codec: hidden must be positive (got " +
+                                  std::to_string(c.hidden) + ")");
+        for (const float* t : {c.enc1_w, c.enc1_b, c.enc2_wt, c.enc2_b, c.dec1_w, c.dec1_b,
+                               c.dec2_wt, c.dec2_b})
+            require(t != nullptr, "autoencoder_codec: a weight pointer is null");
+    }
+};
 
 }  // namespace kvcar

@@ -5,6 +5,9 @@
 
 #include <cstddef>
 
+#include <string>
+
+#include "kvcar/codec/traits.hpp"
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/numeric.hpp"
@@ -46,6 +49,35 @@ struct identity_codec {
     KVCAR_HD void decode(const std::byte* in, float* x) const {
         const T* z = reinterpret_cast<const T*>(in);
         for (int i = 0; i < width; ++i) x[i] = to_float(z[i]);
+    }
+};
+
+static_assert(kv_codec<identity_codec<f16>>);
+static_assert(latent_codec<identity_codec<f16>>);
+
+/// The identity codec's registration (codec/traits.hpp). It has no parameters beyond its width,
+/// so its owning form is the view itself.
+template <float_element T>
+struct codec_registration<identity_codec<T>> {
+    /// The codec file's "codec" value.
+    static constexpr const char* name = "identity";
+    /// The codec storing its latent (the group itself) as U.
+    template <float_element U>
+    using view = identity_codec<U>;
+    /// Nothing to own: the width is all there is.
+    using params = identity_codec<float>;
+    /// The view of `p` (itself).
+    static identity_codec<float> view_of(const params& p) { return p; }
+    /// The width, which is also the latent width; no tensors.
+    template <class X, class F>
+    static void members(X& x, F& f) {
+        f.size("width", x.width);
+        f.size("latent", x.width);
+    }
+    /// Throws kvcar::error unless the width is positive (params and view are the same type).
+    static void validate(const identity_codec<float>& c) {
+        require(c.width > 0, "identity_codec: width must be positive (got " +
+                                 std::to_string(c.width) + ")");
     }
 };
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kvcar/codec/limits.hpp"
+#include "kvcar/codec/traits.hpp"
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/numeric.hpp"
@@ -148,6 +149,45 @@ struct linear_params {
     linear_codec<T> codec() const {
         validate();
         return linear_codec<T>{width, rank, heads, mean.data(), basis.data()};
+    }
+};
+
+static_assert(affine_latent_codec<linear_codec<f16>>);
+
+/// The linear codec's registration (codec/traits.hpp): a file stores its heads, μ and P.
+template <float_element T>
+struct codec_registration<linear_codec<T>> {
+    /// The codec file's "codec" value.
+    static constexpr const char* name = "linear";
+    /// The codec storing its latent as U.
+    template <float_element U>
+    using view = linear_codec<U>;
+    /// The owning parameters (what calibration fits and a file loads).
+    using params = linear_params;
+    /// A view over `p`'s vectors (not validated: see validate).
+    static linear_codec<float> view_of(const params& p) {
+        return linear_codec<float>{p.width, p.rank, p.heads, p.mean.data(), p.basis.data()};
+    }
+    /// D, d = rank, the heads of the group, then μ [D] and P [D][d].
+    template <class X, class F>
+    static void members(X& x, F& f) {
+        f.size("width", x.width);
+        f.size("latent", x.rank);
+        f.size("heads", x.heads);
+        f.tensor("mean", x.mean, {x.width});
+        f.tensor("basis", x.basis, {x.width, x.rank});
+    }
+    /// linear_params::validate.
+    static void validate(const params& p) { p.validate(); }
+    /// The view's shape and pointers (a view's arrays cannot be checked for their values).
+    static void validate(const linear_codec<float>& c) {
+        const std::string me = "linear_codec: ";
+        require(c.rank <= c.width, me + "latent " + std::to_string(c.rank) + " exceeds width " +
+                                       std::to_string(c.width));
+        require(c.heads > 0 && c.width % c.heads == 0, me + "heads " + std::to_string(c.heads) +
+                                                           " must divide width " +
+                                                           std::to_string(c.width));
+        require(c.mean && c.basis, me + "mean or basis pointer is null");
     }
 };
 

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <algorithm>
+#include <any>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -24,7 +25,9 @@
 #include <map>
 #include <set>
 #include <span>
+#include <initializer_list>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -32,6 +35,7 @@
 #include "kvcar/codec/any.hpp"
 #include "kvcar/codec/autoencoder.hpp"
 #include "kvcar/codec/linear.hpp"
+#include "kvcar/codec/traits.hpp"
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/io/json.hpp"
@@ -45,16 +49,48 @@ inline constexpr const char* codec_file_format = "kvcar-codec";
 /// The format version written; loading any other version throws.
 inline constexpr int codec_file_version = 1;
 
-/// The codec of one stored slot, owning its parameters.
+namespace detail {
+
+/// A members() visitor that finds the size member named `key` (the first one listed).
+struct size_finder {
+    const char* key;
+    int found = 0;
+    void size(const char* name, const int& v) {
+        if (std::string_view(name) == key && found == 0) found = v;
+    }
+    void real(const char*, const float&) {}
+    template <class Array>
+    void tensor(const char*, const Array&, std::initializer_list<int>) {}
+};
+
+}  // namespace detail
+
+/// The run-time codec type over a codec_list (any_codec for builtin_codecs).
+template <class List>
+struct any_codec_for_list;
+/// basic_any_codec over the list's codecs.
+template <class... Codecs>
+struct any_codec_for_list<codec_list<Codecs...>> {
+    using type = basic_any_codec<Codecs...>;
+};
+/// basic_any_codec<Codecs...> for codec_list<Codecs...>.
+template <class List>
+using any_codec_for = typename any_codec_for_list<List>::type;
+
+/// The codec of one stored slot, owning its parameters. Its `codec` is a kind of a codec list:
+/// builtin_codecs unless the member templates are given another list (one that a user's codecs
+/// extend; the file stores the codec's name).
 struct slot_codec {
     int layer = 0;                                 ///< the layer that stores this slot
     int group = 0;                                 ///< the group within the layer
     kv_kind kind = kv_kind::key;                   ///< K or V
-    codec_kind codec = codec_kind::identity;       ///< which transform
+    codec_kind codec = codec_kind::identity;       ///< which transform (index in the list)
     latent_storage storage = latent_storage::f16;  ///< the latent's element format
     int width = 0;                                 ///< D, the group width (every kind)
     linear_params linear;                          ///< the parameters when codec == linear
     folded_autoencoder autoencoder;                ///< the parameters when codec == autoencoder
+    /// The parameters of any other registered codec (its registration's `params` type).
+    std::any extra;
 
     /// An identity codec for (layer, group, kind): the group stored as it is, `width` floats in
     /// `storage`.
@@ -72,32 +108,32 @@ struct slot_codec {
     /// A linear codec for (layer, group, kind) owning `params`; the width is params.width.
     static slot_codec make_linear(int layer, int group, kv_kind kind, linear_params params,
                                   latent_storage storage = latent_storage::f16) {
-        slot_codec s = identity(layer, group, kind, params.width, storage);
-        s.codec = codec_kind::linear;
-        s.linear = std::move(params);
-        return s;
+        return make<linear_codec<>>(layer, group, kind, std::move(params), storage);
     }
     /// An autoencoder codec for (layer, group, kind) owning `params`; the width is params.width.
     static slot_codec make_autoencoder(int layer, int group, kv_kind kind,
                                        folded_autoencoder params,
                                        latent_storage storage = latent_storage::f16) {
-        slot_codec s = identity(layer, group, kind, params.width, storage);
-        s.codec = codec_kind::autoencoder;
-        s.autoencoder = std::move(params);
+        return make<autoencoder_codec<>>(layer, group, kind, std::move(params), storage);
+    }
+    /// A slot of the registered `Codec` (kind: its index in `List`) owning `params`; the width is
+    /// the one its members() name "width".
+    template <registered_codec Codec, class List = builtin_codecs>
+    static slot_codec make(int layer, int group, kv_kind kind,
+                           typename codec_registration<Codec>::params params,
+                           latent_storage storage = latent_storage::f16) {
+        constexpr int index = codec_index_in<Codec>(List{});
+        static_assert(index >= 0, "slot_codec::make: the codec is not in the list");
+        slot_codec s = identity(layer, group, kind, size_member<Codec>(params, "width"), storage);
+        s.codec = codec_kind(index);
+        s.params<typename codec_registration<Codec>::params>() = std::move(params);
         return s;
     }
 
     /// d: stored latent elements per token.
+    template <class List = builtin_codecs>
     int latent_width() const {
-        switch (codec) {
-            case codec_kind::linear:
-                return linear.rank;
-            case codec_kind::autoencoder:
-                return autoencoder.latent;
-            case codec_kind::identity:
-            default:
-                return width;
-        }
+        return view<List>().latent_width();
     }
 
     /// "(3, 0, K)", as messages name a slot.
@@ -114,54 +150,88 @@ struct slot_codec {
 
     /// Checks the codec's own fields and parameters (not its place in a set): throws naming the
     /// slot and the problem.
+    template <class List = builtin_codecs>
     void validate() const {
         const std::string me = "slot " + name() + ": ";
         require(kind == kv_kind::key || kind == kv_kind::value,
                 me + "kind " + std::to_string(int(kind)) + " is neither K nor V");
-        require(parse_codec_kind(to_string(codec)).has_value(),
+        require(int(codec) < int(List::size),
                 me + "unknown codec kind " + std::to_string(int(codec)));
         require(parse_latent_storage(to_string(storage)).has_value(),
                 me + "unknown latent storage " + std::to_string(int(storage)));
         require(width > 0, me + "width must be positive (got " + std::to_string(width) + ")");
         try {
-            if (codec == codec_kind::linear) {
-                linear.validate();
-                require(linear.width == width,
-                        "linear_params: width " + std::to_string(linear.width) +
-                            " differs from the slot's width " + std::to_string(width));
-            } else if (codec == codec_kind::autoencoder) {
-                autoencoder.validate();
-                require(autoencoder.width == width,
-                        "folded_autoencoder: width " + std::to_string(autoencoder.width) +
-                            " differs from the slot's width " + std::to_string(width));
-            }
-            view().validate();
+            with_codec<List>([&]<class Codec>() {
+                using reg = codec_registration<Codec>;
+                // Parameters the slot does not hold (an identity's) are the slot's width alone.
+                if (const auto* p = find_params<typename reg::params>()) {
+                    reg::validate(*p);
+                    const int w = size_member<Codec>(*p, "width");
+                    require(w == width, std::string(reg::name) + " parameters: width " +
+                                            std::to_string(w) + " differs from the slot's width " +
+                                            std::to_string(width));
+                }
+            });
+            view<List>().validate();
         } catch (const error& e) {
             throw error("kvcar: " + me + strip(e.what()));
         }
     }
 
     /// The run-time codec over this slot's parameters (valid while *this lives, unmodified).
-    any_codec view() const {
-        any_codec a;
+    template <class List = builtin_codecs>
+    any_codec_for<List> view() const {
+        any_codec_for<List> a;
         a.kind = codec;
         a.storage = storage;
-        a.width = width;
-        a.latent = latent_width();
-        if (codec == codec_kind::linear) {
-            a.heads = linear.heads;
-            a.tensors[0] = linear.mean.data();
-            a.tensors[1] = linear.basis.data();
-        } else if (codec == codec_kind::autoencoder) {
-            const folded_autoencoder& f = autoencoder;
-            a.hidden = f.hidden;
-            a.slope = f.slope;
-            const float* t[8] = {f.enc1_w.data(),  f.enc1_b.data(), f.enc2_wt.data(),
-                                 f.enc2_b.data(),  f.dec1_w.data(), f.dec1_b.data(),
-                                 f.dec2_wt.data(), f.dec2_b.data()};
-            for (int i = 0; i < 8; ++i) a.tensors[i] = t[i];
-        }
+        with_codec<List>([&]<class Codec>() {
+            using reg = codec_registration<Codec>;
+            const typename reg::params none{};
+            const auto* p = find_params<typename reg::params>();
+            registered_view<Codec> v = reg::view_of(p ? *p : none);
+            set_width_visitor set{width};
+            reg::members(v, set);  // the slot's width is the codec's D
+            std::memcpy(a.view_bytes, static_cast<const void*>(&v), sizeof v);
+        });
         return a;
+    }
+
+    /// The owning parameters of type P (a registration's `params`): the built-in kinds keep theirs
+    /// in the named members above, every other codec in `extra` (created here when absent).
+    template <class P>
+    P& params() {
+        if constexpr (std::is_same_v<P, linear_params>) {
+            return linear;
+        } else if constexpr (std::is_same_v<P, folded_autoencoder>) {
+            return autoencoder;
+        } else {
+            if (!std::any_cast<P>(&extra)) extra = P{};
+            return *std::any_cast<P>(&extra);
+        }
+    }
+    /// The parameters of type P this slot holds, or null (see params()).
+    template <class P>
+    const P* find_params() const {
+        if constexpr (std::is_same_v<P, linear_params>) return &linear;
+        else if constexpr (std::is_same_v<P, folded_autoencoder>) return &autoencoder;
+        else return std::any_cast<P>(&extra);
+    }
+
+    /// Calls f.template operator()<Codec>() for this slot's codec in List (nothing for an unknown
+    /// kind).
+    template <class List, class F>
+    void with_codec(F&& f) const {
+        [&]<class... Codecs>(codec_list<Codecs...>) {
+            with_codec_at<Codecs...>(int(codec), f);
+        }(List{});
+    }
+
+    /// The value of the size member `key` of Codec's params or view `x` (0 when it has none).
+    template <class Codec, class X>
+    static int size_member(const X& x, const char* key) {
+        detail::size_finder f{key};
+        codec_registration<Codec>::members(x, f);
+        return f.found;
     }
 
     /// A message without its "kvcar: " prefix, to nest it in another.
@@ -170,6 +240,17 @@ struct slot_codec {
         if (s.rfind("kvcar: ", 0) == 0) s.erase(0, 7);
         return s;
     }
+
+private:
+    /// Sets a view's "width" member (and an identity's latent, the same int) to the slot's.
+    struct set_width_visitor {
+        int width;
+        void size(const char* name, int& v) {
+            if (std::string_view(name) == "width") v = width;
+        }
+        void real(const char*, float&) {}
+        void tensor(const char*, const float*&, std::initializer_list<int>) {}
+    };
 };
 
 /// Which keys the K codecs were fitted to, the metadata's "keys": as attention reads them, after
@@ -251,31 +332,39 @@ struct codec_set {
     /// Throws kvcar::error naming the first problem: layout, a slot out of range, listed twice,
     /// reused (stores nothing) or missing, a codec whose width is not the group width, or whose
     /// parameters are invalid.
-    void validate() const { (void)ordered_slots(); }
+    /// The slots' kinds are of `List` (see slot_codec).
+    template <class List = builtin_codecs>
+    void validate() const {
+        (void)ordered_slots<List>();
+    }
 
     /// Views of every stored slot's codec, indexed by the layout's slot number. Valid while this
     /// set lives and its slots are not modified.
-    std::vector<any_codec> codecs() const {
-        const std::vector<const slot_codec*> order = ordered_slots();
-        std::vector<any_codec> out;
+    template <class List = builtin_codecs>
+    std::vector<any_codec_for<List>> codecs() const {
+        const std::vector<const slot_codec*> order = ordered_slots<List>();
+        std::vector<any_codec_for<List>> out;
         out.reserve(order.size());
-        for (const slot_codec* s : order) out.push_back(s->view());
+        for (const slot_codec* s : order) out.push_back(s->view<List>());
         return out;
     }
 
     /// Bytes the cache stores per token, all layers, K and V.
+    template <class List = builtin_codecs>
     std::size_t bytes_per_token() const {
         std::size_t total = 0;
-        for (const any_codec& c : codecs()) total += c.bytes_per_group();
+        for (const auto& c : codecs<List>()) total += c.bytes_per_group();
         return total;
     }
     /// fp16 bytes per token / stored bytes per token.
+    template <class List = builtin_codecs>
     double compression_ratio() const {
-        return double(geometry.fp16_bytes_per_token()) / double(bytes_per_token());
+        return double(geometry.fp16_bytes_per_token()) / double(bytes_per_token<List>());
     }
 
 private:
     /// Validates everything and returns the slots in the layout's slot order.
+    template <class List>
     std::vector<const slot_codec*> ordered_slots() const {
         const reuse_map map = layout();
         const std::string me = "codec_set: ";
@@ -304,13 +393,18 @@ private:
                         " but a group is " + std::to_string(map.heads_per_group()) + " heads x " +
                         std::to_string(geometry.head_dim) + " = " +
                         std::to_string(map.group_width()));
-            if (s.codec == codec_kind::linear)
-                require(s.linear.heads == heads_per_group,
-                        me + "slot " + s.name() + " is a linear codec over " +
-                            std::to_string(s.linear.heads) + " heads but a group has " +
+            // A codec whose members name a size "heads" spans that many KV heads: a group's.
+            s.with_codec<List>([&]<class Codec>() {
+                using reg = codec_registration<Codec>;
+                const auto* p = s.find_params<typename reg::params>();
+                const int heads = p ? slot_codec::size_member<Codec>(*p, "heads") : 0;
+                require(heads == 0 || heads == heads_per_group,
+                        me + "slot " + s.name() + " is " + with_article(reg::name) +
+                            " codec over " + std::to_string(heads) + " heads but a group has " +
                             std::to_string(heads_per_group));
+            });
             try {
-                s.validate();
+                s.validate<List>();
             } catch (const error& e) {
                 throw error("kvcar: " + me + slot_codec::strip(e.what()));
             }
@@ -327,14 +421,6 @@ private:
 
 namespace detail {
 
-/// One tensor of a slot's codec: its name after the slot prefix, its data, its shape.
-template <class Vector>
-struct codec_tensor {
-    std::string suffix;
-    Vector* data;
-    std::vector<std::int64_t> shape;
-};
-
 inline std::string slot_prefix(int layer, int group, kv_kind kind) {
     std::string s(1, 'L');
     s += std::to_string(layer);
@@ -344,34 +430,6 @@ inline std::string slot_prefix(int layer, int group, kv_kind kind) {
     s += to_string(kind);
     s += '.';
     return s;
-}
-
-/// The tensors a slot's codec has, in file order, shaped from its shape fields (width, rank or
-/// hidden and latent), not from its vectors: a slot being loaded has the fields and empty
-/// vectors, which `data` then points at.
-template <class Slot>
-auto codec_tensors(Slot& s) {
-    using vector =
-        std::conditional_t<std::is_const_v<Slot>, const std::vector<float>, std::vector<float>>;
-    using i64 = std::int64_t;
-    std::vector<codec_tensor<vector>> t;
-    if (s.codec == codec_kind::linear) {
-        const i64 D = s.linear.width, d = s.linear.rank;
-        t.push_back({"mean", &s.linear.mean, {D}});
-        t.push_back({"basis", &s.linear.basis, {D, d}});
-    } else if (s.codec == codec_kind::autoencoder) {
-        auto& f = s.autoencoder;
-        const i64 D = f.width, h = f.hidden, d = f.latent;
-        t.push_back({"enc1_w", &f.enc1_w, {h, D}});
-        t.push_back({"enc1_b", &f.enc1_b, {h}});
-        t.push_back({"enc2_wt", &f.enc2_wt, {h, d}});
-        t.push_back({"enc2_b", &f.enc2_b, {d}});
-        t.push_back({"dec1_w", &f.dec1_w, {h, d}});
-        t.push_back({"dec1_b", &f.dec1_b, {h}});
-        t.push_back({"dec2_wt", &f.dec2_wt, {h, D}});
-        t.push_back({"dec2_b", &f.dec2_b, {D}});
-    }
-    return t;
 }
 
 /// Little-endian bytes of floats (a copy only on big-endian hosts).
@@ -398,6 +456,25 @@ inline json_value reuse_json(const std::vector<reuse_entry>& entries) {
             json_value(json_value::array_type{e.layer, e.group, e.source_layer, e.source_group}));
     return a;
 }
+
+/// A members() visitor over a slot's parameters that writes its further sizes and reals to the
+/// slot's JSON object and queues its tensors (width and latent are written for every codec).
+struct slot_writer {
+    json_value& slot;
+    std::vector<tensor_to_write>& tensors;
+    std::vector<std::vector<std::byte>>& keep;
+    std::string prefix;
+
+    void size(const char* name, const int& v) {
+        const std::string_view n(name);
+        if (n != "width" && n != "latent") slot.set(name, v);
+    }
+    void real(const char* name, const float& v) { slot.set(name, double(v)); }
+    void tensor(const char* name, const std::vector<float>& v, std::initializer_list<int> shape) {
+        tensors.push_back({prefix + name, dtype::f32,
+                           std::vector<std::int64_t>(shape.begin(), shape.end()), le_bytes(v, keep)});
+    }
+};
 
 /// Reads the JSON metadata of a codec file, reporting problems as "codec file <path>: ...".
 class codec_metadata_reader {
@@ -473,9 +550,10 @@ private:
 }  // namespace detail
 
 /// Writes `set` to `path` (validated first; written to path.tmp and renamed, so a failure
-/// leaves no half file).
-inline void save_codec_set(const codec_set& set, const std::string& path) {
-    set.validate();
+/// leaves no half file). The slots' kinds are of `List`; the file names each slot's codec.
+template <class List = builtin_codecs>
+void save_codec_set(const codec_set& set, const std::string& path) {
+    set.validate<List>();
     const reuse_map map = set.layout();
     json_value model = json_value::object();
     model.set("architecture", set.model.architecture);
@@ -495,20 +573,19 @@ inline void save_codec_set(const codec_set& set, const std::string& path) {
         j.set("layer", s.layer);
         j.set("group", s.group);
         j.set("kind", to_string(s.kind));
-        j.set("codec", to_string(s.codec));
+        j.set("codec", codec_name(List{}, int(s.codec)));
         j.set("width", s.width);
-        j.set("latent", s.latent_width());
-        if (s.codec == codec_kind::linear) j.set("heads", s.linear.heads);
-        if (s.codec == codec_kind::autoencoder) {
-            j.set("hidden", s.autoencoder.hidden);
-            j.set("slope", double(s.autoencoder.slope));
-        }
+        j.set("latent", s.latent_width<List>());
+        detail::slot_writer writer{j, tensors, keep,
+                                   detail::slot_prefix(s.layer, s.group, s.kind)};
+        s.with_codec<List>([&]<class Codec>() {
+            using reg = codec_registration<Codec>;
+            const typename reg::params none{};  // a codec the slot holds no parameters for
+            const auto* p = s.find_params<typename reg::params>();
+            reg::members(p ? *p : none, writer);
+        });
         j.set("storage", to_string(s.storage));
         slots.push_back(std::move(j));
-        for (const auto& t : detail::codec_tensors(s)) {
-            tensors.push_back({detail::slot_prefix(s.layer, s.group, s.kind) + t.suffix, dtype::f32,
-                               t.shape, detail::le_bytes(*t.data, keep)});
-        }
     }
     json_value calibration = json_value::object();
     calibration.set("text", set.calibration.text);
@@ -530,9 +607,58 @@ inline void save_codec_set(const codec_set& set, const std::string& path) {
 
 namespace detail {
 
+/// A members() visitor that fills a slot's parameters from its JSON object and the file's
+/// tensors, checking each against the shape the sizes read before it give.
+struct slot_reader {
+    const codec_metadata_reader& r;
+    const safetensors_file& file;
+    const json_value& slot;
+    const std::string& where;  // "slots[4] (1, 0, K)"
+    const std::string& codec;  // its codec's name
+    int width, latent;         // read for every codec
+    std::string prefix;        // its tensors' name prefix
+    std::set<std::string>& used_tensors;
+    std::map<const int*, std::pair<std::string, int>> assigned{};  // the sizes set so far
+
+    void size(const char* name, int& v) {
+        const std::string_view n(name);
+        const int value = n == "width" ? width : n == "latent" ? latent : r.get_int(slot, name, where);
+        if (value <= 0)
+            r.fail(where + " " + name + " must be positive (got " + std::to_string(value) + ")");
+        // Two names for one member (an identity's latent is its width) must agree.
+        if (const auto it = assigned.find(&v); it != assigned.end() && it->second.second != value)
+            r.fail(where + " is " + with_article(codec) + " codec with " + name + " " +
+                   std::to_string(value) + " but " + it->second.first + " " +
+                   std::to_string(it->second.second));
+        v = value;
+        assigned[&v] = {name, value};
+    }
+    void real(const char* name, float& v) {
+        const json_value& x = r.member(slot, name, where);
+        if (!x.is_number()) r.fail(where + " " + name + " is not a number");
+        v = float(x.as_double());
+    }
+    void tensor(const char* suffix, std::vector<float>& v, std::initializer_list<int> dims) {
+        const std::string name = prefix + suffix;
+        const std::vector<std::int64_t> shape(dims.begin(), dims.end());
+        if (!file.contains(name))
+            r.fail(where + " (" + codec + ") needs tensor '" + name +
+                   "', which the file does not have");
+        const tensor_view t = file.tensor(name);
+        if (t.dtype != dtype::f32)
+            r.fail("tensor '" + name + "' has dtype " + dtype_name(t.dtype) + ", expected F32");
+        if (t.shape != shape)
+            r.fail("tensor '" + name + "' has shape " + shape_text(t.shape) + ", expected " +
+                   shape_text(shape) + " from " + where);
+        v = tensor_to_float(t, name);
+        used_tensors.insert(name);
+    }
+};
+
 /// parse_codec_set over bytes it owns: the path loader hands its file's bytes over without a
 /// copy, since safetensors_file keeps the bytes its tensor views point into.
-inline codec_set parse_owned_codec_bytes(std::vector<std::byte> bytes, const std::string& source) {
+template <class List>
+codec_set parse_owned_codec_bytes(std::vector<std::byte> bytes, const std::string& source) {
     const codec_metadata_reader r(source);
     safetensors_file file = [&] {
         try {
@@ -607,11 +733,15 @@ inline codec_set parse_owned_codec_bytes(std::vector<std::byte> bytes, const std
         s.kind = kind == "K" ? kv_kind::key : kv_kind::value;
         const std::string slot_where = where + " " + s.name();
         const std::string codec = r.get_string(j, "codec", slot_where);
-        const auto ck = parse_codec_kind(codec);
-        if (!ck)
-            r.fail(slot_where + " has unknown codec \"" + codec +
-                   "\" (expected identity, linear or autoencoder)");
-        s.codec = *ck;
+        const int index = codec_index_of_name(List{}, codec);
+        if (index < 0) {
+            std::string known;
+            for (int k = 0; k < int(List::size); ++k)
+                known += std::string(k == 0 ? "" : k + 1 == int(List::size) ? " or " : ", ") +
+                         codec_name(List{}, k);
+            r.fail(slot_where + " has unknown codec \"" + codec + "\" (expected " + known + ")");
+        }
+        s.codec = codec_kind(index);
         const std::string storage = r.get_string(j, "storage", slot_where);
         const auto st = parse_latent_storage(storage);
         if (!st)
@@ -623,38 +753,12 @@ inline codec_set parse_owned_codec_bytes(std::vector<std::byte> bytes, const std
         if (s.width <= 0 || latent <= 0)
             r.fail(slot_where + " width and latent must be positive (got " +
                    std::to_string(s.width) + ", " + std::to_string(latent) + ")");
-        if (s.codec == codec_kind::identity && latent != s.width)
-            r.fail(slot_where + " is an identity codec with latent " + std::to_string(latent) +
-                   " but width " + std::to_string(s.width));
-        if (s.codec == codec_kind::linear) {
-            s.linear.width = s.width;
-            s.linear.rank = latent;
-            s.linear.heads = r.get_int(j, "heads", slot_where);
-        } else if (s.codec == codec_kind::autoencoder) {
-            s.autoencoder.width = s.width;
-            s.autoencoder.latent = latent;
-            s.autoencoder.hidden = r.get_int(j, "hidden", slot_where);
-            if (s.autoencoder.hidden <= 0)
-                r.fail(slot_where + " hidden must be positive (got " +
-                       std::to_string(s.autoencoder.hidden) + ")");
-            const json_value& slope = r.member(j, "slope", slot_where);
-            if (!slope.is_number()) r.fail(slot_where + " slope is not a number");
-            s.autoencoder.slope = float(slope.as_double());
-        }
-        for (const auto& t : detail::codec_tensors(s)) {
-            const std::string name = detail::slot_prefix(s.layer, s.group, s.kind) + t.suffix;
-            if (!file.contains(name))
-                r.fail(slot_where + " (" + codec + ") needs tensor '" + name +
-                       "', which the file does not have");
-            const tensor_view v = file.tensor(name);
-            if (v.dtype != dtype::f32)
-                r.fail("tensor '" + name + "' has dtype " + dtype_name(v.dtype) + ", expected F32");
-            if (v.shape != t.shape)
-                r.fail("tensor '" + name + "' has shape " + detail::shape_text(v.shape) +
-                       ", expected " + detail::shape_text(t.shape) + " from " + slot_where);
-            *t.data = tensor_to_float(v, name);
-            used_tensors.insert(name);
-        }
+        slot_reader reader{r, file, j, slot_where, codec, s.width, latent,
+                           slot_prefix(s.layer, s.group, s.kind), used_tensors};
+        s.with_codec<List>([&]<class Codec>() {
+            using reg = codec_registration<Codec>;
+            reg::members(s.params<typename reg::params>(), reader);
+        });
         set.slots.push_back(std::move(s));
     }
     for (const std::string& name : file.names())
@@ -697,7 +801,7 @@ inline codec_set parse_owned_codec_bytes(std::vector<std::byte> bytes, const std
         }
     }
     try {
-        set.validate();
+        set.validate<List>();
     } catch (const error& e) {
         r.fail(slot_codec::strip(e.what()));
     }
@@ -713,27 +817,31 @@ inline codec_set parse_owned_codec_bytes(std::vector<std::byte> bytes, const std
 /// "codec file <source>: <problem>", e.g. for bytes too short to be safetensors, a header
 /// that runs past the end, metadata that is not a kvcar codec set, or a tensor that
 /// contradicts it.
-inline codec_set parse_codec_set(std::span<const std::byte> bytes, const std::string& source) {
-    return detail::parse_owned_codec_bytes(std::vector<std::byte>(bytes.begin(), bytes.end()),
+/// The slots' codecs are looked up by name in `List`.
+template <class List = builtin_codecs>
+codec_set parse_codec_set(std::span<const std::byte> bytes, const std::string& source) {
+    return detail::parse_owned_codec_bytes<List>(std::vector<std::byte>(bytes.begin(), bytes.end()),
                                            source);
 }
 
 /// Reads and validates the codec file at `path` (parse_codec_set over the file's bytes).
 /// Throws kvcar::error "codec file <path>: <problem>", also when the file cannot be read.
-inline codec_set load_codec_set(const std::string& path) {
+template <class List = builtin_codecs>
+codec_set load_codec_set(const std::string& path) {
     std::vector<std::byte> bytes;
     try {
         bytes = detail::read_file_bytes(path, "safetensors");
     } catch (const error& e) {
         detail::codec_metadata_reader(path).fail(slot_codec::strip(e.what()));
     }
-    return detail::parse_owned_codec_bytes(std::move(bytes), path);
+    return detail::parse_owned_codec_bytes<List>(std::move(bytes), path);
 }
 
 /// Loads a codec file for a model of geometry `expected`: as load_codec_set(path), and the file
 /// must have been made for that geometry.
-inline codec_set load_codec_set(const std::string& path, const kv_geometry& expected) {
-    codec_set set = load_codec_set(path);
+template <class List = builtin_codecs>
+codec_set load_codec_set(const std::string& path, const kv_geometry& expected) {
+    codec_set set = load_codec_set<List>(path);
     const kv_geometry& g = set.geometry;
     if (g.n_layers != expected.n_layers || g.n_kv_heads != expected.n_kv_heads ||
         g.head_dim != expected.head_dim)
