@@ -276,7 +276,7 @@ TEST_CASE("the identity set is the fp16 baseline", "[io][codec_file]") {
     REQUIRE(s.slots.size() == 3 * 2 * 2);
     REQUIRE(s.bytes_per_token() == s.geometry.fp16_bytes_per_token());
     REQUIRE(s.compression_ratio() == 1.0);
-    REQUIRE(s.codecs()[0].width == 32);
+    REQUIRE(s.codecs()[0].group_width() == 32);
 }
 
 TEST_CASE("codec_set validation names the problem", "[io][codec_file]") {
