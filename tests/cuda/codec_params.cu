@@ -82,10 +82,10 @@ TEST_CASE("upload_codec: linear views point at device copies; shared arrays are 
 
     linear_codec<f16> broken = a.codec<f16>();
     broken.basis = nullptr;
-    KVCAR_REQUIRE_ERROR(cuda::upload_codec(broken, store), "linear_codec basis is null");
+    KVCAR_REQUIRE_ERROR(cuda::upload_codec(broken, store), "mean or basis pointer is null");
     broken = a.codec<f16>();
     broken.heads = 3;
-    KVCAR_REQUIRE_ERROR(cuda::upload_codec(broken, store), "linear_codec has bad shape");
+    KVCAR_REQUIRE_ERROR(cuda::upload_codec(broken, store), "heads 3 must divide width");
     REQUIRE(store.arrays() == 4);
 }
 

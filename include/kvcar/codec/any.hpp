@@ -188,6 +188,14 @@ public:
         return v;
     }
 
+    /// Replaces the stored view with `v`, one of the current codec's views (unchecked: the caller
+    /// sets `kind` to match).
+    template <class View>
+    void set_view(const View& v) {
+        static_assert(std::is_trivially_copyable_v<View> && sizeof(View) <= sizeof(view_bytes));
+        memcpy(view_bytes, static_cast<const void*>(&v), sizeof v);
+    }
+
     /// D: floats per group.
     KVCAR_HD int group_width() const {
         return visit([](const auto& c) { return int(c.group_width()); });
@@ -241,10 +249,9 @@ public:
         } else {
             constexpr int index = codec_index<C, Codecs...>();
             static_assert(index >= 0, "basic_any_codec::of: the codec is not in this list");
-            using plain = registered_view<C>;
-            static_assert(sizeof(C) == sizeof(plain));
+            static_assert(sizeof(C) == sizeof(registered_view<C>));
             a.kind = codec_kind(index);
-            memcpy(a.view_bytes, static_cast<const void*>(&c), sizeof c);
+            a.set_view(c);
         }
         a.storage = latent_storage_of<typename C::storage_type>;
         a.validate();  // a quantizer's latent buffer bounds even an identity's width

@@ -10,8 +10,10 @@
 //     auto dev = kvcar::cuda::upload_codec(params.codec<kvcar::f16>(), store);  // device pointers
 //     my_kernel<<<...>>>(dev, ...);                                            // valid while store lives
 //
-// A user codec with parameters becomes uploadable by an `upload_codec(const C&, parameter_store&)`
-// overload found by argument-dependent lookup.
+// Every registered codec (codec/traits.hpp) uploads through its registration: each tensor its
+// members() list is copied, so a new codec needs nothing here. A codec without a registration
+// becomes uploadable by an `upload_codec(const C&, parameter_store&)` overload found by
+// argument-dependent lookup.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -20,6 +22,7 @@
 
 #include <concepts>
 #include <cstddef>
+#include <initializer_list>
 #include <map>
 #include <span>
 #include <string>
@@ -31,6 +34,7 @@
 #include "kvcar/codec/identity.hpp"
 #include "kvcar/codec/linear.hpp"
 #include "kvcar/codec/quantized.hpp"
+#include "kvcar/codec/traits.hpp"
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/cuda/buffer.cuh"
@@ -66,50 +70,33 @@ private:
     std::map<std::pair<const float*, std::size_t>, const float*> index_;
 };
 
-/// An identity codec has no parameters: returns `c` unchanged. Throws kvcar::error when the width
-/// is not positive.
-template <float_element T>
-identity_codec<T> upload_codec(const identity_codec<T>& c, parameter_store&) {
-    require(c.width > 0, "upload_codec: identity_codec width must be positive (got " +
-                             std::to_string(c.width) + ")");
-    return c;  // no parameters
-}
+namespace detail {
 
-/// A copy of `c` whose mean and basis point to device copies held by `store` (shared with earlier
-/// uploads of the same host arrays). Throws kvcar::error for a bad shape or a null or empty array.
-template <float_element T>
-linear_codec<T> upload_codec(const linear_codec<T>& c, parameter_store& store) {
-    require(c.width > 0 && c.rank > 0 && c.heads > 0 && c.width % c.heads == 0 &&
-                c.rank <= max_latent_width,
-            "upload_codec: linear_codec has bad shape (width " + std::to_string(c.width) +
-                ", rank " + std::to_string(c.rank) + ", heads " + std::to_string(c.heads) + ")");
-    linear_codec<T> d = c;
-    const std::size_t D = std::size_t(c.width), r = std::size_t(c.rank);
-    d.mean = store.put(c.mean, D, "linear_codec mean");
-    d.basis = store.put(c.basis, D * r, "linear_codec basis");
-    return d;
-}
+/// A members() visitor that points each tensor of a view at its device copy.
+struct upload_tensors {
+    parameter_store& store;
+    const char* codec;
+    void size(const char*, int&) {}
+    void real(const char*, float&) {}
+    void tensor(const char* name, const float*& p, std::initializer_list<int> shape) {
+        std::size_t count = 1;
+        for (int n : shape) count *= std::size_t(n);
+        p = store.put(p, count, (std::string(codec) + " " + name).c_str());
+    }
+};
 
-/// A copy of `c` whose eight weight arrays point to device copies held by `store` (shared with
-/// earlier uploads of the same host arrays). Throws kvcar::error for a bad shape or a null or empty
-/// array.
-template <float_element T>
-autoencoder_codec<T> upload_codec(const autoencoder_codec<T>& c, parameter_store& store) {
-    require(c.width > 0 && c.hidden > 0 && c.latent > 0 && c.latent <= max_latent_width,
-            "upload_codec: autoencoder_codec has bad shape (width " + std::to_string(c.width) +
-                ", hidden " + std::to_string(c.hidden) + ", latent " + std::to_string(c.latent) +
-                ")");
-    autoencoder_codec<T> d = c;
-    const std::size_t D = std::size_t(c.width), h = std::size_t(c.hidden),
-                      l = std::size_t(c.latent);
-    d.enc1_w = store.put(c.enc1_w, h * D, "autoencoder enc1_w");
-    d.enc1_b = store.put(c.enc1_b, h, "autoencoder enc1_b");
-    d.enc2_wt = store.put(c.enc2_wt, h * l, "autoencoder enc2_wt");
-    d.enc2_b = store.put(c.enc2_b, l, "autoencoder enc2_b");
-    d.dec1_w = store.put(c.dec1_w, h * l, "autoencoder dec1_w");
-    d.dec1_b = store.put(c.dec1_b, h, "autoencoder dec1_b");
-    d.dec2_wt = store.put(c.dec2_wt, h * D, "autoencoder dec2_wt");
-    d.dec2_b = store.put(c.dec2_b, D, "autoencoder dec2_b");
+}  // namespace detail
+
+/// A copy of the registered codec `c` (identity_codec, linear_codec, autoencoder_codec, a user's)
+/// whose tensors point to device copies held by `store` (shared with earlier uploads of the same
+/// host arrays); a codec without tensors comes back unchanged. Throws kvcar::error when `c` is
+/// invalid (the checks of basic_any_codec::validate: shape, null pointers).
+template <registered_codec Codec>
+Codec upload_codec(const Codec& c, parameter_store& store) {
+    (void)basic_any_codec<Codec>::of(c);  // validates the view as any_codec would
+    Codec d = c;
+    detail::upload_tensors up{store, codec_registration<Codec>::name};
+    codec_registration<Codec>::members(d, up);
     return d;
 }
 
@@ -122,28 +109,17 @@ quantized_codec<Inner, Q> upload_codec(const quantized_codec<Inner, Q>& c,
 
 /// A run-time codec (a codec file's slot) on the device: the concrete view it stands for is
 /// uploaded as that view would be, and the copy points at the device arrays. Kernels then read it
-/// through any_codec's own encode/decode (one switch per record), or, after `visit`, as the
-/// concrete codec. Throws kvcar::error as any_codec::validate and the concrete uploads do.
-inline any_codec upload_codec(const any_codec& c, parameter_store& store) {
+/// through its own encode/decode (one dispatch per record), or, after `visit`, as the concrete
+/// codec. Throws kvcar::error as validate() and the concrete uploads do.
+template <class... Codecs>
+basic_any_codec<Codecs...> upload_codec(const basic_any_codec<Codecs...>& c,
+                                        parameter_store& store) {
     c.validate();
-    any_codec d = c;
-    switch (c.kind) {
-        case codec_kind::linear: {
-            const linear_codec<float> up = upload_codec(c.as_linear<float>(), store);
-            d.tensors[0] = up.mean;
-            d.tensors[1] = up.basis;
-            break;
-        }
-        case codec_kind::autoencoder: {
-            const autoencoder_codec<float> up = upload_codec(c.as_autoencoder<float>(), store);
-            const float* t[8] = {up.enc1_w, up.enc1_b, up.enc2_wt, up.enc2_b,
-                                 up.dec1_w, up.dec1_b, up.dec2_wt, up.dec2_b};
-            for (int i = 0; i < 8; ++i) d.tensors[i] = t[i];
-            break;
-        }
-        case codec_kind::identity:
-            break;  // no parameters
-    }
+    basic_any_codec<Codecs...> d = c;
+    with_codec_at<Codecs...>(int(c.kind), [&]<class Codec>() {
+        using view = registered_view<Codec>;
+        d.set_view(upload_codec(c.template as<view>(), store));
+    });
     return d;
 }
 

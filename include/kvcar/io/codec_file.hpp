@@ -191,7 +191,7 @@ struct slot_codec {
             registered_view<Codec> v = reg::view_of(p ? *p : none);
             set_width_visitor set{width};
             reg::members(v, set);  // the slot's width is the codec's D
-            std::memcpy(a.view_bytes, static_cast<const void*>(&v), sizeof v);
+            a.set_view(v);
         });
         return a;
     }
