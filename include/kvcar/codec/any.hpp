@@ -297,6 +297,18 @@ static_assert(std::is_same_v<any_codec::list, builtin_codecs>);
 static_assert(kv_codec<any_codec>);
 static_assert(latent_codec<any_codec>);
 
+/// The run-time codec type over a codec_list (any_codec for builtin_codecs).
+template <class List>
+struct any_codec_for_list;
+/// basic_any_codec over the list's codecs.
+template <class... Codecs>
+struct any_codec_for_list<codec_list<Codecs...>> {
+    using type = basic_any_codec<Codecs...>;  ///< the run-time codec
+};
+/// basic_any_codec<Codecs...> for codec_list<Codecs...>.
+template <class List>
+using any_codec_for = typename any_codec_for_list<List>::type;
+
 /// The any_codec of a built-in codec (any storage) or a quantized_codec of one: any_codec::of.
 /// Throws kvcar::error when a width is not positive, the latent exceeds max_latent_width where a
 /// buffer holds it, the codec's shape is inconsistent, or a parameter pointer is null.

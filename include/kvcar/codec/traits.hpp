@@ -57,9 +57,22 @@ struct codec_list {
     static constexpr std::size_t size = sizeof...(Codecs);
 };
 
+/// `List` with `More` appended: `codec_list_with<builtin_codecs, my_codec<>>` is the built-in codecs
+/// and a user's.
+template <class List, class... More>
+struct codec_list_append;
+/// codec_list<Codecs..., More...>.
+template <class... Codecs, class... More>
+struct codec_list_append<codec_list<Codecs...>, More...> {
+    using type = codec_list<Codecs..., More...>;  ///< the longer list
+};
+/// `List` with `More` appended.
+template <class List, class... More>
+using codec_list_with = typename codec_list_append<List, More...>::type;
+
 namespace detail {
 
-/// A members() visitor that only counts tensors (for the size of basic_any_codec's tables).
+/// A members() visitor that does nothing but count tensors (registered_codec calls members with it).
 struct count_tensors {
     int n = 0;
     void size(const char*, const int&) {}
@@ -100,15 +113,6 @@ concept registered_codec = requires {
 /// The codec's view storing its latent as float (what basic_any_codec keeps).
 template <registered_codec Codec>
 using registered_view = registered_view_as<Codec, float>;
-
-/// The number of f32 tensors the codec's members() lists.
-template <registered_codec Codec>
-int registered_tensor_count() {
-    detail::count_tensors f;
-    registered_view<Codec> v{};
-    codec_registration<Codec>::members(v, f);
-    return f.n;
-}
 
 /// Calls f.template operator()<Codec>() for the codec at `index` of `Codecs` and returns true, or
 /// returns false for an index past the list (a fold over the list, no table).

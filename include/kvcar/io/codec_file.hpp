@@ -65,18 +65,6 @@ struct size_finder {
 
 }  // namespace detail
 
-/// The run-time codec type over a codec_list (any_codec for builtin_codecs).
-template <class List>
-struct any_codec_for_list;
-/// basic_any_codec over the list's codecs.
-template <class... Codecs>
-struct any_codec_for_list<codec_list<Codecs...>> {
-    using type = basic_any_codec<Codecs...>;
-};
-/// basic_any_codec<Codecs...> for codec_list<Codecs...>.
-template <class List>
-using any_codec_for = typename any_codec_for_list<List>::type;
-
 /// The codec of one stored slot, owning its parameters. Its `codec` is a kind of a codec list:
 /// builtin_codecs unless the member templates are given another list (one that a user's codecs
 /// extend; the file stores the codec's name).
