@@ -7,18 +7,20 @@
 //         ... model.forward(cache, seq, tokens) ...
 //     });
 //
-// Names: the fixed caches below (identity in three float formats; int8 and fp8 e4m3 per KV head,
-// i.e. quantized<identity<float>> with one scale and offset per head and token), and
-// `file:PATH`, a codec file written by kvcar-calibrate (io/codec_file.hpp): per-slot codecs of
-// any kind and K/V reuse, loaded as kv_cache<any_codec, reuse_map> after checking that the file
-// was made for this geometry. A file fitted to pre-RoPE Llama keys must be used with --keys pre
-// (its calibration notes say which).
+// Names: the fixed caches (dense_kv_names: the identity codec in every latent storage,
+// "identity-f32", "identity-f16", "identity-bf16", and the quantized ones "int8" and "fp8", i.e.
+// quantized<identity<float>> with one scale and offset per head and token), and `file:PATH`, a
+// codec file written by kvcar-calibrate (io/codec_file.hpp): per-slot codecs of any registered
+// kind and K/V reuse, loaded as kv_cache<any_codec, reuse_map> after checking that the file was
+// made for this geometry. A file fitted to pre-RoPE Llama keys must be used with --keys pre (its
+// calibration notes say which). The CUDA backend (cuda/backend.cu) takes the same names.
 //
-// Adding a codec: include its header, add its name to kv_codec_names, and add one `if` line
-// below that builds it for the geometry.
+// Adding a codec: register it (codec/traits.hpp) and codec files carry it; a new fixed cache needs
+// no edit either when it is a latent storage of the identity codec.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -37,11 +39,37 @@
 
 namespace kvcar::examples {
 
+/// The codecs of the fixed caches: the identity codec, its storage picked at run time. Visiting
+/// one instantiates a body for each of the five storages only, not for every registered codec.
+using dense_kv_codec = basic_any_codec<identity_codec<>>;
+
+/// The fixed cache name of the identity codec in `s`: "identity-" and the storage's name, or for
+/// the quantized storages their name up to the first '_' ("int8", "fp8").
+inline std::string dense_kv_name(latent_storage s) {
+    const std::string name = to_string(s);
+    return is_quantized(s) ? name.substr(0, name.find('_')) : "identity-" + name;
+}
+
+/// The codec of the fixed cache `kv` for heads of `head_dim`, or nothing when `kv` names none.
+inline std::optional<dense_kv_codec> dense_kv_codec_named(std::string_view kv, int head_dim) {
+    for (latent_storage s : all_latent_storages) {
+        if (kv != dense_kv_name(s)) continue;
+        dense_kv_codec c = dense_kv_codec::of(identity_codec<float>{head_dim});
+        c.storage = s;
+        c.validate();  // a quantized identity's latent must fit max_latent_width
+        return c;
+    }
+    return std::nullopt;
+}
+
 /// Every name `with_kv_cache` accepts, for --help and error messages.
 inline const std::vector<std::string>& kv_codec_names() {
-    static const std::vector<std::string> names = {"identity-f32", "identity-f16",
-                                                   "identity-bf16", "int8",
-                                                   "fp8",          "file:PATH"};
+    static const std::vector<std::string> names = [] {
+        std::vector<std::string> v;
+        for (latent_storage s : all_latent_storages) v.push_back(dense_kv_name(s));
+        v.push_back("file:PATH");
+        return v;
+    }();
     return names;
 }
 
@@ -66,11 +94,8 @@ decltype(auto) with_kv_cache(std::string_view kv, kv_geometry g, typename Storag
     const auto dense = [&](const auto& codec) -> decltype(auto) {
         return run_with_dense_cache<Storage>(g, codec, storage, body);
     };
-    if (kv == "identity-f32") return dense(identity_codec<float>{hd});
-    if (kv == "identity-f16") return dense(identity_codec<f16>{hd});
-    if (kv == "identity-bf16") return dense(identity_codec<bf16>{hd});
-    if (kv == "int8") return dense(make_quantized<std::int8_t>(identity_codec<float>{hd}));
-    if (kv == "fp8") return dense(make_quantized<fp8_e4m3>(identity_codec<float>{hd}));
+    if (const std::optional<dense_kv_codec> codec = dense_kv_codec_named(kv, hd))
+        return codec->visit(dense);  // the concrete codec: identity_codec<T> or quantized
     if (kv.starts_with(kv_file_prefix)) {
         const std::string path(kv.substr(kv_file_prefix.size()));
         require(!path.empty(), "--kv file: needs a codec file path (--kv file:PATH)");

@@ -382,9 +382,8 @@ public:
             if (c->storage != latent_storage::f32) {
                 // The stored latent's round trip: an identity codec of the latent's width and
                 // the slot's storage rounds (or quantizes) exactly as the cache does.
-                st.rounding.kind = codec_kind::identity;
+                st.rounding = any_codec::of(identity_codec<float>{st.latent});
                 st.rounding.storage = c->storage;
-                st.rounding.width = st.rounding.latent = st.latent;
                 st.rounding.validate();
                 st.record.resize(st.rounding.bytes_per_group());
             }

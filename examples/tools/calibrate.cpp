@@ -113,31 +113,27 @@ std::string layers_string(const std::set<int>& layers) {
     return s;
 }
 
+/// "a | b | c": the names of the registered codecs or the latent storages, for --help and errors.
+template <class Names>
+std::string name_list(const Names& all) {
+    std::string s;
+    for (const auto& x : all) s += (s.empty() ? "" : " | ") + std::string(kvcar::to_string(x));
+    return s;
+}
+
+/// A latent storage by its name (kvcar::to_string), or "fp8" for fp8_e4m3 as --kv spells it.
 kvcar::latent_storage parse_storage(const std::string& s) {
-    if (s == "f16") return kvcar::latent_storage::f16;
-    if (s == "bf16") return kvcar::latent_storage::bf16;
-    if (s == "f32") return kvcar::latent_storage::f32;
-    if (s == "int8") return kvcar::latent_storage::int8;
-    if (s == "fp8") return kvcar::latent_storage::fp8_e4m3;
-    throw kvcar::error("kvcar: " + tool + ": --storage '" + s +
-                       "' is not one of f16, bf16, f32, int8, fp8");
+    if (const auto st = kvcar::parse_latent_storage(s == "fp8" ? "fp8_e4m3" : s)) return *st;
+    throw kvcar::error("kvcar: " + tool + ": --storage '" + s + "' is not one of " +
+                       name_list(kvcar::all_latent_storages));
 }
 
 /// Bytes one record of `d` latent elements takes in `storage` (as the codecs compute it).
 std::size_t record_bytes(int d, kvcar::latent_storage storage) {
-    using kvcar::latent_storage;
-    const std::size_t n = std::size_t(d);
-    switch (storage) {
-        case latent_storage::f32:
-            return kvcar::pad_record_bytes(4 * n);
-        case latent_storage::f16:
-        case latent_storage::bf16:
-            return kvcar::pad_record_bytes(2 * n);
-        case latent_storage::int8:
-        case latent_storage::fp8_e4m3:
-            return kvcar::pad_record_bytes(n) + 2 * sizeof(float);
-    }
-    return 0;
+    // The identity codec of width d in that storage has exactly such a record.
+    kvcar::any_codec c = kvcar::any_codec::of(kvcar::identity_codec<float>{d});
+    c.storage = storage;
+    return c.bytes_per_group();
 }
 
 /// A seed for one slot that does not depend on which other slots are trained, so the
@@ -191,7 +187,7 @@ int run(int argc, char** argv) {
         specs.push_back(s);
     specs.insert(specs.end(), {
         {"ctx", "N", "window length when collecting K/V (default 512, at most the context)"},
-        {"codec", "NAME", "linear | autoencoder | identity (default linear)"},
+        {"codec", "NAME", name_list(kvcar::all_codec_kinds) + " (default linear)"},
         {"group", "head|layer", "a codec per KV head or per layer's whole K/V (default layer)"},
         {"ratio", "R", "latent width d = round(R * group width), e.g. 0.5 for D/2 (default 0.5)"},
         {"latent", "d", "latent width d (instead of --ratio)"},
@@ -245,9 +241,10 @@ int run(int argc, char** argv) {
     require(holdout < 0.5, tool + ": --holdout '" + cl.get("holdout") +
                                "' must be below 0.5 (the codecs are fitted on the rest)");
     const std::string codec_name = cl.get("codec", "linear");
-    require(codec_name == "linear" || codec_name == "autoencoder" || codec_name == "identity",
-            tool + ": --codec '" + codec_name + "' is not one of linear, autoencoder, identity");
-    const kvcar::codec_kind kind = *kvcar::parse_codec_kind(codec_name);
+    const std::optional<kvcar::codec_kind> parsed_kind = kvcar::parse_codec_kind(codec_name);
+    require(parsed_kind.has_value(), tool + ": --codec '" + codec_name + "' is not one of " +
+                                         name_list(kvcar::all_codec_kinds));
+    const kvcar::codec_kind kind = *parsed_kind;
     const std::string group_name = cl.get("group", "layer");
     require(group_name == "head" || group_name == "layer",
             tool + ": --group must be 'head' or 'layer', got '" + group_name + "'");

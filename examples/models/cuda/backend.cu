@@ -41,6 +41,7 @@
 #include "kvcar/shard.hpp"
 
 #include "examples/models/cuda/communicator.cuh"
+#include "examples/models/kv_dispatch.hpp"
 #include "examples/models/cuda/device_model.cuh"
 #ifdef KVCAR_WITH_NCCL
 #include "examples/models/cuda/nccl_communicator.cuh"
@@ -48,12 +49,7 @@
 
 namespace kvcar::examples::cuda_backend {
 
-const std::vector<std::string>& kv_names() {
-    static const std::vector<std::string> names = {"identity-f32", "identity-f16",
-                                                   "identity-bf16", "int8",
-                                                   "fp8",          "file:PATH"};
-    return names;
-}
+const std::vector<std::string>& kv_names() { return kv_codec_names(); }  // the CPU's names
 
 std::string device_description() {
     int count = 0;
@@ -209,11 +205,8 @@ std::unique_ptr<any_cache> make_cache(const std::string& kv, kv_geometry full, h
         if (shard.world > 1) set = shard_codec_set(set, shard);
         return make_file_cache(std::make_shared<const io::codec_set>(std::move(set)), p);
     }
-    if (kv == "identity-f32") return make(g, identity_codec<float>{hd}, p);
-    if (kv == "identity-f16") return make(g, identity_codec<f16>{hd}, p);
-    if (kv == "identity-bf16") return make(g, identity_codec<bf16>{hd}, p);
-    if (kv == "int8") return make(g, make_quantized<std::int8_t>(identity_codec<float>{hd}), p);
-    if (kv == "fp8") return make(g, make_quantized<fp8_e4m3>(identity_codec<float>{hd}), p);
+    if (const std::optional<dense_kv_codec> codec = dense_kv_codec_named(kv, hd))
+        return codec->visit([&](const auto& c) { return make(g, c, p); });
     std::string known;
     for (const std::string& n : kv_names()) known += (known.empty() ? "" : ", ") + n;
     throw error("kvcar: --kv '" + kv + "' is not a known cache on CUDA (known: " + known + ")");
