@@ -21,6 +21,15 @@
 #define KVCAR_HD
 #endif
 
+/// Before a KVCAR_HD template that calls a callable it is given (any_codec::visit): host code
+/// passes host-only lambdas, which nvcc would otherwise reject as calls from host-device code.
+/// The check still applies where such a template is really used on the device.
+#if defined(__CUDACC__)
+#define KVCAR_HD_CALLS_ANY _Pragma("nv_exec_check_disable")
+#else
+#define KVCAR_HD_CALLS_ANY
+#endif
+
 namespace kvcar {
 
 /// Every error kvcar reports: bad shapes, bad files, bad indices, capacity exhausted.

@@ -143,6 +143,7 @@ private:
 
     // Dispatch helpers, defined before visit: GCC deduces a member's return type only from a
     // body it has already parsed.
+    KVCAR_HD_CALLS_ANY
     template <class Codec, class F>
     KVCAR_HD decltype(auto) visit_storage(F& f) const {
         using reg = codec_registration<Codec>;
@@ -158,6 +159,7 @@ private:
         if (storage == latent_storage::bf16) return f(as<typename reg::template view<bf16>>());
         return f(as<plain>());
     }
+    KVCAR_HD_CALLS_ANY
     template <std::size_t I, class F>
     KVCAR_HD decltype(auto) visit_kind(F& f, int k) const {
         if constexpr (I + 1 < sizeof...(Codecs)) {
@@ -172,6 +174,7 @@ public:
     /// std::int8_t or fp8_e4m3). Every instantiation of f must return the same type. An invalid
     /// kind (not from the factories) decodes as the first codec and an invalid storage as f32 —
     /// host code catches both in `validate()`.
+    KVCAR_HD_CALLS_ANY
     template <class F>
     KVCAR_HD decltype(auto) visit(F&& f) const {
         const int k = int(kind) < int(sizeof...(Codecs)) ? int(kind) : 0;
