@@ -337,12 +337,9 @@ inline void check_kv_option(const std::string& tool, const std::string& kv,
 inline double kv_bytes_per_token(const std::string& kv, const language_model& model) {
     const kv_geometry g = model.cache_geometry();
     const double fp16 = double(g.fp16_bytes_per_token());
-    if (kv == "identity-f32") return 2.0 * fp16;
-    if (kv == "int8" || kv == "fp8") {
-        // Per head and token: head_dim bytes padded to 4, then an f32 scale and offset.
-        const double record = double((g.head_dim + 3) / 4 * 4 + 8);
-        return fp16 * record / (2.0 * double(g.head_dim));
-    }
+    // A fixed cache: one record per KV head, K and V, in every layer.
+    if (const std::optional<dense_kv_codec> c = dense_kv_codec_named(kv, g.head_dim))
+        return double(c->bytes_per_group()) * 2.0 * double(g.n_layers) * double(g.n_kv_heads);
     if (kv.starts_with(kv_file_prefix))
         return double(io::load_codec_set(kv.substr(kv_file_prefix.size()), g).bytes_per_token());
     return fp16;

@@ -165,9 +165,11 @@ std::vector<Codec> shard_codecs(const Layout& full, const std::vector<Codec>& co
 }
 
 /// One rank's codec set: its geometry, the slots of its groups (renumbered) and its share of
-/// the reuse maps; model and calibration info are kept. Throws kvcar::error as shard_layout.
-inline io::codec_set shard_codec_set(const io::codec_set& full, const head_shard& shard) {
-    full.validate();
+/// the reuse maps; model and calibration info are kept. Throws kvcar::error as shard_layout. The
+/// slots' kinds are of `List` (see io::slot_codec).
+template <class List = builtin_codecs>
+io::codec_set shard_codec_set(const io::codec_set& full, const head_shard& shard) {
+    full.validate<List>();
     const head_range groups = groups_of(full.geometry, full.heads_per_group, shard);
     io::codec_set part;
     part.geometry = shard_geometry(full.geometry, shard);
@@ -183,7 +185,7 @@ inline io::codec_set shard_codec_set(const io::codec_set& full, const head_shard
     }
     part.model = full.model;
     part.calibration = full.calibration;
-    part.validate();
+    part.validate<List>();
     return part;
 }
 

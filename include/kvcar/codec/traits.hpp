@@ -23,7 +23,8 @@
 //         static void validate(const my_codec<float>& v);// shapes and pointers of a view (host)
 //     };
 //
-// and then the codec is one more entry of a codec_list: any_codec's list is builtin_codecs
+// A size named "heads" is the number of KV heads the codec spans: a codec file requires it to be
+// its group's (io/codec_file.hpp). Then the codec is one more entry of a codec_list: any_codec's list is builtin_codecs
 // (codec/any.hpp), and `basic_any_codec<builtin..., my_codec<>>` is a run-time codec that also
 // knows `my_codec`, with no edit to kvcar. The registration is host-only: the device reads a
 // run-time codec through the view it stores (see basic_any_codec), not through `members`.

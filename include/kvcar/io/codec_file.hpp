@@ -3,12 +3,15 @@
 //
 // A codec_set is what calibration produces and a model loads: the geometry it was made for, the
 // K and V reuse lists (which heads read an earlier layer's slot), and for every stored slot its
-// codec (identity, linear or autoencoder) and latent storage. It owns all parameter memory;
+// codec (identity, linear, autoencoder, or any codec registered in a codec_list the functions
+// are given, see codec/traits.hpp) and latent storage. It owns all parameter memory;
 // `codecs()` hands out any_codec views into it, one per stored slot, in the layout's order, so
 //   kv_cache<any_codec, reuse_map> cache(set.layout(), set.codecs(), storage_params);
 // builds the cache a file describes. The file is safetensors (codec tensors, f32) with one JSON
 // document in the `__metadata__` entry "kvcar"; loading validates every field and every tensor
-// against each other and against the model's geometry, naming the file in every message.
+// against each other and against the model's geometry, naming the file in every message. What a
+// slot stores beyond its width, latent and storage is its codec registration's `members`: sizes
+// and reals in the slot's JSON object, tensors named L<layer>.G<group>.<K|V>.<member>.
 //
 // Autoencoders are stored folded (BatchNorm merged into the FC before it, see
 // codec/autoencoder.hpp): that is exactly what inference runs, and nothing is lost for it. The
