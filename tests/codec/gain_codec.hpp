@@ -44,7 +44,8 @@ struct gain_codec {
     }
     KVCAR_HD void encode(const float* x, std::byte* out) const {
         T* z = reinterpret_cast<T*>(out);
-        for (int i = 0; i < width; ++i) z[i] = kvcar::element_traits<T>::store((x[i] - offset) * gain[i]);
+        for (int i = 0; i < width; ++i)
+            z[i] = kvcar::element_traits<T>::store((x[i] - offset) * gain[i]);
     }
     KVCAR_HD void decode(const std::byte* in, float* x) const {
         const T* z = reinterpret_cast<const T*>(in);
@@ -65,7 +66,8 @@ struct gain_params {
         kvcar::require(gain.size() == std::size_t(width),
                        "gain_params: gain has " + std::to_string(gain.size()) + " values");
         for (float g : gain)
-            kvcar::require(std::isfinite(g) && g != 0.0f, "gain_params: a gain is zero or not finite");
+            kvcar::require(std::isfinite(g) && g != 0.0f,
+                           "gain_params: a gain is zero or not finite");
     }
 };
 

@@ -140,7 +140,8 @@ TEST_CASE("an any_codec over an extended list stands for the test-only codec", "
     require_same_codec(l, lin.codec<f16>(), x);
 
     gain_codec<f16> broken = {p.width, p.offset, nullptr};
-    KVCAR_REQUIRE_ERROR(gain_any_codec::of(broken), "any_codec (gain, f16): gain_codec: gain pointer is null");
+    KVCAR_REQUIRE_ERROR(gain_any_codec::of(broken),
+                        "any_codec (gain, f16): gain_codec: gain pointer is null");
 
     // One cache mixes the test codec with built-in ones, slot by slot.
     const reuse_map layout(kv_geometry{2, 1, 16}, 1, {}, {});
@@ -188,10 +189,12 @@ TEST_CASE("a codec file round-trips the test-only codec beside built-in ones", "
     REQUIRE(loaded != nullptr);
     REQUIRE(loaded->gain == saved->gain);
     REQUIRE(loaded->offset == saved->offset);
-    REQUIRE(back.find(0, 1, kv_kind::key)->linear.basis == set.find(0, 1, kv_kind::key)->linear.basis);
+    REQUIRE(back.find(0, 1, kv_kind::key)->linear.basis ==
+            set.find(0, 1, kv_kind::key)->linear.basis);
 
     // The loaded codecs encode exactly as the saved ones, and build a cache.
-    const std::vector<gain_any_codec> before = set.codecs<gain_codecs>(), after = back.codecs<gain_codecs>();
+    const std::vector<gain_any_codec> before = set.codecs<gain_codecs>();
+    const std::vector<gain_any_codec> after = back.codecs<gain_codecs>();
     REQUIRE(before.size() == after.size());
     const std::vector<float> x = normal(8, rng, 1.0f);
     for (idx i = 0; i < before.size(); ++i) {

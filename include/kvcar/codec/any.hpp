@@ -43,10 +43,9 @@ using builtin_codecs = codec_list<identity_codec<>, linear_codec<>, autoencoder_
 /// A codec's kind: its index in a codec list (builtin_codecs for the named values). Codec files
 /// store the codec's name, not this number.
 enum class codec_kind : std::uint8_t { identity = 0, linear = 1, autoencoder = 2 };
-static_assert(codec_index<linear_codec<>, identity_codec<>, linear_codec<>, autoencoder_codec<>>() ==
-                  int(codec_kind::linear) &&
-              codec_index<autoencoder_codec<>, identity_codec<>, linear_codec<>,
-                          autoencoder_codec<>>() == int(codec_kind::autoencoder),
+static_assert(codec_index_in<linear_codec<>>(builtin_codecs{}) == int(codec_kind::linear) &&
+                  codec_index_in<autoencoder_codec<>>(builtin_codecs{}) ==
+                      int(codec_kind::autoencoder),
               "codec_kind names the positions of builtin_codecs");
 
 /// How the latent is stored: element by element as a float format, or quantized per record
@@ -135,7 +134,8 @@ struct basic_any_codec {
     latent_storage storage = latent_storage::f16;  ///< the latent's element format
     /// The bytes of the codec's float view (registered_view): widths and parameter pointers. Every
     /// float view of a codec has the same members, so these bytes are its view for any storage.
-    alignas(registered_view<Codecs>...) std::byte view_bytes[std::max({sizeof(registered_view<Codecs>)...})] = {};
+    alignas(registered_view<Codecs>...) std::byte
+        view_bytes[std::max({sizeof(registered_view<Codecs>)...})] = {};
 
 private:
     template <std::size_t I>
@@ -276,7 +276,8 @@ public:
                 std::string("any_codec (") + name() + ", " + to_string(storage) + "): ";
             const int width = v.group_width(), latent = v.latent_width();
             require(width > 0, me + "width must be positive (got " + std::to_string(width) + ")");
-            require(latent > 0, me + "latent must be positive (got " + std::to_string(latent) + ")");
+            require(latent > 0,
+                    me + "latent must be positive (got " + std::to_string(latent) + ")");
             if (is_quantized(storage)) {
                 require(latent_codec<plain>, me + "the codec has no latent to quantize");
                 require(latent <= max_latent_width,
@@ -287,7 +288,8 @@ public:
                 codec_registration<Codec>::validate(v);
             } catch (const error& e) {
                 const std::string what = e.what();
-                throw error("kvcar: " + me + (what.rfind("kvcar: ", 0) == 0 ? what.substr(7) : what));
+                const bool prefixed = what.rfind("kvcar: ", 0) == 0;
+                throw error("kvcar: " + me + (prefixed ? what.substr(7) : what));
             }
         });
     }

@@ -16,18 +16,20 @@
 //         template <class X, class F> static void members(X& x, F& f) {  // X: view or params
 //             f.size("width", x.width);           // D, always first
 //             f.size("latent", x.latent);         // d, always second (identity: x.width again)
-//             f.real("slope", x.slope);           // any further int (size) or float (real)
+//             f.real("slope", x.slope);           // further ints (size, > 0), floats (real)
 //             f.tensor("w", x.w, {x.latent, x.width});  // f32 arrays, in file order, with shape
 //         }
 //         static void validate(const my_params& p);      // throws kvcar::error (host)
 //         static void validate(const my_codec<float>& v);// shapes and pointers of a view (host)
 //     };
 //
-// A size named "heads" is the number of KV heads the codec spans: a codec file requires it to be
-// its group's (io/codec_file.hpp). Then the codec is one more entry of a codec_list: any_codec's list is builtin_codecs
-// (codec/any.hpp), and `basic_any_codec<builtin..., my_codec<>>` is a run-time codec that also
+// A size named "heads" is the number of KV heads the codec spans: a codec file requires it to
+// be its group's (io/codec_file.hpp). Then the codec is one more entry of a codec_list:
+// any_codec's list is builtin_codecs (codec/any.hpp), and
+// `any_codec_for<codec_list_with<builtin_codecs, my_codec<>>>` is a run-time codec that also
 // knows `my_codec`, with no edit to kvcar. The registration is host-only: the device reads a
 // run-time codec through the view it stores (see basic_any_codec), not through `members`.
+// tests/codec/gain_codec.hpp is a complete example.
 #pragma once
 
 #include <concepts>
@@ -58,8 +60,8 @@ struct codec_list {
     static constexpr std::size_t size = sizeof...(Codecs);
 };
 
-/// `List` with `More` appended: `codec_list_with<builtin_codecs, my_codec<>>` is the built-in codecs
-/// and a user's.
+/// `List` with `More` appended: `codec_list_with<builtin_codecs, my_codec<>>` is the built-in
+/// codecs and a user's.
 template <class List, class... More>
 struct codec_list_append;
 /// codec_list<Codecs..., More...>.
@@ -73,7 +75,7 @@ using codec_list_with = typename codec_list_append<List, More...>::type;
 
 namespace detail {
 
-/// A members() visitor that does nothing but count tensors (registered_codec calls members with it).
+/// A members() visitor that only counts tensors: registered_codec calls members() with it.
 struct count_tensors {
     int n = 0;
     void size(const char*, const int&) {}

@@ -463,7 +463,8 @@ struct slot_writer {
     void real(const char* name, const float& v) { slot.set(name, double(v)); }
     void tensor(const char* name, const std::vector<float>& v, std::initializer_list<int> shape) {
         tensors.push_back({prefix + name, dtype::f32,
-                           std::vector<std::int64_t>(shape.begin(), shape.end()), le_bytes(v, keep)});
+                           std::vector<std::int64_t>(shape.begin(), shape.end()),
+                           le_bytes(v, keep)});
     }
 };
 
@@ -613,7 +614,9 @@ struct slot_reader {
 
     void size(const char* name, int& v) {
         const std::string_view n(name);
-        const int value = n == "width" ? width : n == "latent" ? latent : r.get_int(slot, name, where);
+        const int value = n == "width"    ? width
+                          : n == "latent" ? latent
+                                          : r.get_int(slot, name, where);
         if (value <= 0)
             r.fail(where + " " + name + " must be positive (got " + std::to_string(value) + ")");
         // Two names for one member (an identity's latent is its width) must agree.
