@@ -181,6 +181,13 @@ public:
     int last_chunk = 0;
     /// The path the last decode_attention took (one value, not a flag per path).
     decode_path last_path = decode_path::none;
+    /// Overrides of choices the paths make themselves, for benchmarks and autotuning; 0 leaves
+    /// a choice to the path, and a value the path cannot run is ignored (the plan stays valid).
+    struct tuning {
+        int latent_warps = 0;   ///< tensor-core latent split kernel: 8 or 16 warps
+        int latent_stages = 0;  ///< its ring stages (2 … 4, as shared memory allows)
+        int latent_chunk = 0;   ///< tokens per split (rounded up to the 32-token tile)
+    } tune;
 
 private:
     template <class T>

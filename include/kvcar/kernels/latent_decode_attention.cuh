@@ -867,8 +867,10 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
     };
     pl.nw = 8;
     pl.nb = blocks(8);
-    if (!two_ctas_per_sm(pl.mt, pl.nb) && wide_fits_registers(pl.mt, blocks(16)) &&
-        layout(16, 2).total <= limit) {
+    const bool wide_ok = wide_fits_registers(pl.mt, blocks(16)) && layout(16, 2).total <= limit;
+    if (ws.tune.latent_warps == 16 ? wide_ok
+                                   : ws.tune.latent_warps != 8 &&
+                                         !two_ctas_per_sm(pl.mt, pl.nb) && wide_ok) {
         pl.nw = 16;
         pl.nb = blocks(16);
     }
@@ -877,7 +879,10 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
                     std::to_string(p.n_heads) + " heads exceeds the accumulator registers");
     // The ring: enough stages that (stages - 1) tiles cover inflight_bytes, as many as fit.
     const int stage_bytes = layout(pl.nw, 2).stage_bytes;
-    pl.stages = std::clamp(1 + (inflight_bytes + stage_bytes - 1) / stage_bytes, 2, max_stages);
+    pl.stages = std::clamp(ws.tune.latent_stages > 0
+                               ? ws.tune.latent_stages
+                               : 1 + (inflight_bytes + stage_bytes - 1) / stage_bytes,
+                           2, max_stages);
     while (pl.stages > 2 && layout(pl.nw, pl.stages).total > limit) --pl.stages;
     const int total = layout(pl.nw, pl.stages).total;
     if (total > limit)
@@ -897,7 +902,10 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
     const long slots = long(ws.sm_count()) * ctas_per_sm;
     pl.chunk = tile;
     pl.splits = 1;
-    if (p.max_kv_length > 0) {
+    if (p.max_kv_length > 0 && ws.tune.latent_chunk > 0) {
+        pl.chunk = std::min(max_chunk, round_up(ws.tune.latent_chunk, tile));
+        pl.splits = (p.max_kv_length + pl.chunk - 1) / pl.chunk;
+    } else if (p.max_kv_length > 0) {
         long best = -1;
         const int widest = std::min(max_chunk, round_up(p.max_kv_length, tile));
         for (int c = widest; c >= tile; c -= tile) {
