@@ -97,7 +97,6 @@ inline constexpr int max_stages = 4;
 /// multiprocessor's share of the bandwidth (~1.5 µs × 3.35 TB/s / 132 ≈ 38 KB).
 inline constexpr int inflight_bytes = 64 * 1024;
 inline constexpr int items_per_block = 16;  // projection and lift: items sharing one read of P_h
-inline constexpr int aux_threads = 128;
 
 __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
@@ -683,17 +682,25 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
 }
 
 inline constexpr int project_columns = 64;  // latent columns per projection CTA
-inline constexpr int project_row_groups = aux_threads / project_columns;
+/// Row groups of a projection CTA for BB items: each thread sums head_dim / groups rows of P_h,
+/// one dependent chain of loads. With few items a load feeds few multiply-adds and the chain's
+/// latency is the kernel's time (64 rows issued 4 loads at a time wait ~16 DRAM latencies), so
+/// small batches split the rows 8 ways (512 threads, 16 rows, all loads issued at once); 16
+/// items give each load 16 multiply-adds, and 2 groups keep the shared reduction small.
+__host__ __device__ constexpr int project_row_groups(int items) { return items <= 4 ? 8 : 2; }
+__host__ __device__ constexpr int project_threads(int items) {
+    return project_columns * project_row_groups(items);
+}
 
 /// Qz = P_hᵀ q (fp16, zero beyond d_k up to qz_ld) for head blockIdx.x, items blockIdx.y · BB …
 /// and latent columns blockIdx.z · project_columns …; bias = q · μ_h from the blocks of column
 /// block 0. Each element of P_h is read once per BB items. Threads are (row group, column):
-/// each sums every project_row_groups-th row of P_h, so a thread's chain of dependent loads is
-/// head_dim / project_row_groups long, and the groups meet in shared memory — at batch 1 the
+/// each sums every project_row_groups(BB)-th row of P_h, so a thread's chain of dependent loads is
+/// head_dim / project_row_groups(BB) long, and the groups meet in shared memory — at batch 1 the
 /// projection is latency-bound, not bandwidth-bound.
 /// ΣQz of quantized codecs is summed by the split kernel from the fp16 Qz it multiplies.
 template <class Codec, int BB>
-__global__ void __launch_bounds__(aux_threads)
+__global__ void __launch_bounds__(project_threads(BB))
     project_kernel(device::cache_view<Codec> cache, const float* q, __half* qz, float* qbias,
                    int layer, int batch, int n_heads, int heads_per_kv, int qz_ld) {
     extern __shared__ __align__(16) float q_s[];  // [BB][head_dim], then [groups][BB][columns]
@@ -707,7 +714,8 @@ __global__ void __launch_bounds__(aux_threads)
     const int first = kvh * hd;
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
     float* red = q_s + BB * hd;
-    for (int idx = tid; idx < BB * hd; idx += aux_threads) {
+    constexpr int RG = project_row_groups(BB), NT = project_threads(BB);
+    for (int idx = tid; idx < BB * hd; idx += NT) {
         const int bb = idx / hd, r = idx - (idx / hd) * hd;
         q_s[idx] = bb < nb ? q[(std::size_t(b0 + bb) * n_heads + h) * hd + r] : 0.0f;
     }
@@ -720,8 +728,8 @@ __global__ void __launch_bounds__(aux_threads)
         for (int bb = 0; bb < BB; ++bb) acc[bb] = 0.0f;
         if (j < d) {
             const float* col = lin.basis + std::size_t(first) * d + j;
-#pragma unroll 4
-            for (int r = rg; r < hd; r += project_row_groups) {
+#pragma unroll 16
+            for (int r = rg; r < hd; r += RG) {
                 const float w = col[std::size_t(r) * d];  // coalesced over j
 #pragma unroll
                 for (int bb = 0; bb < BB; ++bb) acc[bb] += w * q_s[bb * hd + r];
@@ -731,17 +739,17 @@ __global__ void __launch_bounds__(aux_threads)
         for (int bb = 0; bb < BB; ++bb) red[(rg * BB + bb) * project_columns + jj] = acc[bb];
     }
     __syncthreads();
-    for (int idx = tid; idx < nb * project_columns; idx += aux_threads) {
+    for (int idx = tid; idx < nb * project_columns; idx += NT) {
         const int bb = idx / project_columns, c = idx % project_columns;
         const int col = int(blockIdx.z) * project_columns + c;
         if (col >= qz_ld) continue;
         float sum = 0.0f;
 #pragma unroll
-        for (int g = 0; g < project_row_groups; ++g) sum += red[(g * BB + bb) * project_columns + c];
+        for (int g = 0; g < RG; ++g) sum += red[(g * BB + bb) * project_columns + c];
         qz[(std::size_t(b0 + bb) * n_heads + h) * qz_ld + col] = __float2half_rn(sum);
     }
     if (blockIdx.z == 0) {
-        for (int bb = warp; bb < nb; bb += aux_threads / 32) {
+        for (int bb = warp; bb < nb; bb += NT / 32) {
             float bias = 0.0f;
             for (int r = lane; r < hd; r += 32) bias += q_s[bb * hd + r] * lin.mean[first + r];
             bias = device::warp_sum(bias);
@@ -751,7 +759,10 @@ __global__ void __launch_bounds__(aux_threads)
 }
 
 inline constexpr int lift_threads = 256;
-inline constexpr int lift_rows_per_block = 32;  // 4 rows of P_h per warp
+/// Output rows per lift CTA: a warp per row of P_h at a time. One item: a row per warp (8),
+/// so that the 128 rows of a head spread over 16 CTAs and no warp walks rows one latency after
+/// another; 16 items: 4 rows per warp, so z̄ (16 × d floats) is staged by fewer CTAs.
+__host__ __device__ constexpr int lift_rows_per_block(int items) { return items <= 4 ? 8 : 32; }
 
 /// out = P_h z̄ + μ_h for head blockIdx.x, items blockIdx.y · BB … and output rows
 /// blockIdx.z · lift_rows_per_block …, from the merged latents z̄ [batch][n_heads][zbar_stride]
@@ -777,8 +788,9 @@ __global__ void __launch_bounds__(lift_threads)
         z_s[idx] = bb < nb ? zbar[(std::size_t(b0 + bb) * n_heads + h) * zbar_stride + j] : 0.0f;
     }
     __syncthreads();
-    const int r_end = min(hd, int(blockIdx.z + 1) * lift_rows_per_block);
-    for (int r = int(blockIdx.z) * lift_rows_per_block + warp; r < r_end;
+    constexpr int RPB = lift_rows_per_block(BB);
+    const int r_end = min(hd, int(blockIdx.z + 1) * RPB);
+    for (int r = int(blockIdx.z) * RPB + warp; r < r_end;
          r += lift_threads / 32) {
         const float* prow = lin.basis + std::size_t(first + r) * d;
         float acc[BB];
@@ -1044,7 +1056,7 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
         with_items([&](auto items) {
             constexpr int BB = decltype(items)::value;
             const std::size_t project_smem =
-                sizeof(float) * BB * (cache.head_dim + lt::project_columns * lt::project_row_groups);
+                sizeof(float) * BB * (cache.head_dim + lt::project_columns * lt::project_row_groups(BB));
             const dim3 project_grid = cuda::checked_grid(
                 H, (p.batch + BB - 1) / BB,
                 (pl.lat_pad + lt::project_columns - 1) / lt::project_columns,
@@ -1052,7 +1064,7 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
             auto project = lt::project_kernel<Codec, BB>;
             cuda::allow_dynamic_smem(project, project_smem, ws.max_shared_bytes(),
                                      "latent_decode_attention project_kernel");
-            project<<<project_grid, lt::aux_threads, project_smem, stream>>>(
+            project<<<project_grid, lt::project_threads(BB), project_smem, stream>>>(
                 cache, p.q, qz, bias, p.layer, p.batch, H, G, pl.lat_pad);
             KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention project_kernel");
         });
@@ -1078,7 +1090,7 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
                                      "latent_decode_attention lift_kernel");
             const dim3 lift_grid = cuda::checked_grid(
                 H, (p.batch + BB - 1) / BB,
-                (cache.head_dim + lt::lift_rows_per_block - 1) / lt::lift_rows_per_block,
+                (cache.head_dim + lt::lift_rows_per_block(BB) - 1) / lt::lift_rows_per_block(BB),
                 "latent_decode_attention lift_kernel");
             lift<<<lift_grid, lt::lift_threads, lift_smem, stream>>>(
                 cache, zbar, zw, p.kv_lengths, p.out, p.layer, p.batch, H, G);
