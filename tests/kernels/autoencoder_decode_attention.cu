@@ -1,5 +1,6 @@
-// Tests for kvcar/kernels/autoencoder_decode_attention.cuh: decode attention over autoencoder
-// latents on tensor cores (attention in the decoder's hidden space), against
+// Tests for kvcar/kernels/decode/autoencoder_tensor_cores.cuh (autoencoder_decode_attention,
+// through kvcar/kernels/decode_attention.cuh): decode attention over autoencoder latents on
+// tensor cores (attention in the decoder's hidden space), against
 // kvcar::reference_decode_attention on the CPU, which decodes the very same records with the fp32
 // decoder (the host cache is filled, then copied byte for byte into the device cache).
 //
@@ -13,7 +14,6 @@
 #include "common/gpu_test.cuh"
 
 #include <kvcar/cuda/device_kv_cache.cuh>
-#include <kvcar/kernels/autoencoder_decode_attention.cuh>
 #include <kvcar/kernels/decode_attention.cuh>
 #include <kvcar/layout/dense.hpp>
 #include <kvcar/reference/attention.hpp>
