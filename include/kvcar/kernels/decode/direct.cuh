@@ -303,7 +303,9 @@ struct direct_policy {
         bool fit = false;
         const bool head_dim_ok =
             dispatch_head_dim(cache.head_dim, [&]<int HEAD_DIM>() { fit = fits<Codec, HEAD_DIM>; });
-        return head_dim_ok && fit && dispatch_gqa(p.n_heads / cache.n_kv_heads, []<int>() {});
+        // A capturing lambda: a captureless one's conversion to a function pointer makes nvcc warn
+        // that the unnamed template parameter declares no parameter type.
+        return head_dim_ok && fit && dispatch_gqa(p.n_heads / cache.n_kv_heads, [&]<int>() {});
     }
 
     /// The direct kernel for (head_dim, GQA), then the merge.
