@@ -238,8 +238,9 @@ TEST_CASE("decode_attention: linear codec in latent space per head and whole lay
 
 TEST_CASE("decode_attention: autoencoder decoded tile by tile in shared memory", "[kernels]") {
     const folded_autoencoder head = kvcar_test::random_autoencoder(64, 48, 32, 9);
-    // f16 latents take the tensor-core path (autoencoder_decode_attention.cuh): fp16 weights,
-    // hidden activations and probabilities with fp32 accumulation (3.5e-4 measured on an H100).
+    // f16 latents take the tensor-core path (kernels/decode/autoencoder_tensor_cores.cuh): fp16
+    // weights, hidden activations and probabilities with fp32 accumulation (3.5e-4 measured on an
+    // H100).
     check_dense({2, 2, 64, 8}, head.codec<f16>(), 2e-3, "autoencoder<f16> per head (tc)");
     const folded_autoencoder layer = kvcar_test::random_autoencoder(256, 96, 64, 10);
     check_dense({1, 2, 128, 4, 2}, layer.codec<float>(), 1e-4, "autoencoder<f32> whole layer");
