@@ -71,7 +71,7 @@
 #include "kvcar/device/affine.cuh"
 #include "kvcar/device/cache_view.cuh"
 #include "kvcar/device/latent.cuh"
-#include "kvcar/kernels/decode_attention.cuh"
+#include "kvcar/kernels/decode/combine.cuh"
 #include "kvcar/kernels/mma.cuh"
 #include "kvcar/numeric.hpp"
 
@@ -1002,6 +1002,7 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
                              const decode_attention_params& p, attention_workspace& ws,
                              cudaStream_t stream = nullptr) {
     namespace lt = detail::latent_tc;
+    ws.use_stream(stream);  // the workspace grows in this stream's order
     detail::validate(p, cache.n_layers, cache.n_kv_heads, cache.head_dim,
                      "latent_decode_attention");
     if constexpr (!latent_tensor_core_codec<Codec>) {
@@ -1098,23 +1099,5 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
         });
     }
 }
-
-namespace detail {
-
-/// The hook decode_attention calls: runs the tensor-core path and returns true when it applies.
-template <class Codec>
-bool try_latent_tensor_cores(const device::cache_view<Codec>& cache,
-                             const decode_attention_params& p, attention_workspace& ws,
-                             cudaStream_t stream) {
-    if constexpr (!latent_tensor_core_codec<Codec>) {
-        return false;
-    } else {
-        if (!latent_tc::make_plan(cache, p, ws).ok) return false;
-        latent_decode_attention(cache, p, ws, stream);
-        return true;
-    }
-}
-
-}  // namespace detail
 
 }  // namespace kvcar::kernels
