@@ -27,8 +27,6 @@
 
 #include "kvcar/io/json.hpp"
 #include "kvcar/io/safetensors.hpp"
-#include "kvcar/io/hf_config.hpp"
-#include "kvcar/io/llama2c.hpp"
 #include "kvcar/io/codec_file.hpp"
 
 /// @namespace kvcar

@@ -12,8 +12,8 @@
 #include "examples/models/cuda/backend.hpp"
 #include "examples/models/cuda/device_model.cuh"
 
-#include "examples/models/gpt2.hpp"
-#include "examples/models/llama.hpp"
+#include "examples/models/gpt2/gpt2.hpp"
+#include "examples/models/llama/llama.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tensor_ops.hpp"
 

@@ -1,4 +1,4 @@
-// examples/models/gpt2.hpp — GPT-2 on the CPU, its KV cache a kvcar cache.
+// examples/models/gpt2/gpt2.hpp — GPT-2 on the CPU, its KV cache a kvcar cache.
 //
 // The whole model, read top to bottom:
 //

@@ -1,4 +1,5 @@
-// examples/models/llama.hpp — Llama (TinyLlama, llama2.c) on the CPU, its KV cache a kvcar cache.
+// examples/models/llama/llama.hpp — Llama (TinyLlama, llama2.c) on the CPU, its KV cache a kvcar
+// cache.
 //
 // The whole model, read top to bottom:
 //
@@ -29,10 +30,10 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
-#include "kvcar/io/llama2c.hpp"
 #include "kvcar/reference/attention.hpp"
 #include "kvcar/rope.hpp"
 
+#include "examples/models/llama/llama2c.hpp"
 #include "examples/models/model_common.hpp"
 #include "examples/models/tensor_ops.hpp"
 
@@ -125,8 +126,8 @@ public:
     }
 
     /// Takes a llama2.c checkpoint (weights already in [out][in] layout, layers stacked).
-    static llama_model from_llama2c(const io::llama2c_weights& in, model_options options = {}) {
-        const io::llama2c_config& k = in.config;
+    static llama_model from_llama2c(const llama2c_weights& in, model_options options = {}) {
+        const llama2c_config& k = in.config;
         llama_config c;
         c.vocab_size = k.vocab_size;
         c.max_positions = k.seq_len;

@@ -1,13 +1,13 @@
 #include <filesystem>
 #include <fstream>
-#include <kvcar/io/hf_config.hpp>
 #include <string>
 #include <type_traits>
 
 #include "catch.hpp"
+#include "examples/models/hf_config.hpp"
 
-using kvcar::io::model_config;
-using kvcar::io::parse_hf_config;
+using kvcar::examples::model_config;
+using kvcar::examples::parse_hf_config;
 
 static_assert(std::is_aggregate_v<model_config>);
 
@@ -46,7 +46,7 @@ TEST_CASE("hf_config: the real gpt2-tiny config", "[io][data]") {
         WARN("skipped: " << path << " is absent");
         return;
     }
-    const model_config c = kvcar::io::load_hf_config(path);
+    const model_config c = kvcar::examples::load_hf_config(path);
     CHECK(c.architecture == model_config::arch::gpt2);
     CHECK(c.vocab_size == 50257);
     CHECK(c.d_model == 128);
@@ -62,7 +62,7 @@ TEST_CASE("hf_config: the real gpt2-tiny config", "[io][data]") {
     CHECK(c.source == path);
     CHECK(c.kv().token_width() == 128);
     // A model folder works too.
-    CHECK(kvcar::io::load_hf_config(std::filesystem::path(path).parent_path().string()).d_model ==
+    CHECK(kvcar::examples::load_hf_config(std::filesystem::path(path).parent_path().string()).d_model ==
           128);
 }
 
@@ -72,7 +72,7 @@ TEST_CASE("hf_config: the real llama-tiny config (transformers 5 rope_parameters
         WARN("skipped: " << path << " is absent");
         return;
     }
-    const model_config c = kvcar::io::load_hf_config(path);
+    const model_config c = kvcar::examples::load_hf_config(path);
     CHECK(c.architecture == model_config::arch::llama);
     CHECK(c.vocab_size == 50257);
     CHECK(c.d_model == 128);
@@ -187,9 +187,9 @@ TEST_CASE("hf_config: load_hf_config names the file", "[io]") {
     std::filesystem::create_directories(dir);
     const std::string path = (dir / "config.json").string();
     std::ofstream(path) << with(gpt2_json, "model_type", "\"bert\"");
-    KVCAR_REQUIRE_ERROR(kvcar::io::load_hf_config(path), path + ": unknown architecture 'bert'");
-    KVCAR_REQUIRE_ERROR(kvcar::io::load_hf_config((dir / "none.json").string()), "no such file");
+    KVCAR_REQUIRE_ERROR(kvcar::examples::load_hf_config(path), path + ": unknown architecture 'bert'");
+    KVCAR_REQUIRE_ERROR(kvcar::examples::load_hf_config((dir / "none.json").string()), "no such file");
     std::filesystem::remove(path);
-    KVCAR_REQUIRE_ERROR(kvcar::io::load_hf_config(dir.string()), "config.json: cannot open");
+    KVCAR_REQUIRE_ERROR(kvcar::examples::load_hf_config(dir.string()), "config.json: cannot open");
     std::filesystem::remove_all(dir);
 }

@@ -4,14 +4,14 @@
 #include <fstream>
 #include <initializer_list>
 #include <iterator>
-#include <kvcar/io/llama2c.hpp>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "catch.hpp"
+#include "examples/models/llama/llama2c.hpp"
 
-using namespace kvcar::io;
+using namespace kvcar::examples;
 namespace fs = std::filesystem;
 
 static_assert(std::is_aggregate_v<llama2c_config> && std::is_aggregate_v<llama2c_weights>);
