@@ -33,6 +33,7 @@
 #include "kvcar/reference/attention.hpp"
 #include "kvcar/rope.hpp"
 
+#include "examples/models/blocks.hpp"
 #include "examples/models/llama/llama2c.hpp"
 #include "examples/models/model_common.hpp"
 #include "examples/models/tensor_ops.hpp"
@@ -228,8 +229,7 @@ public:
                         apply_rope(&k[N(t, KV) + N(head, hd)], hd, pos0 + t, c.rope);
                 }
             }
-            cache.append(seq, l, k, v);
-            reference_attention(cache, seq, l, ap, q, pos0, att);
+            attention_through_cache(cache, seq, l, ap, q, k, v, pos0, att);
             matmul(proj, att, L.wo, {}, n, Q, D, threads);
             add_inplace(x, proj);
 
@@ -242,15 +242,10 @@ public:
             add_inplace(x, proj);
         }
 
-        const int first = which == logits_for::last ? n - 1 : 0;
-        const int rows = n - first;
-        std::vector<float> xf(N(rows, D));
-        rmsnorm(xf, std::span<const float>(x).subspan(N(first, D)), w_.final_norm, rows, D,
-                c.norm_eps);
-        std::vector<float> logits(N(rows, V));
-        const std::vector<float>& head = w_.lm_head.empty() ? w_.token_embedding : w_.lm_head;
-        matmul(logits, xf, head, {}, rows, D, V, threads);
-        return logits;
+        return lm_head_logits(x, n, which, D, V, w_.token_embedding, w_.lm_head, threads,
+                              [&](std::span<float> out, std::span<const float> in, int rows) {
+                                  rmsnorm(out, in, w_.final_norm, rows, D, c.norm_eps);
+                              });
     }
 
 private:
