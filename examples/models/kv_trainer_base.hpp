@@ -95,43 +95,64 @@ protected:
         return true;
     }
 
-    /// Layer l's attention through its codecs: k and v (the true projections, [n][KVH·hd]) go
-    /// through the slots into kh and vh, `on_read(kh)` turns the stored keys into what attention
-    /// reads (RoPE for pre-RoPE caches; nothing otherwise), and causal attention of q ([n][H·hd],
-    /// positions applied) writes att and keeps prob. Returns the layer's L1 term (unweighted).
+    /// One layer's attention activations for the current window, kept for the backward.
+    struct attention_acts {
+        std::vector<Real> q;       // [n][H·hd]: queries, positions applied
+        std::vector<Real> k, v;    // [n][KVH·hd]: the codecs' inputs
+        std::vector<Real> kh, vh;  // [n][KVH·hd]: what attention reads (through the codecs)
+        std::vector<Real> prob;    // [H][n][n]: softmax rows (causal; upper part unused)
+        std::vector<Real> att;     // [n][H·hd]
+
+        void assign(std::size_t n, std::size_t H, std::size_t KVH, std::size_t hd) {
+            q.assign(n * H * hd, 0);
+            att.assign(n * H * hd, 0);
+            for (auto* x : {&k, &v, &kh, &vh}) x->assign(n * KVH * hd, 0);
+            prob.assign(H * n * n, 0);
+        }
+    };
+
+    /// Gradients through one layer's attention, reused from layer to layer.
+    struct attention_grads {
+        std::vector<Real> dq;        // [n][H·hd]: ∂L/∂q
+        std::vector<Real> dk, dv;    // [n][KVH·hd]: ∂L/∂ the codecs' inputs
+        std::vector<Real> dkh, dvh;  // [n][KVH·hd]: ∂L/∂ what attention read (scratch)
+
+        attention_grads(std::size_t n, std::size_t H, std::size_t KVH, std::size_t hd)
+            : dq(n * H * hd), dk(n * KVH * hd), dv(n * KVH * hd), dkh(n * KVH * hd),
+              dvh(n * KVH * hd) {}
+    };
+
+    /// Layer l's attention through its codecs: A.k and A.v (the true projections) go through the
+    /// slots into A.kh and A.vh, `on_read(kh)` turns the stored keys into what attention reads
+    /// (RoPE for pre-RoPE caches; nothing otherwise), and causal attention of A.q writes A.att
+    /// and keeps A.prob. Returns the layer's L1 term (unweighted).
     template <class OnRead>
-    double attention_forward(int l, const std::vector<Real>& q, const std::vector<Real>& k,
-                             const std::vector<Real>& v, std::vector<Real>& kh,
-                             std::vector<Real>& vh, std::vector<Real>& prob,
-                             std::vector<Real>& att, int H, int KVH, int hd, OnRead&& on_read) {
-        const double l1 = codecs_.forward_layer(l, k, v, kh, vh);
-        on_read(kh);
-        train_detail::causal_attention_forward(att.data(), prob.data(), q.data(), kh.data(),
-                                               vh.data(), n_, H, KVH, hd);
+    double attention_forward(int l, attention_acts& A, int H, int KVH, int hd, OnRead&& on_read) {
+        const double l1 = codecs_.forward_layer(l, A.k, A.v, A.kh, A.vh);
+        on_read(A.kh);
+        train_detail::causal_attention_forward(A.att.data(), A.prob.data(), A.q.data(),
+                                               A.kh.data(), A.vh.data(), n_, H, KVH, hd);
         return l1;
     }
 
-    /// The backward of attention_forward: given datt, writes dq (∂L/∂q) and dk, dv (∂L/∂ the
-    /// true K and V, after the codecs), adding the autoencoders' weight gradients into `grad`.
-    /// `on_read_backward(dkh)` is the transpose of on_read. dkh and dvh are scratch.
+    /// The backward of attention_forward: given datt, writes G.dq (∂L/∂q) and G.dk, G.dv (∂L/∂
+    /// the true K and V, before the codecs), adding the autoencoders' weight gradients into
+    /// `grad`. `on_read_backward(dkh)` is the transpose of on_read.
     template <class OnReadBackward>
-    void attention_backward(int l, const std::vector<Real>& datt, const std::vector<Real>& prob,
-                            const std::vector<Real>& q, const std::vector<Real>& kh,
-                            const std::vector<Real>& vh, std::vector<Real>& dq,
-                            std::vector<Real>& dkh, std::vector<Real>& dvh, std::vector<Real>& dk,
-                            std::vector<Real>& dv, int H, int KVH, int hd,
-                            ae_gradients<Real>& grad, Real grad_scale,
-                            OnReadBackward&& on_read_backward) {
-        std::fill(dq.begin(), dq.end(), Real(0));
-        std::fill(dkh.begin(), dkh.end(), Real(0));
-        std::fill(dvh.begin(), dvh.end(), Real(0));
-        train_detail::causal_attention_backward(dq.data(), dkh.data(), dvh.data(), datt.data(),
-                                                prob.data(), q.data(), kh.data(), vh.data(), n_,
-                                                H, KVH, hd);
-        on_read_backward(dkh);
+    void attention_backward(int l, const std::vector<Real>& datt, const attention_acts& A,
+                            attention_grads& G, int H, int KVH, int hd, ae_gradients<Real>& grad,
+                            Real grad_scale, OnReadBackward&& on_read_backward) {
+        std::fill(G.dq.begin(), G.dq.end(), Real(0));
+        std::fill(G.dkh.begin(), G.dkh.end(), Real(0));
+        std::fill(G.dvh.begin(), G.dvh.end(), Real(0));
+        train_detail::causal_attention_backward(G.dq.data(), G.dkh.data(), G.dvh.data(),
+                                                datt.data(), A.prob.data(), A.q.data(),
+                                                A.kh.data(), A.vh.data(), n_, H, KVH, hd);
+        on_read_backward(G.dkh);
         // ∂K̂, ∂V̂ go to the slots they were read from (this layer's or an earlier one's);
         // this layer's slots pass theirs on to the true K and V.
-        codecs_.backward_layer(l, dkh, dvh, dk, dv, grad, grad_scale, Real(params_.l1_weight));
+        codecs_.backward_layer(l, G.dkh, G.dvh, G.dk, G.dv, grad, grad_scale,
+                               Real(params_.l1_weight));
     }
 
     /// x += y over the residual stream (or any two buffers of one size).

@@ -18,6 +18,9 @@
 
 namespace kvcar::examples {
 
+/// The library's rule for a thread count (kvcar/parallel.hpp), under the name the tools use.
+using kvcar::resolve_threads;
+
 /// Dot product of two float vectors with eight independent partial sums: the compiler can keep
 /// them in one or two SIMD registers without reassociating anything (which -ffast-math would).
 inline float dot(const float* a, const float* b, int n) {

@@ -52,7 +52,6 @@
 #include "kvcar/codec/limits.hpp"
 #include "kvcar/io/codec_file.hpp"
 #include "kvcar/layout/reuse_map.hpp"
-#include "kvcar/parallel.hpp"
 
 #include "examples/models/kv_collect.hpp"
 #include "examples/models/tool_checks.hpp"
@@ -266,7 +265,7 @@ int run(int argc, char** argv) {
     require(reuse_modes <= 1, tool + ": give --reuse-k/--reuse-v, --reuse-count, "
                                      "--reuse-threshold or --reuse-budget, not several");
     const long long max_tokens = cl.get_int_at_least("max-tokens", 32768, 0);
-    const int threads = kvcar::resolve_threads(int(cl.get_int("threads", 0)));
+    const int threads = ex::resolve_threads(int(cl.get_int("threads", 0)));
 
     const ex::language_model model =
         ex::language_model::load(model_path, ex::parse_model_options(cl));

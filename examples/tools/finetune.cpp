@@ -178,7 +178,7 @@ int run(int argc, char** argv) {
                                               " exceeds the model's context of " +
                                               std::to_string(model.max_positions()));
     const io::codec_set set = io::load_codec_set(in_path, model.cache_geometry());
-    const int threads = kvcar::resolve_threads(int(cl.get_int("threads", 0)));
+    const int threads = ex::resolve_threads(int(cl.get_int("threads", 0)));
     const ex::kv_finetune_params params{.l1_weight = float(l1), .threads = threads};
     // The codecs must see the keys they were fitted to.
     ex::check_codec_file_keys(tool, in_path, set, model);

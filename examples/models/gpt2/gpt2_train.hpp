@@ -120,13 +120,10 @@ private:
     };
     /// Activations of one layer for the current window.
     struct layer_acts {
-        std::vector<Real> xhat1, rstd1;    // LN_1
-        std::vector<Real> q, k, v;         // [n][D]: the true projections
-        std::vector<Real> kh, vh;          // [n][D]: what attention reads (through the codecs)
-        std::vector<Real> prob;            // [H][n][n] softmax rows (causal; upper part unused)
-        std::vector<Real> att;             // [n][D]
-        std::vector<Real> xhat2, rstd2;    // LN_2
-        std::vector<Real> ff_pre, ff_act;  // [n][F]
+        std::vector<Real> xhat1, rstd1;          // LN_1
+        typename base::attention_acts attn;      // q, k, v [n][D] and what attention read
+        std::vector<Real> xhat2, rstd2;          // LN_2
+        std::vector<Real> ff_pre, ff_act;        // [n][F]
     };
 
     using base::config_;
@@ -165,11 +162,11 @@ private:
         const std::size_t H = std::size_t(config_.n_heads), T = std::size_t(n);
         acts_.resize(std::size_t(config_.n_layers));
         for (layer_acts& a : acts_) {
-            for (auto* v : {&a.xhat1, &a.q, &a.k, &a.v, &a.kh, &a.vh, &a.att, &a.xhat2})
-                v->assign(T * D, 0);
+            a.attn.assign(T, H, H, D / H);
+            a.xhat1.assign(T * D, 0);
+            a.xhat2.assign(T * D, 0);
             a.rstd1.assign(T, 0);
             a.rstd2.assign(T, 0);
-            a.prob.assign(H * T * T, 0);
             a.ff_pre.assign(T * F, 0);
             a.ff_act.assign(T * F, 0);
         }
@@ -200,14 +197,14 @@ private:
             fc_forward(qkv.data(), h.data(), L.qkv_w.data(), L.qkv_b.data(), n, D, 3 * D, threads_);
             for (int t = 0; t < n; ++t) {
                 const Real* row = &qkv[N(t, 3 * D)];
-                std::copy(row, row + D, &A.q[N(t, D)]);
-                std::copy(row + D, row + 2 * D, &A.k[N(t, D)]);
-                std::copy(row + 2 * D, row + 3 * D, &A.v[N(t, D)]);
+                std::copy(row, row + D, &A.attn.q[N(t, D)]);
+                std::copy(row + D, row + 2 * D, &A.attn.k[N(t, D)]);
+                std::copy(row + 2 * D, row + 3 * D, &A.attn.v[N(t, D)]);
             }
             // GPT-2 caches keys as attention reads them (no RoPE): nothing to do on read.
-            l1_sum += this->attention_forward(l, A.q, A.k, A.v, A.kh, A.vh, A.prob, A.att, H, H,
-                                              hd, [](std::vector<Real>&) {});
-            fc_forward(proj.data(), A.att.data(), L.proj_w.data(), L.proj_b.data(), n, D, D, threads_);
+            l1_sum += this->attention_forward(l, A.attn, H, H, hd, [](std::vector<Real>&) {});
+            fc_forward(proj.data(), A.attn.att.data(), L.proj_w.data(), L.proj_b.data(), n, D, D,
+                       threads_);
             this->add_residual(x_, proj);
 
             layernorm_forward(h.data(), A.xhat2.data(), A.rstd2.data(), x_.data(), L.ln2_w.data(),
@@ -236,7 +233,8 @@ private:
 
         this->codecs_.begin_backward();
         std::vector<Real> dff(N(n, F)), dh(N(n, D)), datt(N(n, D)), dqkv(N(n, 3 * D));
-        std::vector<Real> dq(N(n, D)), dk(N(n, D)), dv(N(n, D)), dkh(N(n, D)), dvh(N(n, D));
+        typename base::attention_grads G{std::size_t(n), std::size_t(H), std::size_t(H),
+                                         std::size_t(hd)};
         for (int l = c.n_layers - 1; l >= 0; --l) {
             const layer_weights& L = layers_[std::size_t(l)];
             layer_acts& A = acts_[std::size_t(l)];
@@ -250,15 +248,15 @@ private:
 
             // Attention: x_mid = x_in + W_proj att.
             fc_backward_input(datt.data(), dx.data(), L.proj_w.data(), n, D, D, threads_, false);
-            this->attention_backward(l, datt, A.prob, A.q, A.kh, A.vh, dq, dkh, dvh, dk, dv, H, H,
-                                     hd, grad, grad_scale, [](std::vector<Real>&) {});
+            this->attention_backward(l, datt, A.attn, G, H, H, hd, grad, grad_scale,
+                                     [](std::vector<Real>&) {});
             if (l == 0) break;  // nothing below layer 0's K/V is trained
 
             for (int t = 0; t < n; ++t) {
                 Real* row = &dqkv[N(t, 3 * D)];
-                std::copy_n(&dq[N(t, D)], D, row);
-                std::copy_n(&dk[N(t, D)], D, row + D);
-                std::copy_n(&dv[N(t, D)], D, row + 2 * D);
+                std::copy_n(&G.dq[N(t, D)], D, row);
+                std::copy_n(&G.dk[N(t, D)], D, row + D);
+                std::copy_n(&G.dv[N(t, D)], D, row + 2 * D);
             }
             // qkv = W_qkv LN_1(x_in); x_in's gradient also has the residual path (dx).
             fc_backward_input(dh.data(), dqkv.data(), L.qkv_w.data(), n, D, 3 * D, threads_, false);

@@ -1,6 +1,6 @@
-// examples/models/llama/llama_train.hpp — stage 2 of the KV-CAR paper's Algorithm 1 on the CPU for
-// Llama: the frozen model (examples/models/llama/llama.hpp) with its K/V codecs inserted and the
-// language-model loss differentiated down to every autoencoder's weights.
+// examples/models/llama/llama_train.hpp — stage 2 of the KV-CAR paper's Algorithm 1 on the CPU
+// for Llama: the frozen model (examples/models/llama/llama.hpp) with its K/V codecs inserted and
+// the language-model loss differentiated down to every autoencoder's weights.
 //
 //   x = embed[token]
 //   for each layer l:
@@ -146,11 +146,9 @@ private:
     /// Activations of one layer for the current window.
     struct layer_acts {
         std::vector<Real> x_in, rstd1;   // [n][D], [n]: the attention's RMSNorm input
-        std::vector<Real> q;             // [n][Q]: RoPE applied
-        std::vector<Real> k, v;          // [n][KV]: the codecs' inputs (k rotated if post-RoPE)
-        std::vector<Real> kh, vh;        // [n][KV]: what attention reads (k̂ rotated if pre-RoPE)
-        std::vector<Real> prob;          // [H][n][n]
-        std::vector<Real> att;           // [n][Q]
+        // q [n][Q] (RoPE applied); k, v [n][KV], the codecs' inputs (k rotated if post-RoPE);
+        // kh, vh, what attention reads (k̂ rotated if pre-RoPE); prob; att [n][Q].
+        typename base::attention_acts attn;
         std::vector<Real> x_mid, rstd2;  // [n][D], [n]: the MLP's RMSNorm input
         std::vector<Real> gate, up;      // [n][F]: before the activation
     };
@@ -184,18 +182,14 @@ private:
         if (!this->resize_window(n)) return;
         const llama_config& c = config_;
         const std::size_t T = std::size_t(n), D = std::size_t(c.d_model), F = std::size_t(c.d_ff);
-        const std::size_t Q = std::size_t(c.n_heads) * std::size_t(c.head_dim);
-        const std::size_t KV = std::size_t(c.n_kv_heads) * std::size_t(c.head_dim);
         acts_.resize(std::size_t(c.n_layers));
         for (layer_acts& a : acts_) {
             a.x_in.assign(T * D, 0);
             a.x_mid.assign(T * D, 0);
             a.rstd1.assign(T, 0);
             a.rstd2.assign(T, 0);
-            a.q.assign(T * Q, 0);
-            a.att.assign(T * Q, 0);
-            for (auto* v : {&a.k, &a.v, &a.kh, &a.vh}) v->assign(T * KV, 0);
-            a.prob.assign(std::size_t(c.n_heads) * T * T, 0);
+            a.attn.assign(T, std::size_t(c.n_heads), std::size_t(c.n_kv_heads),
+                          std::size_t(c.head_dim));
             a.gate.assign(T * F, 0);
             a.up.assign(T * F, 0);
         }
@@ -221,22 +215,19 @@ private:
             A.x_in = x_;
 
             rmsnorm_forward(h.data(), A.rstd1.data(), x_.data(), L.attn_norm.data(), n, D, eps);
-            fc_forward(A.q.data(), h.data(), L.wq.data(), static_cast<const Real*>(nullptr), n, D,
-                       Q, threads_);
-            fc_forward(A.k.data(), h.data(), L.wk.data(), static_cast<const Real*>(nullptr), n, D,
-                       KV, threads_);
-            fc_forward(A.v.data(), h.data(), L.wv.data(), static_cast<const Real*>(nullptr), n, D,
-                       KV, threads_);
-            rope_.rotate(A.q.data(), n, H, hd, Real(1));
-            if (post_rope) rope_.rotate(A.k.data(), n, KVH, hd, Real(1));
+            const Real* no_bias = nullptr;
+            fc_forward(A.attn.q.data(), h.data(), L.wq.data(), no_bias, n, D, Q, threads_);
+            fc_forward(A.attn.k.data(), h.data(), L.wk.data(), no_bias, n, D, KV, threads_);
+            fc_forward(A.attn.v.data(), h.data(), L.wv.data(), no_bias, n, D, KV, threads_);
+            rope_.rotate(A.attn.q.data(), n, H, hd, Real(1));
+            if (post_rope) rope_.rotate(A.attn.k.data(), n, KVH, hd, Real(1));
             // A pre-RoPE cache stores k̂ unrotated: attention rotates what it reads.
             l1_sum += this->attention_forward(
-                l, A.q, A.k, A.v, A.kh, A.vh, A.prob, A.att, H, KVH, hd,
+                l, A.attn, H, KVH, hd,
                 [&](std::vector<Real>& kh) {
                     if (!post_rope) rope_.rotate(kh.data(), n, KVH, hd, Real(1));
                 });
-            fc_forward(proj.data(), A.att.data(), L.wo.data(), static_cast<const Real*>(nullptr),
-                       n, Q, D, threads_);
+            fc_forward(proj.data(), A.attn.att.data(), L.wo.data(), no_bias, n, Q, D, threads_);
             this->add_residual(x_, proj);
             A.x_mid = x_;
 
@@ -271,8 +262,9 @@ private:
 
         this->codecs_.begin_backward();
         std::vector<Real> dact(N(n, F)), dgate(N(n, F)), dup(N(n, F)), dh(N(n, D));
-        std::vector<Real> datt(N(n, Q)), dq(N(n, Q)), dk(N(n, KV)), dv(N(n, KV));
-        std::vector<Real> dkh(N(n, KV)), dvh(N(n, KV));
+        std::vector<Real> datt(N(n, Q));
+        typename base::attention_grads G{std::size_t(n), std::size_t(H), std::size_t(KVH),
+                                         std::size_t(hd)};
         for (int l = c.n_layers - 1; l >= 0; --l) {
             const layer_weights& L = layers_[std::size_t(l)];
             const layer_acts& A = acts_[std::size_t(l)];
@@ -293,17 +285,16 @@ private:
             // Attention: x_mid = x_in + W_o att.
             fc_backward_input(datt.data(), dx.data(), L.wo.data(), n, Q, D, threads_, false);
             this->attention_backward(
-                l, datt, A.prob, A.q, A.kh, A.vh, dq, dkh, dvh, dk, dv, H, KVH, hd, grad,
-                grad_scale, [&](std::vector<Real>& d) {
+                l, datt, A.attn, G, H, KVH, hd, grad, grad_scale, [&](std::vector<Real>& d) {
                     if (!post_rope) rope_.rotate(d.data(), n, KVH, hd, Real(-1));
                 });
             if (l == 0) break;  // nothing below layer 0's K/V is trained
 
-            if (post_rope) rope_.rotate(dk.data(), n, KVH, hd, Real(-1));
-            rope_.rotate(dq.data(), n, H, hd, Real(-1));
-            fc_backward_input(dh.data(), dq.data(), L.wq.data(), n, D, Q, threads_, false);
-            fc_backward_input(dh.data(), dk.data(), L.wk.data(), n, D, KV, threads_, true);
-            fc_backward_input(dh.data(), dv.data(), L.wv.data(), n, D, KV, threads_, true);
+            if (post_rope) rope_.rotate(G.dk.data(), n, KVH, hd, Real(-1));
+            rope_.rotate(G.dq.data(), n, H, hd, Real(-1));
+            fc_backward_input(dh.data(), G.dq.data(), L.wq.data(), n, D, Q, threads_, false);
+            fc_backward_input(dh.data(), G.dk.data(), L.wk.data(), n, D, KV, threads_, true);
+            fc_backward_input(dh.data(), G.dv.data(), L.wv.data(), n, D, KV, threads_, true);
             rmsnorm_backward(dx.data(), dh.data(), A.x_in.data(), A.rstd1.data(),
                              L.attn_norm.data(), n, D);
         }
