@@ -12,7 +12,8 @@
 #
 #   bash bench/run_speed.sh [quick|full] [out-dir] [rounds]
 # Environment: REPS (runs per median, 31), MODEL (one model's shapes only, e.g. llama3-8b),
-# BUILD_DIR (reuse that configured build folder instead of configuring build-bench).
+# BUILD_DIR (reuse that configured build folder instead of configuring build-bench), PREBUILT=1
+# (with BUILD_DIR: use its bench binaries as they are).
 # FlashInfer's headers: $FLASHINFER_INCLUDE_DIR, else .fi/include (bench/fetch_flashinfer.sh
 # unpacks the flashinfer-python wheel there); without them the FlashInfer rows are skipped.
 set -euo pipefail
@@ -34,7 +35,11 @@ if [ -z "${BUILD_DIR:-}" ]; then  # BUILD_DIR: an existing build folder to reuse
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKVCAR_BUILD_TESTS=OFF -DKVCAR_BUILD_EXAMPLES=OFF \
         -DKVCAR_BUILD_BENCH=ON -DFLASHINFER_INCLUDE_DIR="$fi_inc" > "$out/cmake.log"
 fi
-cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >> "$out/cmake.log"
+# PREBUILT=1: the binaries in $BUILD_DIR/bench were built elsewhere (e.g. on a machine without a
+# GPU, to spend the GPU machine's time on measuring only); nothing is built here.
+if [ "${PREBUILT:-0}" != 1 ]; then
+  cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >> "$out/cmake.log"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv > "$out/gpu.txt"
 date -u +%Y-%m-%dT%H:%M:%SZ > "$out/date.txt"
 git rev-parse --short HEAD > "$out/commit.txt" 2>/dev/null || true

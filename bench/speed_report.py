@@ -213,7 +213,7 @@ def main():
 
     md.append("## What limits each codec\n")
     md.append("- **identity fp16 / int8**: GQA heads of f16 and int8 records (head dim 64/128, 2/4/8 query heads "
-              "per KV head) run on tensor cores (`kernels/direct_mma_decode_attention.cuh`): each 16-token tile "
+              "per KV head) run on tensor cores (`kernels/decode/direct_mma.cuh`): each 16-token tile "
               "is read once from registers for all query heads of its KV head, with two `mma.sync` products "
               "per tile (scores and P·V), one page lookup per tile and the next tile loading while the current "
               "one computes. MHA (GPT-2 small) takes the same kernel with one query head per KV head. bf16/fp32/fp8 "
@@ -258,7 +258,7 @@ def main():
               "Nsight Compute finds the kernel issue-bound (~0.5 instructions per cycle per scheduler "
               "with 4 warps each), not DRAM-bound, so the 3× target for linear + int8 stays far off.\n"
               "- **autoencoder**: runs on tensor cores in the decoder's hidden space "
-              "(`kernels/autoencoder_decode_attention.cuh`): the decoder's second layer is affine, so "
+              "(`kernels/decode/autoencoder_tensor_cores.cuh`): the decoder's second layer is affine, so "
               "scores are q̃·a + q·b2 and outputs W2ᵀ(Σ p a) + b2 with a = lrelu(W1 z + b1) computed per "
               "32-token tile by `mma.sync`; only d·h multiply-adds per token and stream remain (Llama-3-8B-"
               "like, d = 512, h = 1024: 0.5 M), 275 GFLOP at B32 L4096, whose bound is ~0.28 ms at ~990 "

@@ -1,6 +1,6 @@
 # kvcar-finetune (examples/tools/finetune.cpp): stage 2 of the KV-CAR paper, fine-tuning a codec
 # file's autoencoders through the frozen CPU GPT-2 or Llama (examples/models/kv_train.hpp with
-# gpt2_train.hpp / llama_train.hpp).
+# gpt2/gpt2_train.hpp / llama/llama_train.hpp).
 # Included from examples/CMakeLists.txt after find_package(Threads).
 add_executable(kvcar-finetune ${CMAKE_CURRENT_LIST_DIR}/tools/finetune.cpp)
 target_link_libraries(kvcar-finetune PRIVATE kvcar::kvcar Threads::Threads)

@@ -1,18 +1,19 @@
-// Fuzzes kvcar::io::parse_llama2c (checkpoint). The header fixes the file size, so an accepted
-// file must produce arrays of exactly the sizes the header implies and use every byte.
+// Fuzzes kvcar::examples::parse_llama2c (examples/models/llama/llama2c.hpp, the checkpoint). The
+// header fixes the file size, so an accepted file must produce arrays of exactly the sizes the
+// header implies and use every byte.
 #include <cstddef>
 #include <cstdint>
 #include <span>
 
 #include "fuzz_common.hpp"
-#include "kvcar/io/llama2c.hpp"
+#include "examples/models/llama/llama2c.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    namespace io = kvcar::io;
+    namespace ex = kvcar::examples;
     const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(data), size);
     return kvcar_fuzz::accept_only_kvcar_errors([&] {
-        const io::llama2c_weights w = io::parse_llama2c(bytes, "fuzz.bin");
-        const io::llama2c_config& c = w.config;
+        const ex::llama2c_weights w = ex::parse_llama2c(bytes, "fuzz.bin");
+        const ex::llama2c_config& c = w.config;
         using kvcar_fuzz::check;
         check(c.dim > 0 && c.hidden_dim > 0 && c.n_layers > 0 && c.n_heads > 0 &&
                   c.n_kv_heads > 0 && c.vocab_size > 0 && c.seq_len > 0,
@@ -30,7 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
               "llama2c: ffn sizes");
         check(w.rms_final.size() == D, "llama2c: rms_final size");
         check(w.wcls.size() == (c.shared_classifier ? 0 : V * D), "llama2c: wcls size");
-        check(io::llama2c_header_bytes + 4 * io::llama2c_float_count(c) == size,
+        check(ex::llama2c_header_bytes + 4 * ex::llama2c_float_count(c) == size,
               "llama2c: accepted a file whose size the header does not imply");
     });
 }

@@ -1,7 +1,8 @@
 // examples/common/llama2c_tokenizer.hpp — the tokenizer of Karpathy's llama2.c (tokenizer.bin).
 //
-// File format (little endian; io::parse_llama2c_vocab reads it): int32 max_token_length, then for each of the vocab_size tokens
-// float32 score, int32 len, len bytes (no NUL). Ids 0 <unk>, 1 BOS, 2 EOS, 3..258 the byte
+// File format (little endian; examples/models/llama/llama2c.hpp's parse_llama2c_vocab reads
+// it): int32 max_token_length, then for each of the vocab_size tokens float32 score, int32 len,
+// len bytes (no NUL). Ids 0 <unk>, 1 BOS, 2 EOS, 3..258 the byte
 // pieces "<0x00>".."<0xFF>", then SentencePiece's pieces with "▁" already stored as ' '.
 //
 // Encoding follows llama2.c's run.c (not full SentencePiece): a dummy-prefix space token, then one
@@ -21,9 +22,9 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
-#include "kvcar/io/llama2c.hpp"
 
 #include "examples/common/byte_piece.hpp"
+#include "examples/models/llama/llama2c.hpp"
 
 namespace kvcar::examples {
 
@@ -47,11 +48,11 @@ public:
     /// Reads a tokenizer.bin holding exactly `vocab_size` tokens (the checkpoint's vocab_size).
     static llama2c_tokenizer load(const std::string& tokenizer_bin, int vocab_size) {
         check_vocab_size(vocab_size, tokenizer_bin);
-        return from_vocab(io::load_llama2c_vocab(tokenizer_bin, vocab_size), tokenizer_bin);
+        return from_vocab(load_llama2c_vocab(tokenizer_bin, vocab_size), tokenizer_bin);
     }
 
     /// As `load`, from the file's bytes; `source_name` is only used in error messages.
-    /// io::parse_llama2c_vocab reads the file (every length checked against the bytes that
+    /// parse_llama2c_vocab reads the file (every length checked against the bytes that
     /// remain, so a truncated or corrupt file is an error naming the token, never a read past
     /// the end); this adds what encoding needs on top: finite scores and the byte pieces.
     static llama2c_tokenizer parse(std::string_view bytes, int vocab_size,
@@ -59,8 +60,8 @@ public:
         const std::string source(source_name);
         check_vocab_size(vocab_size, source);
         return from_vocab(
-            io::parse_llama2c_vocab(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())),
-                                    vocab_size, source),
+            parse_llama2c_vocab(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())),
+                                vocab_size, source),
             source);
     }
 
@@ -74,7 +75,7 @@ private:
                                  "pieces (259)");
     }
 
-    static llama2c_tokenizer from_vocab(io::llama2c_vocab vocab, const std::string& source) {
+    static llama2c_tokenizer from_vocab(llama2c_vocab vocab, const std::string& source) {
         using llama2c_detail::fail;
         const std::string who = "llama2c tokenizer: " + source + ": ";
         const int vocab_size = int(vocab.pieces.size());

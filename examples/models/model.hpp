@@ -11,12 +11,12 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
-#include "kvcar/io/hf_config.hpp"
-#include "kvcar/io/llama2c.hpp"
 #include "kvcar/io/safetensors.hpp"
 
-#include "examples/models/gpt2.hpp"
-#include "examples/models/llama.hpp"
+#include "examples/models/gpt2/gpt2.hpp"
+#include "examples/models/hf_config.hpp"
+#include "examples/models/llama/llama.hpp"
+#include "examples/models/llama/llama2c.hpp"
 #include "examples/models/model_common.hpp"
 
 namespace kvcar::examples {
@@ -34,20 +34,20 @@ public:
         require(fs::exists(path, ec), "model: '" + path + "' does not exist");
         const bool is_dir = fs::is_directory(path, ec);
         if (!is_dir && fs::path(path).extension() == ".bin") {
-            return language_model(llama_model::from_llama2c(io::load_llama2c(path), options),
+            return language_model(llama_model::from_llama2c(load_llama2c(path), options),
                                   checkpoint_format::llama2c, path);
         }
         const fs::path folder = is_dir ? fs::path(path) : fs::path(path).parent_path();
-        const io::model_config c = io::load_hf_config((folder / "config.json").string());
+        const model_config c = load_hf_config((folder / "config.json").string());
         // GPT-2 adds learned absolute positions to its input and rotates nothing: its keys are
         // the same before and after "RoPE", so pre-RoPE caching means nothing there. Refused
         // before the weights load.
-        require(c.architecture != io::model_config::arch::gpt2 ||
+        require(c.architecture != model_config::arch::gpt2 ||
                     options.keys != cached_keys::pre_rope,
                 "model: " + c.source + ": --keys pre does not apply to GPT-2 (learned absolute "
                 "positions, no RoPE: its keys are cached as computed); drop --keys or use post");
         const io::safetensors_model st = io::safetensors_model::open(path);
-        if (c.architecture == io::model_config::arch::gpt2) {
+        if (c.architecture == model_config::arch::gpt2) {
             require(c.activation == "gelu_new" || c.activation == "gelu_pytorch_tanh",
                     "model: " + c.source + ": GPT-2 activation '" + c.activation +
                         "' is not supported (only the tanh GELU: gelu_new)");
@@ -114,6 +114,13 @@ public:
                ", vocab " + std::to_string(vocab_size()) + ", context " +
                std::to_string(max_positions()) +
                (is_gpt2() ? "" : std::string(", keys cached ") + to_string(options().keys));
+    }
+
+    /// f(model) with the family's model inside (gpt2_model or llama_model): code written once
+    /// per family (the CUDA upload) picks its overload here.
+    template <class F>
+    decltype(auto) visit(F&& f) const {
+        return std::visit(std::forward<F>(f), impl_);
     }
 
     /// See gpt2_model::forward / llama_model::forward.

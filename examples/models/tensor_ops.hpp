@@ -2,7 +2,8 @@
 //
 // Plain loops, float accumulation, no -ffast-math: results depend only on the order written
 // here, so a run is reproducible bit for bit and close to PyTorch's float32 (to ~1e-6 relative).
-// Only the matmul is threaded, over output rows, because it is where >95% of the time goes.
+// Only the matmul is threaded, over output rows (kvcar/parallel.hpp's pool), because it is where
+// >95% of the time goes.
 #pragma once
 
 #include <algorithm>
@@ -10,43 +11,15 @@
 #include <cstddef>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "kvcar/common.hpp"
+#include "kvcar/parallel.hpp"
 
 namespace kvcar::examples {
 
-/// Threads to use: `requested` if positive, else every hardware thread (at least 1).
-inline int resolve_threads(int requested) {
-    if (requested > 0) return requested;
-    const unsigned hw = std::thread::hardware_concurrency();
-    return hw == 0 ? 1 : int(hw);
-}
-
-/// Calls body(begin, end) on `threads` contiguous slices of [0, count). Threads are started per
-/// call: at a few microseconds each, that is noise next to a matmul worth splitting, and it
-/// keeps the code free of a pool's locking. Small work (`work` below ~64k multiply-adds) stays on
-/// the calling thread.
-template <class Body>
-void parallel_for(int count, int threads, double work, Body&& body) {
-    threads = std::min(threads, count);
-    if (threads <= 1 || work < 65536.0) {
-        if (count > 0) body(0, count);
-        return;
-    }
-    std::vector<std::thread> pool;
-    pool.reserve(std::size_t(threads - 1));
-    const int per = (count + threads - 1) / threads;
-    for (int t = 1; t < threads; ++t) {
-        const int begin = t * per;
-        const int end = std::min(count, begin + per);
-        if (begin >= end) break;
-        pool.emplace_back([&body, begin, end] { body(begin, end); });
-    }
-    body(0, std::min(count, per));
-    for (std::thread& th : pool) th.join();
-}
+/// The library's rule for a thread count (kvcar/parallel.hpp), under the name the tools use.
+using kvcar::resolve_threads;
 
 /// Dot product of two float vectors with eight independent partial sums: the compiler can keep
 /// them in one or two SIMD registers without reassociating anything (which -ffast-math would).

@@ -5,10 +5,11 @@
 //   kvcar-finetune  --model M --codec-file ae.kvc --out ae-ft.kvc --time-limit 600
 //   kvcar-perplexity --model M --kv file:ae-ft.kvc
 //
-// Models: GPT-2 (examples/models/gpt2_train.hpp) and Llama (examples/models/llama_train.hpp; the
-// keys seen by the codecs are the ones --keys caches, as in kvcar-perplexity). Codec files may
-// reuse K/V groups between layers (kvcar-calibrate --reuse-*, the paper's Algorithm 2): a
-// reused group reads the slot it reuses, so that slot's autoencoder is trained for both layers.
+// Models: GPT-2 (examples/models/gpt2/gpt2_train.hpp) and Llama
+// (examples/models/llama/llama_train.hpp; the keys seen by the codecs are the ones --keys
+// caches, as in kvcar-perplexity). Codec files may reuse K/V groups between layers
+// (kvcar-calibrate --reuse-*, the paper's Algorithm 2): a reused group reads the slot it reuses,
+// so that slot's autoencoder is trained for both layers.
 //
 // Loss per window (examples/models/kv_train.hpp): mean next-token cross-entropy of the model
 // whose attention reads K/V through the codecs, plus --l1 × Σ over autoencoder slots of
@@ -41,11 +42,13 @@
 #include <variant>
 #include <vector>
 
+#include "kvcar/calib/adam.hpp"
 #include "kvcar/codec/any.hpp"
 #include "kvcar/io/codec_file.hpp"
+#include "kvcar/parallel.hpp"
 
-#include "examples/models/gpt2_train.hpp"
-#include "examples/models/llama_train.hpp"
+#include "examples/models/gpt2/gpt2_train.hpp"
+#include "examples/models/llama/llama_train.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_common.hpp"
@@ -250,7 +253,7 @@ int run(int argc, char** argv) {
     std::vector<ex::folded_ae_weights<float>> best = trainer.autoencoders();
 
     // --- training ---
-    ex::ae_adam<float> adam(trainer.autoencoders(), float(lr), float(clip));
+    kvcar::calib::adam<float> adam = ex::ae_adam(trainer.autoencoders(), float(lr), float(clip));
     std::mt19937_64 rng{static_cast<std::uint64_t>(seed)};
     shuffle(train, rng);
     std::size_t next = 0;
@@ -300,7 +303,7 @@ int run(int argc, char** argv) {
                          tool.c_str(), step + 1);
             break;
         }
-        const double norm = adam.step(trainer.autoencoders(), grad);
+        const double norm = ex::ae_step(adam, trainer.autoencoders(), grad);
         log_total += step_loss.total;
         log_ce += step_loss.ce;
         log_l1 += step_loss.l1;

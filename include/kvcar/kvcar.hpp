@@ -21,14 +21,15 @@
 #include "kvcar/rope.hpp"
 #include "kvcar/reference/attention.hpp"
 
+#include "kvcar/parallel.hpp"
+
+#include "kvcar/calib/adam.hpp"
 #include "kvcar/calib/pca.hpp"
 #include "kvcar/calib/autoencoder_training.hpp"
 #include "kvcar/calib/reuse_selection.hpp"
 
 #include "kvcar/io/json.hpp"
 #include "kvcar/io/safetensors.hpp"
-#include "kvcar/io/hf_config.hpp"
-#include "kvcar/io/llama2c.hpp"
 #include "kvcar/io/codec_file.hpp"
 
 /// @namespace kvcar
@@ -37,13 +38,13 @@
 /// together, and a reference attention that reads any of them.
 
 /// @namespace kvcar::calib
-/// @brief Host-side calibration: fitting linear codecs (PCA), training autoencoders, and
-/// choosing which heads reuse an earlier layer's slot.
+/// @brief Host-side calibration: fitting linear codecs (PCA), training autoencoders (Adam),
+/// and choosing which heads reuse an earlier layer's slot.
 
 /// @namespace kvcar::io
-/// @brief Readers and writers of the files kvcar meets: JSON, safetensors, Hugging Face
-/// config.json, llama2.c checkpoints and tokenizers, and kvcar's own codec files. Every
-/// reader validates its input and throws kvcar::error naming the file and the problem.
+/// @brief Readers and writers of the files kvcar meets: JSON, safetensors and kvcar's own codec
+/// files. Every reader validates its input and throws kvcar::error naming the file and the
+/// problem. (Model formats, config.json and llama2.c checkpoints, are read by the examples.)
 
 /// @namespace kvcar::cuda
 /// @brief Host code that moves a cache to a CUDA device: device buffers, codec parameters in

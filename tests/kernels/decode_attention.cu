@@ -19,6 +19,8 @@
 #include <vector>
 
 using namespace kvcar;
+// kvcar::cuda is spelled out: the decode kernels use CUB, whose CCCL headers declare a global
+// namespace cuda, which `using namespace kvcar` would make ambiguous.
 using kvcar_test::random_floats;
 
 namespace {
@@ -34,7 +36,7 @@ struct shape {
 template <class Codec, class Layout>
 struct test_caches {
     kv_cache<Codec, Layout, paged_storage> host;
-    cuda::device_kv_cache<Codec, Layout> device;
+    kvcar::cuda::device_kv_cache<Codec, Layout> device;
     std::vector<int> sequences;  // in the order they are queried
 };
 
@@ -52,7 +54,7 @@ test_caches<Codec, Layout> make_caches(const Layout& layout, const std::vector<C
     const int n = int(lengths.size());
     test_caches<Codec, Layout> c{
         kv_cache<Codec, Layout, paged_storage>(layout, codecs, {n + 1, max_len, 16, pages + 4}),
-        cuda::device_kv_cache<Codec, Layout>(
+        kvcar::cuda::device_kv_cache<Codec, Layout>(
             layout, codecs,
             {n + 2, max_len + 8, device_page_size,
              (pages + 9) * 16 / device_page_size + n + 2}),
@@ -86,8 +88,8 @@ double decode_error(test_caches<Codec, Layout>& c, const attention_params& opt,
     double worst = 0.0;
     for (int layer = 0; layer < g.n_layers; ++layer) {
         const std::vector<float> q = random_floats(q_width * batch, seed + 7u * layer);
-        cuda::device_buffer<float> q_dev(q);
-        cuda::device_buffer<float> out_dev = kvcar_test::poisoned(q.size());
+        kvcar::cuda::device_buffer<float> q_dev(q);
+        kvcar::cuda::device_buffer<float> out_dev = kvcar_test::poisoned(q.size());
         kernels::decode_attention(c.device, layer, c.sequences, q_dev.data(), out_dev.data(), opt,
                                   ws);
         KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
@@ -236,8 +238,9 @@ TEST_CASE("decode_attention: linear codec in latent space per head and whole lay
 
 TEST_CASE("decode_attention: autoencoder decoded tile by tile in shared memory", "[kernels]") {
     const folded_autoencoder head = kvcar_test::random_autoencoder(64, 48, 32, 9);
-    // f16 latents take the tensor-core path (autoencoder_decode_attention.cuh): fp16 weights,
-    // hidden activations and probabilities with fp32 accumulation (3.5e-4 measured on an H100).
+    // f16 latents take the tensor-core path (kernels/decode/autoencoder_tensor_cores.cuh): fp16
+    // weights, hidden activations and probabilities with fp32 accumulation (3.5e-4 measured on an
+    // H100).
     check_dense({2, 2, 64, 8}, head.codec<f16>(), 2e-3, "autoencoder<f16> per head (tc)");
     const folded_autoencoder layer = kvcar_test::random_autoencoder(256, 96, 64, 10);
     check_dense({1, 2, 128, 4, 2}, layer.codec<float>(), 1e-4, "autoencoder<f32> whole layer");
@@ -326,7 +329,7 @@ TEST_CASE("decode_attention: a batch larger than a grid dimension holds (70,000 
         const kv_geometry g{1, n_kv_heads, head_dim};
         const dense_layout layout(g);
         kv_cache<Codec, dense_layout, paged_storage> host(layout, codec, {batch, 36, 16, pages});
-        cuda::device_kv_cache<Codec> dev(layout, codec, {batch, 36, 16, pages});
+        kvcar::cuda::device_kv_cache<Codec> dev(layout, codec, {batch, 36, 16, pages});
         std::vector<int> seqs;
         for (int b = 0; b < batch; ++b) {
             seqs.push_back(host.add_sequence());
@@ -365,11 +368,11 @@ TEST_CASE("decode_attention: a model's full context", "[kernels]") {
 
 TEST_CASE("decode_attention: argument errors throw before anything runs", "[kernels]") {
     const kv_geometry g{1, 2, 64};
-    cuda::device_kv_cache<identity_codec<f16>> cache(dense_layout(g), identity_codec<f16>{64},
-                                                     {2, 32, 16, 4});
+    kvcar::cuda::device_kv_cache<identity_codec<f16>> cache(dense_layout(g),
+                                                            identity_codec<f16>{64}, {2, 32, 16, 4});
     const int seq = cache.add_sequence();
     kernels::attention_workspace ws;
-    cuda::device_buffer<float> q(4 * 64), out(4 * 64);
+    kvcar::cuda::device_buffer<float> q(4 * 64), out(4 * 64);
     attention_params opt;
     opt.n_heads = 3;
     const std::vector<int> seqs{seq};
@@ -426,12 +429,12 @@ void time_decode(const char* name, const Codec& codec, int heads_per_group, int 
     const int n_heads = 32;
     const dense_layout layout(g, heads_per_group);
     const int pages = batch * ((length + 15) / 16);
-    cuda::device_kv_cache<Codec> cache(layout, codec, {batch, length, 16, pages});
+    kvcar::cuda::device_kv_cache<Codec> cache(layout, codec, {batch, length, 16, pages});
     std::vector<int> seqs;
     for (int b = 0; b < batch; ++b) seqs.push_back(cache.add_sequence());
     const int chunk = std::min(length, 1024);
     const std::vector<float> kv = random_floats(std::size_t(chunk) * g.token_width(), 1);
-    cuda::device_buffer<float> kv_dev(kv);
+    kvcar::cuda::device_buffer<float> kv_dev(kv);
     for (int seq : seqs)
         for (int t = 0; t < length; t += chunk)
             for (int layer = 0; layer < g.n_layers; ++layer)
@@ -439,7 +442,7 @@ void time_decode(const char* name, const Codec& codec, int heads_per_group, int 
                                 std::vector<int>{std::min(chunk, length - t)}, kv_dev.data(),
                                 kv_dev.data());
     const std::vector<float> q = random_floats(std::size_t(batch) * n_heads * g.head_dim, 2);
-    cuda::device_buffer<float> q_dev(q), out(q.size());
+    kvcar::cuda::device_buffer<float> q_dev(q), out(q.size());
     kernels::attention_workspace ws;
     attention_params opt;
     opt.n_heads = n_heads;
@@ -460,7 +463,7 @@ TEST_CASE("decode_attention: bandwidth against a device-to-device copy", "[kerne
     cudaDeviceProp prop{};
     KVCAR_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     const std::size_t bytes = std::size_t(1) << 30;
-    cuda::device_buffer<std::byte> a(bytes), b(bytes);
+    kvcar::cuda::device_buffer<std::byte> a(bytes), b(bytes);
     a.fill_bytes(1);
     const float copy_ms = median_ms([&](int) {
         KVCAR_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));

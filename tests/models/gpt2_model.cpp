@@ -1,10 +1,10 @@
-// Tests for examples/models/gpt2.hpp (and model.hpp, kv_dispatch.hpp, tensor_ops.hpp): the CPU
+// Tests for examples/models/gpt2/gpt2.hpp (and model.hpp, kv_dispatch.hpp, tensor_ops.hpp): the CPU
 // GPT-2 reproduces Hugging Face's float32 logits through a kvcar cache, prefill and decode alike,
 // and every bad input is refused before the cache changes.
 #include "catch.hpp"
 #include "models/model_fixtures.hpp"
 
-#include "examples/models/gpt2.hpp"
+#include "examples/models/gpt2/gpt2.hpp"
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tensor_ops.hpp"

@@ -1,4 +1,4 @@
-// Tests for examples/models/gpt2_train.hpp: the stage-2 trainer computes the same loss as the
+// Tests for examples/models/gpt2/gpt2_train.hpp: the stage-2 trainer computes the same loss as the
 // GPT-2 reference model reading its K/V through a kvcar cache of the same codec set, its
 // gradient with respect to every autoencoder weight matches central finite differences through
 // the whole frozen model (double precision, tiny random GPT-2), Adam on it lowers the loss, the
@@ -6,8 +6,8 @@
 #include "catch.hpp"
 #include "train_fixtures.hpp"
 
-#include "examples/models/gpt2.hpp"
-#include "examples/models/gpt2_train.hpp"
+#include "examples/models/gpt2/gpt2.hpp"
+#include "examples/models/gpt2/gpt2_train.hpp"
 #include "examples/models/tensor_ops.hpp"
 
 #include <kvcar/codec/any.hpp>
@@ -239,13 +239,13 @@ TEST_CASE("Adam on the stage-2 loss lowers it, and the trained set saves and loa
     const std::vector<int> inputs(tokens.begin(), tokens.end() - 1);
     const std::vector<int> targets(tokens.begin() + 1, tokens.end());
 
-    ex::ae_adam<float> adam(trainer.autoencoders(), 3e-3f, 1.0f);
+    kvcar::calib::adam<float> adam = ex::ae_adam(trainer.autoencoders(), 3e-3f, 1.0f);
     const double first = trainer.loss(inputs, targets).total;
     double last = first;
     for (int step = 0; step < 30; ++step) {
         ex::ae_gradients<float> g = trainer.zero_gradient();
         last = trainer.loss(inputs, targets, &g).total;
-        const double norm = adam.step(trainer.autoencoders(), g);
+        const double norm = ex::ae_step(adam, trainer.autoencoders(), g);
         REQUIRE(std::isfinite(norm));
     }
     last = trainer.loss(inputs, targets).total;
@@ -278,8 +278,8 @@ TEST_CASE("bad inputs are refused and leave the trainer unchanged", "[models][gp
                             "l1_weight must be finite and not negative");
         KVCAR_REQUIRE_ERROR(ex::gpt2_kv_trainer<float>(model, set, {.threads = -2}),
                             "threads must not be negative");
-        KVCAR_REQUIRE_ERROR(ex::ae_adam<float>(trainer.autoencoders(), 0.0f), "lr must be positive");
-        KVCAR_REQUIRE_ERROR(ex::ae_adam<float>(trainer.autoencoders(), 1e-3f, -1.0f),
+        KVCAR_REQUIRE_ERROR(ex::ae_adam(trainer.autoencoders(), 0.0f), "lr must be positive");
+        KVCAR_REQUIRE_ERROR(ex::ae_adam(trainer.autoencoders(), 1e-3f, -1.0f),
                             "clip_norm must be finite and not negative");
     }
     SECTION("bad windows") {

@@ -1,4 +1,4 @@
-// Tests for examples/models/llama.hpp (through model.hpp): the CPU Llama reproduces Hugging
+// Tests for examples/models/llama/llama.hpp (through model.hpp): the CPU Llama reproduces Hugging
 // Face's float32 logits for llama-tiny (GQA, rotate-half RoPE, tied head) through a kvcar cache,
 // with post- and pre-RoPE keys, prefill and decode; and the llama2.c path (interleaved RoPE)
 // reproduces run.c's greedy output on aidreams260K.bin token for token.
@@ -6,7 +6,7 @@
 #include "models/model_fixtures.hpp"
 
 #include "examples/models/kv_dispatch.hpp"
-#include "examples/models/llama.hpp"
+#include "examples/models/llama/llama.hpp"
 #include "examples/models/model.hpp"
 
 #include <kvcar/codec/identity.hpp>

@@ -1,14 +1,14 @@
-// Tests for examples/models/llama_train.hpp (and kv_train.hpp's codec insertion with reuse): the
-// Llama stage-2 trainer computes the same loss as the Llama reference model reading its K/V
-// through a kvcar cache of the same codec set, for keys cached after and before RoPE; its
+// Tests for examples/models/llama/llama_train.hpp (and kv_codec_slots.hpp's codec insertion with
+// reuse): the Llama stage-2 trainer computes the same loss as the Llama reference model reading
+// its K/V through a kvcar cache of the same codec set, for keys cached after and before RoPE; its
 // gradient with respect to every autoencoder weight matches central finite differences through
 // the whole frozen model (double precision, tiny random GQA Llama), with and without head reuse
 // between layers; a reused group's gradient reaches the slot it reads; Adam lowers the loss.
 #include "catch.hpp"
 #include "train_fixtures.hpp"
 
-#include "examples/models/llama.hpp"
-#include "examples/models/llama_train.hpp"
+#include "examples/models/llama/llama.hpp"
+#include "examples/models/llama/llama_train.hpp"
 #include "examples/models/tensor_ops.hpp"
 
 #include <kvcar/codec/any.hpp>
@@ -219,12 +219,12 @@ TEST_CASE("Llama: threads do not change a bit, and Adam lowers the stage-2 loss"
 
     // The frozen random model bounds what the codecs can do (uniform CE is ln 40 = 3.69): the
     // check is a clear drop, not a fit.
-    ex::ae_adam<float> adam(one.autoencoders(), 1e-2f, 1.0f);
+    kvcar::calib::adam<float> adam = ex::ae_adam(one.autoencoders(), 1e-2f, 1.0f);
     const double first = one.loss(w.inputs, w.targets).total;
     for (int step = 0; step < 40; ++step) {
         ex::ae_gradients<float> g = one.zero_gradient();
         one.loss(w.inputs, w.targets, &g);
-        REQUIRE(std::isfinite(adam.step(one.autoencoders(), g)));
+        REQUIRE(std::isfinite(ex::ae_step(adam, one.autoencoders(), g)));
     }
     const ex::kv_finetune_loss last = one.loss(w.inputs, w.targets);
     INFO("loss " << first << " -> " << last.total);

@@ -1,18 +1,20 @@
 // examples/models/cuda/device_model.cuh — GPT-2 and Llama on a CUDA GPU, their KV cache a
 // kvcar::cuda::device_kv_cache.
 //
-// The same model as examples/models/gpt2.hpp and llama.hpp (read those for the math), with its
-// weights uploaded once (fp32) and every step on one stream:
+// The same model as examples/models/gpt2/gpt2.hpp and llama/llama.hpp (read those for the math),
+// with its weights uploaded once (fp32) by the family's own part (gpt2/gpt2_cuda.cuh,
+// llama/llama_cuda.cuh) and every step on one stream. Where the families differ, the family's
+// traits (device_weights.cuh: norm, MLP and position kinds) pick the kernel:
 //
 //   x = embed(tokens, positions)                         embed_kernel
 //   for each layer:
-//       h = norm_1(x)                                    layernorm / rmsnorm kernel
+//       h = norm_1(x)                                    layernorm / rmsnorm kernel (norm_kind)
 //       qkv = h · W_qkvᵀ                                 one cuBLAS GEMM ([q | k | v] rows fused)
-//       q, k, v = split(qkv) (+ bias) (+ RoPE)           split_qkv_kernel, rope_kernel
+//       q, k, v = split(qkv) (+ bias) (+ RoPE)           split_qkv_kernel, rope_kernel (rope)
 //       kvcar::kernels::append(cache, layer, k, v)       K/V encoded through the codec, paged
 //       a = prefill_attention or decode_attention        reads K/V back *through the codec*
 //       x += a · W_oᵀ (+ bias)                           GEMM, residual_kernel
-//       h = norm_2(x); x += MLP(h)                       GEMMs + activation kernels
+//       h = norm_2(x); x += MLP(h)                       GEMMs + activation kernel (mlp_kind)
 //   logits = norm_f(x) · W_headᵀ                         GEMM (all rows, or each item's last)
 //
 // A forward pass takes a *batch*: item b appends counts[b] tokens to sequence sequences[b], each
@@ -61,6 +63,9 @@
 
 #include "examples/models/cuda/communicator.cuh"
 #include "examples/models/cuda/device_ops.cuh"
+#include "examples/models/cuda/device_weights.cuh"
+#include "examples/models/gpt2/gpt2_cuda.cuh"
+#include "examples/models/llama/llama_cuda.cuh"
 #include "examples/models/model.hpp"
 #include "examples/models/model_common.hpp"
 
@@ -80,24 +85,6 @@ struct tensor_parallel_params {
     communicator* comm = nullptr;  ///< sums the partial products; required when world > 1
 };
 
-/// Rows [first, first + count) of a row-major matrix with `cols` columns.
-inline std::vector<float> matrix_rows(const std::vector<float>& m, std::size_t cols,
-                                      std::size_t first, std::size_t count) {
-    return {m.begin() + std::ptrdiff_t(first * cols),
-            m.begin() + std::ptrdiff_t((first + count) * cols)};
-}
-
-/// Columns [first, first + count) of a row-major matrix with `cols` columns.
-inline std::vector<float> matrix_columns(const std::vector<float>& m, std::size_t cols,
-                                         std::size_t first, std::size_t count) {
-    const std::size_t rows = m.size() / cols;
-    std::vector<float> out(rows * count);
-    for (std::size_t r = 0; r < rows; ++r)
-        std::copy_n(m.begin() + std::ptrdiff_t(r * cols + first), count,
-                    out.begin() + std::ptrdiff_t(r * count));
-    return out;
-}
-
 /// A stream created for one model and destroyed with it. A *blocking* stream: it waits for
 /// work on the legacy default stream, where a device_kv_cache zeroes its pools and uploads
 /// block tables with plain cudaMemset / cudaMemcpy, so nothing here can overtake them.
@@ -115,19 +102,8 @@ private:
     cudaStream_t stream_ = nullptr;
 };
 
-/// One transformer block's weights on the device. GPT-2 and Llama share the shape of the list:
-/// norms, the fused [q | k | v] projection, the output projection, and the MLP, whose first
-/// matrix is c_fc for GPT-2 and the fused [gate | up] for Llama. Biases are empty for Llama.
-struct device_layer {
-    cuda::device_buffer<float> norm1_w, norm1_b;  // [D]
-    cuda::device_buffer<float> qkv_w, qkv_b;      // [Q + 2 KV][D], [Q + 2 KV]
-    cuda::device_buffer<float> o_w, o_b;          // [D][Q], [D]
-    cuda::device_buffer<float> norm2_w, norm2_b;  // [D]
-    cuda::device_buffer<float> up_w, up_b;        // GPT-2 [F][D], [F]; Llama [2F][D] (gate, up)
-    cuda::device_buffer<float> down_w, down_b;    // [D][F], [D]
-};
-
-/// A GPT-2 or Llama model on the current CUDA device, fp32 weights, one stream, one cuBLAS handle.
+/// A model of any family with a device part (GPT-2, Llama) on the current CUDA device, fp32
+/// weights, one stream, one cuBLAS handle.
 /// Not copyable or movable (the handle is bound to the stream); hold it by pointer to move it.
 class device_model {
 public:
@@ -138,140 +114,38 @@ public:
     explicit device_model(const language_model& host, tensor_parallel_params tp = {})
         : geometry_(shard_geometry(host.cache_geometry(), tp.shard)), vocab_(host.vocab_size()),
           max_positions_(host.max_positions()), tp_(tp), blas_(stream_.get()) {
-        const kv_geometry full = host.cache_geometry();
         const head_shard shard = tp.shard;
         require(shard.world == 1 || (tp.comm && tp.comm->world() == shard.world &&
                                      tp.comm->rank() == shard.rank),
                 "device_model: rank " + std::to_string(shard.rank) + " of " +
                     std::to_string(shard.world) + " needs a communicator of that rank and world");
-        const int total_heads = host.as_gpt2() ? host.as_gpt2()->config().n_heads
-                                               : host.as_llama()->config().n_heads;
-        const int total_ff = host.as_gpt2() ? host.as_gpt2()->config().d_ff
-                                            : host.as_llama()->config().d_ff;
-        require(total_ff % shard.world == 0,
-                "device_model: the MLP's " + std::to_string(total_ff) +
-                    " hidden units cannot be split evenly across " + std::to_string(shard.world) +
-                    " ranks");
-        const head_range qh = query_heads_of(total_heads, full, shard);
-        const head_range kvh = kv_heads_of(full, shard);
-        const std::size_t hd = std::size_t(full.head_dim);
-        const std::size_t ff = std::size_t(total_ff / shard.world);
-        const std::size_t ff0 = std::size_t(shard.rank) * ff;
-
-        const auto up = [](const std::vector<float>& v) { return cuda::device_buffer<float>(v); };
-        const auto concat = [](const std::vector<float>& a, const std::vector<float>& b,
-                               const std::vector<float>& c) {
-            std::vector<float> all(a);
-            all.insert(all.end(), b.begin(), b.end());
-            all.insert(all.end(), c.begin(), c.end());
-            return cuda::device_buffer<float>(all);
-        };
-        // This rank's rows of a [heads * hd][cols] projection (cols = 1 for a bias).
-        const auto head_rows = [&](const std::vector<float>& m, std::size_t cols, head_range h) {
-            return matrix_rows(m, cols, std::size_t(h.first) * hd, std::size_t(h.count) * hd);
-        };
-        if (const gpt2_model* g = host.as_gpt2()) {
-            const gpt2_config& c = g->config();
-            const gpt2_weights& w = g->weights();
-            const std::size_t D = std::size_t(c.d_model);
-            gpt2_ = true;
-            d_model_ = c.d_model;
-            d_ff_ = int(ff);
-            n_heads_ = qh.count;
-            norm_eps_ = c.norm_eps;
-            attention_ = attention_params{.n_heads = qh.count};
-            token_embedding_ = up(w.token_embedding);
-            position_embedding_ = up(w.position_embedding);
-            for (const gpt2_layer& L : w.layers) {
-                // c_attn's rows are [q (D) | k (D) | v (D)]; GPT-2 has n_kv_heads = n_heads.
-                const auto qkv_part = [&](const std::vector<float>& m, std::size_t cols) {
-                    const std::size_t third = m.size() / 3;
-                    const std::vector<float> q(m.begin(), m.begin() + std::ptrdiff_t(third));
-                    const std::vector<float> k(m.begin() + std::ptrdiff_t(third),
-                                               m.begin() + std::ptrdiff_t(2 * third));
-                    const std::vector<float> v(m.begin() + std::ptrdiff_t(2 * third), m.end());
-                    return concat(head_rows(q, cols, qh), head_rows(k, cols, kvh),
-                                  head_rows(v, cols, kvh));
-                };
-                device_layer d;
-                d.norm1_w = up(L.ln1_weight);
-                d.norm1_b = up(L.ln1_bias);
-                d.qkv_w = qkv_part(L.qkv_weight, D);
-                d.qkv_b = qkv_part(L.qkv_bias, 1);
-                d.o_w = up(matrix_columns(L.proj_weight, D, std::size_t(qh.first) * hd,
-                                          std::size_t(qh.count) * hd));
-                d.o_b = up(L.proj_bias);
-                d.norm2_w = up(L.ln2_weight);
-                d.norm2_b = up(L.ln2_bias);
-                d.up_w = up(matrix_rows(L.fc_weight, D, ff0, ff));
-                d.up_b = up(matrix_rows(L.fc_bias, 1, ff0, ff));
-                d.down_w = up(matrix_columns(L.out_weight, std::size_t(c.d_ff), ff0, ff));
-                d.down_b = up(L.out_bias);
-                layers_.push_back(std::move(d));
-            }
-            final_norm_w_ = up(w.final_norm_weight);
-            final_norm_b_ = up(w.final_norm_bias);
-            if (!w.lm_head.empty()) lm_head_ = up(w.lm_head);
-        } else {
-            const llama_model& m = *host.as_llama();
-            const llama_config& c = m.config();
-            const llama_weights& w = m.weights();
-            const std::size_t D = std::size_t(c.d_model);
-            gpt2_ = false;
-            d_model_ = c.d_model;
-            d_ff_ = int(ff);
-            n_heads_ = qh.count;
-            norm_eps_ = c.norm_eps;
-            rope_ = c.rope;
-            rotate_before_storing_ = m.options().keys == cached_keys::post_rope;
-            attention_ = m.attention();
-            attention_.n_heads = qh.count;
-            token_embedding_ = up(w.token_embedding);
-            for (const llama_layer& L : w.layers) {
-                device_layer d;
-                d.norm1_w = up(L.attn_norm);
-                d.qkv_w = concat(head_rows(L.wq, D, qh), head_rows(L.wk, D, kvh),
-                                 head_rows(L.wv, D, kvh));
-                d.o_w = up(matrix_columns(L.wo, std::size_t(c.n_heads) * hd,
-                                          std::size_t(qh.first) * hd, std::size_t(qh.count) * hd));
-                d.norm2_w = up(L.ffn_norm);
-                d.up_w = concat(matrix_rows(L.w_gate, D, ff0, ff), matrix_rows(L.w_up, D, ff0, ff),
-                                {});
-                d.down_w = up(matrix_columns(L.w_down, std::size_t(c.d_ff), ff0, ff));
-                layers_.push_back(std::move(d));
-            }
-            final_norm_w_ = up(w.final_norm);
-            if (!w.lm_head.empty()) lm_head_ = up(w.lm_head);
-        }
+        // The family's own upload (upload_weights of gpt2_cuda.cuh or llama_cuda.cuh).
+        w_ = host.visit([&](const auto& m) {
+            const auto& c = m.config();
+            return upload_weights(m, rank_split::of(c.n_heads, c.d_ff, host.cache_geometry(),
+                                                    shard));
+        });
         KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
     }
 
     device_model(const device_model&) = delete;
     device_model& operator=(const device_model&) = delete;
 
-    bool is_gpt2() const { return gpt2_; }
+    /// The traits of the family this model is (device_weights.cuh).
+    const device_family& family() const { return w_.family; }
     int vocab_size() const { return vocab_; }
     int max_positions() const { return max_positions_; }
     kv_geometry cache_geometry() const { return geometry_; }
     /// How attention reads the cache (RoPE on read for Llama with pre-RoPE keys); n_heads is
     /// this rank's query heads.
-    const attention_params& attention() const { return attention_; }
+    const attention_params& attention() const { return w_.attention; }
     /// This model's share of a tensor-parallel group ({0, 1} when unsharded).
     head_shard shard() const { return tp_.shard; }
     /// Only rank 0 computes logits; the other ranks' forward() returns no rows.
     bool computes_logits() const { return tp_.shard.rank == 0; }
     cudaStream_t stream() const { return stream_.get(); }
     /// Bytes of weights on the device (a tied head counted once).
-    std::size_t weight_bytes() const {
-        std::size_t sum = token_embedding_.bytes() + position_embedding_.bytes() +
-                          final_norm_w_.bytes() + final_norm_b_.bytes() + lm_head_.bytes();
-        for (const device_layer& d : layers_) {
-            for (const auto* b : {&d.norm1_w, &d.norm1_b, &d.qkv_w, &d.qkv_b, &d.o_w, &d.o_b,
-                                  &d.norm2_w, &d.norm2_b, &d.up_w, &d.up_b, &d.down_w, &d.down_b})
-                sum += b->bytes();
-        }
-        return sum;
-    }
+    std::size_t weight_bytes() const { return w_.bytes(); }
 
     /// Runs the batch through the model, appending every item's K/V to `cache`; returns logits
     /// [Σ counts][vocab] (logits_for::all) or [items][vocab], each item's last token
@@ -341,7 +215,7 @@ private:
     template <class Codec, class Layout>
     void validate(const cuda::device_kv_cache<Codec, Layout>& cache, const token_batch& b,
                   std::vector<int>& first_positions) const {
-        const std::string who = gpt2_ ? "gpt2 (cuda)" : "llama (cuda)";
+        const std::string who = std::string(w_.family.name) + " (cuda)";
         check_cache_geometry(who, cache.geometry(), geometry_);
         require(b.sequences.size() == b.counts.size(),
                 who + ": " + std::to_string(b.sequences.size()) + " sequences but " +
@@ -382,9 +256,12 @@ private:
         const cudaStream_t s = stream_.get();
         const cublasHandle_t blas = blas_.get();
         const int n = int(b.tokens.size()), items = int(b.sequences.size());
-        const int D = d_model_, F = d_ff_, V = vocab_, hd = geometry_.head_dim;
-        const int Q = n_heads_ * hd, KV = geometry_.n_kv_heads * hd, QKV = Q + 2 * KV;
-        const int up_width = gpt2_ ? F : 2 * F;
+        const device_family& fam = w_.family;
+        const int D = w_.d_model, F = w_.d_ff, V = vocab_, hd = geometry_.head_dim;
+        const int n_heads = w_.n_heads;
+        const int Q = n_heads * hd, KV = geometry_.n_kv_heads * hd, QKV = Q + 2 * KV;
+        // SwiGLU's first matrix is the fused [gate | up]: twice the hidden width.
+        const int up_width = fam.mlp == mlp_kind::swiglu ? 2 * F : F;
         const std::size_t N = std::size_t(n);
 
         // [tokens | positions | last row of each item]: one upload per pass.
@@ -412,39 +289,45 @@ private:
         float* att = grow(att_, N * Q);
         float* proj = grow(proj_, N * D);
         float* ff = grow(ff_, N * up_width);
-        float* act = gpt2_ ? ff : grow(act_, N * F);
+        // GELU activates in place; SwiGLU writes silu(gate) ⊙ up beside its input.
+        float* act = fam.mlp == mlp_kind::gelu ? ff : grow(act_, N * F);
         KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev_ints, ints.data(), ints.size() * 4,
                                          cudaMemcpyHostToDevice, s));
 
         const int T = 256;
         const auto blocks = [&](long long count) { return cuda_ops::elementwise_blocks(count, T); };
-        cuda_ops::embed_kernel<<<unsigned(n), 128, 0, s>>>(
-            x, token_embedding_.data(), gpt2_ ? position_embedding_.data() : nullptr, tokens,
-            positions, D);
+        // Learned positions add their table's row to the token's; rotary ones come later.
+        const float* position_table =
+            fam.positions == position_kind::learned ? w_.position_embedding.data() : nullptr;
+        cuda_ops::embed_kernel<<<unsigned(n), 128, 0, s>>>(x, w_.token_embedding.data(),
+                                                           position_table, tokens, positions, D);
         KVCAR_CUDA_CHECK_LAUNCH("embed_kernel");
 
-        for (int l = 0; l < int(layers_.size()); ++l) {
-            const device_layer& L = layers_[std::size_t(l)];
+        for (int l = 0; l < int(w_.layers.size()); ++l) {
+            const device_layer& L = w_.layers[std::size_t(l)];
             // --- attention ---
             norm(h, x, L.norm1_w, L.norm1_b, n);
             cuda_ops::linear(blas, qkv, h, L.qkv_w.data(), n, D, QKV);
             cuda_ops::split_qkv_kernel<<<blocks((long long)n * QKV), T, 0, s>>>(
-                qkv, gpt2_ ? L.qkv_b.data() : nullptr, q, k, v, n, Q, KV);
+                qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), q, k, v, n, Q, KV);
             KVCAR_CUDA_CHECK_LAUNCH("split_qkv_kernel");
-            if (!gpt2_ && rotate_before_storing_) {
-                const int pairs = rope_rotary_dim(rope_, hd) / 2;
-                cuda_ops::rope_kernel<<<blocks((long long)n * n_heads_ * pairs), T, 0, s>>>(
-                    q, positions, n, n_heads_, hd, rope_);
+            // Rotary positions: q and k rotated here unless the cache keeps keys unrotated
+            // (then attention rotates each key it reads, w_.attention.rope).
+            if (fam.positions == position_kind::rope && w_.rotate_before_storing) {
+                const int pairs = rope_rotary_dim(w_.rope, hd) / 2;
+                cuda_ops::rope_kernel<<<blocks((long long)n * n_heads * pairs), T, 0, s>>>(
+                    q, positions, n, n_heads, hd, w_.rope);
                 KVCAR_CUDA_CHECK_LAUNCH("rope_kernel");
                 cuda_ops::rope_kernel<<<blocks((long long)n * geometry_.n_kv_heads * pairs), T, 0,
-                                        s>>>(k, positions, n, geometry_.n_kv_heads, hd, rope_);
+                                        s>>>(k, positions, n, geometry_.n_kv_heads, hd, w_.rope);
                 KVCAR_CUDA_CHECK_LAUNCH("rope_kernel");
             }
             kernels::append(cache, l, b.sequences, b.counts, k, v, s);
             if (decode_step) {
-                kernels::decode_attention(cache, l, b.sequences, q, att, attention_, workspace_, s);
+                kernels::decode_attention(cache, l, b.sequences, q, att, w_.attention, workspace_,
+                                          s);
             } else {
-                kernels::prefill_attention(cache, l, b.sequences, b.counts, q, att, attention_,
+                kernels::prefill_attention(cache, l, b.sequences, b.counts, q, att, w_.attention,
                                            workspace_, s);
             }
             cuda_ops::linear(blas, proj, att, L.o_w.data(), n, Q, D);
@@ -454,7 +337,7 @@ private:
             // --- MLP ---
             norm(h, x, L.norm2_w, L.norm2_b, n);
             cuda_ops::linear(blas, ff, h, L.up_w.data(), n, D, up_width);
-            if (gpt2_) {
+            if (fam.mlp == mlp_kind::gelu) {
                 cuda_ops::bias_gelu_kernel<<<blocks((long long)n * F), T, 0, s>>>(
                     ff, L.up_b.data(), n, F);
                 KVCAR_CUDA_CHECK_LAUNCH("bias_gelu_kernel");
@@ -478,9 +361,9 @@ private:
             KVCAR_CUDA_CHECK_LAUNCH("gather_rows_kernel");
             final_in = last;
         }
-        norm(h, final_in, final_norm_w_, final_norm_b_, rows);
+        norm(h, final_in, w_.final_norm_w, w_.final_norm_b, rows);
         float* logits = grow(logits_, std::size_t(rows) * std::size_t(V));
-        const float* head = lm_head_.empty() ? token_embedding_.data() : lm_head_.data();
+        const float* head = w_.lm_head.empty() ? w_.token_embedding.data() : w_.lm_head.data();
         cuda_ops::linear(blas, logits, h, head, rows, D, V);
         return rows;
     }
@@ -491,16 +374,16 @@ private:
         if (tp_.comm) tp_.comm->all_reduce_sum(data, count, stream_.get());
     }
 
-    /// LayerNorm (GPT-2) or RMSNorm (Llama) of `rows` rows of d_model.
+    /// The family's norm (norm_kind) of `rows` rows of d_model.
     void norm(float* out, const float* in, const cuda::device_buffer<float>& w,
               const cuda::device_buffer<float>& b, int rows) {
-        if (gpt2_) {
+        if (w_.family.norm == norm_kind::layernorm) {
             cuda_ops::layernorm_kernel<<<unsigned(rows), cuda_ops::row_threads, 0, stream_.get()>>>(
-                out, in, w.data(), b.data(), d_model_, norm_eps_);
+                out, in, w.data(), b.data(), w_.d_model, w_.norm_eps);
             KVCAR_CUDA_CHECK_LAUNCH("layernorm_kernel");
         } else {
             cuda_ops::rmsnorm_kernel<<<unsigned(rows), cuda_ops::row_threads, 0, stream_.get()>>>(
-                out, in, w.data(), d_model_, norm_eps_);
+                out, in, w.data(), w_.d_model, w_.norm_eps);
             KVCAR_CUDA_CHECK_LAUNCH("rmsnorm_kernel");
         }
     }
@@ -528,12 +411,6 @@ private:
     // Shape.
     kv_geometry geometry_;
     int vocab_ = 0, max_positions_ = 0;
-    bool gpt2_ = true;
-    int d_model_ = 0, d_ff_ = 0, n_heads_ = 0;
-    float norm_eps_ = 1e-5f;
-    rope_params rope_{};
-    bool rotate_before_storing_ = true;
-    attention_params attention_{};
     tensor_parallel_params tp_{};
 
     // Execution. The stream is declared first: it outlives the handle and the buffers.
@@ -541,10 +418,8 @@ private:
     cuda_ops::cublas_handle blas_;
     kernels::attention_workspace workspace_;
 
-    // Weights.
-    cuda::device_buffer<float> token_embedding_, position_embedding_;
-    std::vector<device_layer> layers_;
-    cuda::device_buffer<float> final_norm_w_, final_norm_b_, lm_head_;
+    // The family's traits, this rank's shape, and its weights.
+    device_weights w_;
 
     // Activations, grown to the largest batch seen.
     cuda::device_buffer<float> x_, h_, qkv_, q_, k_, v_, att_, proj_, ff_, act_, last_, logits_;

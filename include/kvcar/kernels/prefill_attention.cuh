@@ -97,6 +97,7 @@ void prefill_attention(const device::cache_view<Codec>& cache, const prefill_att
                          "prefill_attention", false);
         require(p.q && p.out, "prefill_attention: q and out must be device pointers");
     }
+    ws.use_stream(stream);  // ws.ints grows in this stream's order
     std::int32_t* items = ws.ints(3 * std::size_t(p.total_queries));
     const int threads = 128;
     detail::expand_queries_kernel<<<unsigned((p.total_queries + threads - 1) / threads), threads,

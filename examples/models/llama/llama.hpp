@@ -1,4 +1,5 @@
-// examples/models/llama.hpp — Llama (TinyLlama, llama2.c) on the CPU, its KV cache a kvcar cache.
+// examples/models/llama/llama.hpp — Llama (TinyLlama, llama2.c) on the CPU, its KV cache a kvcar
+// cache.
 //
 // The whole model, read top to bottom:
 //
@@ -29,10 +30,11 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
-#include "kvcar/io/llama2c.hpp"
 #include "kvcar/reference/attention.hpp"
 #include "kvcar/rope.hpp"
 
+#include "examples/models/blocks.hpp"
+#include "examples/models/llama/llama2c.hpp"
 #include "examples/models/model_common.hpp"
 #include "examples/models/tensor_ops.hpp"
 
@@ -125,8 +127,8 @@ public:
     }
 
     /// Takes a llama2.c checkpoint (weights already in [out][in] layout, layers stacked).
-    static llama_model from_llama2c(const io::llama2c_weights& in, model_options options = {}) {
-        const io::llama2c_config& k = in.config;
+    static llama_model from_llama2c(const llama2c_weights& in, model_options options = {}) {
+        const llama2c_config& k = in.config;
         llama_config c;
         c.vocab_size = k.vocab_size;
         c.max_positions = k.seq_len;
@@ -227,8 +229,7 @@ public:
                         apply_rope(&k[N(t, KV) + N(head, hd)], hd, pos0 + t, c.rope);
                 }
             }
-            cache.append(seq, l, k, v);
-            reference_attention(cache, seq, l, ap, q, pos0, att);
+            attention_through_cache(cache, seq, l, ap, q, k, v, pos0, att);
             matmul(proj, att, L.wo, {}, n, Q, D, threads);
             add_inplace(x, proj);
 
@@ -241,15 +242,10 @@ public:
             add_inplace(x, proj);
         }
 
-        const int first = which == logits_for::last ? n - 1 : 0;
-        const int rows = n - first;
-        std::vector<float> xf(N(rows, D));
-        rmsnorm(xf, std::span<const float>(x).subspan(N(first, D)), w_.final_norm, rows, D,
-                c.norm_eps);
-        std::vector<float> logits(N(rows, V));
-        const std::vector<float>& head = w_.lm_head.empty() ? w_.token_embedding : w_.lm_head;
-        matmul(logits, xf, head, {}, rows, D, V, threads);
-        return logits;
+        return lm_head_logits(x, n, which, D, V, w_.token_embedding, w_.lm_head, threads,
+                              [&](std::span<float> out, std::span<const float> in, int rows) {
+                                  rmsnorm(out, in, w_.final_norm, rows, D, c.norm_eps);
+                              });
     }
 
 private:

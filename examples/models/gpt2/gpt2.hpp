@@ -1,4 +1,4 @@
-// examples/models/gpt2.hpp — GPT-2 on the CPU, its KV cache a kvcar cache.
+// examples/models/gpt2/gpt2.hpp — GPT-2 on the CPU, its KV cache a kvcar cache.
 //
 // The whole model, read top to bottom:
 //
@@ -28,6 +28,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/reference/attention.hpp"
 
+#include "examples/models/blocks.hpp"
 #include "examples/models/model_common.hpp"
 #include "examples/models/tensor_ops.hpp"
 
@@ -171,8 +172,7 @@ public:
                 std::copy(row + D, row + 2 * D, &k[N(t, D)]);
                 std::copy(row + 2 * D, row + 3 * D, &v[N(t, D)]);
             }
-            cache.append(seq, l, k, v);
-            reference_attention(cache, seq, l, ap, q, pos0, att);
+            attention_through_cache(cache, seq, l, ap, q, k, v, pos0, att);
             matmul(proj, att, L.proj_weight, L.proj_bias, n, D, D, threads);
             add_inplace(x, proj);
 
@@ -185,15 +185,11 @@ public:
         }
 
         // Final norm and the LM head, for the rows asked for.
-        const int first = which == logits_for::last ? n - 1 : 0;
-        const int rows = n - first;
-        std::vector<float> xf(N(rows, D));
-        layernorm(xf, std::span<const float>(x).subspan(N(first, D)), w_.final_norm_weight,
-                  w_.final_norm_bias, rows, D, c.norm_eps);
-        std::vector<float> logits(N(rows, V));
-        const std::vector<float>& head = w_.lm_head.empty() ? w_.token_embedding : w_.lm_head;
-        matmul(logits, xf, head, {}, rows, D, V, threads);
-        return logits;
+        return lm_head_logits(x, n, which, D, V, w_.token_embedding, w_.lm_head, threads,
+                              [&](std::span<float> out, std::span<const float> in, int rows) {
+                                  layernorm(out, in, w_.final_norm_weight, w_.final_norm_bias,
+                                            rows, D, c.norm_eps);
+                              });
     }
 
 private:

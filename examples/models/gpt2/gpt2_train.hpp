@@ -1,6 +1,6 @@
-// examples/models/gpt2_train.hpp — stage 2 of the KV-CAR paper's Algorithm 1 on the CPU: GPT-2
-// with its K/V codecs inserted, the model frozen, and the language-model loss differentiated
-// down to every autoencoder's weights.
+// examples/models/gpt2/gpt2_train.hpp — stage 2 of the KV-CAR paper's Algorithm 1 on the CPU:
+// GPT-2 with its K/V codecs inserted, the model frozen, and the language-model loss
+// differentiated down to every autoencoder's weights.
 //
 //   x = wte[token] + wpe[position]
 //   for each layer l:
@@ -13,8 +13,9 @@
 // This is exactly what kvcar-perplexity computes through a kv_cache<any_codec, reuse_map> built
 // from the same codec file (attention reads every token's K/V, the current one's included, back
 // through the codec), so the loss trained here is the one evaluated there. What is trained and
-// how the codecs (reuse included) are differentiated: examples/models/kv_train.hpp. The frozen
-// GPT-2 only gets input gradients, never weight gradients.
+// how the codecs (reuse included) are differentiated: examples/models/kv_train.hpp; the residual
+// stream, the LM head and attention through the codecs: kv_trainer_base.hpp (shared with Llama).
+// The frozen GPT-2 only gets input gradients, never weight gradients.
 //
 // Costs, per window of n tokens: the LM head dominates (2 · n · vocab · d_model multiply-adds,
 // forward and input-gradient), then the autoencoders; everything is stored for one window
@@ -31,8 +32,9 @@
 #include "kvcar/common.hpp"
 #include "kvcar/io/codec_file.hpp"
 
-#include "examples/models/gpt2.hpp"
+#include "examples/models/gpt2/gpt2.hpp"
 #include "examples/models/kv_train.hpp"
+#include "examples/models/kv_trainer_base.hpp"
 
 namespace kvcar::examples {
 
@@ -106,7 +108,8 @@ public:
     /// Copies the model's weights (as Real) and the set's codecs; `set` must be made for the
     /// model's geometry.
     gpt2_kv_trainer(const gpt2_model& model, const io::codec_set& set, kv_finetune_params params)
-        : base(model.config(), set, model.cache_geometry(), params, "gpt2_kv_trainer") {
+        : base(model.config(), set, model.cache_geometry(), params, "gpt2_kv_trainer",
+               model.weights().token_embedding, model.weights().lm_head) {
         copy_weights(model.weights());
     }
 
@@ -117,25 +120,22 @@ private:
     };
     /// Activations of one layer for the current window.
     struct layer_acts {
-        std::vector<Real> xhat1, rstd1;    // LN_1
-        std::vector<Real> q, k, v;         // [n][D]: the true projections
-        std::vector<Real> kh, vh;          // [n][D]: what attention reads (through the codecs)
-        std::vector<Real> prob;            // [H][n][n] softmax rows (causal; upper part unused)
-        std::vector<Real> att;             // [n][D]
-        std::vector<Real> xhat2, rstd2;    // LN_2
-        std::vector<Real> ff_pre, ff_act;  // [n][F]
+        std::vector<Real> xhat1, rstd1;          // LN_1
+        typename base::attention_acts attn;      // q, k, v [n][D] and what attention read
+        std::vector<Real> xhat2, rstd2;          // LN_2
+        std::vector<Real> ff_pre, ff_act;        // [n][F]
     };
 
-    using base::codecs_;
     using base::config_;
-    using base::params_;
+    using base::embed_;
+    using base::n_;
     using base::threads_;
+    using base::x_;
+    using base::xf_;
 
     void copy_weights(const gpt2_weights& w) {
         using train_detail::to_real;
-        wte_ = to_real<Real>(w.token_embedding);
         wpe_ = to_real<Real>(w.position_embedding);
-        head_ = w.lm_head.empty() ? std::vector<Real>{} : to_real<Real>(w.lm_head);
         lnf_w_ = to_real<Real>(w.final_norm_weight);
         lnf_b_ = to_real<Real>(w.final_norm_bias);
         for (const gpt2_layer& L : w.layers) {
@@ -156,43 +156,36 @@ private:
         }
     }
 
-    const std::vector<Real>& head() const { return head_.empty() ? wte_ : head_; }
-
-
     void resize(int n) {
-        codecs_.resize(n);
-        if (n == n_) return;
-        n_ = n;
+        if (!this->resize_window(n)) return;
         const std::size_t D = std::size_t(config_.d_model), F = std::size_t(config_.d_ff);
         const std::size_t H = std::size_t(config_.n_heads), T = std::size_t(n);
         acts_.resize(std::size_t(config_.n_layers));
         for (layer_acts& a : acts_) {
-            for (auto* v : {&a.xhat1, &a.q, &a.k, &a.v, &a.kh, &a.vh, &a.att, &a.xhat2})
-                v->assign(T * D, 0);
+            a.attn.assign(T, H, H, D / H);
+            a.xhat1.assign(T * D, 0);
+            a.xhat2.assign(T * D, 0);
             a.rstd1.assign(T, 0);
             a.rstd2.assign(T, 0);
-            a.prob.assign(H * T * T, 0);
             a.ff_pre.assign(T * F, 0);
             a.ff_act.assign(T * F, 0);
         }
-        x_.assign(T * D, 0);
         xhatf_.assign(T * D, 0);
         rstdf_.assign(T, 0);
-        xf_.assign(T * D, 0);
-        dlogits_.assign(T * std::size_t(config_.vocab_size), 0);
     }
 
     kv_finetune_loss forward(std::span<const int> inputs, std::span<const int> targets) {
         using namespace train_detail;
         const gpt2_config& c = config_;
-        const int n = n_, D = c.d_model, F = c.d_ff, V = c.vocab_size, H = c.n_heads;
+        const int n = n_, D = c.d_model, F = c.d_ff, H = c.n_heads;
         const int hd = c.head_dim();
         const Real eps = Real(c.norm_eps);
 
         for (int t = 0; t < n; ++t)
             for (int i = 0; i < D; ++i)
-                x_[N(t, D) + std::size_t(i)] = wte_[N(inputs[std::size_t(t)], D) + std::size_t(i)] +
-                                               wpe_[N(t, D) + std::size_t(i)];
+                x_[N(t, D) + std::size_t(i)] =
+                    embed_[N(inputs[std::size_t(t)], D) + std::size_t(i)] +
+                    wpe_[N(t, D) + std::size_t(i)];
         std::vector<Real> h(N(n, D)), qkv(N(n, 3 * D)), proj(N(n, D));
         double l1_sum = 0;
         for (int l = 0; l < c.n_layers; ++l) {
@@ -204,48 +197,44 @@ private:
             fc_forward(qkv.data(), h.data(), L.qkv_w.data(), L.qkv_b.data(), n, D, 3 * D, threads_);
             for (int t = 0; t < n; ++t) {
                 const Real* row = &qkv[N(t, 3 * D)];
-                std::copy(row, row + D, &A.q[N(t, D)]);
-                std::copy(row + D, row + 2 * D, &A.k[N(t, D)]);
-                std::copy(row + 2 * D, row + 3 * D, &A.v[N(t, D)]);
+                std::copy(row, row + D, &A.attn.q[N(t, D)]);
+                std::copy(row + D, row + 2 * D, &A.attn.k[N(t, D)]);
+                std::copy(row + 2 * D, row + 3 * D, &A.attn.v[N(t, D)]);
             }
-            l1_sum += codecs_.forward_layer(l, A.k, A.v, A.kh, A.vh);
-            causal_attention_forward(A.att.data(), A.prob.data(), A.q.data(), A.kh.data(),
-                                     A.vh.data(), n, H, H, hd);
-            fc_forward(proj.data(), A.att.data(), L.proj_w.data(), L.proj_b.data(), n, D, D, threads_);
-            for (std::size_t i = 0; i < x_.size(); ++i) x_[i] += proj[i];
+            // GPT-2 caches keys as attention reads them (no RoPE): nothing to do on read.
+            l1_sum += this->attention_forward(l, A.attn, H, H, hd, [](std::vector<Real>&) {});
+            fc_forward(proj.data(), A.attn.att.data(), L.proj_w.data(), L.proj_b.data(), n, D, D,
+                       threads_);
+            this->add_residual(x_, proj);
 
             layernorm_forward(h.data(), A.xhat2.data(), A.rstd2.data(), x_.data(), L.ln2_w.data(),
                               L.ln2_b.data(), n, D, eps);
             fc_forward(A.ff_pre.data(), h.data(), L.fc_w.data(), L.fc_b.data(), n, D, F, threads_);
             for (std::size_t i = 0; i < A.ff_pre.size(); ++i) A.ff_act[i] = gelu(A.ff_pre[i]);
             fc_forward(proj.data(), A.ff_act.data(), L.out_w.data(), L.out_b.data(), n, F, D, threads_);
-            for (std::size_t i = 0; i < x_.size(); ++i) x_[i] += proj[i];
+            this->add_residual(x_, proj);
         }
 
         layernorm_forward(xf_.data(), xhatf_.data(), rstdf_.data(), x_.data(), lnf_w_.data(),
                           lnf_b_.data(), n, D, eps);
-        kv_finetune_loss r;
-        r.ce = lm_head_cross_entropy(dlogits_, xf_, head(), targets, n, D, V, threads_);
-        r.l1 = l1_sum;
-        r.total = r.ce + double(params_.l1_weight) * l1_sum;
-        return r;
+        return this->lm_loss(targets, l1_sum);
     }
 
     void backward(ae_gradients<Real>& grad, Real grad_scale) {
         using namespace train_detail;
         const gpt2_config& c = config_;
-        const int n = n_, D = c.d_model, F = c.d_ff, V = c.vocab_size, H = c.n_heads;
+        const int n = n_, D = c.d_model, F = c.d_ff, H = c.n_heads;
         const int hd = c.head_dim();
-        const Real lambda = Real(params_.l1_weight);
 
         // LM head and final LayerNorm.
         std::vector<Real> dxf(N(n, D)), dx(N(n, D), Real(0));
-        fc_backward_input(dxf.data(), dlogits_.data(), head().data(), n, D, V, threads_, false);
+        this->lm_head_backward(dxf);
         layernorm_backward(dx.data(), dxf.data(), xhatf_.data(), rstdf_.data(), lnf_w_.data(), n, D);
 
-        codecs_.begin_backward();
+        this->codecs_.begin_backward();
         std::vector<Real> dff(N(n, F)), dh(N(n, D)), datt(N(n, D)), dqkv(N(n, 3 * D));
-        std::vector<Real> dq(N(n, D)), dk(N(n, D)), dv(N(n, D)), dkh(N(n, D)), dvh(N(n, D));
+        typename base::attention_grads G{std::size_t(n), std::size_t(H), std::size_t(H),
+                                         std::size_t(hd)};
         for (int l = c.n_layers - 1; l >= 0; --l) {
             const layer_weights& L = layers_[std::size_t(l)];
             layer_acts& A = acts_[std::size_t(l)];
@@ -259,22 +248,15 @@ private:
 
             // Attention: x_mid = x_in + W_proj att.
             fc_backward_input(datt.data(), dx.data(), L.proj_w.data(), n, D, D, threads_, false);
-            std::fill(dq.begin(), dq.end(), Real(0));
-            std::fill(dkh.begin(), dkh.end(), Real(0));
-            std::fill(dvh.begin(), dvh.end(), Real(0));
-            causal_attention_backward(dq.data(), dkh.data(), dvh.data(), datt.data(),
-                                      A.prob.data(), A.q.data(), A.kh.data(), A.vh.data(), n, H,
-                                      H, hd);
-            // ∂K̂, ∂V̂ go to the slots they were read from (this layer's or an earlier one's);
-            // this layer's slots pass theirs on to the true K and V.
-            codecs_.backward_layer(l, dkh, dvh, dk, dv, grad, grad_scale, lambda);
+            this->attention_backward(l, datt, A.attn, G, H, H, hd, grad, grad_scale,
+                                     [](std::vector<Real>&) {});
             if (l == 0) break;  // nothing below layer 0's K/V is trained
 
             for (int t = 0; t < n; ++t) {
                 Real* row = &dqkv[N(t, 3 * D)];
-                std::copy_n(&dq[N(t, D)], D, row);
-                std::copy_n(&dk[N(t, D)], D, row + D);
-                std::copy_n(&dv[N(t, D)], D, row + 2 * D);
+                std::copy_n(&G.dq[N(t, D)], D, row);
+                std::copy_n(&G.dk[N(t, D)], D, row + D);
+                std::copy_n(&G.dv[N(t, D)], D, row + 2 * D);
             }
             // qkv = W_qkv LN_1(x_in); x_in's gradient also has the residual path (dx).
             fc_backward_input(dh.data(), dqkv.data(), L.qkv_w.data(), n, D, 3 * D, threads_, false);
@@ -284,12 +266,11 @@ private:
     }
 
 
-    std::vector<Real> wte_, wpe_, head_, lnf_w_, lnf_b_;
+    std::vector<Real> wpe_, lnf_w_, lnf_b_;
     std::vector<layer_weights> layers_;
 
-    int n_ = -1;  // the window length the buffers are sized for
     std::vector<layer_acts> acts_;
-    std::vector<Real> x_, xhatf_, rstdf_, xf_, dlogits_;
+    std::vector<Real> xhatf_, rstdf_;  // the final LayerNorm's x̂ and 1/σ
 };
 
 }  // namespace kvcar::examples

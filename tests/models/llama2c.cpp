@@ -1,17 +1,19 @@
+// Tests for examples/models/llama/llama2c.hpp: llama2.c checkpoints and tokenizer.bin files,
+// real ones when the shared data is there, and truncated or malformed copies.
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
 #include <iterator>
-#include <kvcar/io/llama2c.hpp>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "catch.hpp"
+#include "examples/models/llama/llama2c.hpp"
 
-using namespace kvcar::io;
+using namespace kvcar::examples;
 namespace fs = std::filesystem;
 
 static_assert(std::is_aggregate_v<llama2c_config> && std::is_aggregate_v<llama2c_weights>);
@@ -95,7 +97,7 @@ bool all_equal(const std::vector<float>& v, float x) {
 
 }  // namespace
 
-TEST_CASE("llama2c: aidreams260K.bin loads with its documented header", "[io][data]") {
+TEST_CASE("llama2c: aidreams260K.bin loads with its documented header", "[models][data]") {
     const std::string path = data_dir + "/aidreams260K.bin";
     if (!fs::exists(path)) {
         WARN("skipped: " << path << " is absent");
@@ -132,7 +134,7 @@ TEST_CASE("llama2c: aidreams260K.bin loads with its documented header", "[io][da
     CHECK(w.rms_final[2] == Approx(1.3137162));
 }
 
-TEST_CASE("llama2c: aidreams_tok512.bin loads 512 pieces", "[io][data]") {
+TEST_CASE("llama2c: aidreams_tok512.bin loads 512 pieces", "[models][data]") {
     const std::string path = data_dir + "/aidreams_tok512.bin";
     if (!fs::exists(path)) {
         WARN("skipped: " << path << " is absent");
@@ -160,7 +162,7 @@ TEST_CASE("llama2c: aidreams_tok512.bin loads 512 pieces", "[io][data]") {
     KVCAR_REQUIRE_ERROR(load_llama2c_vocab(path, 513), "truncated at token 512 of 513");
 }
 
-TEST_CASE("llama2c: truncated and oversized copies are rejected", "[io][data]") {
+TEST_CASE("llama2c: truncated and oversized copies are rejected", "[models][data]") {
     const std::string model = data_dir + "/aidreams260K.bin";
     const std::string tok = data_dir + "/aidreams_tok512.bin";
     if (!fs::exists(model) || !fs::exists(tok)) {
@@ -202,7 +204,7 @@ TEST_CASE("llama2c: truncated and oversized copies are rejected", "[io][data]") 
     KVCAR_REQUIRE_ERROR(load_llama2c_vocab(model, 512), model);
 }
 
-TEST_CASE("llama2c: arrays are read in file order (synthetic GQA checkpoint)", "[io]") {
+TEST_CASE("llama2c: arrays are read in file order (synthetic GQA checkpoint)", "[models]") {
     // dim 32, hidden 48, 2 layers, 4 heads of 8, 2 KV heads, vocab 10, seq_len 6, own classifier.
     const auto bytes = synthetic_checkpoint(32, 48, 2, 4, 2, 10, 6, false);
     const llama2c_weights w = parse_llama2c(bytes, "synthetic.bin");
@@ -234,7 +236,7 @@ TEST_CASE("llama2c: arrays are read in file order (synthetic GQA checkpoint)", "
     CHECK(shared.size() == bytes.size() - 10 * 32 * 4);
 }
 
-TEST_CASE("llama2c: bad headers are rejected", "[io]") {
+TEST_CASE("llama2c: bad headers are rejected", "[models]") {
     const auto parse = [](std::initializer_list<std::int32_t> h) {
         return parse_llama2c(header(h), "h.bin");
     };
@@ -261,7 +263,7 @@ TEST_CASE("llama2c: bad headers are rejected", "[io]") {
     KVCAR_REQUIRE_ERROR(parse_llama2c({}, "empty.bin"), "empty.bin: truncated: 0 bytes");
 }
 
-TEST_CASE("llama2c: bad tokenizers are rejected", "[io]") {
+TEST_CASE("llama2c: bad tokenizers are rejected", "[models]") {
     const auto vocab = [](std::int32_t max_len,
                           std::initializer_list<std::pair<float, std::string>> t,
                           std::int32_t forced_len = -2) {
@@ -295,7 +297,7 @@ TEST_CASE("llama2c: bad tokenizers are rejected", "[io]") {
                         "2147483647 tokens need at least 17179869176 bytes");
 }
 
-TEST_CASE("llama2c: missing files", "[io]") {
+TEST_CASE("llama2c: missing files", "[models]") {
     KVCAR_REQUIRE_ERROR(load_llama2c("/nonexistent/model.bin"),
                         "llama2c: /nonexistent/model.bin: cannot open: no such file");
     KVCAR_REQUIRE_ERROR(load_llama2c_vocab("/nonexistent/tok.bin", 512),

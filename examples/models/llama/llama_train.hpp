@@ -1,6 +1,6 @@
-// examples/models/llama_train.hpp — stage 2 of the KV-CAR paper's Algorithm 1 on the CPU for
-// Llama: the frozen model (examples/models/llama.hpp) with its K/V codecs inserted and the
-// language-model loss differentiated down to every autoencoder's weights.
+// examples/models/llama/llama_train.hpp — stage 2 of the KV-CAR paper's Algorithm 1 on the CPU
+// for Llama: the frozen model (examples/models/llama/llama.hpp) with its K/V codecs inserted and
+// the language-model loss differentiated down to every autoencoder's weights.
 //
 //   x = embed[token]
 //   for each layer l:
@@ -16,7 +16,8 @@
 // RoPE is a rotation per pair of dimensions, so its backward is the rotation by the opposite
 // angle; the cos/sin are computed exactly as kvcar::apply_rope computes them (float), so a float
 // trainer rotates bit for bit as the model does. The codecs, what is trained, and reuse:
-// examples/models/kv_train.hpp.
+// examples/models/kv_train.hpp; the residual stream, the LM head and attention through the
+// codecs: kv_trainer_base.hpp (shared with GPT-2).
 //
 // Costs, per window of n tokens: the LM head (2 · n · vocab · d_model multiply-adds, forward and
 // input-gradient), the MLP (six n · d_model · d_ff), then the autoencoders; the activations of
@@ -35,7 +36,8 @@
 #include "kvcar/rope.hpp"
 
 #include "examples/models/kv_train.hpp"
-#include "examples/models/llama.hpp"
+#include "examples/models/kv_trainer_base.hpp"
+#include "examples/models/llama/llama.hpp"
 
 namespace kvcar::examples {
 
@@ -128,7 +130,8 @@ public:
     /// Copies the model's weights (as Real) and the set's codecs; `set` must be made for the
     /// model's geometry.
     llama_kv_trainer(const llama_model& model, const io::codec_set& set, kv_finetune_params params)
-        : base(model.config(), set, model.cache_geometry(), params, "llama_kv_trainer"),
+        : base(model.config(), set, model.cache_geometry(), params, "llama_kv_trainer",
+               model.weights().token_embedding, model.weights().lm_head),
           keys_(model.options().keys) {
         copy_weights(model.weights());
     }
@@ -143,24 +146,22 @@ private:
     /// Activations of one layer for the current window.
     struct layer_acts {
         std::vector<Real> x_in, rstd1;   // [n][D], [n]: the attention's RMSNorm input
-        std::vector<Real> q;             // [n][Q]: RoPE applied
-        std::vector<Real> k, v;          // [n][KV]: the codecs' inputs (k rotated if post-RoPE)
-        std::vector<Real> kh, vh;        // [n][KV]: what attention reads (k̂ rotated if pre-RoPE)
-        std::vector<Real> prob;          // [H][n][n]
-        std::vector<Real> att;           // [n][Q]
+        // q [n][Q] (RoPE applied); k, v [n][KV], the codecs' inputs (k rotated if post-RoPE);
+        // kh, vh, what attention reads (k̂ rotated if pre-RoPE); prob; att [n][Q].
+        typename base::attention_acts attn;
         std::vector<Real> x_mid, rstd2;  // [n][D], [n]: the MLP's RMSNorm input
         std::vector<Real> gate, up;      // [n][F]: before the activation
     };
 
-    using base::codecs_;
     using base::config_;
-    using base::params_;
+    using base::embed_;
+    using base::n_;
     using base::threads_;
+    using base::x_;
+    using base::xf_;
 
     void copy_weights(const llama_weights& w) {
         using train_detail::to_real;
-        embed_ = to_real<Real>(w.token_embedding);
-        head_ = w.lm_head.empty() ? std::vector<Real>{} : to_real<Real>(w.lm_head);
         final_norm_ = to_real<Real>(w.final_norm);
         for (const llama_layer& L : w.layers) {
             layer_weights R;
@@ -177,40 +178,29 @@ private:
         }
     }
 
-    const std::vector<Real>& head() const { return head_.empty() ? embed_ : head_; }
-
     void resize(int n) {
-        codecs_.resize(n);
-        if (n == n_) return;
-        n_ = n;
+        if (!this->resize_window(n)) return;
         const llama_config& c = config_;
         const std::size_t T = std::size_t(n), D = std::size_t(c.d_model), F = std::size_t(c.d_ff);
-        const std::size_t Q = std::size_t(c.n_heads) * std::size_t(c.head_dim);
-        const std::size_t KV = std::size_t(c.n_kv_heads) * std::size_t(c.head_dim);
         acts_.resize(std::size_t(c.n_layers));
         for (layer_acts& a : acts_) {
             a.x_in.assign(T * D, 0);
             a.x_mid.assign(T * D, 0);
             a.rstd1.assign(T, 0);
             a.rstd2.assign(T, 0);
-            a.q.assign(T * Q, 0);
-            a.att.assign(T * Q, 0);
-            for (auto* v : {&a.k, &a.v, &a.kh, &a.vh}) v->assign(T * KV, 0);
-            a.prob.assign(std::size_t(c.n_heads) * T * T, 0);
+            a.attn.assign(T, std::size_t(c.n_heads), std::size_t(c.n_kv_heads),
+                          std::size_t(c.head_dim));
             a.gate.assign(T * F, 0);
             a.up.assign(T * F, 0);
         }
-        x_.assign(T * D, 0);
         rstdf_.assign(T, 0);
-        xf_.assign(T * D, 0);
-        dlogits_.assign(T * std::size_t(c.vocab_size), 0);
         rope_.build(c.rope, c.head_dim, n);
     }
 
     kv_finetune_loss forward(std::span<const int> inputs, std::span<const int> targets) {
         using namespace train_detail;
         const llama_config& c = config_;
-        const int n = n_, D = c.d_model, F = c.d_ff, V = c.vocab_size, hd = c.head_dim;
+        const int n = n_, D = c.d_model, F = c.d_ff, hd = c.head_dim;
         const int H = c.n_heads, KVH = c.n_kv_heads, Q = H * hd, KV = KVH * hd;
         const Real eps = Real(c.norm_eps);
         const bool post_rope = keys_ == cached_keys::post_rope;
@@ -225,21 +215,20 @@ private:
             A.x_in = x_;
 
             rmsnorm_forward(h.data(), A.rstd1.data(), x_.data(), L.attn_norm.data(), n, D, eps);
-            fc_forward(A.q.data(), h.data(), L.wq.data(), static_cast<const Real*>(nullptr), n, D,
-                       Q, threads_);
-            fc_forward(A.k.data(), h.data(), L.wk.data(), static_cast<const Real*>(nullptr), n, D,
-                       KV, threads_);
-            fc_forward(A.v.data(), h.data(), L.wv.data(), static_cast<const Real*>(nullptr), n, D,
-                       KV, threads_);
-            rope_.rotate(A.q.data(), n, H, hd, Real(1));
-            if (post_rope) rope_.rotate(A.k.data(), n, KVH, hd, Real(1));
-            l1_sum += codecs_.forward_layer(l, A.k, A.v, A.kh, A.vh);
-            if (!post_rope) rope_.rotate(A.kh.data(), n, KVH, hd, Real(1));
-            causal_attention_forward(A.att.data(), A.prob.data(), A.q.data(), A.kh.data(),
-                                     A.vh.data(), n, H, KVH, hd);
-            fc_forward(proj.data(), A.att.data(), L.wo.data(), static_cast<const Real*>(nullptr),
-                       n, Q, D, threads_);
-            for (std::size_t i = 0; i < x_.size(); ++i) x_[i] += proj[i];
+            const Real* no_bias = nullptr;
+            fc_forward(A.attn.q.data(), h.data(), L.wq.data(), no_bias, n, D, Q, threads_);
+            fc_forward(A.attn.k.data(), h.data(), L.wk.data(), no_bias, n, D, KV, threads_);
+            fc_forward(A.attn.v.data(), h.data(), L.wv.data(), no_bias, n, D, KV, threads_);
+            rope_.rotate(A.attn.q.data(), n, H, hd, Real(1));
+            if (post_rope) rope_.rotate(A.attn.k.data(), n, KVH, hd, Real(1));
+            // A pre-RoPE cache stores k̂ unrotated: attention rotates what it reads.
+            l1_sum += this->attention_forward(
+                l, A.attn, H, KVH, hd,
+                [&](std::vector<Real>& kh) {
+                    if (!post_rope) rope_.rotate(kh.data(), n, KVH, hd, Real(1));
+                });
+            fc_forward(proj.data(), A.attn.att.data(), L.wo.data(), no_bias, n, Q, D, threads_);
+            this->add_residual(x_, proj);
             A.x_mid = x_;
 
             rmsnorm_forward(h.data(), A.rstd2.data(), x_.data(), L.ffn_norm.data(), n, D, eps);
@@ -253,33 +242,29 @@ private:
             }
             fc_forward(proj.data(), act.data(), L.w_down.data(), static_cast<const Real*>(nullptr),
                        n, F, D, threads_);
-            for (std::size_t i = 0; i < x_.size(); ++i) x_[i] += proj[i];
+            this->add_residual(x_, proj);
         }
 
         rmsnorm_forward(xf_.data(), rstdf_.data(), x_.data(), final_norm_.data(), n, D, eps);
-        kv_finetune_loss r;
-        r.ce = lm_head_cross_entropy(dlogits_, xf_, head(), targets, n, D, V, threads_);
-        r.l1 = l1_sum;
-        r.total = r.ce + double(params_.l1_weight) * l1_sum;
-        return r;
+        return this->lm_loss(targets, l1_sum);
     }
 
     void backward(ae_gradients<Real>& grad, Real grad_scale) {
         using namespace train_detail;
         const llama_config& c = config_;
-        const int n = n_, D = c.d_model, F = c.d_ff, V = c.vocab_size, hd = c.head_dim;
+        const int n = n_, D = c.d_model, F = c.d_ff, hd = c.head_dim;
         const int H = c.n_heads, KVH = c.n_kv_heads, Q = H * hd, KV = KVH * hd;
-        const Real lambda = Real(params_.l1_weight);
         const bool post_rope = keys_ == cached_keys::post_rope;
 
         std::vector<Real> dxf(N(n, D)), dx(N(n, D), Real(0));
-        fc_backward_input(dxf.data(), dlogits_.data(), head().data(), n, D, V, threads_, false);
+        this->lm_head_backward(dxf);
         rmsnorm_backward(dx.data(), dxf.data(), x_.data(), rstdf_.data(), final_norm_.data(), n, D);
 
-        codecs_.begin_backward();
+        this->codecs_.begin_backward();
         std::vector<Real> dact(N(n, F)), dgate(N(n, F)), dup(N(n, F)), dh(N(n, D));
-        std::vector<Real> datt(N(n, Q)), dq(N(n, Q)), dk(N(n, KV)), dv(N(n, KV));
-        std::vector<Real> dkh(N(n, KV)), dvh(N(n, KV));
+        std::vector<Real> datt(N(n, Q));
+        typename base::attention_grads G{std::size_t(n), std::size_t(H), std::size_t(KVH),
+                                         std::size_t(hd)};
         for (int l = c.n_layers - 1; l >= 0; --l) {
             const layer_weights& L = layers_[std::size_t(l)];
             const layer_acts& A = acts_[std::size_t(l)];
@@ -299,23 +284,17 @@ private:
 
             // Attention: x_mid = x_in + W_o att.
             fc_backward_input(datt.data(), dx.data(), L.wo.data(), n, Q, D, threads_, false);
-            std::fill(dq.begin(), dq.end(), Real(0));
-            std::fill(dkh.begin(), dkh.end(), Real(0));
-            std::fill(dvh.begin(), dvh.end(), Real(0));
-            causal_attention_backward(dq.data(), dkh.data(), dvh.data(), datt.data(),
-                                      A.prob.data(), A.q.data(), A.kh.data(), A.vh.data(), n, H,
-                                      KVH, hd);
-            if (!post_rope) rope_.rotate(dkh.data(), n, KVH, hd, Real(-1));
-            // ∂K̂, ∂V̂ to the slots read (this layer's or an earlier one's); this layer's slots
-            // pass theirs on to the codecs' inputs.
-            codecs_.backward_layer(l, dkh, dvh, dk, dv, grad, grad_scale, lambda);
+            this->attention_backward(
+                l, datt, A.attn, G, H, KVH, hd, grad, grad_scale, [&](std::vector<Real>& d) {
+                    if (!post_rope) rope_.rotate(d.data(), n, KVH, hd, Real(-1));
+                });
             if (l == 0) break;  // nothing below layer 0's K/V is trained
 
-            if (post_rope) rope_.rotate(dk.data(), n, KVH, hd, Real(-1));
-            rope_.rotate(dq.data(), n, H, hd, Real(-1));
-            fc_backward_input(dh.data(), dq.data(), L.wq.data(), n, D, Q, threads_, false);
-            fc_backward_input(dh.data(), dk.data(), L.wk.data(), n, D, KV, threads_, true);
-            fc_backward_input(dh.data(), dv.data(), L.wv.data(), n, D, KV, threads_, true);
+            if (post_rope) rope_.rotate(G.dk.data(), n, KVH, hd, Real(-1));
+            rope_.rotate(G.dq.data(), n, H, hd, Real(-1));
+            fc_backward_input(dh.data(), G.dq.data(), L.wq.data(), n, D, Q, threads_, false);
+            fc_backward_input(dh.data(), G.dk.data(), L.wk.data(), n, D, KV, threads_, true);
+            fc_backward_input(dh.data(), G.dv.data(), L.wv.data(), n, D, KV, threads_, true);
             rmsnorm_backward(dx.data(), dh.data(), A.x_in.data(), A.rstd1.data(),
                              L.attn_norm.data(), n, D);
         }
@@ -323,13 +302,12 @@ private:
 
     cached_keys keys_;
 
-    std::vector<Real> embed_, head_, final_norm_;
+    std::vector<Real> final_norm_;
     std::vector<layer_weights> layers_;
 
-    int n_ = -1;  // the window length the buffers are sized for
     train_detail::rope_table rope_;
     std::vector<layer_acts> acts_;
-    std::vector<Real> x_, rstdf_, xf_, dlogits_;
+    std::vector<Real> rstdf_;  // the final RMSNorm's 1/rms
 };
 
 }  // namespace kvcar::examples

@@ -1,5 +1,6 @@
-// kvcar/kernels/direct_mma_decode_attention.cuh — decode attention over identity f16 and int8
-// KV heads on tensor cores: one warp scores all query heads of a KV head from one read of it.
+// kvcar/kernels/decode/direct_mma.cuh — the `direct_tensor_cores` path: decode attention over
+// identity f16 and int8 KV heads on tensor cores: one warp scores all query heads of a KV head
+// from one read of it.
 //
 // Why. Decode attention reads every cached byte once; with G query heads per KV head (GQA) each
 // K and V element is used G times (TinyLlama G = 8, Llama-3-8B G = 4). Done on CUDA cores with a
@@ -39,24 +40,36 @@
 // looked up once (when the page size is a multiple of 16, every tile lies in one page), and the
 // next tile's K and V are loaded while the current one is computed.
 //
-// Limits (the dispatcher falls back to the CUDA-core direct kernel outside them): identity_codec<f16>
-// or quantized_codec<identity_codec<T>, int8>; head_dim 64 or 128; 2, 4 or 8 query heads per KV
-// head, and 1 (MHA) unless built with KVCAR_DIRECT_MMA_MIN_GQA=2; no RoPE on read; q 16-byte aligned. Precision: query (scaled) and probabilities are fp16 operands with fp32
-// accumulation, as in flash attention; dequantized int8 values must fit fp16 (|v| < 65504).
+// Limits (direct_tensor_cores_policy::supported; outside them the dispatcher tries the CUDA-core
+// direct kernel next): identity_codec<f16> or quantized_codec<identity_codec<T>, int8>; head_dim
+// 64 or 128; 2, 4 or 8 query heads per KV head, and 1 (MHA) unless built with
+// KVCAR_DIRECT_MMA_MIN_GQA=2; no RoPE on read; q 16-byte aligned. Precision: query (scaled) and
+// probabilities are fp16 operands with fp32 accumulation, as in flash attention; dequantized int8
+// values must fit fp16 (|v| < 65504).
 #pragma once
 
 #if !defined(__CUDACC__)
-#error "kvcar/kernels/direct_mma_decode_attention.cuh needs nvcc"
+#error "kvcar/kernels/decode/direct_mma.cuh needs nvcc"
 #endif
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "kvcar/kernels/decode_attention.cuh"
+#include "kvcar/codec/identity.hpp"
+#include "kvcar/codec/limits.hpp"
+#include "kvcar/codec/quantized.hpp"
+#include "kvcar/cuda/error.cuh"
+#include "kvcar/cuda/launch.cuh"
+#include "kvcar/device/cache_view.cuh"
+#include "kvcar/kernels/decode/combine.cuh"
+#include "kvcar/kernels/decode/common.cuh"
+#include "kvcar/kernels/decode/direct.cuh"
+#include "kvcar/kernels/decode/workspace.cuh"
 #include "kvcar/kernels/mma.cuh"
 
 namespace kvcar::kernels::detail {
@@ -379,27 +392,41 @@ void launch_direct_mma(const device::cache_view<Codec>& cache, const decode_atte
                  ws, stream, "combine_kernel");
 }
 
-/// The hook decode_attention calls: runs the tensor-core direct path and returns true when the
-/// codec, head_dim, group size, RoPE mode and query alignment qualify.
-template <class Codec>
-bool try_direct_tensor_cores(const device::cache_view<Codec>& cache,
-                             const decode_attention_params& p, float scale,
-                             attention_workspace& ws, cudaStream_t stream) {
-    if constexpr (!direct_mma_codec<Codec>::value) {
-        return false;
-    } else {
-        const int G = p.n_heads / cache.n_kv_heads;
-        if (p.rope == rope_mode::on_read || G < direct_mma_min_gqa || G > 8) return false;
+/// Decode path policy (see decode_attention.cuh): f16 and int8 identity heads on tensor cores.
+struct direct_tensor_cores_policy {
+    static constexpr decode_path path = decode_path::direct_tensor_cores;
+    template <class Codec>
+    static constexpr bool accepts = direct_mma_codec<Codec>::value;
+    /// The (head_dim, GQA) pairs the kernel is built for: one m16n8k16 column block of heads
+    /// (GQA <= 8), and the query fragments of head_dim <= 128 in registers.
+    template <int HEAD_DIM, int GQA>
+    static constexpr bool instantiated = HEAD_DIM <= 128 && GQA >= direct_mma_min_gqa;
+
+    template <class Codec>
+    static bool supported(const device::cache_view<Codec>& cache, const decode_attention_params& p,
+                          attention_workspace&) {
+        if (p.rope == rope_mode::on_read) return false;
         if ((reinterpret_cast<std::uintptr_t>(p.q) & 15u) != 0) return false;  // float4 reads
-        bool launched = false;
-        KVCAR_DISPATCH_HEAD_DIM(cache.head_dim, HEAD_DIM, KVCAR_DISPATCH_GQA(G, GQA, {
-            if constexpr (HEAD_DIM <= 128 && GQA >= direct_mma_min_gqa) {
-                launch_direct_mma<Codec, HEAD_DIM, GQA>(cache, p, scale, ws, stream);
-                launched = true;
-            }
-        }));
-        return launched;
+        bool built = false;
+        dispatch_head_dim(cache.head_dim, [&]<int HEAD_DIM>() {
+            dispatch_gqa(p.n_heads / cache.n_kv_heads,
+                         [&]<int GQA>() { built = instantiated<HEAD_DIM, GQA>; });
+        });
+        return built;
     }
-}
+
+    /// The tensor-core kernel for (head_dim, GQA), then the merge.
+    template <class Codec>
+    static void run(const device::cache_view<Codec>& cache, const decode_attention_params& p,
+                    attention_workspace& ws, cudaStream_t stream) {
+        const float scale = softmax_scale(p, cache.head_dim);
+        dispatch_head_dim(cache.head_dim, [&]<int HEAD_DIM>() {
+            dispatch_gqa(p.n_heads / cache.n_kv_heads, [&]<int GQA>() {
+                if constexpr (instantiated<HEAD_DIM, GQA>)
+                    launch_direct_mma<Codec, HEAD_DIM, GQA>(cache, p, scale, ws, stream);
+            });
+        });
+    }
+};
 
 }  // namespace kvcar::kernels::detail

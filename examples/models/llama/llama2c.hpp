@@ -1,4 +1,5 @@
-// kvcar/io/llama2c.hpp — Karpathy's llama2.c checkpoint (.bin) and tokenizer (tokenizer.bin).
+// examples/models/llama/llama2c.hpp — Karpathy's llama2.c checkpoint (.bin) and tokenizer
+// (tokenizer.bin), as the examples' Llama (llama.hpp) and llama2c_tokenizer read them.
 //
 // Checkpoint: 7 little-endian int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
 // vocab_size, seq_len), then float32 arrays, every matrix [out][in]: token_embedding[V][D],
@@ -23,9 +24,9 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
-#include "kvcar/io/json.hpp"  // detail::read_file_bytes
+#include "kvcar/io/json.hpp"  // io::detail::read_file_bytes
 
-namespace kvcar::io {
+namespace kvcar::examples {
 
 /// The 7-int32 header of a llama2.c checkpoint, validated (parse_llama2c_header).
 struct llama2c_config {
@@ -69,7 +70,7 @@ struct llama2c_vocab {
     std::vector<float> scores;        ///< each token's merge score (higher merges first)
 };
 
-namespace detail {
+namespace llama2c_detail {
 
 template <class T>
 T llama2c_load(const std::byte* p) {
@@ -94,7 +95,7 @@ inline bool llama2c_add_product(std::uint64_t& total, std::initializer_list<std:
     return true;
 }
 
-}  // namespace detail
+}  // namespace llama2c_detail
 
 /// Bytes of a checkpoint's header: 7 int32.
 inline constexpr std::size_t llama2c_header_bytes = 7 * sizeof(std::int32_t);
@@ -104,29 +105,29 @@ inline llama2c_config parse_llama2c_header(std::span<const std::byte> bytes,
                                            const std::string& source) {
     const std::string where = "kvcar: llama2c: " + source + ": ";
     if (bytes.size() < llama2c_header_bytes)
-        throw error(detail::msg() + where + "truncated: " + bytes.size() +
+        throw error(io::detail::msg() + where + "truncated: " + bytes.size() +
                     " bytes, shorter than the 28-byte header");
     std::int32_t h[7];
-    for (int i = 0; i < 7; ++i) h[i] = detail::llama2c_load<std::int32_t>(bytes.data() + 4 * i);
+    for (int i = 0; i < 7; ++i) h[i] = llama2c_detail::llama2c_load<std::int32_t>(bytes.data() + 4 * i);
     const char* names[7] = {"dim",        "hidden_dim", "n_layers", "n_heads",
                             "n_kv_heads", "vocab_size", "seq_len"};
     for (int i = 0; i < 7; ++i) {
         const bool ok =
             i == 5 ? (h[i] != 0 && h[i] != std::numeric_limits<std::int32_t>::min()) : h[i] > 0;
         if (!ok)
-            throw error(detail::msg() + where + "header " + names[i] + " = " + h[i] +
+            throw error(io::detail::msg() + where + "header " + names[i] + " = " + h[i] +
                         " is invalid (expected " + (i == 5 ? "nonzero" : "positive") +
                         "); not a llama2.c checkpoint?");
     }
     llama2c_config c{h[0], h[1], h[2], h[3], h[4], h[5] < 0 ? -h[5] : h[5], h[6], h[5] > 0};
     if (c.dim % c.n_heads != 0)
-        throw error(detail::msg() + where + "header n_heads " + c.n_heads +
+        throw error(io::detail::msg() + where + "header n_heads " + c.n_heads +
                     " does not divide dim " + c.dim);
     if (c.n_heads % c.n_kv_heads != 0)
-        throw error(detail::msg() + where + "header n_kv_heads " + c.n_kv_heads +
+        throw error(io::detail::msg() + where + "header n_kv_heads " + c.n_kv_heads +
                     " does not divide n_heads " + c.n_heads);
     if (c.head_size() % 2 != 0)
-        throw error(detail::msg() + where + "head size " + c.head_size() +
+        throw error(io::detail::msg() + where + "head size " + c.head_size() +
                     " (dim / n_heads) is odd; RoPE rotates pairs");
     return c;
 }
@@ -138,16 +139,16 @@ inline std::uint64_t llama2c_float_count(const llama2c_config& c) {
                         KV = std::uint64_t(c.kv_dim()), S = std::uint64_t(c.seq_len),
                         hs = std::uint64_t(c.head_size());
     std::uint64_t n = 0;
-    const bool ok = detail::llama2c_add_product(n, {V, D}) &&         // token_embedding
-                    detail::llama2c_add_product(n, {L, D}) &&         // rms_att
-                    detail::llama2c_add_product(n, {L, D, D}) &&      // wq
-                    detail::llama2c_add_product(n, {2, L, KV, D}) &&  // wk, wv
-                    detail::llama2c_add_product(n, {L, D, D}) &&      // wo
-                    detail::llama2c_add_product(n, {L, D}) &&         // rms_ffn
-                    detail::llama2c_add_product(n, {3, L, H, D}) &&   // w1, w2, w3
-                    detail::llama2c_add_product(n, {D}) &&            // rms_final
-                    detail::llama2c_add_product(n, {S, hs}) &&        // freq_cis (legacy)
-                    detail::llama2c_add_product(n, {c.shared_classifier ? 0u : V, D});  // wcls
+    const bool ok = llama2c_detail::llama2c_add_product(n, {V, D}) &&         // token_embedding
+                    llama2c_detail::llama2c_add_product(n, {L, D}) &&         // rms_att
+                    llama2c_detail::llama2c_add_product(n, {L, D, D}) &&      // wq
+                    llama2c_detail::llama2c_add_product(n, {2, L, KV, D}) &&  // wk, wv
+                    llama2c_detail::llama2c_add_product(n, {L, D, D}) &&      // wo
+                    llama2c_detail::llama2c_add_product(n, {L, D}) &&         // rms_ffn
+                    llama2c_detail::llama2c_add_product(n, {3, L, H, D}) &&   // w1, w2, w3
+                    llama2c_detail::llama2c_add_product(n, {D}) &&            // rms_final
+                    llama2c_detail::llama2c_add_product(n, {S, hs}) &&        // freq_cis (legacy)
+                    llama2c_detail::llama2c_add_product(n, {c.shared_classifier ? 0u : V, D});  // wcls
     return ok ? n : 0;
 }
 
@@ -160,12 +161,12 @@ inline llama2c_weights parse_llama2c(std::span<const std::byte> bytes, const std
     const std::uint64_t floats = llama2c_float_count(c);
     const std::uint64_t max_floats = (std::numeric_limits<std::uint64_t>::max() - 28) / 4;
     if (floats == 0 || floats > max_floats)
-        throw error(detail::msg() + where + "header sizes (dim " + c.dim + ", hidden_dim " +
+        throw error(io::detail::msg() + where + "header sizes (dim " + c.dim + ", hidden_dim " +
                     c.hidden_dim + ", n_layers " + c.n_layers + ", vocab " + c.vocab_size +
                     ") overflow 64 bits");
     const std::uint64_t expected = llama2c_header_bytes + 4 * floats;
     if (bytes.size() != expected)
-        throw error(detail::msg() + where + (bytes.size() < expected ? "truncated" : "oversized") +
+        throw error(io::detail::msg() + where + (bytes.size() < expected ? "truncated" : "oversized") +
                     ": header (dim " + c.dim + ", hidden_dim " + c.hidden_dim + ", n_layers " +
                     c.n_layers + ", n_heads " + c.n_heads + ", n_kv_heads " + c.n_kv_heads +
                     ", vocab_size " + (c.shared_classifier ? c.vocab_size : -c.vocab_size) +
@@ -183,7 +184,7 @@ inline llama2c_weights parse_llama2c(std::span<const std::byte> bytes, const std
             if (n) std::memcpy(out.data(), bytes.data() + at, n * sizeof(float));
         } else {
             for (std::size_t i = 0; i < n; ++i)
-                out[i] = detail::llama2c_load<float>(bytes.data() + at + 4 * i);
+                out[i] = llama2c_detail::llama2c_load<float>(bytes.data() + at + 4 * i);
         }
         at += n * sizeof(float);
     };
@@ -205,7 +206,7 @@ inline llama2c_weights parse_llama2c(std::span<const std::byte> bytes, const std
 
 /// Loads a llama2.c checkpoint. Throws kvcar::error "llama2c: <path>: <problem>".
 inline llama2c_weights load_llama2c(const std::string& path) {
-    const std::vector<std::byte> bytes = detail::read_file_bytes(path, "llama2c");
+    const std::vector<std::byte> bytes = io::detail::read_file_bytes(path, "llama2c");
     return parse_llama2c(bytes, path);
 }
 
@@ -214,18 +215,18 @@ inline llama2c_vocab parse_llama2c_vocab(std::span<const std::byte> bytes, int v
                                          const std::string& source) {
     const std::string where = "kvcar: llama2c tokenizer: " + source + ": ";
     if (vocab_size <= 0)
-        throw error(detail::msg() + where + "vocab_size " + vocab_size + " is not positive");
+        throw error(io::detail::msg() + where + "vocab_size " + vocab_size + " is not positive");
     if (bytes.size() < 4)
-        throw error(detail::msg() + where + "truncated: " + bytes.size() +
+        throw error(io::detail::msg() + where + "truncated: " + bytes.size() +
                     " bytes, shorter than the 4-byte max_token_length");
     llama2c_vocab v;
-    v.max_token_length = detail::llama2c_load<std::int32_t>(bytes.data());
+    v.max_token_length = llama2c_detail::llama2c_load<std::int32_t>(bytes.data());
     if (v.max_token_length <= 0)
-        throw error(detail::msg() + where + "max_token_length " + v.max_token_length +
+        throw error(io::detail::msg() + where + "max_token_length " + v.max_token_length +
                     " is not positive");
     // Each token needs at least 8 bytes: a bogus vocab_size cannot make us reserve much.
     if (std::uint64_t(vocab_size) > (bytes.size() - 4) / 8)
-        throw error(detail::msg() + where + "truncated: " + vocab_size + " tokens need at least " +
+        throw error(io::detail::msg() + where + "truncated: " + vocab_size + " tokens need at least " +
                     8 * std::uint64_t(vocab_size) + " bytes, file has " + (bytes.size() - 4) +
                     " after max_token_length");
     v.pieces.reserve(std::size_t(vocab_size));
@@ -233,31 +234,31 @@ inline llama2c_vocab parse_llama2c_vocab(std::span<const std::byte> bytes, int v
     std::size_t at = 4;
     for (int id = 0; id < vocab_size; ++id) {
         if (bytes.size() - at < 8)
-            throw error(detail::msg() + where + "truncated at token " + id + " of " + vocab_size +
+            throw error(io::detail::msg() + where + "truncated at token " + id + " of " + vocab_size +
                         ": " + (bytes.size() - at) + " bytes left, its score and length need 8");
-        const float score = detail::llama2c_load<float>(bytes.data() + at);
-        const std::int32_t len = detail::llama2c_load<std::int32_t>(bytes.data() + at + 4);
+        const float score = llama2c_detail::llama2c_load<float>(bytes.data() + at);
+        const std::int32_t len = llama2c_detail::llama2c_load<std::int32_t>(bytes.data() + at + 4);
         at += 8;
         if (len < 0 || len > v.max_token_length)
-            throw error(detail::msg() + where + "token " + id + " has length " + len +
+            throw error(io::detail::msg() + where + "token " + id + " has length " + len +
                         ", outside [0, max_token_length " + v.max_token_length + "]");
         if (std::size_t(len) > bytes.size() - at)
-            throw error(detail::msg() + where + "truncated at token " + id + ": length " + len +
+            throw error(io::detail::msg() + where + "truncated at token " + id + ": length " + len +
                         " but " + (bytes.size() - at) + " bytes left");
         v.pieces.emplace_back(reinterpret_cast<const char*>(bytes.data() + at), std::size_t(len));
         v.scores.push_back(score);
         at += std::size_t(len);
     }
     if (at != bytes.size())
-        throw error(detail::msg() + where + (bytes.size() - at) + " bytes left after " +
+        throw error(io::detail::msg() + where + (bytes.size() - at) + " bytes left after " +
                     vocab_size + " tokens (does vocab_size match the tokenizer?)");
     return v;
 }
 
 /// Loads a llama2.c tokenizer.bin of `vocab_size` tokens (the checkpoint's vocab_size).
 inline llama2c_vocab load_llama2c_vocab(const std::string& path, int vocab_size) {
-    const std::vector<std::byte> bytes = detail::read_file_bytes(path, "llama2c tokenizer");
+    const std::vector<std::byte> bytes = io::detail::read_file_bytes(path, "llama2c tokenizer");
     return parse_llama2c_vocab(bytes, vocab_size, path);
 }
 
-}  // namespace kvcar::io
+}  // namespace kvcar::examples

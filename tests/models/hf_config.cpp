@@ -1,13 +1,15 @@
+// Tests for examples/models/hf_config.hpp: the GPT-2 and Llama keys of config.json, HF's
+// defaults, and errors that name the file and the problem.
 #include <filesystem>
 #include <fstream>
-#include <kvcar/io/hf_config.hpp>
 #include <string>
 #include <type_traits>
 
 #include "catch.hpp"
+#include "examples/models/hf_config.hpp"
 
-using kvcar::io::model_config;
-using kvcar::io::parse_hf_config;
+using kvcar::examples::model_config;
+using kvcar::examples::parse_hf_config;
 
 static_assert(std::is_aggregate_v<model_config>);
 
@@ -40,13 +42,13 @@ std::string with(const std::string& base, const std::string& key, const std::str
 
 }  // namespace
 
-TEST_CASE("hf_config: the real gpt2-tiny config", "[io][data]") {
+TEST_CASE("hf_config: the real gpt2-tiny config", "[models][data]") {
     const std::string path = std::string(KVCAR_SHARED_DATA) + "/models/gpt2-tiny/config.json";
     if (!std::filesystem::exists(path)) {
         WARN("skipped: " << path << " is absent");
         return;
     }
-    const model_config c = kvcar::io::load_hf_config(path);
+    const model_config c = kvcar::examples::load_hf_config(path);
     CHECK(c.architecture == model_config::arch::gpt2);
     CHECK(c.vocab_size == 50257);
     CHECK(c.d_model == 128);
@@ -62,17 +64,17 @@ TEST_CASE("hf_config: the real gpt2-tiny config", "[io][data]") {
     CHECK(c.source == path);
     CHECK(c.kv().token_width() == 128);
     // A model folder works too.
-    CHECK(kvcar::io::load_hf_config(std::filesystem::path(path).parent_path().string()).d_model ==
+    CHECK(kvcar::examples::load_hf_config(std::filesystem::path(path).parent_path().string()).d_model ==
           128);
 }
 
-TEST_CASE("hf_config: the real llama-tiny config (transformers 5 rope_parameters)", "[io][data]") {
+TEST_CASE("hf_config: the real llama-tiny config (transformers 5 rope_parameters)", "[models][data]") {
     const std::string path = std::string(KVCAR_SHARED_DATA) + "/models/llama-tiny/config.json";
     if (!std::filesystem::exists(path)) {
         WARN("skipped: " << path << " is absent");
         return;
     }
-    const model_config c = kvcar::io::load_hf_config(path);
+    const model_config c = kvcar::examples::load_hf_config(path);
     CHECK(c.architecture == model_config::arch::llama);
     CHECK(c.vocab_size == 50257);
     CHECK(c.d_model == 128);
@@ -89,7 +91,7 @@ TEST_CASE("hf_config: the real llama-tiny config (transformers 5 rope_parameters
     CHECK(c.kv().token_width() == 64);
 }
 
-TEST_CASE("hf_config: GPT-2 keys and defaults", "[io]") {
+TEST_CASE("hf_config: GPT-2 keys and defaults", "[models]") {
     model_config c = parse(gpt2_json);
     CHECK(c.architecture == model_config::arch::gpt2);
     CHECK(c.d_ff == 512);
@@ -107,7 +109,7 @@ TEST_CASE("hf_config: GPT-2 keys and defaults", "[io]") {
     CHECK(parse(with(with(gpt2_json, "n_positions", ""), "n_ctx", "1024")).max_positions == 1024);
 }
 
-TEST_CASE("hf_config: Llama keys and defaults", "[io]") {
+TEST_CASE("hf_config: Llama keys and defaults", "[models]") {
     model_config c = parse(llama_json);
     CHECK(c.n_kv_heads == 2);
     CHECK(c.head_dim == 32);
@@ -134,7 +136,7 @@ TEST_CASE("hf_config: Llama keys and defaults", "[io]") {
     CHECK(parse(with(llama_json, "architectures", "")).architecture == model_config::arch::llama);
 }
 
-TEST_CASE("hf_config: errors name the file and the problem", "[io]") {
+TEST_CASE("hf_config: errors name the file and the problem", "[models]") {
     KVCAR_REQUIRE_ERROR(parse(with(gpt2_json, "model_type", "\"bert\"")),
                         "config.json: unknown architecture 'bert'");
     KVCAR_REQUIRE_ERROR(
@@ -182,14 +184,14 @@ TEST_CASE("hf_config: errors name the file and the problem", "[io]") {
                         "config.json: not valid JSON: 1:23: trailing comma in object");
 }
 
-TEST_CASE("hf_config: load_hf_config names the file", "[io]") {
+TEST_CASE("hf_config: load_hf_config names the file", "[models]") {
     const auto dir = std::filesystem::temp_directory_path() / "kvcar_test_hf_config";
     std::filesystem::create_directories(dir);
     const std::string path = (dir / "config.json").string();
     std::ofstream(path) << with(gpt2_json, "model_type", "\"bert\"");
-    KVCAR_REQUIRE_ERROR(kvcar::io::load_hf_config(path), path + ": unknown architecture 'bert'");
-    KVCAR_REQUIRE_ERROR(kvcar::io::load_hf_config((dir / "none.json").string()), "no such file");
+    KVCAR_REQUIRE_ERROR(kvcar::examples::load_hf_config(path), path + ": unknown architecture 'bert'");
+    KVCAR_REQUIRE_ERROR(kvcar::examples::load_hf_config((dir / "none.json").string()), "no such file");
     std::filesystem::remove(path);
-    KVCAR_REQUIRE_ERROR(kvcar::io::load_hf_config(dir.string()), "config.json: cannot open");
+    KVCAR_REQUIRE_ERROR(kvcar::examples::load_hf_config(dir.string()), "config.json: cannot open");
     std::filesystem::remove_all(dir);
 }
