@@ -97,6 +97,10 @@ inline constexpr int direct_mma_threads = 128;
 inline constexpr int direct_mma_tile = 16;
 /// Tokens per split at most: wide splits write fewer partial outputs.
 inline constexpr int direct_mma_max_chunk = 1024;
+/// Splits are planned for this many CTAs per multiprocessor. 2, not 4: each split adds a partial
+/// row per head to merge, and on one H100 (decode_bench --direct-ctas-per-sm, Llama-3-8B-like
+/// heads) 2 beat 4 by 5–23% at batch 1 (4k and 16k tokens) and batch 8 (8k) for f16 and int8.
+inline constexpr int direct_mma_ctas_per_sm = 2;
 
 /// One CTA: split blockIdx.x of item blockIdx.y for KV head blockIdx.z and its GQA query heads.
 template <class Codec, int HEAD_DIM, int GQA>
@@ -371,10 +375,13 @@ template <class Codec, int HEAD_DIM, int GQA>
 void launch_direct_mma(const device::cache_view<Codec>& cache, const decode_attention_params& p,
                        float scale, attention_workspace& ws, cudaStream_t stream) {
     using E = typename device::codec_traits<Codec>::element;
-    // ~2 CTAs of 4 warps per multiprocessor are resident; 4 per SM gives a second wave to hide
-    // the tail. Chunks are whole rounds of the 4 warps' 16-token tiles.
+    // Splits for direct_mma_ctas_per_sm CTAs per multiprocessor (the tuning knob overrides it).
+    // Chunks are whole rounds of the 4 warps' 16-token tiles.
     const split_plan plan = plan_splits(p.batch * cache.n_kv_heads, p.max_kv_length,
-                                        ws.sm_count() * 4, direct_mma_max_chunk,
+                                        ws.sm_count() * (ws.tune.direct_ctas_per_sm > 0
+                                                             ? ws.tune.direct_ctas_per_sm
+                                                             : direct_mma_ctas_per_sm),
+                                        direct_mma_max_chunk,
                                         direct_mma_tile * (direct_mma_threads / 32));
     const std::size_t rows = std::size_t(p.batch) * p.n_heads * plan.splits;
     const int header = int(pad_record_bytes(std::size_t(cache.group_width()) * sizeof(E)));

@@ -136,6 +136,7 @@ public:
         int latent_warps = 0;   ///< tensor-core latent split kernel: 8 or 16 warps
         int latent_stages = 0;  ///< its ring stages (2 … 4, as shared memory allows)
         int latent_chunk = 0;   ///< tokens per split (rounded up to the 32-token tile)
+        int direct_ctas_per_sm = 0;  ///< tensor-core direct path: split target, CTAs per SM
     } tune;
 
 private:
