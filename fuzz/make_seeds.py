@@ -7,7 +7,8 @@ data is copied, so the seeds can live in the repository. Standard library only.
     python3 fuzz/make_seeds.py          # rewrites the generated seeds (regression seeds that
                                         # reproduce past findings, crash-*, are left alone)
 
-The codec_file seeds are written by the fuzzer itself, with the library's own writer:
+The codec_file seeds hand-* are written here from docs/codec_file.md; the others by the fuzzer
+itself, with the library's own writer:
     KVCAR_FUZZ_WRITE_SEEDS=fuzz/corpus/codec_file build-fuzz/fuzz/fuzz_codec_file
 """
 import json
@@ -150,6 +151,71 @@ def safetensors_file(tensors, metadata=None):
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the writers pad the header to 8 bytes
     return struct.pack("<Q", len(text)) + text + data
+
+
+# --- codec files written by hand (the fuzzer writes the others with the library's own writer) ---
+
+def codec_file_seeds(rng):
+    """Codec files built here from docs/codec_file.md, not by kvcar: a reader bug that the
+    library's writer happens to avoid (member order, pre-RoPE keys, reuse, quantized storages,
+    an autoencoder) is still reached. The last seed is wrong on purpose (a basis of the wrong
+    shape), so the error paths start from a nearly valid file."""
+    def floats(n, scale=0.5):
+        return struct.pack(f"<{n}f", *[rng.uniform(-scale, scale) for _ in range(n)])
+
+    def codec_file(doc, tensors):
+        return safetensors_file(tensors, {"kvcar": json.dumps(doc, separators=(",", ":"))})
+
+    # Llama-like: 2 layers x 2 KV heads x 4, whole-layer groups (width 8), pre-RoPE keys;
+    # layer 1 reads layer 0's V; slots listed V before K and with members in another order.
+    doc = {"version": 1, "format": "kvcar-codec", "heads_per_group": 2, "keys": "pre-rope",
+           "model": {"n_layers": 2, "n_kv_heads": 2, "head_dim": 4, "architecture": "llama",
+                     "name": "hand-linear"},
+           "key_reuse": [], "value_reuse": [[1, 0, 0, 0]],
+           "slots": [
+               {"kind": "V", "layer": 0, "group": 0, "codec": "linear", "storage": "f16",
+                "width": 8, "latent": 2, "heads": 2},
+               {"kind": "K", "layer": 0, "group": 0, "codec": "linear", "storage": "int8",
+                "width": 8, "latent": 3, "heads": 2},
+               {"kind": "K", "layer": 1, "group": 0, "codec": "identity", "storage": "bf16",
+                "width": 8, "latent": 8}],
+           "calibration": {"text": "hand", "tokens": 0, "notes": "written by make_seeds.py"}}
+    tensors = [("L0.G0.K.mean", "F32", [8], floats(8)), ("L0.G0.K.basis", "F32", [8, 3], floats(24)),
+               ("L0.G0.V.basis", "F32", [8, 2], floats(16)), ("L0.G0.V.mean", "F32", [8], floats(8))]
+    put(os.path.join(CORPUS, "codec_file", "hand-linear-pre-rope"), codec_file(doc, tensors))
+
+    # One layer, one head of 4: an fp8 autoencoder (hidden 3, latent 2) for K, f32 identity V.
+    doc = {"format": "kvcar-codec", "version": 1, "heads_per_group": 1,
+           "model": {"architecture": "gpt2", "n_layers": 1, "n_kv_heads": 1, "head_dim": 4,
+                     "name": "hand-autoencoder"},
+           "key_reuse": [], "value_reuse": [],
+           "slots": [
+               {"layer": 0, "group": 0, "kind": "K", "codec": "autoencoder", "width": 4,
+                "latent": 2, "hidden": 3, "slope": 0.25, "storage": "fp8_e4m3"},
+               {"layer": 0, "group": 0, "kind": "V", "codec": "identity", "width": 4,
+                "latent": 4, "storage": "f32"}]}
+    shapes = [("enc1_w", [3, 4]), ("enc1_b", [3]), ("enc2_wt", [3, 2]), ("enc2_b", [2]),
+              ("dec1_w", [3, 2]), ("dec1_b", [3]), ("dec2_wt", [3, 4]), ("dec2_b", [4])]
+    tensors = []
+    for name, shape in shapes:
+        n = 1
+        for x in shape:
+            n *= x
+        tensors.append((f"L0.G0.K.{name}", "F32", shape, floats(n)))
+    put(os.path.join(CORPUS, "codec_file", "hand-autoencoder-fp8"), codec_file(doc, tensors))
+
+    # Wrong on purpose: the basis is [8, 2] for a latent of 3.
+    doc = {"format": "kvcar-codec", "version": 1, "heads_per_group": 2,
+           "model": {"architecture": "llama", "n_layers": 1, "n_kv_heads": 2, "head_dim": 4,
+                     "name": "hand-bad"},
+           "key_reuse": [], "value_reuse": [],
+           "slots": [
+               {"layer": 0, "group": 0, "kind": "K", "codec": "linear", "width": 8, "latent": 3,
+                "heads": 2, "storage": "f32"},
+               {"layer": 0, "group": 0, "kind": "V", "codec": "identity", "width": 8,
+                "latent": 8, "storage": "f16"}]}
+    tensors = [("L0.G0.K.mean", "F32", [8], floats(8)), ("L0.G0.K.basis", "F32", [8, 2], floats(16))]
+    put(os.path.join(CORPUS, "codec_file", "hand-bad-basis-shape"), codec_file(doc, tensors))
 
 
 # --- SentencePiece tokenizer.model (the protobuf wire format, written by hand) ---
@@ -380,6 +446,8 @@ def main():
     header_len = struct.unpack("<Q", whole[:8])[0]
     put(os.path.join(CORPUS, "safetensors", "gpt2_like_truncated"), whole[:8 + header_len + 40])
     put(os.path.join(CORPUS, "safetensors", "empty_header"), struct.pack("<Q", 2) + b"{}")
+
+    codec_file_seeds(random.Random(20261205))
 
     total = 0
     for root, _, files in os.walk(HERE):
