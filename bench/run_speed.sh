@@ -12,6 +12,7 @@
 #
 #   bash bench/run_speed.sh [quick|full] [out-dir] [rounds]
 # Environment: REPS (runs per median, 31), MODEL (one model's shapes only, e.g. llama3-8b),
+# CODECS (a space-separated subset of decode_bench's codecs), SIDES (round 1's order),
 # BUILD_DIR (reuse that configured build folder instead of configuring build-bench), PREBUILT=1
 # (with BUILD_DIR: use its bench binaries as they are).
 # FlashInfer's headers: $FLASHINFER_INCLUDE_DIR, else .fi/include (bench/fetch_flashinfer.sh
@@ -47,7 +48,15 @@ pgrid=$([ "$grid" = full ] && echo all || echo quick)
 : > "$out/kvcar.jsonl"; : > "$out/peers.jsonl"; : > "$out/flashinfer.jsonl"
 run_side() {
   case $1 in
-    kvcar) "$build"/bench/decode_bench --grid "$grid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/kvcar.jsonl" ;;
+    kvcar)
+      if [ -n "${CODECS:-}" ]; then  # CODECS: a space-separated subset of decode_bench's codecs
+        for c in $CODECS; do
+          "$build"/bench/decode_bench --grid "$grid" --reps "$reps" --round "$2" "${only[@]}" \
+            --codec "$c" >> "$out/kvcar.jsonl"
+        done
+      else
+        "$build"/bench/decode_bench --grid "$grid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/kvcar.jsonl"
+      fi ;;
     peers) python3 bench/peers.py --shapes "$pgrid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/peers.jsonl" ;;
     flashinfer)
       if [ -x "$build"/bench/flashinfer_peer ]; then
@@ -55,7 +64,7 @@ run_side() {
       fi ;;
   esac
 }
-sides=(kvcar peers flashinfer)
+sides=(${SIDES:-kvcar peers flashinfer})  # SIDES: the order of round 1 (then it rotates)
 for r in $(seq 1 "$rounds"); do
   for i in 0 1 2; do
     side=${sides[$(( (i + r - 1) % 3 ))]}
