@@ -290,7 +290,7 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
     const int page = 16;
     const int pages = c.batch * ((c.context + page - 1) / page);
     const kvcar::dense_layout layout(g, heads_per_group);
-    kvcar::cuda::device_kv_cache<Codec> cache(layout, std::move(codecs),
+    kvcar::gpu::device_kv_cache<Codec> cache(layout, std::move(codecs),
                                               {.max_sequences = c.batch, .max_tokens = c.context,
                                                .page_size = page, .num_pages = pages});
     std::vector<int> seqs(std::size_t(c.batch));

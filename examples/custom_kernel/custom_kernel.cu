@@ -132,14 +132,14 @@ float run(const char* name, const Codec& codec, int heads_per_group) {
             host.append(seq, layer, k, v);
         }
     }
-    kvcar::cuda::device_kv_cache<Codec> device(layout, codec, {4, 128, 16, 24});
+    kvcar::gpu::device_kv_cache<Codec> device(layout, codec, {4, 128, 16, 24});
     device.copy_from(host);
 
     const int batch = int(sequences.size()), layer = 1;
     std::vector<float> q(std::size_t(batch) * n_heads * g.head_dim);
     for (float& x : q) x = normal(rng);
-    kvcar::cuda::device_buffer<float> q_dev(q), out_dev(q.size());
-    kvcar::cuda::device_buffer<int> seq_dev(sequences), len_dev(lengths);
+    kvcar::gpu::device_buffer<float> q_dev(q), out_dev(q.size());
+    kvcar::gpu::device_buffer<int> seq_dev(sequences), len_dev(lengths);
     const int D = layout.group_width();
     const std::size_t smem =
         sizeof(float) * (tile * D + kvcar::device::decode_scratch_floats(codec, tile));

@@ -46,7 +46,7 @@
 /// files. Every reader validates its input and throws kvcar::error naming the file and the
 /// problem. (Model formats, config.json and llama2.c checkpoints, are read by the examples.)
 
-/// @namespace kvcar::cuda
+/// @namespace kvcar::gpu
 /// @brief Host code that moves a cache to a CUDA device: device buffers, codec parameters in
 /// device memory, and device_kv_cache (nvcc only, `.cuh`).
 

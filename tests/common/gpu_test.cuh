@@ -103,8 +103,8 @@ void fill_sequence(Cache& cache, int seq, int length, std::uint32_t seed, int ch
 }
 
 /// A device buffer of `n` floats filled with NaN (every byte 0xff): unwritten outputs show.
-inline kvcar::cuda::device_buffer<float> poisoned(std::size_t n) {
-    kvcar::cuda::device_buffer<float> b(n);
+inline kvcar::gpu::device_buffer<float> poisoned(std::size_t n) {
+    kvcar::gpu::device_buffer<float> b(n);
     b.fill_bytes(0xff);
     return b;
 }

@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-using kvcar::cuda::device_buffer;
+using kvcar::gpu::device_buffer;
 
 static_assert(!std::is_copy_constructible_v<device_buffer<float>>);
 static_assert(std::is_nothrow_move_constructible_v<device_buffer<float>>);

@@ -10,10 +10,10 @@
 using namespace kvcar;
 using kvcar_test::random_floats;
 
-static_assert(cuda::uploadable_codec<identity_codec<f16>>);
-static_assert(cuda::uploadable_codec<linear_codec<bf16>>);
-static_assert(cuda::uploadable_codec<autoencoder_codec<float>>);
-static_assert(cuda::uploadable_codec<quantized_codec<linear_codec<float>, fp8_e4m3>>);
+static_assert(gpu::uploadable_codec<identity_codec<f16>>);
+static_assert(gpu::uploadable_codec<linear_codec<bf16>>);
+static_assert(gpu::uploadable_codec<autoencoder_codec<float>>);
+static_assert(gpu::uploadable_codec<quantized_codec<linear_codec<float>, fp8_e4m3>>);
 
 namespace {
 
@@ -31,7 +31,7 @@ __global__ void decode_records(const Codec* codecs, int n_codecs, const std::byt
 /// uploaded views, and returns the worst |device - host| decoded value.
 template <class Codec>
 double device_vs_host(const std::vector<Codec>& host_views, int n) {
-    cuda::device_codecs<Codec> dev(host_views);
+    gpu::device_codecs<Codec> dev(host_views);
     REQUIRE(dev.size() == host_views.size());
     const int D = host_views[0].group_width();
     const std::size_t rb = host_views[0].bytes_per_group();
@@ -43,8 +43,8 @@ double device_vs_host(const std::vector<Codec>& host_views, int n) {
         c.encode(&x[std::size_t(i) * D], &records[std::size_t(i) * rb]);
         c.decode(&records[std::size_t(i) * rb], &want[std::size_t(i) * D]);
     }
-    cuda::device_buffer<std::byte> rec_dev(records);
-    cuda::device_buffer<float> out = kvcar_test::poisoned(want.size());
+    gpu::device_buffer<std::byte> rec_dev(records);
+    gpu::device_buffer<float> out = kvcar_test::poisoned(want.size());
     decode_records<<<(n + 63) / 64, 64>>>(dev.data(), int(dev.size()), rec_dev.data(), rb, n,
                                           out.data());
     KVCAR_CUDA_CHECK_LAUNCH("decode_records");
@@ -54,38 +54,38 @@ double device_vs_host(const std::vector<Codec>& host_views, int n) {
 }  // namespace
 
 TEST_CASE("upload_codec: identity has no parameters", "[cuda]") {
-    cuda::parameter_store store;
+    gpu::parameter_store store;
     const identity_codec<bf16> c{48};
-    REQUIRE(cuda::upload_codec(c, store).width == 48);
+    REQUIRE(gpu::upload_codec(c, store).width == 48);
     REQUIRE(store.arrays() == 0);
-    KVCAR_REQUIRE_ERROR(cuda::upload_codec(identity_codec<f16>{0}, store), "width must be positive");
+    KVCAR_REQUIRE_ERROR(gpu::upload_codec(identity_codec<f16>{0}, store), "width must be positive");
 }
 
 TEST_CASE("upload_codec: linear views point at device copies; shared arrays are copied once",
           "[cuda]") {
     const linear_params a = kvcar_test::random_linear(32, 8, 2, 1);
     const linear_params b = kvcar_test::random_linear(32, 8, 2, 2);
-    cuda::parameter_store store;
-    const linear_codec<f16> da = cuda::upload_codec(a.codec<f16>(), store);
+    gpu::parameter_store store;
+    const linear_codec<f16> da = gpu::upload_codec(a.codec<f16>(), store);
     REQUIRE(da.mean != a.mean.data());
     REQUIRE(da.rank == 8);
     REQUIRE(da.heads == 2);
     cudaPointerAttributes attr{};
     KVCAR_CUDA_CHECK(cudaPointerGetAttributes(&attr, da.basis));
     REQUIRE(attr.type == cudaMemoryTypeDevice);
-    const linear_codec<float> da2 = cuda::upload_codec(a.codec<float>(), store);
+    const linear_codec<float> da2 = gpu::upload_codec(a.codec<float>(), store);
     REQUIRE(da2.basis == da.basis);  // same host array, same device copy
     REQUIRE(store.arrays() == 2);
-    cuda::upload_codec(b.codec<f16>(), store);
+    gpu::upload_codec(b.codec<f16>(), store);
     REQUIRE(store.arrays() == 4);
     REQUIRE(store.bytes() == 2 * (32 + 32 * 8) * sizeof(float));
 
     linear_codec<f16> broken = a.codec<f16>();
     broken.basis = nullptr;
-    KVCAR_REQUIRE_ERROR(cuda::upload_codec(broken, store), "mean or basis pointer is null");
+    KVCAR_REQUIRE_ERROR(gpu::upload_codec(broken, store), "mean or basis pointer is null");
     broken = a.codec<f16>();
     broken.heads = 3;
-    KVCAR_REQUIRE_ERROR(cuda::upload_codec(broken, store), "heads 3 must divide width");
+    KVCAR_REQUIRE_ERROR(gpu::upload_codec(broken, store), "heads 3 must divide width");
     REQUIRE(store.arrays() == 4);
 }
 
@@ -107,7 +107,7 @@ TEST_CASE("device_codecs decode like the host views for every codec", "[cuda]") 
 
 TEST_CASE("device_linear_params and device_autoencoder own validated device copies", "[cuda]") {
     const linear_params lp = kvcar_test::random_linear(16, 4, 1, 6);
-    const cuda::device_linear_params dl(lp);
+    const gpu::device_linear_params dl(lp);
     const linear_codec<f16> v = dl.codec<f16>();
     REQUIRE(v.width == 16);
     REQUIRE(v.rank == 4);
@@ -116,10 +116,10 @@ TEST_CASE("device_linear_params and device_autoencoder own validated device copi
     REQUIRE(mean == lp.mean);
     linear_params bad = lp;
     bad.basis.pop_back();
-    KVCAR_REQUIRE_ERROR(cuda::device_linear_params{bad}, "basis has 63 values");
+    KVCAR_REQUIRE_ERROR(gpu::device_linear_params{bad}, "basis has 63 values");
 
     const folded_autoencoder ae = kvcar_test::random_autoencoder(16, 12, 6, 7);
-    const cuda::device_autoencoder da(ae);
+    const gpu::device_autoencoder da(ae);
     const autoencoder_codec<float> av = da.codec<float>();
     REQUIRE(av.hidden == 12);
     REQUIRE(av.slope == ae.slope);
@@ -128,5 +128,5 @@ TEST_CASE("device_linear_params and device_autoencoder own validated device copi
     REQUIRE(b2 == ae.dec2_b);
     folded_autoencoder bad_ae = ae;
     bad_ae.dec1_b.push_back(0.0f);
-    KVCAR_REQUIRE_ERROR(cuda::device_autoencoder{bad_ae}, "dec1_b has 13 values");
+    KVCAR_REQUIRE_ERROR(gpu::device_autoencoder{bad_ae}, "dec1_b has 13 values");
 }

@@ -12,7 +12,7 @@
 using namespace kvcar;
 
 namespace {
-using f16_cache = cuda::device_kv_cache<identity_codec<f16>>;
+using f16_cache = gpu::device_kv_cache<identity_codec<f16>>;
 const kv_geometry geom{2, 2, 64};
 
 f16_cache small_cache(int pages = 6) {
@@ -100,7 +100,7 @@ TEST_CASE("device_kv_cache: copy_from copies a host cache's records byte for byt
     kvcar_test::fill_sequence(host, s0, 5, 1);
     kvcar_test::fill_sequence(host, s2, 40, 2);
     host.remove_sequence(s1);  // a hole in the ids
-    cuda::device_kv_cache<codec, reuse_map> dev(map, q8, {5, 64, 16, 8});
+    gpu::device_kv_cache<codec, reuse_map> dev(map, q8, {5, 64, 16, 8});
     dev.add_sequence();  // replaced by the copy
     dev.copy_from(host);
     REQUIRE(dev.live_sequences() == 2);
@@ -120,9 +120,9 @@ TEST_CASE("device_kv_cache: copy_from copies a host cache's records byte for byt
     }
     KVCAR_REQUIRE_ERROR(dev.download_records(0, s0, 0, 17), "outside its capacity 16");
 
-    cuda::device_kv_cache<codec, reuse_map> tiny(map, q8, {5, 64, 16, 3});
+    gpu::device_kv_cache<codec, reuse_map> tiny(map, q8, {5, 64, 16, 3});
     KVCAR_REQUIRE_ERROR(tiny.copy_from(host), "out of pages");
     const reuse_map other(geom, 1, {}, {{1, 1, 0, 1}});
-    cuda::device_kv_cache<codec, reuse_map> different(other, q8, {5, 64, 16, 8});
+    gpu::device_kv_cache<codec, reuse_map> different(other, q8, {5, 64, 16, 8});
     KVCAR_REQUIRE_ERROR(different.copy_from(host), "same layout");
 }

@@ -9,12 +9,12 @@ namespace {
 __global__ void noop() {}
 }  // namespace
 
-TEST_CASE("cuda::check passes success and names the failing call", "[cuda]") {
-    REQUIRE_NOTHROW(kvcar::cuda::check(cudaSuccess, "cudaFree(p)", "f.cu", 1));
-    KVCAR_REQUIRE_ERROR(kvcar::cuda::check(cudaErrorMemoryAllocation, "cudaMalloc(&p, n)",
+TEST_CASE("gpu::check passes success and names the failing call", "[cuda]") {
+    REQUIRE_NOTHROW(kvcar::gpu::check(cudaSuccess, "cudaFree(p)", "f.cu", 1));
+    KVCAR_REQUIRE_ERROR(kvcar::gpu::check(cudaErrorMemoryAllocation, "cudaMalloc(&p, n)",
                                            "f.cu", 7),
                         "CUDA error in cudaMalloc(&p, n) (f.cu:7)");
-    KVCAR_REQUIRE_ERROR(kvcar::cuda::check(cudaErrorMemoryAllocation, "x", "f.cu", 7),
+    KVCAR_REQUIRE_ERROR(kvcar::gpu::check(cudaErrorMemoryAllocation, "x", "f.cu", 7),
                         "cudaErrorMemoryAllocation");
 }
 
@@ -38,5 +38,5 @@ TEST_CASE("KVCAR_CUDA_CHECK_LAUNCH reports a bad launch configuration", "[cuda]"
 }
 
 TEST_CASE("multiprocessor_count reads the device", "[cuda]") {
-    REQUIRE(kvcar::cuda::multiprocessor_count() > 0);
+    REQUIRE(kvcar::gpu::multiprocessor_count() > 0);
 }

@@ -30,11 +30,11 @@ const std::vector<int> lengths{1, 37, 300, 16};  // one token, a partial page, m
 /// The runtime's side: pools it allocated, a block table whose pages it handed out in a
 /// scrambled order, and the batch's descriptors.
 struct runtime_memory {
-    std::vector<kvcar::cuda::device_buffer<std::byte>> pools;
+    std::vector<kvcar::gpu::device_buffer<std::byte>> pools;
     std::vector<std::byte*> pool_ptrs;
     std::vector<std::int32_t> table;  // [sequences][pages_per_sequence]
     int pages_per_sequence = 0, num_pages = 0;
-    kvcar::cuda::device_buffer<std::int32_t> table_dev;
+    kvcar::gpu::device_buffer<std::int32_t> table_dev;
 };
 
 template <class Codec>
@@ -45,7 +45,7 @@ runtime_memory make_runtime(const std::vector<Codec>& codecs) {
     for (int len : lengths) m.num_pages += (len + page - 1) / page;
     m.num_pages += 5;  // spare pages that nobody holds
     for (const Codec& c : codecs) {
-        using view_t = kvcar::cuda::page_pool_view<Codec>;
+        using view_t = kvcar::gpu::page_pool_view<Codec>;
         m.pools.emplace_back(view_t::pool_bytes(c, m.num_pages, page));
         m.pools.back().fill_bytes(0x7f);  // garbage in pages nobody wrote: must never be read
         m.pool_ptrs.push_back(m.pools.back().data());
@@ -58,7 +58,7 @@ runtime_memory make_runtime(const std::vector<Codec>& codecs) {
     for (std::size_t s = 0; s < lengths.size(); ++s)
         for (int p = 0; p < (lengths[s] + page - 1) / page; ++p)
             m.table[s * std::size_t(m.pages_per_sequence) + std::size_t(p)] = order[next++];
-    m.table_dev = kvcar::cuda::device_buffer<std::int32_t>(m.table);
+    m.table_dev = kvcar::gpu::device_buffer<std::int32_t>(m.table);
     return m;
 }
 
@@ -76,32 +76,32 @@ void check_same_as_device_cache(const std::vector<Codec>& codecs, int heads_per_
     const int batch = int(lengths.size());
     const int max_len = *std::max_element(lengths.begin(), lengths.end());
     const std::vector<float> q = random_floats(std::size_t(batch) * n_heads * geom.head_dim, 77u);
-    kvcar::cuda::device_buffer<float> q_dev(q);
+    kvcar::gpu::device_buffer<float> q_dev(q);
     attention_params opt;
     opt.n_heads = n_heads;
 
     // Reference: kvcar owns the pages.
-    kvcar::cuda::device_kv_cache<Codec> owned(layout, codecs,
+    kvcar::gpu::device_kv_cache<Codec> owned(layout, codecs,
                                        {.max_sequences = batch, .max_tokens = max_len,
                                         .page_size = page, .num_pages = 64});
     std::vector<int> seqs;
     for (int s = 0; s < batch; ++s) seqs.push_back(owned.add_sequence());
     for (int layer = 0; layer < geom.n_layers; ++layer)
         for (int s = 0; s < batch; ++s) {
-            kvcar::cuda::device_buffer<float> k(tokens_of(s, layer, false)), v(tokens_of(s, layer, true));
+            kvcar::gpu::device_buffer<float> k(tokens_of(s, layer, false)), v(tokens_of(s, layer, true));
             const int counts[] = {lengths[std::size_t(s)]};
             const int which[] = {seqs[std::size_t(s)]};
             kernels::append(owned, layer, which, counts, k.data(), v.data());
         }
     kernels::attention_workspace ws;
-    kvcar::cuda::device_buffer<float> want_dev = kvcar_test::poisoned(q.size());
+    kvcar::gpu::device_buffer<float> want_dev = kvcar_test::poisoned(q.size());
     kernels::decode_attention(owned, 1, seqs, q_dev.data(), want_dev.data(), opt, ws);
     const std::vector<float> want = want_dev.to_host();
     const kernels::decode_path owned_path = ws.last_path;
 
     // The runtime owns the pages: append each sequence in two chunks (prefill, then the rest).
     runtime_memory m = make_runtime(codecs);
-    kvcar::cuda::page_pool_view<Codec> view(layout, codecs,
+    kvcar::gpu::page_pool_view<Codec> view(layout, codecs,
                                      {.slot_pools = m.pool_ptrs, .page_size = page,
                                       .num_pages = m.num_pages, .block_table = m.table_dev.data(),
                                       .pages_per_sequence = m.pages_per_sequence,
@@ -114,9 +114,9 @@ void check_same_as_device_cache(const std::vector<Codec>& codecs, int heads_per_
             for (const auto& [from, to] : {std::pair{0, first}, std::pair{first, len}}) {
                 if (to == from) continue;
                 const std::size_t w = std::size_t(geom.token_width());
-                kvcar::cuda::device_buffer<float> kc(std::vector<float>(k.begin() + from * w, k.begin() + to * w));
-                kvcar::cuda::device_buffer<float> vc(std::vector<float>(v.begin() + from * w, v.begin() + to * w));
-                kvcar::cuda::device_buffer<std::int32_t> desc(std::vector<std::int32_t>{0, to - from, s, from});
+                kvcar::gpu::device_buffer<float> kc(std::vector<float>(k.begin() + from * w, k.begin() + to * w));
+                kvcar::gpu::device_buffer<float> vc(std::vector<float>(v.begin() + from * w, v.begin() + to * w));
+                kvcar::gpu::device_buffer<std::int32_t> desc(std::vector<std::int32_t>{0, to - from, s, from});
                 kernels::append_params ap;
                 ap.k = kc.data();
                 ap.v = vc.data();
@@ -135,7 +135,7 @@ void check_same_as_device_cache(const std::vector<Codec>& codecs, int heads_per_
         desc[std::size_t(s)] = s;
         desc[std::size_t(batch + s)] = lengths[std::size_t(s)];
     }
-    kvcar::cuda::device_buffer<std::int32_t> desc_dev(desc);
+    kvcar::gpu::device_buffer<std::int32_t> desc_dev(desc);
     kernels::decode_attention_params p;
     p.q = q_dev.data();
     p.sequences = desc_dev.data();
@@ -144,7 +144,7 @@ void check_same_as_device_cache(const std::vector<Codec>& codecs, int heads_per_
     p.max_kv_length = max_len;
     p.layer = 1;
     p.n_heads = n_heads;
-    kvcar::cuda::device_buffer<float> got_dev = kvcar_test::poisoned(q.size());
+    kvcar::gpu::device_buffer<float> got_dev = kvcar_test::poisoned(q.size());
     p.out = got_dev.data();
     kernels::decode_attention(view.view(), p, ws, nullptr);
     REQUIRE(ws.last_path == owned_path);
@@ -160,10 +160,10 @@ void check_same_as_device_cache(const std::vector<Codec>& codecs, int heads_per_
         indptr.push_back(int(indices.size()));
         last_len.push_back(lengths[std::size_t(s)] - (pages - 1) * page);
     }
-    kvcar::cuda::device_buffer<std::int32_t> indptr_dev(indptr), indices_dev(indices), last_dev(last_len);
-    kvcar::cuda::device_buffer<std::int32_t> dense(std::size_t(batch) * m.pages_per_sequence);
+    kvcar::gpu::device_buffer<std::int32_t> indptr_dev(indptr), indices_dev(indices), last_dev(last_len);
+    kvcar::gpu::device_buffer<std::int32_t> dense(std::size_t(batch) * m.pages_per_sequence);
     dense.fill_bytes(0);
-    kvcar::cuda::device_buffer<std::int32_t> lens{std::size_t(batch)}, rows{std::size_t(batch)};
+    kvcar::gpu::device_buffer<std::int32_t> lens{std::size_t(batch)}, rows{std::size_t(batch)};
     kernels::csr_block_table({.indptr = indptr_dev.data(), .indices = indices_dev.data(),
                               .last_page_len = last_dev.data(), .batch = batch, .page_size = page},
                              {.block_table = dense.data(), .pages_per_sequence = m.pages_per_sequence,
@@ -200,11 +200,11 @@ TEST_CASE("page_pool_view: int8 heads", "[cuda]") {
 }
 
 TEST_CASE("page_pool_view: bad arguments are refused before any device work", "[cuda]") {
-    using view_t = kvcar::cuda::page_pool_view<identity_codec<f16>>;
+    using view_t = kvcar::gpu::page_pool_view<identity_codec<f16>>;
     const dense_layout layout(geom);
     const identity_codec<f16> codec{64};
-    kvcar::cuda::device_buffer<std::byte> pool(view_t::pool_bytes(codec, 4, page) + 64);
-    kvcar::cuda::device_buffer<std::int32_t> table(8);
+    kvcar::gpu::device_buffer<std::byte> pool(view_t::pool_bytes(codec, 4, page) + 64);
+    kvcar::gpu::device_buffer<std::int32_t> table(8);
     std::vector<std::byte*> pools(std::size_t(layout.num_slots()), pool.data());
     view_t::pools good{.slot_pools = pools, .page_size = page, .num_pages = 4,
                        .block_table = table.data(), .pages_per_sequence = 4, .max_sequences = 2};
@@ -241,7 +241,7 @@ TEST_CASE("page_pool_view: bad arguments are refused before any device work", "[
     view_t v(layout, codec, good);
     KVCAR_REQUIRE_ERROR(v.rebind_block_table(nullptr, 4, 2), "block_table is null");
 
-    kvcar::cuda::device_buffer<std::int32_t> ints(16);
+    kvcar::gpu::device_buffer<std::int32_t> ints(16);
     const kernels::csr_pages in{.indptr = ints.data(), .indices = ints.data(),
                                 .last_page_len = ints.data(), .batch = 2, .page_size = page};
     const kernels::dense_pages out{.block_table = ints.data(), .pages_per_sequence = 2,

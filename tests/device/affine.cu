@@ -61,12 +61,12 @@ void check_affine(const HostCodec& host, const DeviceCodec& dev) {
     std::vector<std::byte> records(std::size_t(n) * rb);
     for (int t = 0; t < n; ++t) host.encode(&x[std::size_t(t) * D], &records[std::size_t(t) * rb]);
 
-    cuda::device_buffer<float> q_dev(q), w_dev(w);
-    cuda::device_buffer<std::byte> rec_dev(records);
-    cuda::device_buffer<float> qz = kvcar_test::poisoned(std::size_t(heads) * d);
-    cuda::device_buffer<float> bias = kvcar_test::poisoned(static_cast<std::size_t>(heads));
-    cuda::device_buffer<float> scores = kvcar_test::poisoned(std::size_t(heads) * n);
-    cuda::device_buffer<float> lifted = kvcar_test::poisoned(static_cast<std::size_t>(D));
+    gpu::device_buffer<float> q_dev(q), w_dev(w);
+    gpu::device_buffer<std::byte> rec_dev(records);
+    gpu::device_buffer<float> qz = kvcar_test::poisoned(std::size_t(heads) * d);
+    gpu::device_buffer<float> bias = kvcar_test::poisoned(static_cast<std::size_t>(heads));
+    gpu::device_buffer<float> scores = kvcar_test::poisoned(std::size_t(heads) * n);
+    gpu::device_buffer<float> lifted = kvcar_test::poisoned(static_cast<std::size_t>(D));
     latent_attention_pieces<<<heads, 64>>>(dev, q_dev.data(), rec_dev.data(), rb, n, w_dev.data(),
                                            qz.data(), bias.data(), scores.data(), lifted.data());
     KVCAR_CUDA_CHECK_LAUNCH("latent_attention_pieces");
@@ -106,12 +106,12 @@ TEST_CASE("affine helpers: projection latent scores and lift match the host code
     const linear_params per_head = kvcar_test::random_linear(64, 20, 1, 1);
     const linear_params layer = kvcar_test::random_linear(128, 48, 4, 2);
     const linear_params odd = kvcar_test::random_linear(30, 7, 2, 3);
-    cuda::parameter_store store;
-    check_affine(per_head.codec<f16>(), cuda::upload_codec(per_head.codec<f16>(), store));
-    check_affine(layer.codec<float>(), cuda::upload_codec(layer.codec<float>(), store));
-    check_affine(odd.codec<bf16>(), cuda::upload_codec(odd.codec<bf16>(), store));
+    gpu::parameter_store store;
+    check_affine(per_head.codec<f16>(), gpu::upload_codec(per_head.codec<f16>(), store));
+    check_affine(layer.codec<float>(), gpu::upload_codec(layer.codec<float>(), store));
+    check_affine(odd.codec<bf16>(), gpu::upload_codec(odd.codec<bf16>(), store));
     const auto q8 = make_quantized(layer.codec<float>());
-    check_affine(q8, cuda::upload_codec(q8, store));
+    check_affine(q8, gpu::upload_codec(q8, store));
     const auto f8 = make_quantized<fp8_e4m3>(per_head.codec<float>());
-    check_affine(f8, cuda::upload_codec(f8, store));
+    check_affine(f8, gpu::upload_codec(f8, store));
 }

@@ -38,7 +38,7 @@ TEST_CASE("cache_view: records and reuse found on the device as on the host", "[
     const int a = host.add_sequence(), b = host.add_sequence();
     kvcar_test::fill_sequence(host, a, 20, 5);
     kvcar_test::fill_sequence(host, b, 37, 6);
-    cuda::device_kv_cache<identity_codec<bf16>, reuse_map> dev(map, c, {3, 50, 16, 12});
+    gpu::device_kv_cache<identity_codec<bf16>, reuse_map> dev(map, c, {3, 50, 16, 12});
     dev.copy_from(host);
     const auto view = dev.view();
     REQUIRE(view.heads_per_group == 2);
@@ -46,7 +46,7 @@ TEST_CASE("cache_view: records and reuse found on the device as on the host", "[
     for (int seq : {a, b}) {
         const int n = host.length(seq);
         const std::size_t per_slot = std::size_t(n) * 64;
-        cuda::device_buffer<float> out = kvcar_test::poisoned(per_slot * map.logical_slot_count());
+        gpu::device_buffer<float> out = kvcar_test::poisoned(per_slot * map.logical_slot_count());
         read_all<<<dim3(3, 2, 2), 64>>>(view, seq, n, out.data());
         KVCAR_CUDA_CHECK_LAUNCH("read_all");
         const std::vector<float> got = out.to_host();

@@ -30,7 +30,7 @@ struct doubling_codec {
         for (int i = 0; i < width; ++i) x[i] = 0.5f * y[i];
     }
 };
-doubling_codec upload_codec(const doubling_codec& c, cuda::parameter_store&) { return c; }
+doubling_codec upload_codec(const doubling_codec& c, gpu::parameter_store&) { return c; }
 
 /// A latent codec kvcar knows nothing about: z = reversed x. Wrapped in quantized_codec it has a
 /// kvcar record, so tile decoders load z cooperatively and call from_latent per token.
@@ -51,7 +51,7 @@ struct reversing_codec {
         from_latent(reinterpret_cast<const float*>(in), x);
     }
 };
-reversing_codec upload_codec(const reversing_codec& c, cuda::parameter_store&) { return c; }
+reversing_codec upload_codec(const reversing_codec& c, gpu::parameter_store&) { return c; }
 
 }  // namespace user
 
@@ -104,7 +104,7 @@ void check_decoders(const Codec& codec, double tolerance) {
     kv_cache<Codec, dense_layout, paged_storage> host(layout, codec, {2, 48, 16, 4});
     const int seq = host.add_sequence();
     kvcar_test::fill_sequence(host, seq, 37, 9);
-    cuda::device_kv_cache<Codec> dev(layout, codec, {2, 48, 16, 4});
+    gpu::device_kv_cache<Codec> dev(layout, codec, {2, 48, 16, 4});
     dev.copy_from(host);
     const std::size_t scratch = sizeof(float) * device::decode_scratch_floats(codec, tile_tokens);
     for (const int t0 : {0, 13, 32}) {
@@ -112,7 +112,7 @@ void check_decoders(const Codec& codec, double tolerance) {
         std::vector<float> want(std::size_t(n) * D);
         host.read(seq, 0, kv_kind::key, t0, t0 + n, want);
         for (int mode = 0; mode < 4; ++mode) {
-            cuda::device_buffer<float> out = kvcar_test::poisoned(want.size());
+            gpu::device_buffer<float> out = kvcar_test::poisoned(want.size());
             switch (mode) {
                 case 0: decode_kernel<Codec, 0><<<1, 128>>>(dev.view(), seq, t0, n, out.data()); break;
                 case 1: decode_kernel<Codec, 1><<<1, 128>>>(dev.view(), seq, t0, n, out.data()); break;

@@ -28,8 +28,8 @@ __global__ void encode_groups(Codec c, const float* x, int n, std::byte* records
 
 template <class Codec>
 void check_encode(const Codec& host, bool bytewise, double tolerance) {
-    cuda::parameter_store store;
-    const Codec dev = cuda::upload_codec(host, store);
+    gpu::parameter_store store;
+    const Codec dev = gpu::upload_codec(host, store);
     const int n = 37, D = host.group_width();
     const std::size_t rb = host.bytes_per_group();
     std::vector<float> x = random_floats(std::size_t(n) * D, 3, 2.0f);
@@ -37,8 +37,8 @@ void check_encode(const Codec& host, bool bytewise, double tolerance) {
     std::vector<std::byte> want(std::size_t(n) * rb, std::byte{0});
     for (int g = 0; g < n; ++g) host.encode(&x[std::size_t(g) * D], &want[std::size_t(g) * rb]);
 
-    cuda::device_buffer<float> x_dev(x);
-    cuda::device_buffer<std::byte> rec(want.size());
+    gpu::device_buffer<float> x_dev(x);
+    gpu::device_buffer<std::byte> rec(want.size());
     rec.fill_bytes(0);
     const int per_warp = device::encode_scratch_floats(host);
     encode_groups<<<(n + 3) / 4, 128, sizeof(float) * 4 * std::max(per_warp, 1)>>>(

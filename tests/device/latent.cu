@@ -29,8 +29,8 @@ template <class T>
 void check_all_patterns(int n, float (*host)(T)) {
     std::vector<T> in(static_cast<std::size_t>(n));
     for (int i = 0; i < n; ++i) std::memcpy(&in[std::size_t(i)], &i, sizeof(T));
-    cuda::device_buffer<T> d_in(in);
-    cuda::device_buffer<float> d_out = kvcar_test::poisoned(static_cast<std::size_t>(n));
+    gpu::device_buffer<T> d_in(in);
+    gpu::device_buffer<float> d_out = kvcar_test::poisoned(static_cast<std::size_t>(n));
     convert_all<<<(n + 255) / 256, 256>>>(d_in.data(), d_out.data(), n);
     KVCAR_CUDA_CHECK_LAUNCH("convert_all");
     const std::vector<float> got = d_out.to_host();
@@ -72,11 +72,11 @@ void check_loader(const Codec& codec, int first, int count) {
     kv_cache<Codec, dense_layout, paged_storage> host(layout, codec, {2, 64, 16, 8});
     const int seq = host.add_sequence();
     kvcar_test::fill_sequence(host, seq, 40, 3);
-    cuda::device_kv_cache<Codec> dev(layout, codec, {2, 64, 16, 8});
+    gpu::device_kv_cache<Codec> dev(layout, codec, {2, 64, 16, 8});
     dev.copy_from(host);
     for (const int t0 : {0, 13, 30}) {
         const int n = std::min(16, 40 - t0);
-        cuda::device_buffer<float> out = kvcar_test::poisoned(std::size_t(n) * count);
+        gpu::device_buffer<float> out = kvcar_test::poisoned(std::size_t(n) * count);
         for (const bool warp : {false, true}) {
             if (warp)
                 load_tile<true><<<1, 128>>>(dev.view(), seq, t0, n, first, count, out.data());

@@ -18,8 +18,8 @@ using namespace kvcar;
 using kvcar_test::gain_any_codec;
 using kvcar_test::gain_codec;
 
-static_assert(cuda::uploadable_codec<gain_codec<f16>>);
-static_assert(cuda::uploadable_codec<gain_any_codec>);
+static_assert(gpu::uploadable_codec<gain_codec<f16>>);
+static_assert(gpu::uploadable_codec<gain_any_codec>);
 
 namespace {
 
@@ -40,13 +40,13 @@ void check_device_decode(const Layout& layout, const std::vector<Codec>& codecs)
     kv_cache<Codec, Layout, paged_storage> host(layout, codecs, {1, 32, 16, 4});
     const int seq = host.add_sequence();
     kvcar_test::fill_sequence(host, seq, n, 5);
-    cuda::device_kv_cache<Codec, Layout> dev(layout, codecs, {1, 32, 16, 4});
+    gpu::device_kv_cache<Codec, Layout> dev(layout, codecs, {1, 32, 16, 4});
     dev.copy_from(host);
     const int D = codecs[0].group_width();
     const slot_owner o = layout.owner(0);  // the (layer, group, K/V) slot 0 stores
     std::vector<float> want(std::size_t(n) * std::size_t(layout.geometry().token_width()));
     host.read(seq, o.layer, o.kind, 0, n, want);
-    cuda::device_buffer<float> out = kvcar_test::poisoned(std::size_t(n) * std::size_t(D));
+    gpu::device_buffer<float> out = kvcar_test::poisoned(std::size_t(n) * std::size_t(D));
     decode_tokens<Codec><<<1, 32>>>(dev.view(), seq, n, out.data());
     KVCAR_CUDA_CHECK_LAUNCH("decode_tokens");
     const std::vector<float> got = out.to_host();
@@ -64,12 +64,12 @@ TEST_CASE("a test-only codec uploads and decodes on the device", "[device][trait
     for (float& x : g) x += 1.0f;  // away from zero
     const gain_codec<f16> c = {16, 0.5f, g.data()};
 
-    cuda::parameter_store store;
-    const gain_codec<f16> up = cuda::upload_codec(c, store);
+    gpu::parameter_store store;
+    const gain_codec<f16> up = gpu::upload_codec(c, store);
     REQUIRE(up.gain != c.gain);
     REQUIRE(store.arrays() == 1);
     REQUIRE(store.bytes() == 16 * sizeof(float));
-    const gain_any_codec any_up = cuda::upload_codec(gain_any_codec::of(c), store);
+    const gain_any_codec any_up = gpu::upload_codec(gain_any_codec::of(c), store);
     REQUIRE(any_up.as<gain_codec<f16>>().gain == up.gain);  // the same host array, copied once
 
     const dense_layout dense(kv_geometry{1, 2, 16});

@@ -62,7 +62,7 @@ void check_append(const Layout& layout, const Codec& codec, bool bytewise, doubl
     const kv_geometry g = layout.geometry();
     const std::size_t width = std::size_t(g.token_width());
     kv_cache<Codec, Layout, paged_storage> host(layout, codec, {4, 80, 16, 24});
-    cuda::device_kv_cache<Codec, Layout> dev(layout, codec, {4, 80, 16, 24});
+    gpu::device_kv_cache<Codec, Layout> dev(layout, codec, {4, 80, 16, 24});
     std::vector<int> seqs;
     for (int i = 0; i < 3; ++i) {
         seqs.push_back(host.add_sequence());
@@ -84,7 +84,7 @@ void check_append(const Layout& layout, const Codec& codec, bool bytewise, doubl
                             std::span<const float>(v).subspan(row, n));
                 row += n;
             }
-            cuda::device_buffer<float> k_dev(k), v_dev(v);
+            gpu::device_buffer<float> k_dev(k), v_dev(v);
             kernels::append(dev, layer, seqs, counts, k_dev.data(), v_dev.data());
             KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
         }
@@ -151,10 +151,10 @@ TEST_CASE("append: linear autoencoder and quantized latents", "[kernels]") {
 
 TEST_CASE("append: a failed plan changes nothing", "[kernels]") {
     const kv_geometry g{1, 1, 64};
-    cuda::device_kv_cache<identity_codec<f16>> dev(dense_layout(g), identity_codec<f16>{64},
+    gpu::device_kv_cache<identity_codec<f16>> dev(dense_layout(g), identity_codec<f16>{64},
                                                    {2, 64, 16, 2});
     const int a = dev.add_sequence(), b = dev.add_sequence();
-    cuda::device_buffer<float> k(64 * 40), v(64 * 40);
+    gpu::device_buffer<float> k(64 * 40), v(64 * 40);
     const std::vector<int> both{a, b};
     KVCAR_REQUIRE_ERROR(kernels::append(dev, 0, both, std::vector<int>{17, 16}, k.data(), v.data()),
                         "out of pages");

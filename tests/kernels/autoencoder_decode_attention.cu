@@ -24,8 +24,6 @@
 #include <vector>
 
 using namespace kvcar;
-// kvcar::cuda is spelled out: the decode kernels use CUB, whose CCCL headers declare a global
-// namespace cuda, which `using namespace kvcar` would make ambiguous.
 using kvcar_test::random_floats;
 
 static_assert(kernels::autoencoder_tensor_core_codec<autoencoder_codec<f16>>);
@@ -171,7 +169,7 @@ TEST_CASE("autoencoder_decode_attention: what the tensor-core path does not take
     std::string why;
     const kv_geometry g{1, 2, 64};
     const folded_autoencoder ae = kvcar_test::random_autoencoder(128, 96, 32, 50);
-    kvcar::cuda::device_kv_cache<ae_codec> cache(dense_layout(g, 2), ae.codec<f16>(),
+    kvcar::gpu::device_kv_cache<ae_codec> cache(dense_layout(g, 2), ae.codec<f16>(),
                                                  {2, 32, 16, 4});
     kernels::decode_attention_params p;
     p.n_heads = 8;
@@ -193,8 +191,8 @@ TEST_CASE("autoencoder_decode_attention: what the tensor-core path does not take
         opt.rope = rope_mode::on_read;
         const int batch = int(caches.sequences.size());
         const std::vector<float> q = random_floats(std::size_t(batch) * 8 * 64, 77u);
-        kvcar::cuda::device_buffer<float> q_dev(q);
-        kvcar::cuda::device_buffer<float> out_dev = kvcar_test::poisoned(q.size());
+        kvcar::gpu::device_buffer<float> q_dev(q);
+        kvcar::gpu::device_buffer<float> out_dev = kvcar_test::poisoned(q.size());
         kernels::decode_attention(caches.device, 0, caches.sequences, q_dev.data(),
                                   out_dev.data(), opt, ws);
         KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
@@ -233,20 +231,20 @@ TEST_CASE("autoencoder_decode_attention: what the tensor-core path does not take
 
     // A hidden layer wider than the register budget.
     const folded_autoencoder wide = kvcar_test::random_autoencoder(128, 1100, 32, 52);
-    kvcar::cuda::device_kv_cache<ae_codec> wide_cache(dense_layout(g, 2), wide.codec<f16>(),
+    kvcar::gpu::device_kv_cache<ae_codec> wide_cache(dense_layout(g, 2), wide.codec<f16>(),
                                                {2, 32, 16, 4});
     CHECK_FALSE(kernels::autoencoder_decode_attention_supported(wide_cache.view(), p, ws, &why));
     CHECK(why.find("1100") != std::string::npos);
 
     // fp32 latents would be rounded to fp16: the generic path.
-    kvcar::cuda::device_kv_cache<autoencoder_codec<float>> cache32(dense_layout(g, 2),
+    kvcar::gpu::device_kv_cache<autoencoder_codec<float>> cache32(dense_layout(g, 2),
                                                             ae.codec<float>(), {2, 32, 16, 4});
     CHECK_FALSE(kernels::autoencoder_decode_attention_supported(cache32.view(), p, ws, &why));
     CHECK(why.find("autoencoder_codec<f16>") != std::string::npos);
     KVCAR_REQUIRE_ERROR(kernels::autoencoder_decode_attention(cache32.view(), p, ws),
                         "autoencoder_codec<f16>");
     const int seq = cache32.add_sequence();
-    kvcar::cuda::device_buffer<float> q(8 * 64), out(8 * 64);
+    kvcar::gpu::device_buffer<float> q(8 * 64), out(8 * 64);
     attention_params opt;
     opt.n_heads = 8;
     kernels::decode_attention(cache32, 0, std::vector<int>{seq}, q.data(), out.data(), opt, ws);

@@ -19,8 +19,6 @@
 #include <vector>
 
 using namespace kvcar;
-// kvcar::cuda is spelled out: the decode kernels use CUB, whose CCCL headers declare a global
-// namespace cuda, which `using namespace kvcar` would make ambiguous.
 using kvcar_test::random_floats;
 
 namespace {
@@ -36,7 +34,7 @@ struct shape {
 template <class Codec, class Layout>
 struct test_caches {
     kv_cache<Codec, Layout, paged_storage> host;
-    kvcar::cuda::device_kv_cache<Codec, Layout> device;
+    kvcar::gpu::device_kv_cache<Codec, Layout> device;
     std::vector<int> sequences;  // in the order they are queried
 };
 
@@ -54,7 +52,7 @@ test_caches<Codec, Layout> make_caches(const Layout& layout, const std::vector<C
     const int n = int(lengths.size());
     test_caches<Codec, Layout> c{
         kv_cache<Codec, Layout, paged_storage>(layout, codecs, {n + 1, max_len, 16, pages + 4}),
-        kvcar::cuda::device_kv_cache<Codec, Layout>(
+        kvcar::gpu::device_kv_cache<Codec, Layout>(
             layout, codecs,
             {n + 2, max_len + 8, device_page_size,
              (pages + 9) * 16 / device_page_size + n + 2}),
@@ -88,8 +86,8 @@ double decode_error(test_caches<Codec, Layout>& c, const attention_params& opt,
     double worst = 0.0;
     for (int layer = 0; layer < g.n_layers; ++layer) {
         const std::vector<float> q = random_floats(q_width * batch, seed + 7u * layer);
-        kvcar::cuda::device_buffer<float> q_dev(q);
-        kvcar::cuda::device_buffer<float> out_dev = kvcar_test::poisoned(q.size());
+        kvcar::gpu::device_buffer<float> q_dev(q);
+        kvcar::gpu::device_buffer<float> out_dev = kvcar_test::poisoned(q.size());
         kernels::decode_attention(c.device, layer, c.sequences, q_dev.data(), out_dev.data(), opt,
                                   ws);
         KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
@@ -329,7 +327,7 @@ TEST_CASE("decode_attention: a batch larger than a grid dimension holds (70,000 
         const kv_geometry g{1, n_kv_heads, head_dim};
         const dense_layout layout(g);
         kv_cache<Codec, dense_layout, paged_storage> host(layout, codec, {batch, 36, 16, pages});
-        kvcar::cuda::device_kv_cache<Codec> dev(layout, codec, {batch, 36, 16, pages});
+        kvcar::gpu::device_kv_cache<Codec> dev(layout, codec, {batch, 36, 16, pages});
         std::vector<int> seqs;
         for (int b = 0; b < batch; ++b) {
             seqs.push_back(host.add_sequence());
@@ -368,11 +366,11 @@ TEST_CASE("decode_attention: a model's full context", "[kernels]") {
 
 TEST_CASE("decode_attention: argument errors throw before anything runs", "[kernels]") {
     const kv_geometry g{1, 2, 64};
-    kvcar::cuda::device_kv_cache<identity_codec<f16>> cache(dense_layout(g),
+    kvcar::gpu::device_kv_cache<identity_codec<f16>> cache(dense_layout(g),
                                                             identity_codec<f16>{64}, {2, 32, 16, 4});
     const int seq = cache.add_sequence();
     kernels::attention_workspace ws;
-    kvcar::cuda::device_buffer<float> q(4 * 64), out(4 * 64);
+    kvcar::gpu::device_buffer<float> q(4 * 64), out(4 * 64);
     attention_params opt;
     opt.n_heads = 3;
     const std::vector<int> seqs{seq};
@@ -429,12 +427,12 @@ void time_decode(const char* name, const Codec& codec, int heads_per_group, int 
     const int n_heads = 32;
     const dense_layout layout(g, heads_per_group);
     const int pages = batch * ((length + 15) / 16);
-    kvcar::cuda::device_kv_cache<Codec> cache(layout, codec, {batch, length, 16, pages});
+    kvcar::gpu::device_kv_cache<Codec> cache(layout, codec, {batch, length, 16, pages});
     std::vector<int> seqs;
     for (int b = 0; b < batch; ++b) seqs.push_back(cache.add_sequence());
     const int chunk = std::min(length, 1024);
     const std::vector<float> kv = random_floats(std::size_t(chunk) * g.token_width(), 1);
-    kvcar::cuda::device_buffer<float> kv_dev(kv);
+    kvcar::gpu::device_buffer<float> kv_dev(kv);
     for (int seq : seqs)
         for (int t = 0; t < length; t += chunk)
             for (int layer = 0; layer < g.n_layers; ++layer)
@@ -442,7 +440,7 @@ void time_decode(const char* name, const Codec& codec, int heads_per_group, int 
                                 std::vector<int>{std::min(chunk, length - t)}, kv_dev.data(),
                                 kv_dev.data());
     const std::vector<float> q = random_floats(std::size_t(batch) * n_heads * g.head_dim, 2);
-    kvcar::cuda::device_buffer<float> q_dev(q), out(q.size());
+    kvcar::gpu::device_buffer<float> q_dev(q), out(q.size());
     kernels::attention_workspace ws;
     attention_params opt;
     opt.n_heads = n_heads;
@@ -463,7 +461,7 @@ TEST_CASE("decode_attention: bandwidth against a device-to-device copy", "[kerne
     cudaDeviceProp prop{};
     KVCAR_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     const std::size_t bytes = std::size_t(1) << 30;
-    kvcar::cuda::device_buffer<std::byte> a(bytes), b(bytes);
+    kvcar::gpu::device_buffer<std::byte> a(bytes), b(bytes);
     a.fill_bytes(1);
     const float copy_ms = median_ms([&](int) {
         KVCAR_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));

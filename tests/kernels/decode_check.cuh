@@ -21,7 +21,7 @@ namespace kvcar_test {
 template <class Codec>
 struct paired_caches {
     kvcar::kv_cache<Codec, kvcar::dense_layout, kvcar::paged_storage> host;
-    kvcar::cuda::device_kv_cache<Codec, kvcar::dense_layout> device;
+    kvcar::gpu::device_kv_cache<Codec, kvcar::dense_layout> device;
     std::vector<int> sequences;
 };
 
@@ -42,7 +42,7 @@ paired_caches<Codec> make_interleaved_caches(const kvcar::dense_layout& layout,
     paired_caches<Codec> c{
         kvcar::kv_cache<Codec, kvcar::dense_layout, kvcar::paged_storage>(
             layout, codecs, {n + 1, max_len, 16, pages + 4}),
-        kvcar::cuda::device_kv_cache<Codec, kvcar::dense_layout>(
+        kvcar::gpu::device_kv_cache<Codec, kvcar::dense_layout>(
             layout, codecs, {n + 2, max_len + 8, 16, pages + 9}),
         {}};
     const int spare = c.host.add_sequence();
@@ -81,12 +81,12 @@ double worst_decode_error(const HostCache& host, const std::vector<int>& sequenc
         ints.push_back(host.length(seq, 0));
         max_len = std::max(max_len, host.length(seq, 0));
     }
-    kvcar::cuda::device_buffer<std::int32_t> ints_dev(ints);
+    kvcar::gpu::device_buffer<std::int32_t> ints_dev(ints);
     double worst = 0.0;
     for (int layer = 0; layer < g.n_layers; ++layer) {
         const std::vector<float> q = random_floats(q_width * batch, seed + 7u * layer);
-        kvcar::cuda::device_buffer<float> q_dev(q);
-        kvcar::cuda::device_buffer<float> out_dev = poisoned(q.size());
+        kvcar::gpu::device_buffer<float> q_dev(q);
+        kvcar::gpu::device_buffer<float> out_dev = poisoned(q.size());
         kvcar::kernels::decode_attention_params p;
         p.q = q_dev.data();
         p.out = out_dev.data();

@@ -18,8 +18,6 @@
 #include <vector>
 
 using namespace kvcar;
-// kvcar::cuda is spelled out: the decode kernels use CUB, whose CCCL headers declare a global
-// namespace cuda, which `using namespace kvcar` would make ambiguous.
 using kvcar_test::random_floats;
 
 static_assert(kernels::latent_tensor_core_codec<linear_codec<f16>>);
@@ -147,7 +145,7 @@ void check_v_scales(const Codec& codec, const linear_params& lin, const char* na
     const int width = s.n_kv_heads * s.head_dim;
     kvcar_test::paired_caches<Codec> c{
         kv_cache<Codec, dense_layout, paged_storage>(layout, same(s, codec), {8, 700, 16, 64}),
-        kvcar::cuda::device_kv_cache<Codec, dense_layout>(layout, same(s, codec), {8, 700, 16, 64}),
+        kvcar::gpu::device_kv_cache<Codec, dense_layout>(layout, same(s, codec), {8, 700, 16, 64}),
         {}};
     for (std::size_t i = 0; i < lengths.size(); ++i) {
         const int seq = c.host.add_sequence();
@@ -230,7 +228,7 @@ TEST_CASE("latent_decode_attention: what the tensor-core path does not take", "[
     {
         const kv_geometry g{1, 2, 64};
         const linear_params lin = kvcar_test::random_linear(64, 32, 1, 40);
-        kvcar::cuda::device_kv_cache<linear_codec<f16>> cache(dense_layout(g), lin.codec<f16>(),
+        kvcar::gpu::device_kv_cache<linear_codec<f16>> cache(dense_layout(g), lin.codec<f16>(),
                                                        {2, 32, 16, 4});
         kernels::decode_attention_params p;
         p.n_heads = 4;
@@ -240,7 +238,7 @@ TEST_CASE("latent_decode_attention: what the tensor-core path does not take", "[
     }
     const kv_geometry g{1, 2, 64};
     const linear_params lin = kvcar_test::random_linear(128, 64, 2, 41);
-    kvcar::cuda::device_kv_cache<linear_codec<f16>> cache(dense_layout(g, 2), lin.codec<f16>(),
+    kvcar::gpu::device_kv_cache<linear_codec<f16>> cache(dense_layout(g, 2), lin.codec<f16>(),
                                                    {2, 32, 16, 4});
     const int seq = cache.add_sequence();
     kernels::decode_attention_params p;
@@ -255,7 +253,7 @@ TEST_CASE("latent_decode_attention: what the tensor-core path does not take", "[
     KVCAR_REQUIRE_ERROR(kernels::latent_decode_attention(cache.view(), p, ws),
                         "not a positive multiple");
     // Through decode_attention, RoPE on read takes the decoded path (and stays correct there).
-    kvcar::cuda::device_buffer<float> q(8 * 64), out(8 * 64);
+    kvcar::gpu::device_buffer<float> q(8 * 64), out(8 * 64);
     attention_params opt;
     opt.n_heads = 8;
     opt.rope = rope_mode::on_read;
@@ -263,7 +261,7 @@ TEST_CASE("latent_decode_attention: what the tensor-core path does not take", "[
     CHECK_FALSE((ws.last_path == kernels::decode_path::latent_tensor_cores));
     // fp32 latents would be rounded to fp16: the generic path.
     const linear_codec<float> f32 = lin.codec<float>();
-    kvcar::cuda::device_kv_cache<linear_codec<float>> cache32(dense_layout(g, 2), f32,
+    kvcar::gpu::device_kv_cache<linear_codec<float>> cache32(dense_layout(g, 2), f32,
                                                               {2, 32, 16, 4});
     p.n_heads = 8;
     CHECK_FALSE(kernels::latent_decode_attention_supported(cache32.view(), p, ws, &why));

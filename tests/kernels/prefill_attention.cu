@@ -15,8 +15,6 @@
 #include <vector>
 
 using namespace kvcar;
-// kvcar::cuda is spelled out: the decode kernels use CUB, whose CCCL headers declare a global
-// namespace cuda, which `using namespace kvcar` would make ambiguous.
 using kvcar_test::random_floats;
 
 namespace {
@@ -28,7 +26,7 @@ void check_prefill(const kv_geometry& g, int hpg, const Codec& codec, int n_head
                    rope_mode rope, double tolerance, const char* name) {
     const dense_layout layout(g, hpg);
     kv_cache<Codec, dense_layout, paged_storage> host(layout, codec, {4, 128, 16, 40});
-    kvcar::cuda::device_kv_cache<Codec> dev(layout, codec, {4, 128, 16, 40});
+    kvcar::gpu::device_kv_cache<Codec> dev(layout, codec, {4, 128, 16, 40});
     std::vector<int> seqs;
     for (std::size_t i = 0; i < lengths.size(); ++i) {
         seqs.push_back(host.add_sequence());
@@ -46,8 +44,8 @@ void check_prefill(const kv_geometry& g, int hpg, const Codec& codec, int n_head
     double worst = 0.0;
     for (int layer = 0; layer < g.n_layers; ++layer) {
         const std::vector<float> q = random_floats(std::size_t(total) * q_width, 9u + layer);
-        kvcar::cuda::device_buffer<float> q_dev(q);
-        kvcar::cuda::device_buffer<float> out = kvcar_test::poisoned(q.size());
+        kvcar::gpu::device_buffer<float> q_dev(q);
+        kvcar::gpu::device_buffer<float> out = kvcar_test::poisoned(q.size());
         kernels::prefill_attention(dev, layer, seqs, queries, q_dev.data(), out.data(), opt, ws);
         KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
         std::vector<float> want(q.size());
@@ -98,11 +96,11 @@ TEST_CASE("prefill_attention: RoPE on read full attention and an empty chunk", "
 
 TEST_CASE("prefill_attention: argument errors", "[kernels]") {
     const kv_geometry g{1, 1, 64};
-    kvcar::cuda::device_kv_cache<identity_codec<f16>> dev(dense_layout(g), identity_codec<f16>{64},
+    kvcar::gpu::device_kv_cache<identity_codec<f16>> dev(dense_layout(g), identity_codec<f16>{64},
                                                    {2, 32, 16, 4});
     const int s = dev.add_sequence();
     kernels::attention_workspace ws;
-    kvcar::cuda::device_buffer<float> q(64 * 4), out(64 * 4);
+    kvcar::gpu::device_buffer<float> q(64 * 4), out(64 * 4);
     attention_params opt;
     opt.n_heads = 1;
     const std::vector<int> seqs{s};
@@ -112,7 +110,7 @@ TEST_CASE("prefill_attention: argument errors", "[kernels]") {
     KVCAR_REQUIRE_ERROR(kernels::prefill_attention(dev, 0, seqs, std::vector<int>{1, 2}, q.data(),
                                                    out.data(), opt, ws),
                         "1 sequences but 2 query counts");
-    kvcar::cuda::device_buffer<float> k(64 * 3);
+    kvcar::gpu::device_buffer<float> k(64 * 3);
     kernels::append(dev, 0, seqs, std::vector<int>{3}, k.data(), k.data());
     opt.n_heads = 0;
     KVCAR_REQUIRE_ERROR(kernels::prefill_attention(dev, 0, seqs, std::vector<int>{2}, q.data(),
@@ -134,7 +132,7 @@ void check_large_prefill(const kv_geometry& g, int hpg, const Codec& codec, int 
     const int pages = n_seqs * ((length + 15) / 16);
     kv_cache<Codec, dense_layout, paged_storage> host(layout, codec,
                                                       {n_seqs, length, 16, pages});
-    kvcar::cuda::device_kv_cache<Codec> dev(layout, codec, {n_seqs, length, 16, pages});
+    kvcar::gpu::device_kv_cache<Codec> dev(layout, codec, {n_seqs, length, 16, pages});
     std::vector<int> seqs, queries(std::size_t(n_seqs), length);
     for (int i = 0; i < n_seqs; ++i) {
         seqs.push_back(host.add_sequence());
@@ -146,8 +144,8 @@ void check_large_prefill(const kv_geometry& g, int hpg, const Codec& codec, int 
     const std::size_t q_width = std::size_t(n_heads) * g.head_dim;
     const std::size_t rows = std::size_t(n_seqs) * std::size_t(length);
     const std::vector<float> q = random_floats(rows * q_width, 5u);
-    kvcar::cuda::device_buffer<float> q_dev(q);
-    kvcar::cuda::device_buffer<float> out = kvcar_test::poisoned(q.size());
+    kvcar::gpu::device_buffer<float> q_dev(q);
+    kvcar::gpu::device_buffer<float> out = kvcar_test::poisoned(q.size());
     kernels::attention_workspace ws;
     kernels::prefill_attention(dev, 0, seqs, queries, q_dev.data(), out.data(), opt, ws);
     KVCAR_CUDA_CHECK(cudaDeviceSynchronize());

@@ -37,13 +37,13 @@ namespace model_cuda_test {
 
 namespace ex = kvcar::examples;
 namespace fs = std::filesystem;
-using kvcar::cuda::device_kv_cache;
+using kvcar::gpu::device_kv_cache;
 using kvcar::examples::cuda_model::device_model;
 using kvcar::examples::cuda_model::token_batch;
 
 inline const std::string data_dir = KVCAR_SHARED_DATA;
 
-static_assert(kvcar::cuda::uploadable_codec<kvcar::identity_codec<kvcar::f16>>);
+static_assert(kvcar::gpu::uploadable_codec<kvcar::identity_codec<kvcar::f16>>);
 
 inline bool have(const std::string& path) {
     if (fs::exists(path)) return true;

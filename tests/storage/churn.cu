@@ -1,5 +1,5 @@
 // Churn on the device: thousands of random add, batched append and remove steps over a
-// cuda::device_kv_cache, for every uploadable codec, both layouts and page sizes that are not
+// gpu::device_kv_cache, for every uploadable codec, both layouts and page sizes that are not
 // powers of two. Appends run kernels::append (encode on the device, through the device block
 // table); the shadow keeps each new record as downloaded right after its append, and checks it
 // decodes to about what the host codec makes of the input. After every step a kernel decodes
@@ -66,7 +66,7 @@ template <class Codec, class Layout>
 class device_churn {
 public:
     device_churn(Layout layout, std::vector<Codec> codecs,
-                 typename cuda::device_kv_cache<Codec, Layout>::params params, std::uint32_t seed,
+                 typename gpu::device_kv_cache<Codec, Layout>::params params, std::uint32_t seed,
                  std::string name)
         : layout_(layout), codecs_(codecs), params_(params), rng_(seed),
           cache_(std::move(layout), std::move(codecs), params), name_(std::move(name)),
@@ -174,8 +174,8 @@ private:
         const int width = geometry.token_width();
         const std::vector<float> k = normal(std::size_t(total) * std::size_t(width), rng_, 1.0f);
         const std::vector<float> v = normal(k.size(), rng_, 1.0f);
-        const cuda::device_buffer<float> k_dev(k.empty() ? std::vector<float>(1) : k);
-        const cuda::device_buffer<float> v_dev(v.empty() ? std::vector<float>(1) : v);
+        const gpu::device_buffer<float> k_dev(k.empty() ? std::vector<float>(1) : k);
+        const gpu::device_buffer<float> v_dev(v.empty() ? std::vector<float>(1) : v);
         if (!fits) {
             REQUIRE_THROWS_AS(kernels::append(cache_, layer, ids, counts, k_dev.data(),
                                               v_dev.data()),
@@ -257,8 +257,8 @@ private:
         const int n_items = int(items.size() / 4);
         if (n_items == 0) return;
         const int width = geometry.token_width();
-        const cuda::device_buffer<int> items_dev(items);
-        cuda::device_buffer<float> out_dev(std::size_t(n_items) * std::size_t(width));
+        const gpu::device_buffer<int> items_dev(items);
+        gpu::device_buffer<float> out_dev(std::size_t(n_items) * std::size_t(width));
         read_tokens<<<unsigned((n_items + 127) / 128), 128>>>(cache_.view(), items_dev.data(),
                                                               n_items, out_dev.data());
         KVCAR_CUDA_CHECK(cudaGetLastError());
@@ -301,9 +301,9 @@ private:
 
     Layout layout_;
     std::vector<Codec> codecs_;
-    typename cuda::device_kv_cache<Codec, Layout>::params params_;
+    typename gpu::device_kv_cache<Codec, Layout>::params params_;
     std::mt19937 rng_;
-    cuda::device_kv_cache<Codec, Layout> cache_;
+    gpu::device_kv_cache<Codec, Layout> cache_;
     std::string name_;
     std::vector<shadow_sequence> shadow_;
     int appended_ = 0, refused_ = 0;
@@ -315,12 +315,12 @@ void churn_codecs(const Layout& layout, const char* layout_name, std::uint32_t s
         codec_zoo zoo(seed);
         const auto codecs = make_codecs<Maker>(zoo, layout);
         using codec = typename decltype(codecs)::value_type;
-        if constexpr (cuda::uploadable_codec<codec>) {  // any_codec has no device form yet
+        if constexpr (gpu::uploadable_codec<codec>) {  // any_codec has no device form yet
             for (int page_size : {3, 7, 16, 24}) {
                 std::ostringstream name;
                 name << Maker::name << ", " << layout_name << ", page_size " << page_size;
                 const int max_tokens = 2 * page_size + 29;
-                const typename cuda::device_kv_cache<codec, Layout>::params p{
+                const typename gpu::device_kv_cache<codec, Layout>::params p{
                     .max_sequences = 7, .max_tokens = max_tokens, .page_size = page_size,
                     .num_pages = 3 * ((max_tokens + page_size - 1) / page_size)};
                 device_churn<codec, Layout>(layout, codecs, p, seed + std::uint32_t(page_size),

@@ -108,13 +108,13 @@ struct typed_cache final : any_cache {
     /// What the host codec views point to (a codec file's tensors); null for parameterless codecs.
     /// Declared first: it outlives the cache, whose host_codec() views it backs.
     std::shared_ptr<const io::codec_set> owner;
-    cuda::device_kv_cache<Codec, Layout> cache;
+    gpu::device_kv_cache<Codec, Layout> cache;
 
     typed_cache(kv_geometry g, const Codec& codec,
-                typename cuda::device_kv_cache<Codec, Layout>::params p)
+                typename gpu::device_kv_cache<Codec, Layout>::params p)
         : cache(dense_layout(g), codec, p) {}
     typed_cache(std::shared_ptr<const io::codec_set> set, std::vector<Codec> codecs,
-                typename cuda::device_kv_cache<Codec, Layout>::params p)
+                typename gpu::device_kv_cache<Codec, Layout>::params p)
         : owner(std::move(set)), cache(owner->layout(), std::move(codecs), p) {}
 
     int add_sequence() override { return cache.add_sequence(); }
@@ -147,7 +147,7 @@ struct cache_shape {
 template <class Codec>
 std::unique_ptr<any_cache> make(kv_geometry g, const Codec& codec, const cache_shape& p) {
     return std::make_unique<typed_cache<Codec>>(
-        g, codec, typename cuda::device_kv_cache<Codec>::params{p.max_sequences, p.max_tokens,
+        g, codec, typename gpu::device_kv_cache<Codec>::params{p.max_sequences, p.max_tokens,
                                                                 p.page_size, p.num_pages});
 }
 
@@ -178,7 +178,7 @@ std::unique_ptr<any_cache> make_file_cache(std::shared_ptr<const io::codec_set> 
         if (std::optional<std::vector<C>> typed = all_as<C>(codecs))
             out = std::make_unique<typed_cache<C, reuse_map>>(
                 set, std::move(*typed),
-                typename cuda::device_kv_cache<C, reuse_map>::params{
+                typename gpu::device_kv_cache<C, reuse_map>::params{
                     p.max_sequences, p.max_tokens, p.page_size, p.num_pages});
     };
     try_as.template operator()<linear_codec<f16>>();

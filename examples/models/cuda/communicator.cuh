@@ -111,8 +111,8 @@ private:
     int world_;
     std::barrier<> arrive_;
     std::vector<float*> parts_;
-    cuda::device_buffer<float> sum_;
-    cuda::device_buffer<float*> part_table_;
+    gpu::device_buffer<float> sum_;
+    gpu::device_buffer<float*> part_table_;
 };
 
 /// One rank of a local_group.

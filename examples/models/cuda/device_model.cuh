@@ -1,5 +1,5 @@
 // examples/models/cuda/device_model.cuh — GPT-2 and Llama on a CUDA GPU, their KV cache a
-// kvcar::cuda::device_kv_cache.
+// kvcar::gpu::device_kv_cache.
 //
 // The same model as examples/models/gpt2/gpt2.hpp and llama/llama.hpp (read those for the math),
 // with its weights uploaded once (fp32) by the family's own part (gpt2/gpt2_cuda.cuh,
@@ -152,7 +152,7 @@ public:
     /// (logits_for::last). Host-side errors (bad ids, too long, unknown or repeated sequence,
     /// cache of another shape, out of pages) throw before the cache changes.
     template <class Codec, class Layout>
-    std::vector<float> forward(cuda::device_kv_cache<Codec, Layout>& cache,
+    std::vector<float> forward(gpu::device_kv_cache<Codec, Layout>& cache,
                                const token_batch& batch, logits_for which = logits_for::all) {
         const int rows = run(cache, batch, which);
         std::vector<float> logits(std::size_t(rows) * std::size_t(vocab_));
@@ -169,7 +169,7 @@ public:
 
     /// One sequence's chunk: forward(cache, {{seq}, {n}, tokens}, which).
     template <class Codec, class Layout>
-    std::vector<float> forward(cuda::device_kv_cache<Codec, Layout>& cache, int seq,
+    std::vector<float> forward(gpu::device_kv_cache<Codec, Layout>& cache, int seq,
                                std::span<const int> tokens, logits_for which = logits_for::all) {
         const int count = int(tokens.size());
         return forward(cache, token_batch{{&seq, 1}, {&count, 1}, tokens}, which);
@@ -179,7 +179,7 @@ public:
     /// log softmax(logits[r])[targets[r]] (in double), computed on the device: perplexity needs
     /// 8 bytes per token back, not a row of the vocabulary.
     template <class Codec, class Layout>
-    std::vector<double> log_probs(cuda::device_kv_cache<Codec, Layout>& cache,
+    std::vector<double> log_probs(gpu::device_kv_cache<Codec, Layout>& cache,
                                   const token_batch& batch, std::span<const int> targets) {
         require(targets.size() == batch.tokens.size(),
                 "cuda model: " + std::to_string(targets.size()) + " targets for " +
@@ -213,7 +213,7 @@ public:
 private:
     /// Checks everything that can be checked on the host, so a bad batch changes nothing.
     template <class Codec, class Layout>
-    void validate(const cuda::device_kv_cache<Codec, Layout>& cache, const token_batch& b,
+    void validate(const gpu::device_kv_cache<Codec, Layout>& cache, const token_batch& b,
                   std::vector<int>& first_positions) const {
         const std::string who = std::string(w_.family.name) + " (cuda)";
         check_cache_geometry(who, cache.geometry(), geometry_);
@@ -250,7 +250,7 @@ private:
     /// The forward pass; leaves the logits in logits_ and returns their rows (0 on ranks that
     /// compute no logits).
     template <class Codec, class Layout>
-    int run(cuda::device_kv_cache<Codec, Layout>& cache, const token_batch& b, logits_for which) {
+    int run(gpu::device_kv_cache<Codec, Layout>& cache, const token_batch& b, logits_for which) {
         std::vector<int> first_positions;
         validate(cache, b, first_positions);
         const cudaStream_t s = stream_.get();
@@ -375,8 +375,8 @@ private:
     }
 
     /// The family's norm (norm_kind) of `rows` rows of d_model.
-    void norm(float* out, const float* in, const cuda::device_buffer<float>& w,
-              const cuda::device_buffer<float>& b, int rows) {
+    void norm(float* out, const float* in, const gpu::device_buffer<float>& w,
+              const gpu::device_buffer<float>& b, int rows) {
         if (w_.family.norm == norm_kind::layernorm) {
             cuda_ops::layernorm_kernel<<<unsigned(rows), cuda_ops::row_threads, 0, stream_.get()>>>(
                 out, in, w.data(), b.data(), w_.d_model, w_.norm_eps);
@@ -388,7 +388,7 @@ private:
         }
     }
 
-    void residual(float* x, const float* y, const cuda::device_buffer<float>& bias, int rows,
+    void residual(float* x, const float* y, const gpu::device_buffer<float>& bias, int rows,
                   int dim) {
         const int T = 256;
         cuda_ops::residual_kernel<<<cuda_ops::elementwise_blocks((long long)rows * dim, T), T, 0,
@@ -400,7 +400,7 @@ private:
     /// Room for `count` elements in `b`. Growing waits for the stream first: the old buffer may
     /// still be read by work already enqueued.
     template <class T>
-    T* grow(cuda::device_buffer<T>& b, std::size_t count) {
+    T* grow(gpu::device_buffer<T>& b, std::size_t count) {
         if (count > b.size()) {
             KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
             b.reserve_discard(std::max(count, b.size() * 3 / 2));
@@ -422,9 +422,9 @@ private:
     device_weights w_;
 
     // Activations, grown to the largest batch seen.
-    cuda::device_buffer<float> x_, h_, qkv_, q_, k_, v_, att_, proj_, ff_, act_, last_, logits_;
-    cuda::device_buffer<std::int32_t> ints_, targets_;
-    cuda::device_buffer<double> log_probs_;
+    gpu::device_buffer<float> x_, h_, qkv_, q_, k_, v_, att_, proj_, ff_, act_, last_, logits_;
+    gpu::device_buffer<std::int32_t> ints_, targets_;
+    gpu::device_buffer<double> log_probs_;
 };
 
 }  // namespace kvcar::examples::cuda_model

@@ -55,12 +55,12 @@ struct device_family {
 /// mlp_kind's (c_fc for gelu, the fused [gate | up] for swiglu). A family without biases
 /// leaves them empty.
 struct device_layer {
-    cuda::device_buffer<float> norm1_w, norm1_b;  // [D]
-    cuda::device_buffer<float> qkv_w, qkv_b;      // [Q + 2 KV][D], [Q + 2 KV]
-    cuda::device_buffer<float> o_w, o_b;          // [D][Q], [D]
-    cuda::device_buffer<float> norm2_w, norm2_b;  // [D]
-    cuda::device_buffer<float> up_w, up_b;        // gelu [F][D], [F]; swiglu [2F][D] (gate, up)
-    cuda::device_buffer<float> down_w, down_b;    // [D][F], [D]
+    gpu::device_buffer<float> norm1_w, norm1_b;  // [D]
+    gpu::device_buffer<float> qkv_w, qkv_b;      // [Q + 2 KV][D], [Q + 2 KV]
+    gpu::device_buffer<float> o_w, o_b;          // [D][Q], [D]
+    gpu::device_buffer<float> norm2_w, norm2_b;  // [D]
+    gpu::device_buffer<float> up_w, up_b;        // gelu [F][D], [F]; swiglu [2F][D] (gate, up)
+    gpu::device_buffer<float> down_w, down_b;    // [D][F], [D]
 };
 
 /// A model (or one rank's share of it) on the device: its traits, its shape as this rank sees
@@ -75,11 +75,11 @@ struct device_weights {
     bool rotate_before_storing = true;  ///< rope: keys rotated before the cache stores them
     attention_params attention{};       ///< how attention reads the cache (this rank's heads)
 
-    cuda::device_buffer<float> token_embedding;     // [V][D]
-    cuda::device_buffer<float> position_embedding;  // [P][D]; position_kind::learned only
+    gpu::device_buffer<float> token_embedding;     // [V][D]
+    gpu::device_buffer<float> position_embedding;  // [P][D]; position_kind::learned only
     std::vector<device_layer> layers;
-    cuda::device_buffer<float> final_norm_w, final_norm_b;  // [D]
-    cuda::device_buffer<float> lm_head;  // [V][D], or empty when tied to token_embedding
+    gpu::device_buffer<float> final_norm_w, final_norm_b;  // [D]
+    gpu::device_buffer<float> lm_head;  // [V][D], or empty when tied to token_embedding
 
     /// Bytes of weights on the device (a tied head counted once).
     std::size_t bytes() const {
@@ -113,13 +113,13 @@ inline std::vector<float> matrix_columns(const std::vector<float>& m, std::size_
 }
 
 /// a, then b, then c, as one device buffer (the fused projections).
-inline cuda::device_buffer<float> upload_concat(const std::vector<float>& a,
+inline gpu::device_buffer<float> upload_concat(const std::vector<float>& a,
                                                 const std::vector<float>& b,
                                                 const std::vector<float>& c) {
     std::vector<float> all(a);
     all.insert(all.end(), b.begin(), b.end());
     all.insert(all.end(), c.begin(), c.end());
-    return cuda::device_buffer<float>(all);
+    return gpu::device_buffer<float>(all);
 }
 
 /// Which part of every weight one tensor-parallel rank keeps (device_model.cuh explains the

@@ -30,7 +30,7 @@ inline device_weights upload_weights(const llama_model& m, const rank_split& spl
     const llama_config& c = m.config();
     const llama_weights& w = m.weights();
     const std::size_t D = std::size_t(c.d_model);
-    const auto up = [](const std::vector<float>& v) { return cuda::device_buffer<float>(v); };
+    const auto up = [](const std::vector<float>& v) { return gpu::device_buffer<float>(v); };
     const head_range qh = split.query_heads, kvh = split.kv_heads;
     device_weights d;
     d.family = llama_family;

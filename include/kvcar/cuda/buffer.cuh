@@ -20,7 +20,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/cuda/error.cuh"
 
-namespace kvcar::cuda {
+namespace kvcar::gpu {
 
 /// An owning array of T in device memory (RAII over cudaMalloc/cudaFree). Move-only; host copies
 /// are explicit, blocking unless named _async, and range-checked: an out-of-range copy throws
@@ -132,4 +132,4 @@ private:
     std::size_t size_ = 0;
 };
 
-}  // namespace kvcar::cuda
+}  // namespace kvcar::gpu

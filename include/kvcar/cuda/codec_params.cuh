@@ -6,8 +6,8 @@
 // one from a host view (copying each array once: views sharing an array share its copy), and
 // `device_codecs` does it for a cache's per-slot codecs and puts the views in device memory too:
 //
-//     kvcar::cuda::parameter_store store;
-//     auto dev = kvcar::cuda::upload_codec(params.codec<kvcar::f16>(), store);  // device pointers
+//     kvcar::gpu::parameter_store store;
+//     auto dev = kvcar::gpu::upload_codec(params.codec<kvcar::f16>(), store);  // device pointers
 //     my_kernel<<<...>>>(dev, ...);                                            // valid while store lives
 //
 // Every registered codec (codec/traits.hpp) uploads through its registration: each tensor its
@@ -39,7 +39,7 @@
 #include "kvcar/concepts.hpp"
 #include "kvcar/cuda/buffer.cuh"
 
-namespace kvcar::cuda {
+namespace kvcar::gpu {
 
 /// Owns device copies of parameter arrays, one per distinct (host address, length).
 class parameter_store {
@@ -211,4 +211,4 @@ private:
     std::vector<device_buffer<float>> arrays_;
 };
 
-}  // namespace kvcar::cuda
+}  // namespace kvcar::gpu

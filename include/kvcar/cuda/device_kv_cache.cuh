@@ -7,7 +7,7 @@
 // Kernels receive view(): device pointers only, so any number of sequences of different lengths
 // share the pools without copying.
 //
-//     kvcar::cuda::device_kv_cache<kvcar::identity_codec<kvcar::f16>> cache(
+//     kvcar::gpu::device_kv_cache<kvcar::identity_codec<kvcar::f16>> cache(
 //         kvcar::dense_layout(geometry), kvcar::identity_codec<kvcar::f16>{head_dim},
 //         {.max_sequences = 64, .max_tokens = 4096, .page_size = 16, .num_pages = 8192});
 //     const int seq = cache.add_sequence();
@@ -45,7 +45,7 @@
 #include "kvcar/storage/page_view.hpp"
 #include "kvcar/storage/sequence_table.hpp"
 
-namespace kvcar::cuda {
+namespace kvcar::gpu {
 
 /// A compressed KV cache whose records live in device memory: paged storage with one pool per
 /// stored slot and one block table, codec parameters uploaded once, page bookkeeping on the host.
@@ -443,4 +443,4 @@ private:
     int max_hidden_ = 0;  // widest autoencoder hidden layer (sizes tensor-core decode)
 };
 
-}  // namespace kvcar::cuda
+}  // namespace kvcar::gpu

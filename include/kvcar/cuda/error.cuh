@@ -15,7 +15,7 @@
 
 #include "kvcar/common.hpp"
 
-namespace kvcar::cuda {
+namespace kvcar::gpu {
 
 /// Throws kvcar::error unless `status` is cudaSuccess. `call` is the text of the call.
 inline void check(cudaError_t status, const char* call, const char* file, int line) {
@@ -45,10 +45,10 @@ inline int multiprocessor_count() {
     return count;
 }
 
-}  // namespace kvcar::cuda
+}  // namespace kvcar::gpu
 
 /// Evaluates a CUDA runtime call and throws kvcar::error naming it when it fails.
-#define KVCAR_CUDA_CHECK(call) ::kvcar::cuda::check((call), #call, __FILE__, __LINE__)
+#define KVCAR_CUDA_CHECK(call) ::kvcar::gpu::check((call), #call, __FILE__, __LINE__)
 /// Checks the launch of `kernel_name` that was just made.
 #define KVCAR_CUDA_CHECK_LAUNCH(kernel_name) \
-    ::kvcar::cuda::check_launch(kernel_name, __FILE__, __LINE__)
+    ::kvcar::gpu::check_launch(kernel_name, __FILE__, __LINE__)

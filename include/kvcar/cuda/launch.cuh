@@ -24,7 +24,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/cuda/error.cuh"
 
-namespace kvcar::cuda {
+namespace kvcar::gpu {
 
 /// Largest gridDim.x of every CUDA GPU kvcar builds for.
 inline constexpr long long max_grid_x = 2147483647;
@@ -71,4 +71,4 @@ void allow_dynamic_smem(Kernel* kernel, std::size_t bytes, int optin_limit, cons
     }
 }
 
-}  // namespace kvcar::cuda
+}  // namespace kvcar::gpu

@@ -8,7 +8,7 @@
 // a few KB — and points them at the runtime's pools and block table. Its view() is the same
 // device::cache_view that device_kv_cache gives, so every kernel runs unchanged:
 //
-//     using view_t = kvcar::cuda::page_pool_view<kvcar::identity_codec<kvcar::f16>>;
+//     using view_t = kvcar::gpu::page_pool_view<kvcar::identity_codec<kvcar::f16>>;
 //     const std::size_t bytes = view_t::pool_bytes(codec, num_pages, page_size);  // per slot
 //     // ... the runtime allocates num_slots pools of `bytes` and its block table ...
 //     view_t pages(layout, codec, {.slot_pools = pools, .page_size = 16, .num_pages = num_pages,
@@ -49,7 +49,7 @@
 #include "kvcar/layout/dense.hpp"
 #include "kvcar/storage/page_view.hpp"
 
-namespace kvcar::cuda {
+namespace kvcar::gpu {
 
 /// kvcar's view of a paged KV cache whose memory a runtime owns (see the file comment): the
 /// codecs and slot tables live here, the pools and the block table stay the runtime's.
@@ -237,4 +237,4 @@ private:
     int max_hidden_ = 0;
 };
 
-}  // namespace kvcar::cuda
+}  // namespace kvcar::gpu

@@ -9,7 +9,7 @@
 //     const std::byte* rec = view.slots[slot].record(s, t);    // paging resolves here
 //     view.codecs[slot].decode(rec, x);                        // the codec turns it into floats
 //
-// The owner (kvcar::cuda::device_kv_cache) keeps every pointer valid while it lives and is not
+// The owner (kvcar::gpu::device_kv_cache) keeps every pointer valid while it lives and is not
 // modified; a view taken before an append stays valid after it (pages never move).
 #pragma once
 
@@ -27,7 +27,7 @@ namespace kvcar::device {
 
 /// Device-side view of a kvcar cache whose stored slots all use codec type `Codec`: what a
 /// kernel needs to find, decode and (through write_slots) append records. Pass by value; every
-/// pointer is device memory owned by kvcar::cuda::device_kv_cache.
+/// pointer is device memory owned by kvcar::gpu::device_kv_cache.
 template <class Codec>
 struct cache_view {
     /// The codec type of every stored slot.

@@ -95,9 +95,9 @@ void append(const device::cache_view<Codec>& cache, const append_params& p, int 
     const int per_warp = std::max(max_latent_width, 1);
     const std::size_t smem = sizeof(float) * std::size_t(per_warp) * detail::append_warps;
     auto kernel = detail::append_kernel<Codec>;
-    if (smem > cuda::default_dynamic_smem)  // the limit is looked up only where it matters
-        cuda::allow_dynamic_smem(kernel, smem, cuda::max_dynamic_smem_optin(), "append_kernel");
-    kernel<<<cuda::checked_grid(blocks, 1, 1, "append_kernel"), detail::append_warps * 32, smem,
+    if (smem > gpu::default_dynamic_smem)  // the limit is looked up only where it matters
+        gpu::allow_dynamic_smem(kernel, smem, gpu::max_dynamic_smem_optin(), "append_kernel");
+    kernel<<<gpu::checked_grid(blocks, 1, 1, "append_kernel"), detail::append_warps * 32, smem,
              stream>>>(cache, p, per_warp);
     KVCAR_CUDA_CHECK_LAUNCH("append_kernel");
 }
@@ -106,7 +106,7 @@ void append(const device::cache_view<Codec>& cache, const append_params& p, int 
 /// [Σ counts][n_kv_heads * head_dim] floats, the items' rows one after another. Plans the pages
 /// (all or nothing; a host-side error changes nothing), then enqueues the encode on `stream`.
 template <class Codec, class Layout>
-void append(cuda::device_kv_cache<Codec, Layout>& cache, int layer, std::span<const int> sequences,
+void append(gpu::device_kv_cache<Codec, Layout>& cache, int layer, std::span<const int> sequences,
             std::span<const int> counts, const float* k, const float* v,
             cudaStream_t stream = nullptr) {
     const std::vector<std::int32_t> positions = cache.prepare_append(layer, sequences, counts, stream);

@@ -82,7 +82,7 @@ inline void csr_block_table(const csr_pages& in, const dense_pages& out, int max
                 " entries cannot hold " + std::to_string(max_pages_per_item) + " pages");
     constexpr int threads = 128;
     const int blocks_x = max_pages_per_item > 0 ? (max_pages_per_item + threads - 1) / threads : 1;
-    detail::csr_block_table_kernel<<<cuda::checked_grid(blocks_x, in.batch, 1, "csr_block_table"),
+    detail::csr_block_table_kernel<<<gpu::checked_grid(blocks_x, in.batch, 1, "csr_block_table"),
                                      threads, 0, stream>>>(in, out);
     KVCAR_CUDA_CHECK_LAUNCH("csr_block_table_kernel");
 }

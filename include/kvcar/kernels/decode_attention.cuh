@@ -134,7 +134,7 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
 /// position of `layer` (append this step's K/V first, as a model does). q, out: device
 /// [sequences.size()][opt.n_heads][head_dim]. A sequence of length 0 gets zeros.
 template <class Codec, class Layout>
-void decode_attention(const cuda::device_kv_cache<Codec, Layout>& cache, int layer,
+void decode_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int layer,
                       std::span<const int> sequences, const float* q, float* out,
                       const attention_params& opt, attention_workspace& ws,
                       cudaStream_t stream = nullptr) {

@@ -201,7 +201,7 @@ void launch_split(const split_params<Codec>& sp, const plan& pl, int batch, cuda
     // make_plan kept pl.smem within the device's opt-in limit.
     KVCAR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(pl.smem)));
-    const dim3 grid = cuda::checked_grid(pl.splits, batch, 1, "latent_decode_attention split_kernel");
+    const dim3 grid = gpu::checked_grid(pl.splits, batch, 1, "latent_decode_attention split_kernel");
     kernel<<<grid, NW * 32, pl.smem, stream>>>(sp);
     KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention split_kernel");
 }
@@ -318,12 +318,12 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
             constexpr int BB = decltype(items)::value;
             const std::size_t project_smem =
                 sizeof(float) * BB * (cache.head_dim + lt::project_columns * lt::project_row_groups(BB));
-            const dim3 project_grid = cuda::checked_grid(
+            const dim3 project_grid = gpu::checked_grid(
                 H, (p.batch + BB - 1) / BB,
                 (pl.lat_pad + lt::project_columns - 1) / lt::project_columns,
                 "latent_decode_attention project_kernel");
             auto project = lt::project_kernel<Codec, BB>;
-            cuda::allow_dynamic_smem(project, project_smem, ws.max_shared_bytes(),
+            gpu::allow_dynamic_smem(project, project_smem, ws.max_shared_bytes(),
                                      "latent_decode_attention project_kernel");
             project<<<project_grid, lt::project_threads(BB), project_smem, stream>>>(
                 cache, p.q, qz, bias, p.layer, p.batch, H, G, pl.lat_pad);
@@ -347,9 +347,9 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
             constexpr int BB = decltype(items)::value;
             const std::size_t lift_smem = sizeof(float) * BB * std::size_t(zw);
             auto lift = lt::lift_kernel<Codec, BB>;
-            cuda::allow_dynamic_smem(lift, lift_smem, ws.max_shared_bytes(),
+            gpu::allow_dynamic_smem(lift, lift_smem, ws.max_shared_bytes(),
                                      "latent_decode_attention lift_kernel");
-            const dim3 lift_grid = cuda::checked_grid(
+            const dim3 lift_grid = gpu::checked_grid(
                 H, (p.batch + BB - 1) / BB,
                 (cache.head_dim + lt::lift_rows_per_block(BB) - 1) / lt::lift_rows_per_block(BB),
                 "latent_decode_attention lift_kernel");

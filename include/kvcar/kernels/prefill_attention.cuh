@@ -124,7 +124,7 @@ void prefill_attention(const device::cache_view<Codec>& cache, const prefill_att
 /// query_counts[b] cached tokens of `layer` (the chunk just appended), in order; q and out are
 /// device [Σ query_counts][opt.n_heads][head_dim]. opt.causal picks causal or full attention.
 template <class Codec, class Layout>
-void prefill_attention(const cuda::device_kv_cache<Codec, Layout>& cache, int layer,
+void prefill_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int layer,
                        std::span<const int> sequences, std::span<const int> query_counts,
                        const float* q, float* out, const attention_params& opt,
                        attention_workspace& ws, cudaStream_t stream = nullptr) {

@@ -1,7 +1,7 @@
 // kvcar/storage/page_table.hpp — the host bookkeeping of paged KV storage: which pages each
 // sequence holds (one block-table row per sequence) and which pages are free.
 //
-// paged_storage (pools in host memory) and cuda::device_kv_cache (pools in device memory, the
+// paged_storage (pools in host memory) and gpu::device_kv_cache (pools in device memory, the
 // table mirrored there) both keep their pages with it, so the page policy lives in one place:
 // a free list that hands out the lowest page first, rows that grow a page at a time as a
 // sequence grows, and entries of pages a sequence does not hold that still name a real page

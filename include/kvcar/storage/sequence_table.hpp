@@ -1,6 +1,6 @@
 // kvcar/storage/sequence_table.hpp — which sequence ids are live and how many tokens each has
 // appended to every layer: the sequence bookkeeping shared by kv_cache (host) and
-// cuda::device_kv_cache (device records, host bookkeeping).
+// gpu::device_kv_cache (device records, host bookkeeping).
 //
 // Lengths are per layer because a forward pass appends layer by layer: between layer 3's append
 // and layer 4's, a sequence is one token longer in layers 0..3 than in 4..n. What attention may

@@ -251,7 +251,7 @@ void launch_split(const split_params<Codec>& sp, const plan& pl, int batch, int 
     KVCAR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(pl.smem)));
     const dim3 grid =
-        cuda::checked_grid(pl.splits, batch, groups, "autoencoder_decode_attention split_kernel");
+        gpu::checked_grid(pl.splits, batch, groups, "autoencoder_decode_attention split_kernel");
     kernel<<<grid, threads, pl.smem, stream>>>(sp);
     KVCAR_CUDA_CHECK_LAUNCH("autoencoder_decode_attention split_kernel");
 }
@@ -331,16 +331,16 @@ void autoencoder_decode_attention(const device::cache_view<Codec>& cache,
         constexpr int PB = at::project_items;
         const std::size_t project_smem = sizeof(float) * PB * cache.head_dim;
         auto project = at::project_kernel<Codec, PB>;
-        cuda::allow_dynamic_smem(project, project_smem, ws.max_shared_bytes(),
+        gpu::allow_dynamic_smem(project, project_smem, ws.max_shared_bytes(),
                                  "autoencoder_decode_attention project_kernel");
-        const dim3 project_grid = cuda::checked_grid(
+        const dim3 project_grid = gpu::checked_grid(
             H, (p.batch + PB - 1) / PB, (pl.hid_pad + at::project_rows - 1) / at::project_rows,
             "autoencoder_decode_attention project_kernel");
         project<<<project_grid, at::aux_threads, project_smem, stream>>>(
             cache, p.q, qt, bias, p.layer, p.batch, H, G, pl.hid_pad);
         KVCAR_CUDA_CHECK_LAUNCH("autoencoder_decode_attention project_kernel");
 
-        const dim3 copy_grid = cuda::checked_grid(
+        const dim3 copy_grid = gpu::checked_grid(
             2 * cache.groups_per_layer, (pl.hid_pad + at::copy_rows - 1) / at::copy_rows, 1,
             "autoencoder_decode_attention copy_weights_kernel");
         at::copy_weights_kernel<Codec><<<copy_grid, at::aux_threads, 0, stream>>>(
@@ -366,9 +366,9 @@ void autoencoder_decode_attention(const device::cache_view<Codec>& cache,
             sizeof(float) * (std::size_t(LB) * pl.hid_pad +
                              (ksplit > 1 ? std::size_t(ksplit) * LB * cache.head_dim : 0));
         auto lift = at::lift_kernel<Codec, LB>;
-        cuda::allow_dynamic_smem(lift, lift_smem, ws.max_shared_bytes(),
+        gpu::allow_dynamic_smem(lift, lift_smem, ws.max_shared_bytes(),
                                  "autoencoder_decode_attention lift_kernel");
-        const dim3 lift_grid = cuda::checked_grid(H, (p.batch + LB - 1) / LB, 1,
+        const dim3 lift_grid = gpu::checked_grid(H, (p.batch + LB - 1) / LB, 1,
                                                   "autoencoder_decode_attention lift_kernel");
         lift<<<lift_grid, at::lift_threads, lift_smem, stream>>>(
             cache, zbar, pl.hid_pad, p.kv_lengths, p.out, p.layer, p.batch, H, G);

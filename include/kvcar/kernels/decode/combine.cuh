@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(THREADS) combine_kernel(merge_params m) {
 /// and records the split plan in the workspace; every split-KV path ends with it.
 inline void launch_merge(const merge_params& m, attention_workspace& ws, cudaStream_t stream,
                          const char* what) {
-    const dim3 grid = cuda::checked_grid(m.batch, m.n_heads,
+    const dim3 grid = gpu::checked_grid(m.batch, m.n_heads,
                                          (m.width + merge_columns - 1) / merge_columns, what);
     if (m.splits >= merge_many_splits)
         combine_kernel<merge_threads_many><<<grid, merge_threads_many, 0, stream>>>(m);

@@ -3,8 +3,8 @@
 // cutting of large batches into launches.
 //
 // Errors. Every launcher and policy in kernels/decode/ returns void and throws kvcar::error:
-// argument checks (`require`), launch shapes past the hardware's limits (cuda::checked_grid,
-// cuda::allow_dynamic_smem) and failed CUDA calls (KVCAR_CUDA_CHECK*) all fail the same way,
+// argument checks (`require`), launch shapes past the hardware's limits (gpu::checked_grid,
+// gpu::allow_dynamic_smem) and failed CUDA calls (KVCAR_CUDA_CHECK*) all fail the same way,
 // with a message naming the kernel and the value, and before anything is enqueued where the
 // host can know. A cudaError_t could not say which grid dimension or which limit it was, and
 // the public entry points already threw, so one convention runs from the top to each launch.
@@ -149,7 +149,7 @@ inline void validate(const decode_attention_params& p, int n_layers, int n_kv_he
 /// fail (a prefill of 64 sequences × 1493 tokens is 95,552 items); the entry points cut such a
 /// batch into launches of at most this many items, one after another on the stream (they share
 /// the workspace, which stream order makes safe).
-inline constexpr int max_items_per_launch = int(cuda::max_grid_yz);
+inline constexpr int max_items_per_launch = int(gpu::max_grid_yz);
 
 /// Items [first, first + count) of p, as a launch of their own: q, out and the per-item arrays
 /// move by `first` items; max_kv_length stays a bound.

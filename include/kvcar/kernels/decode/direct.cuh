@@ -274,7 +274,7 @@ void launch_direct(const device::cache_view<Codec>& cache, const decode_attentio
                      ws.partial_acc(rows * HEAD_DIM), ws.partial_ml(rows * 2), p.layer,
                      p.n_heads, cache.heads_per_group, cache.groups_per_layer, plan.chunk,
                      plan.splits, header, scale};
-    const dim3 grid = cuda::checked_grid(plan.splits, p.batch, cache.n_kv_heads,
+    const dim3 grid = gpu::checked_grid(plan.splits, p.batch, cache.n_kv_heads,
                                          "direct_attention_kernel");
     direct_attention_kernel<Codec, HEAD_DIM, GQA, direct_threads>
         <<<grid, direct_threads, 0, stream>>>(dp);

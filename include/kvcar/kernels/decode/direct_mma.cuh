@@ -389,7 +389,7 @@ void launch_direct_mma(const device::cache_view<Codec>& cache, const decode_atte
                      ws.partial_acc(rows * HEAD_DIM), ws.partial_ml(rows * 2), p.layer,
                      p.n_heads, cache.heads_per_group, cache.groups_per_layer, plan.chunk,
                      plan.splits, header, scale};
-    const dim3 grid = cuda::checked_grid(plan.splits, p.batch, cache.n_kv_heads,
+    const dim3 grid = gpu::checked_grid(plan.splits, p.batch, cache.n_kv_heads,
                                          "direct_mma_attention_kernel");
     direct_mma_attention_kernel<Codec, HEAD_DIM, GQA><<<grid, direct_mma_threads, 0, stream>>>(dp);
     KVCAR_CUDA_CHECK_LAUNCH("direct_mma_attention_kernel");

@@ -362,7 +362,7 @@ generic_split_launch<Codec> plan_generic_split(const device::cache_view<Codec>& 
     launch.params = sp;
     launch.smem = sizeof(float) * generic_smem_floats(NQ, qw_max, acc_stride, tile, tile_width,
                                                       plan.chunk, scratch);
-    launch.grid = cuda::checked_grid(plan.splits, p.batch, cache.groups_per_layer,
+    launch.grid = gpu::checked_grid(plan.splits, p.batch, cache.groups_per_layer,
                                      "split_attention_kernel");
     return launch;
 }
@@ -373,7 +373,7 @@ void launch_generic_split(const generic_split_launch<Codec>& launch, attention_w
                           cudaStream_t stream) {
     auto kernel =
         split_attention_kernel<Codec, LATENT, generic_threads, generic_tile<Codec, LATENT>>;
-    cuda::allow_dynamic_smem(kernel, launch.smem, ws.max_shared_bytes(), "split_attention_kernel");
+    gpu::allow_dynamic_smem(kernel, launch.smem, ws.max_shared_bytes(), "split_attention_kernel");
     kernel<<<launch.grid, generic_threads, launch.smem, stream>>>(launch.params);
     KVCAR_CUDA_CHECK_LAUNCH("split_attention_kernel");
 }

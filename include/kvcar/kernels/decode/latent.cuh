@@ -114,9 +114,9 @@ struct latent_policy {
         const generic_split_launch<Codec> launch = plan_generic_split<Codec, true>(cache, p, ws);
         const split_params<Codec>& sp = launch.params;
         // Both grids are checked before the first launch, so a bad shape enqueues nothing.
-        const dim3 heads = cuda::checked_grid(p.batch, p.n_heads, 1, "project_queries_kernel");
+        const dim3 heads = gpu::checked_grid(p.batch, p.n_heads, 1, "project_queries_kernel");
         const std::size_t lift_smem = sizeof(float) * cache.max_latent_width;
-        cuda::allow_dynamic_smem(combine_lift_kernel<Codec, aux_threads>, lift_smem,
+        gpu::allow_dynamic_smem(combine_lift_kernel<Codec, aux_threads>, lift_smem,
                                  ws.max_shared_bytes(), "combine_lift_kernel");
         project_queries_kernel<Codec, aux_threads><<<heads, aux_threads, 0, stream>>>(
             cache, p.q, const_cast<float*>(sp.qz), const_cast<float*>(sp.qbias), p.layer, G,

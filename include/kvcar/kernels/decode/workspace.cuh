@@ -116,12 +116,12 @@ public:
     std::int32_t* ints(std::size_t n) { return ints_.grow(n, stream_, pools()); }
     /// Multiprocessors of the current device (looked up once).
     int sm_count() {
-        if (sm_count_ == 0) sm_count_ = cuda::multiprocessor_count();
+        if (sm_count_ == 0) sm_count_ = gpu::multiprocessor_count();
         return sm_count_;
     }
     /// Largest dynamic shared memory a block may opt into on the current device.
     int max_shared_bytes() {
-        if (max_smem_ == 0) max_smem_ = cuda::max_dynamic_smem_optin();
+        if (max_smem_ == 0) max_smem_ = gpu::max_dynamic_smem_optin();
         return max_smem_;
     }
     /// The split layout of the last launch (for tests and tuning).
