@@ -18,6 +18,8 @@
 
 namespace kvcar::calib {
 
+/// Adam (Kingma & Ba, 2015) over a fixed list of tensors: first and second moments per element,
+/// bias-corrected; the one optimizer that calibration and fine-tuning share.
 template <std::floating_point Real>
 class adam {
 public:

@@ -117,7 +117,7 @@ concept registered_codec = requires {
 template <registered_codec Codec>
 using registered_view = registered_view_as<Codec, float>;
 
-/// Calls f.template operator()<Codec>() for the codec at `index` of `Codecs` and returns true, or
+/// Calls `f.template operator()<Codec>()` for the codec at `index` of `Codecs` and returns true, or
 /// returns false for an index past the list (a fold over the list, no table).
 template <class... Codecs, class F>
 bool with_codec_at(int index, F&& f) {

@@ -58,8 +58,8 @@ namespace kvcar::gpu {
 template <uploadable_codec Codec, kv_layout Layout = dense_layout>
 class page_pool_view {
 public:
-    using codec_type = Codec;
-    using layout_type = Layout;
+    using codec_type = Codec;    ///< the codec every stored slot uses
+    using layout_type = Layout;  ///< which slots are stored and which reuse a neighbour
 
     /// Records start 16-byte aligned in a pool: the kernels copy records in 16-byte pieces.
     static constexpr std::size_t pool_alignment = 16;
@@ -125,7 +125,9 @@ public:
 
     /// Stored slots: one codec and one runtime pool each.
     int num_slots() const { return layout_.num_slots(); }
+    /// The slot layout (stored slots and reuse).
     const Layout& layout() const { return layout_; }
+    /// Layers, heads and head width of the model the pools serve.
     kv_geometry geometry() const { return layout_.geometry(); }
     /// The host codec of stored slot `slot`.
     const Codec& host_codec(int slot) const { return host_codecs_.at(std::size_t(slot)); }

@@ -208,7 +208,7 @@ struct slot_codec {
         else return std::any_cast<P>(&extra);
     }
 
-    /// Calls f.template operator()<Codec>() for this slot's codec in List (nothing for an unknown
+    /// Calls `f.template operator()<Codec>()` for this slot's codec in List (nothing for an unknown
     /// kind).
     template <class List, class F>
     void with_codec(F&& f) const {

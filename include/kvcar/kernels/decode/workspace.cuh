@@ -137,7 +137,7 @@ public:
         int latent_stages = 0;  ///< its ring stages (2 … 4, as shared memory allows)
         int latent_chunk = 0;   ///< tokens per split (rounded up to the 32-token tile)
         int direct_ctas_per_sm = 0;  ///< tensor-core direct path: split target, CTAs per SM
-    } tune;
+    } tune;  ///< launch-shape overrides for benchmarks (0 = the planner's choice)
 
 private:
     /// Whether the current device has memory pools (cudaMallocAsync), looked up once.
