@@ -292,7 +292,7 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
     const kvcar::dense_layout layout(g, heads_per_group);
     kvcar::gpu::device_kv_cache<Codec> cache(layout, std::move(codecs),
                                               {.max_sequences = c.batch, .max_tokens = c.context,
-                                               .page_size = page, .num_pages = pages});
+                                               .page_size = page, .n_pages = pages});
     std::vector<int> seqs(std::size_t(c.batch));
     for (int& s : seqs) s = cache.add_sequence();
 
@@ -367,12 +367,12 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
         for (int b = 1; b < c.batch - 1; ++b)
             if (std::find(order.begin(), order.end(), b) == order.end()) order.push_back(b);
         std::size_t rb_max = 0;
-        for (int slot = 0; slot < cache.num_slots(); ++slot)
+        for (int slot = 0; slot < cache.n_slots(); ++slot)
             rb_max = std::max(rb_max, std::size_t(cache.host_codec(slot).bytes_per_group()));
         std::byte* staging = nullptr;
         BENCH_CHECK(cudaMalloc(&staging, rb_max * std::size_t(c.context)));
         std::vector<std::byte> krec(rb_max * std::size_t(c.context)), vrec(krec.size());
-        std::vector<kvcar::page_view> views(std::size_t(cache.num_slots()));
+        std::vector<kvcar::page_view> views(std::size_t(cache.n_slots()));
         BENCH_CHECK(cudaMemcpy(views.data(), view.slots, views.size() * sizeof(kvcar::page_view),
                                cudaMemcpyDeviceToHost));
         auto fetch = [&](int slot, int seq, std::vector<std::byte>& dst) {

@@ -148,29 +148,29 @@ void run_shape(const model_shape& m, int batch, int context, timer& tm, const ch
                int round) {
     const int page = 16, H = m.heads, KV = m.kv_heads;
     const int pages_per_seq = (context + page - 1) / page;
-    const int num_pages = batch * pages_per_seq;
+    const int n_pages = batch * pages_per_seq;
     const std::size_t page_elems = std::size_t(page) * KV * D;
     __half *k = nullptr, *v = nullptr, *q = nullptr, *o = nullptr;
-    PEER_CHECK(cudaMalloc(&k, page_elems * num_pages * sizeof(__half)));
-    PEER_CHECK(cudaMalloc(&v, page_elems * num_pages * sizeof(__half)));
+    PEER_CHECK(cudaMalloc(&k, page_elems * n_pages * sizeof(__half)));
+    PEER_CHECK(cudaMalloc(&v, page_elems * n_pages * sizeof(__half)));
     const std::size_t qn = std::size_t(batch) * H * D;
     PEER_CHECK(cudaMalloc(&q, qn * sizeof(__half)));
     PEER_CHECK(cudaMalloc(&o, qn * sizeof(__half)));
-    fill_random_half<<<1024, 256>>>(k, page_elems * num_pages, 1u);
-    fill_random_half<<<1024, 256>>>(v, page_elems * num_pages, 2u);
+    fill_random_half<<<1024, 256>>>(k, page_elems * n_pages, 1u);
+    fill_random_half<<<1024, 256>>>(v, page_elems * n_pages, 2u);
     fill_random_half<<<1024, 256>>>(q, qn, 99u);
     PEER_CHECK(cudaGetLastError());
 
     // Block table: sequence b owns pages indices[indptr[b] .. indptr[b+1]), scattered by a
     // fixed odd stride so that consecutive pages of a sequence are not adjacent in memory.
     std::vector<std::int32_t> indptr(std::size_t(batch) + 1);
-    std::vector<std::int32_t> indices(static_cast<std::size_t>(num_pages));
+    std::vector<std::int32_t> indices(static_cast<std::size_t>(n_pages));
     std::vector<std::int32_t> last(static_cast<std::size_t>(batch));
-    const long long stride = 7919;  // prime: a permutation unless num_pages is a multiple
-    const bool permute = num_pages % stride != 0;
+    const long long stride = 7919;  // prime: a permutation unless n_pages is a multiple
+    const bool permute = n_pages % stride != 0;
     for (int b = 0; b <= batch; ++b) indptr[std::size_t(b)] = b * pages_per_seq;
-    for (int i = 0; i < num_pages; ++i)
-        indices[std::size_t(i)] = permute ? int((i * stride) % num_pages) : i;
+    for (int i = 0; i < n_pages; ++i)
+        indices[std::size_t(i)] = permute ? int((i * stride) % n_pages) : i;
     for (int b = 0; b < batch; ++b) last[std::size_t(b)] = context - (pages_per_seq - 1) * page;
     std::int32_t *indptr_d = nullptr, *indices_d = nullptr, *last_d = nullptr;
     PEER_CHECK(cudaMalloc(&indptr_d, indptr.size() * sizeof(std::int32_t)));

@@ -117,7 +117,7 @@ float run(const char* name, const Codec& codec, int heads_per_group) {
     const int n_heads = 8;                 // GQA: 4 query heads per KV head
     const kvcar::dense_layout layout(g, heads_per_group);
     kvcar::kv_cache<Codec, kvcar::dense_layout, kvcar::paged_storage> host(
-        layout, codec, {.max_sequences = 4, .max_tokens = 128, .page_size = 16, .num_pages = 24});
+        layout, codec, {.max_sequences = 4, .max_tokens = 128, .page_size = 16, .n_pages = 24});
     std::mt19937 rng(7);
     std::normal_distribution<float> normal;
     const std::vector<int> lengths{1, 37, 100};

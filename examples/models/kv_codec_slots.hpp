@@ -36,7 +36,7 @@ public:
     kv_codec_slots(const io::codec_set& set, const kv_geometry& model, const std::string& who,
                    int threads)
         : set_(set), layout_(checked_layout(set, model, who)), who_(who), threads_(threads) {
-        for (int s = 0; s < layout_.num_slots(); ++s) {
+        for (int s = 0; s < layout_.n_slots(); ++s) {
             const slot_owner o = layout_.owner(s);
             const io::slot_codec* c = set_.find(o.layer, o.group, o.kind);
             slot_state st;

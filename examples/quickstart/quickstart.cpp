@@ -75,7 +75,7 @@ struct fitted_linear {
 fitted_linear fit_linear(const activations& act, const kvcar::dense_layout& layout, int rank) {
     fitted_linear out;
     const int group_width = layout.heads_per_group() * geometry.head_dim;
-    for (int slot = 0; slot < layout.num_slots(); ++slot) {
+    for (int slot = 0; slot < layout.n_slots(); ++slot) {
         const kvcar::slot_owner who = layout.owner(slot);
         const auto rows = fitting_rows(act[who.layer][int(who.kind)], who.group, group_width);
         out.params.push_back(kvcar::calib::fit_pca(rows.data(), n_tokens / 2, group_width,
@@ -246,7 +246,7 @@ int main(int argc, char** argv) {
     std::printf("%-44s %10s %9s %12s %12s\n", "codec", "bytes/tok", "ratio", "recon err", "attn err");
 
     auto same = [](auto codec, const kvcar::dense_layout& l) {
-        return std::vector<decltype(codec)>(std::size_t(l.num_slots()), codec);
+        return std::vector<decltype(codec)>(std::size_t(l.n_slots()), codec);
     };
     print_row("identity f32", measure(per_head, same(kvcar::identity_codec<float>{hd}, per_head), act, q, exact));
     print_row("identity f16 (the baseline)", measure(per_head, same(kvcar::identity_codec<kvcar::f16>{hd}, per_head), act, q, exact));

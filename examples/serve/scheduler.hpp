@@ -40,7 +40,7 @@
 namespace kvcar::examples::serve {
 
 struct scheduler_params {
-    int num_pages = 0;        // pages in the KV budget
+    int n_pages = 0;        // pages in the KV budget
     int page_size = 16;       // tokens per page
     int max_sequences = 256;  // requests running at once (sequence ids of the cache)
     int chunk = 512;          // prefill tokens per step (decode tokens come on top)
@@ -83,8 +83,8 @@ struct step_plan {
 
 class scheduler {
 public:
-    explicit scheduler(scheduler_params p) : p_(p), free_pages_(p.num_pages) {
-        require(p.num_pages > 0 && p.page_size > 0 && p.max_sequences > 0 && p.chunk > 0 &&
+    explicit scheduler(scheduler_params p) : p_(p), free_pages_(p.n_pages) {
+        require(p.n_pages > 0 && p.page_size > 0 && p.max_sequences > 0 && p.chunk > 0 &&
                     p.max_tokens > 0,
                 "kvcar-serve: pages, page size, sequences, chunk and max tokens must be positive");
     }
@@ -105,10 +105,10 @@ public:
                                              " cached tokens, more than a sequence holds (" +
                                              std::to_string(p_.max_tokens) + ")");
         const long long pages = (tokens + p_.page_size - 1) / p_.page_size;
-        require(pages <= p_.num_pages,
+        require(pages <= p_.n_pages,
                 what + "needs " + std::to_string(pages) + " pages of " +
                     std::to_string(p_.page_size) + " tokens, more than the whole KV budget (" +
-                    std::to_string(p_.num_pages) + " pages): it could never run; raise the "
+                    std::to_string(p_.n_pages) + " pages): it could never run; raise the "
                     "budget or shorten the request");
         request_state s;
         s.req = std::move(r);
@@ -172,7 +172,7 @@ public:
             }
         }
         peak_running_ = std::max(peak_running_, int(running_.size()));
-        peak_pages_ = std::max(peak_pages_, p_.num_pages - free_pages_);
+        peak_pages_ = std::max(peak_pages_, p_.n_pages - free_pages_);
         return p;
     }
 

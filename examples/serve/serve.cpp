@@ -16,7 +16,7 @@
 //   cuda_engine.hpp  the GPU engine: the models' CUDA session, one batched forward per step
 //   here           the serving loop (clock, idle waits, the page cross-check) and the report
 //
-// The KV budget is bytes of cache records (--kv-budget, e.g. 4GiB) or pages (--num-pages); a
+// The KV budget is bytes of cache records (--kv-budget, e.g. 4GiB) or pages (--n-pages); a
 // cache that stores fewer bytes per token gets more pages from the same bytes, so it holds more
 // sequences at once. That is what a compressed cache buys a server. Lists (--kv a,b and
 // --kv-budget x,y) run every combination on the one loaded model, one result each: the engine is
@@ -101,7 +101,7 @@ double quantile(std::vector<double> v, double q) {
 struct run_result {
     std::string model, device, kv;
     long long budget_bytes = 0;
-    int num_pages = 0;
+    int n_pages = 0;
     std::size_t bytes_per_token = 0;
     double seconds = 0;
     double tokens_per_s = 0;  // generated tokens / seconds, after the warm-up if there was one
@@ -213,7 +213,7 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
     out.ttft_p99 = quantile(ttft, 0.99);
     out.tpot_p50 = quantile(s.token_gaps(), 0.5);
     out.tpot_p99 = quantile(s.token_gaps(), 0.99);
-    out.num_pages = settings.sched.num_pages;
+    out.n_pages = settings.sched.n_pages;
     out.peak_kv_bytes = std::size_t(s.peak_pages()) * std::size_t(settings.sched.page_size) *
                         settings.bytes_per_token;
 
@@ -225,7 +225,7 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
             for (int id : q.generated) ids.push_back(kvcar::io::json_value(id));
             kvcar::io::json_value line = kvcar::io::json_value::object_type{};
             line.set("id", kvcar::io::json_value(q.req.id));
-            line.set("num_pages", kvcar::io::json_value(settings.sched.num_pages));
+            line.set("n_pages", kvcar::io::json_value(settings.sched.n_pages));
             line.set("generated", std::move(ids));
             f << kvcar::io::to_json(line) << "\n";
         }
@@ -243,7 +243,7 @@ void report(const run_result& r, bool json) {
         j.set("device", json_value(r.device));
         j.set("kv", json_value(r.kv));
         j.set("budget_bytes", json_value(r.budget_bytes));
-        j.set("num_pages", json_value(r.num_pages));
+        j.set("n_pages", json_value(r.n_pages));
         j.set("bytes_per_token", json_value((long long)r.bytes_per_token));
         j.set("requests", json_value(r.requests));
         j.set("finished", json_value(r.finished));
@@ -267,7 +267,7 @@ void report(const run_result& r, bool json) {
         return;
     }
     std::printf("%s, budget %s (%d pages, %zu bytes/token)\n", r.kv.c_str(),
-                ex::human_bytes(double(r.budget_bytes)).c_str(), r.num_pages, r.bytes_per_token);
+                ex::human_bytes(double(r.budget_bytes)).c_str(), r.n_pages, r.bytes_per_token);
     std::printf("  %d/%d requests finished%s in %.2f s, %d steps, %lld tokens computed "
                 "(prompts %lld)\n",
                 r.finished, r.requests, r.stopped_early ? " (stopped at --max-seconds)" : "",
@@ -296,7 +296,7 @@ int run(int argc, char** argv) {
         {"poisson", "", "drawn arrivals are a Poisson process (default: evenly spaced)"},
         {"kv-budget", "SIZE[,SIZE]", "KV memory for cache records: 4GiB, 512MiB, bytes; a list "
                                      "runs each (default 64MiB)"},
-        {"num-pages", "N", "the KV budget in pages instead of bytes"},
+        {"n-pages", "N", "the KV budget in pages instead of bytes"},
         {"page-size", "N", "tokens per page (default 16)"},
         {"max-seqs", "N", "requests running at once at most (default 256)"},
         {"chunk", "N", "prefill tokens per forward pass, beside the decode tokens (default 512)"},
@@ -365,9 +365,9 @@ int run(int argc, char** argv) {
             kv, model.cache_geometry(), {1, 1, 1, 1},
             [](auto& cache) { return cache.bytes_per_token(); });
         std::vector<std::pair<long long, int>> budgets;  // {bytes, pages}
-        if (cl.has("num-pages")) {
-            const int pages = int(cl.get_int("num-pages", 0));
-            require(pages > 0, tool + ": --num-pages must be positive");
+        if (cl.has("n-pages")) {
+            const int pages = int(cl.get_int("n-pages", 0));
+            require(pages > 0, tool + ": --n-pages must be positive");
             budgets.push_back({(long long)pages * ps * (long long)bpt, pages});
         } else {
             for (const std::string& b : split_list(cl.get("kv-budget", "64MiB"))) {
@@ -389,7 +389,7 @@ int run(int argc, char** argv) {
         const auto run_budgets = [&](auto& engine) {
             for (const auto& [bytes, pages] : budgets) {
                 run_settings s = settings;
-                s.sched.num_pages = pages;
+                s.sched.n_pages = pages;
                 s.bytes_per_token = bpt;
                 run_result r = serve(engine, s, pool - pages);
                 r.model = model.path();
@@ -402,7 +402,7 @@ int run(int argc, char** argv) {
         };
         const kvcar::paged_storage::params storage{
             .max_sequences = settings.sched.max_sequences, .max_tokens = max_tokens,
-            .page_size = ps, .num_pages = pool};
+            .page_size = ps, .n_pages = pool};
         if (use_cuda) {
 #ifdef KVCAR_WITH_CUDA
             std::fprintf(stderr, "device: %s\n", ex::cuda_backend::device_description().c_str());
@@ -410,7 +410,7 @@ int run(int argc, char** argv) {
                                           {.max_sequences = storage.max_sequences,
                                            .max_tokens = storage.max_tokens,
                                            .page_size = storage.page_size,
-                                           .num_pages = storage.num_pages});
+                                           .n_pages = storage.n_pages});
             sv::cuda_engine engine{gpu};
             run_budgets(engine);
 #endif

@@ -447,7 +447,7 @@ int run(int argc, char** argv) {
                  "rel.err", "held-out", "notes");
     std::fflush(report);
     kvcar::io::json_value slots_json = kvcar::io::json_value::array();
-    for (int slot = 0; slot < map.num_slots(); ++slot) {
+    for (int slot = 0; slot < map.n_slots(); ++slot) {
         const kvcar::slot_owner o = map.owner(slot);
         io::slot_codec sc;
         std::string note;

@@ -2,13 +2,21 @@
 //
 // A new codec, layout or storage is one header that satisfies one of these concepts; nothing
 // else in kvcar changes. Each concept is checked by a static_assert in its implementation's test.
+//
+// These are the contracts a user implements or passes in. The concepts that only say which
+// machinery accepts a type live next to that machinery, whose terms they are written in:
+// `float_element` (numeric.hpp: a latent element format), `registered_codec` (codec/traits.hpp:
+// a codec's run-time registration), `uploadable_codec` (cuda/codec_params.cuh: a codec the device
+// upload knows), `thread_scope` and `has_latent_record` (device/latent.cuh), and the decode
+// paths' codec tests and `decode_policy` (kernels/).
 #pragma once
 
 #include <concepts>
 #include <cstddef>
+#include <span>
 
 #include "kvcar/common.hpp"
-#include "kvcar/storage/page_view.hpp"
+#include "kvcar/page_view.hpp"
 
 namespace kvcar {
 
@@ -60,7 +68,7 @@ struct slot_owner {
 };
 
 /// A layout maps each logical (layer, group, K/V) to the physical slot it reads. A group is
-/// `heads_per_group()` consecutive KV heads. Slots are numbered 0..num_slots()-1; the (layer,
+/// `heads_per_group()` consecutive KV heads. Slots are numbered 0..n_slots()-1; the (layer,
 /// group, K/V) that `owns` a slot writes it, every other one that maps to it only reads it.
 /// Layouts are host objects; kernels see the flat table from `slot_table()`.
 template <class L>
@@ -68,7 +76,7 @@ concept kv_layout = requires(const L& l, int layer, int group, kv_kind k, int sl
     { l.geometry() } -> std::convertible_to<kv_geometry>;
     { l.heads_per_group() } -> std::convertible_to<int>;
     { l.groups_per_layer() } -> std::convertible_to<int>;
-    { l.num_slots() } -> std::convertible_to<int>;
+    { l.n_slots() } -> std::convertible_to<int>;
     { l.slot(layer, group, k) } -> std::convertible_to<int>;
     { l.owns(layer, group, k) } -> std::convertible_to<bool>;
     { l.owner(slot) } -> std::convertible_to<slot_owner>;
@@ -88,5 +96,17 @@ concept kv_storage = requires(S& s, const S& cs, int slot, int sequence, int tok
     { cs.view(slot) } -> std::convertible_to<page_view>;
     { cs.bytes_reserved() } -> std::convertible_to<std::size_t>;
 };
+
+/// What the reference attention needs from a cache: its shape, how many tokens a (sequence,
+/// layer) holds, and decoded floats for a token range, laid out [token][n_kv_heads * head_dim].
+/// kv_cache satisfies it; so does any test double.
+template <class C>
+concept readable_kv_cache =
+    requires(const C& c, int seq, int layer, kv_kind kind, int begin, int end,
+             std::span<float> out) {
+        { c.geometry() } -> std::convertible_to<kv_geometry>;
+        { c.length(seq, layer) } -> std::convertible_to<int>;
+        c.read(seq, layer, kind, begin, end, out);
+    };
 
 }  // namespace kvcar

@@ -21,7 +21,7 @@
 #include "kvcar/layout/dense.hpp"
 #include "kvcar/storage/sequence_table.hpp"
 #include "kvcar/storage/contiguous.hpp"
-#include "kvcar/storage/page_view.hpp"
+#include "kvcar/page_view.hpp"
 
 namespace kvcar {
 
@@ -50,16 +50,16 @@ public:
 
     /// The same codec for every stored slot.
     kv_cache(Layout layout, const Codec& codec, storage_params params)
-        : kv_cache(layout, std::vector<Codec>(std::size_t(layout.num_slots()), codec), params) {}
+        : kv_cache(layout, std::vector<Codec>(std::size_t(layout.n_slots()), codec), params) {}
 
     /// The layout the cache was built with.
     const Layout& layout() const { return layout_; }
     /// The logical shape this cache stores (the layout's).
     kv_geometry geometry() const { return layout_.geometry(); }
     /// Stored slots, one codec each (reused streams have no slot of their own).
-    int num_slots() const { return int(codecs_.size()); }
+    int n_slots() const { return int(codecs_.size()); }
     /// The codec of stored slot `slot`; throws kvcar::error when `slot` is outside [0,
-    /// num_slots()).
+    /// n_slots()).
     const Codec& codec(int slot) const {
         check_slot(slot);
         return codecs_[std::size_t(slot)];
@@ -217,7 +217,7 @@ public:
         std::size_t sum = 0;
         for (int seq = 0; seq < max_sequences(); ++seq) {
             if (!is_live(seq)) continue;
-            for (int slot = 0; slot < num_slots(); ++slot) {
+            for (int slot = 0; slot < n_slots(); ++slot) {
                 const slot_owner o = layout_.owner(slot);
                 sum += std::size_t(length_ref(seq, o.layer)) *
                        std::size_t(codecs_[std::size_t(slot)].bytes_per_group());
@@ -235,9 +235,9 @@ public:
 private:
     static std::vector<std::size_t> validated_record_bytes(const Layout& layout,
                                                            const std::vector<Codec>& codecs) {
-        require(int(codecs.size()) == layout.num_slots(),
+        require(int(codecs.size()) == layout.n_slots(),
                 "kv_cache: " + std::to_string(codecs.size()) + " codecs for a layout of " +
-                    std::to_string(layout.num_slots()) + " slots (one codec per slot)");
+                    std::to_string(layout.n_slots()) + " slots (one codec per slot)");
         const int group_width = layout.heads_per_group() * layout.geometry().head_dim;
         std::vector<std::size_t> bytes(codecs.size());
         for (std::size_t slot = 0; slot < codecs.size(); ++slot) {
@@ -271,9 +271,9 @@ private:
     void check_live(int seq) const { sequences_.check_live(seq); }
     void check_layer(int layer) const { sequences_.check_layer(layer); }
     void check_slot(int slot) const {
-        if (slot < 0 || slot >= num_slots()) {
+        if (slot < 0 || slot >= n_slots()) {
             throw error("kvcar: kv_cache: slot " + std::to_string(slot) + " out of range [0, " +
-                        std::to_string(num_slots()) + ")");
+                        std::to_string(n_slots()) + ")");
         }
     }
 
@@ -294,9 +294,5 @@ kv_cache(L, C, P) -> kv_cache<C, L, typename P::storage_type>;
 template <kv_layout L, kv_codec C, class P>
     requires kv_storage<typename P::storage_type>
 kv_cache(L, std::vector<C>, P) -> kv_cache<C, L, typename P::storage_type>;
-
-/// CamelCase alias of kv_cache (the name the design notes use).
-template <class C, class L = dense_layout, class S = contiguous_storage>
-using KvCache = kv_cache<C, L, S>;
 
 }  // namespace kvcar

@@ -150,14 +150,14 @@ inline reuse_map shard_layout(const reuse_map& full, const head_shard& shard) {
 template <class Layout, class Codec>
 std::vector<Codec> shard_codecs(const Layout& full, const std::vector<Codec>& codecs,
                                 const head_shard& shard) {
-    require(int(codecs.size()) == full.num_slots(),
+    require(int(codecs.size()) == full.n_slots(),
             "shard_codecs: " + std::to_string(codecs.size()) + " codecs for a layout of " +
-                std::to_string(full.num_slots()) + " stored slots");
+                std::to_string(full.n_slots()) + " stored slots");
     const Layout part = shard_layout(full, shard);
     const head_range groups = groups_of(full.geometry(), full.heads_per_group(), shard);
     std::vector<Codec> out;
-    out.reserve(std::size_t(part.num_slots()));
-    for (int slot = 0; slot < part.num_slots(); ++slot) {
+    out.reserve(std::size_t(part.n_slots()));
+    for (int slot = 0; slot < part.n_slots(); ++slot) {
         const slot_owner o = part.owner(slot);
         out.push_back(codecs[std::size_t(full.slot(o.layer, o.group + groups.first, o.kind))]);
     }

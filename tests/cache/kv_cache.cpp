@@ -29,8 +29,8 @@ using half = kvcar::identity_codec<kvcar::f16>;
 static_assert(kvcar::kv_codec<exact>);
 static_assert(kvcar::kv_layout<dense_layout> && kvcar::kv_layout<reuse_map>);
 static_assert(kvcar::kv_storage<contiguous_storage> && kvcar::kv_storage<paged_storage>);
-static_assert(
-    std::is_same_v<kvcar::KvCache<exact>, kv_cache<exact, dense_layout, contiguous_storage>>);
+// The defaults: a dense layout in contiguous storage.
+static_assert(std::is_same_v<kv_cache<exact>, kv_cache<exact, dense_layout, contiguous_storage>>);
 
 namespace {
 
@@ -120,7 +120,7 @@ snapshot take_snapshot(const Cache& cache) {
 TEST_CASE("kv_cache: interleaved sequences of different lengths read back exactly", "[cache]") {
     const kv_geometry g{3, 4, 8};
     kv_cache<exact> cache(dense_layout(g), exact{8}, {4, 40});
-    REQUIRE(cache.num_slots() == 24);
+    REQUIRE(cache.n_slots() == 24);
     const int a = cache.add_sequence(), b = cache.add_sequence(), c = cache.add_sequence();
     REQUIRE((a == 0 && b == 1 && c == 2));
     REQUIRE(cache.live_sequences() == 3);
@@ -234,7 +234,7 @@ TEST_CASE("kv_cache: paged storage equals contiguous storage", "[cache]") {
     kv_cache<exact> contiguous(dense_layout(g), exact{4}, {4, 23});
     kv_cache<exact, dense_layout, paged_storage> paged(
         dense_layout(g), exact{4},
-        {.max_sequences = 4, .max_tokens = 23, .page_size = 4, .num_pages = 4 * 6});
+        {.max_sequences = 4, .max_tokens = 23, .page_size = 4, .n_pages = 4 * 6});
     run_same_script(contiguous, paged, 12345u, 400);
 
     // Page bookkeeping followed the sequences: every page is held by one live sequence or free.
@@ -317,7 +317,7 @@ TEST_CASE("kv_cache: reused groups read their source layer's data", "[cache]") {
     const kv_geometry g{3, 2, 4};
     const reuse_map map(g, 1, {{1, 0, 0, 0}, {2, 0, 1, 1}}, {{2, 1, 1, 1}, {1, 1, 0, 1}});
     kv_cache<exact, reuse_map> cache(map, exact{4}, {2, 16});
-    REQUIRE(cache.num_slots() == 8);
+    REQUIRE(cache.n_slots() == 8);
     const int seq = cache.add_sequence();
     for (int layer = 0; layer < 3; ++layer) append_tokens(cache, seq, 5, layer, 6);
 
@@ -347,7 +347,7 @@ TEST_CASE("kv_cache: reused groups read their source layer's data", "[cache]") {
 TEST_CASE("kv_cache: whole-layer groups", "[cache]") {
     const kv_geometry g{2, 4, 3};
     kv_cache<exact> cache(dense_layout(g, 4), exact{12}, {2, 5});
-    REQUIRE(cache.num_slots() == 4);
+    REQUIRE(cache.n_slots() == 4);
     const int seq = cache.add_sequence();
     append_tokens(cache, seq, 0, 0, 5);
     append_tokens(cache, seq, 0, 1, 4);
@@ -439,7 +439,7 @@ TEST_CASE("kv_cache: rejects bad construction", "[cache]") {
     // Layers 1 and 2 reuse all but (2,1), so stored slot 5 is (layer 2, group 1, V).
     const reuse_map map(g, 2, {{1, 0, 0, 0}, {1, 1, 0, 1}, {2, 0, 0, 0}},
                         {{1, 0, 0, 0}, {1, 1, 0, 1}, {2, 0, 0, 0}});
-    REQUIRE(map.num_slots() == 6);
+    REQUIRE(map.n_slots() == 6);
     std::vector<half> codecs(6, half{64});
     codecs[5] = half{32};
     KVCAR_REQUIRE_ERROR((kv_cache<half, reuse_map>(map, codecs, {1, 4})),
@@ -452,7 +452,7 @@ TEST_CASE("kv_cache: rejects bad construction", "[cache]") {
                         "contiguous_storage: max_sequences and max_tokens must be positive");
     KVCAR_REQUIRE_ERROR(
         (kv_cache<half, dense_layout, paged_storage>(dense_layout(g), half{32}, {1, 4, 4, 0})),
-        "paged_storage: max_sequences, max_tokens, page_size and num_pages");
+        "paged_storage: max_sequences, max_tokens, page_size and n_pages");
 }
 
 TEST_CASE("kv_cache: every bad call throws and changes nothing", "[cache]") {
@@ -508,7 +508,7 @@ TEST_CASE("kv_cache: every bad call throws and changes nothing", "[cache]") {
     KVCAR_REQUIRE_ERROR(cache.read(a, 0, kv_kind(2), 0, 1, out), "neither K nor V");
     KVCAR_REQUIRE_ERROR(cache.length(7), "kv_cache: sequence 7 is not live");
     KVCAR_REQUIRE_ERROR(cache.length(a, 3), "kv_cache: layer 3 out of range");
-    KVCAR_REQUIRE_ERROR(cache.view(cache.num_slots()), "kv_cache: slot 11 out of range [0, 11)");
+    KVCAR_REQUIRE_ERROR(cache.view(cache.n_slots()), "kv_cache: slot 11 out of range [0, 11)");
     KVCAR_REQUIRE_ERROR(cache.codec(-1), "kv_cache: slot -1 out of range");
     REQUIRE(take_snapshot(cache) == before);
 

@@ -94,7 +94,7 @@ TEST_CASE("shard: sharded attention equals unsharded attention, bytes shrink by 
     const int n_heads = 8, rank = 5, tokens = 13;
     const dense_layout full_layout(g);
     std::vector<kvcar::linear_params> params;
-    for (int slot = 0; slot < full_layout.num_slots(); ++slot)
+    for (int slot = 0; slot < full_layout.n_slots(); ++slot)
         params.push_back(slot_params(g.head_dim, rank, 100u + std::uint32_t(slot)));
     std::vector<kvcar::linear_codec<float>> codecs;
     for (const auto& p : params) codecs.push_back(p.codec<float>());
@@ -162,14 +162,14 @@ TEST_CASE("shard: reuse maps keep their rank's entries; reuse across ranks is re
     REQUIRE(r0.reused_count(kv_kind::value) == 1);
     REQUIRE(r1.reused_count(kv_kind::key) == 1);
     REQUIRE(r1.reuse(kv_kind::key)[0] == kvcar::reuse_entry{1, 1, 0, 1});  // renumbered
-    REQUIRE(r0.num_slots() + r1.num_slots() == map.num_slots());
+    REQUIRE(r0.n_slots() + r1.n_slots() == map.n_slots());
     // Rank 1's (layer 1, head 1) K reads its own (layer 0, head 1) slot.
     REQUIRE(r1.slot(1, 1, kv_kind::key) == r1.slot(0, 1, kv_kind::key));
 
     // Codecs follow the stored slots of each rank.
     std::vector<kvcar::identity_codec<float>> codecs;
-    for (int s = 0; s < map.num_slots(); ++s) codecs.emplace_back(8);
-    REQUIRE(kvcar::shard_codecs(map, codecs, {1, 2}).size() == std::size_t(r1.num_slots()));
+    for (int s = 0; s < map.n_slots(); ++s) codecs.emplace_back(8);
+    REQUIRE(kvcar::shard_codecs(map, codecs, {1, 2}).size() == std::size_t(r1.n_slots()));
     const std::vector<kvcar::identity_codec<float>> three(3, kvcar::identity_codec<float>(8));
     KVCAR_REQUIRE_ERROR(kvcar::shard_codecs(map, three, head_shard{0, 2}),
                         "3 codecs for a layout of");

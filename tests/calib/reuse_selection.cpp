@@ -109,7 +109,7 @@ TEST_CASE("planted identical heads are exactly the heads selected", "[calib][reu
 
     // The selection is a valid reuse_map that stores 3 fewer slots.
     const reuse_map map(g, 1, select_reuse_threshold(kt, 1e-9), select_reuse_threshold(vt, 1e-9));
-    REQUIRE(map.num_slots() == map.logical_slot_count() - 3);
+    REQUIRE(map.n_slots() == map.logical_slot_count() - 3);
     REQUIRE(map.slot(3, 1, kv_kind::key) == map.slot(2, 1, kv_kind::key));
     REQUIRE(map.slot(4, 2, kv_kind::value) == map.slot(3, 2, kv_kind::value));
     REQUIRE(!map.owns(2, 0, kv_kind::value));
@@ -198,7 +198,7 @@ TEST_CASE("the byte budget chooses K and V jointly by normalised distance",
     REQUIRE(s.key.size() == 1);
     REQUIRE(s.value.size() == 1);
     const reuse_map map(g, 1, s.key, s.value);
-    REQUIRE(map.num_slots() == map.logical_slot_count() - 2);
+    REQUIRE(map.n_slots() == map.logical_slot_count() - 2);
     // Everything eligible: 2 layers x 2 heads x {K, V} = 8 groups = 64 bytes.
     REQUIRE(select_reuse_bytes(kt, vt, 64).bytes_saved == 64);
     KVCAR_REQUIRE_ERROR(select_reuse_bytes(kt, vt, 65), "cannot save 65 bytes per token");

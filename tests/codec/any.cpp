@@ -233,7 +233,7 @@ TEST_CASE("one cache mixes kinds per slot, as the concrete codecs would store th
     const folded_autoencoder ae = random_autoencoder(8, 12, 5, rng);
     // Per stored slot: fp16 in layers 0 and 3, linear in layer 1, autoencoder (int8) in layer 2.
     std::vector<any_codec> codecs;
-    for (int s = 0; s < layout.num_slots(); ++s) {
+    for (int s = 0; s < layout.n_slots(); ++s) {
         const int layer = layout.owner(s).layer;
         if (layer == 1)
             codecs.push_back(make_any_codec(lin.codec<f16>()));

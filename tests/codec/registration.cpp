@@ -146,7 +146,7 @@ TEST_CASE("an any_codec over an extended list stands for the test-only codec", "
     // One cache mixes the test codec with built-in ones, slot by slot.
     const reuse_map layout(kv_geometry{2, 1, 16}, 1, {}, {});
     std::vector<gain_any_codec> codecs;
-    for (int s = 0; s < layout.num_slots(); ++s)
+    for (int s = 0; s < layout.n_slots(); ++s)
         codecs.push_back(s % 2 ? a : gain_any_codec::of(identity_codec<f16>{16}));
     kv_cache<gain_any_codec, reuse_map> cache(layout, codecs, {1, 4});
     const int seq = cache.add_sequence();

@@ -17,20 +17,20 @@ const kv_geometry geom{2, 2, 64};
 
 f16_cache small_cache(int pages = 6) {
     return f16_cache(dense_layout(geom), identity_codec<f16>{64},
-                     {.max_sequences = 3, .max_tokens = 40, .page_size = 16, .num_pages = pages});
+                     {.max_sequences = 3, .max_tokens = 40, .page_size = 16, .n_pages = pages});
 }
 std::vector<int> v(std::initializer_list<int> x) { return std::vector<int>(x); }
 }  // namespace
 
 TEST_CASE("device_kv_cache: construction shape and errors", "[cuda]") {
     f16_cache c = small_cache();
-    REQUIRE(c.num_slots() == 8);
+    REQUIRE(c.n_slots() == 8);
     REQUIRE(c.bytes_per_token() == 8 * 128);
     REQUIRE(c.pages_per_sequence() == 3);
     REQUIRE(c.free_pages() == 6);
     REQUIRE(c.pool_bytes() >= std::size_t(6) * 16 * 128 * 8);
     const device::cache_view<identity_codec<f16>> view = c.view();
-    REQUIRE(view.num_slots == 8);
+    REQUIRE(view.n_slots == 8);
     REQUIRE(view.groups_per_layer == 2);
     REQUIRE(view.group_width() == 64);
     REQUIRE(view.max_latent_width == 64);
@@ -108,7 +108,7 @@ TEST_CASE("device_kv_cache: copy_from copies a host cache's records byte for byt
     REQUIRE_FALSE(dev.is_live(s1));
     REQUIRE(dev.length(s2) == 40);
     REQUIRE(dev.free_pages() == 8 - 1 - 3);
-    for (int slot = 0; slot < map.num_slots(); ++slot) {
+    for (int slot = 0; slot < map.n_slots(); ++slot) {
         for (int seq : {s0, s2}) {
             const int n = host.length(seq);
             const std::vector<std::byte> got = dev.download_records(slot, seq, 0, n);

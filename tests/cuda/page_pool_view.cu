@@ -33,7 +33,7 @@ struct runtime_memory {
     std::vector<kvcar::gpu::device_buffer<std::byte>> pools;
     std::vector<std::byte*> pool_ptrs;
     std::vector<std::int32_t> table;  // [sequences][pages_per_sequence]
-    int pages_per_sequence = 0, num_pages = 0;
+    int pages_per_sequence = 0, n_pages = 0;
     kvcar::gpu::device_buffer<std::int32_t> table_dev;
 };
 
@@ -42,15 +42,15 @@ runtime_memory make_runtime(const std::vector<Codec>& codecs) {
     runtime_memory m;
     const int max_len = *std::max_element(lengths.begin(), lengths.end());
     m.pages_per_sequence = (max_len + page - 1) / page;
-    for (int len : lengths) m.num_pages += (len + page - 1) / page;
-    m.num_pages += 5;  // spare pages that nobody holds
+    for (int len : lengths) m.n_pages += (len + page - 1) / page;
+    m.n_pages += 5;  // spare pages that nobody holds
     for (const Codec& c : codecs) {
         using view_t = kvcar::gpu::page_pool_view<Codec>;
-        m.pools.emplace_back(view_t::pool_bytes(c, m.num_pages, page));
+        m.pools.emplace_back(view_t::pool_bytes(c, m.n_pages, page));
         m.pools.back().fill_bytes(0x7f);  // garbage in pages nobody wrote: must never be read
         m.pool_ptrs.push_back(m.pools.back().data());
     }
-    std::vector<std::int32_t> order(std::size_t(m.num_pages));
+    std::vector<std::int32_t> order(std::size_t(m.n_pages));
     std::iota(order.begin(), order.end(), 0);
     std::shuffle(order.begin(), order.end(), std::mt19937(12345u));
     m.table.assign(lengths.size() * std::size_t(m.pages_per_sequence), order.back());
@@ -83,7 +83,7 @@ void check_same_as_device_cache(const std::vector<Codec>& codecs, int heads_per_
     // Reference: kvcar owns the pages.
     kvcar::gpu::device_kv_cache<Codec> owned(layout, codecs,
                                        {.max_sequences = batch, .max_tokens = max_len,
-                                        .page_size = page, .num_pages = 64});
+                                        .page_size = page, .n_pages = 64});
     std::vector<int> seqs;
     for (int s = 0; s < batch; ++s) seqs.push_back(owned.add_sequence());
     for (int layer = 0; layer < geom.n_layers; ++layer)
@@ -103,7 +103,7 @@ void check_same_as_device_cache(const std::vector<Codec>& codecs, int heads_per_
     runtime_memory m = make_runtime(codecs);
     kvcar::gpu::page_pool_view<Codec> view(layout, codecs,
                                      {.slot_pools = m.pool_ptrs, .page_size = page,
-                                      .num_pages = m.num_pages, .block_table = m.table_dev.data(),
+                                      .n_pages = m.n_pages, .block_table = m.table_dev.data(),
                                       .pages_per_sequence = m.pages_per_sequence,
                                       .max_sequences = batch});
     REQUIRE(view.bytes_per_token() == owned.bytes_per_token());
@@ -182,7 +182,7 @@ void check_same_as_device_cache(const std::vector<Codec>& codecs, int heads_per_
 
 TEST_CASE("page_pool_view: identity f16 heads over runtime-owned pages", "[cuda]") {
     const dense_layout layout(geom);
-    check_same_as_device_cache(std::vector<identity_codec<f16>>(std::size_t(layout.num_slots()),
+    check_same_as_device_cache(std::vector<identity_codec<f16>>(std::size_t(layout.n_slots()),
                                                                 identity_codec<f16>{64}),
                                1);
 }
@@ -196,7 +196,7 @@ TEST_CASE("page_pool_view: whole-layer linear latents (tensor-core latent path)"
 TEST_CASE("page_pool_view: int8 heads", "[cuda]") {
     const dense_layout layout(geom);
     auto c = make_quantized<std::int8_t>(identity_codec<float>{64});
-    check_same_as_device_cache(std::vector<decltype(c)>(std::size_t(layout.num_slots()), c), 1);
+    check_same_as_device_cache(std::vector<decltype(c)>(std::size_t(layout.n_slots()), c), 1);
 }
 
 TEST_CASE("page_pool_view: bad arguments are refused before any device work", "[cuda]") {
@@ -205,10 +205,10 @@ TEST_CASE("page_pool_view: bad arguments are refused before any device work", "[
     const identity_codec<f16> codec{64};
     kvcar::gpu::device_buffer<std::byte> pool(view_t::pool_bytes(codec, 4, page) + 64);
     kvcar::gpu::device_buffer<std::int32_t> table(8);
-    std::vector<std::byte*> pools(std::size_t(layout.num_slots()), pool.data());
-    view_t::pools good{.slot_pools = pools, .page_size = page, .num_pages = 4,
+    std::vector<std::byte*> pools(std::size_t(layout.n_slots()), pool.data());
+    view_t::pools good{.slot_pools = pools, .page_size = page, .n_pages = 4,
                        .block_table = table.data(), .pages_per_sequence = 4, .max_sequences = 2};
-    REQUIRE(view_t(layout, codec, good).num_slots() == layout.num_slots());
+    REQUIRE(view_t(layout, codec, good).n_slots() == layout.n_slots());
 
     auto with = [&](auto change) {
         view_t::pools p = good;
@@ -229,7 +229,7 @@ TEST_CASE("page_pool_view: bad arguments are refused before any device work", "[
     KVCAR_REQUIRE_ERROR(view_t(layout, codec, with([](auto& p) { p.block_table = nullptr; })),
                         "block_table is null");
     KVCAR_REQUIRE_ERROR(view_t(layout, codec, with([](auto& p) { p.page_size = 0; })),
-                        "page_size and num_pages must be positive");
+                        "page_size and n_pages must be positive");
     KVCAR_REQUIRE_ERROR(view_t(layout, codec, with([](auto& p) { p.max_sequences = 0; })),
                         "pages_per_sequence and max_sequences must be positive");
     KVCAR_REQUIRE_ERROR(view_t(layout, identity_codec<f16>{32}, good),

@@ -28,7 +28,7 @@ __global__ void latent_attention_pieces(Codec c, const float* q, const std::byte
     __shared__ float zsum[256];
     const int head = int(blockIdx.x);
     const int hd = c.head_dim(), d = c.latent_width();
-    const device::block_group<64> blk;
+    const device::block_scope<64> blk;
     const float bias = device::project_query(blk, c, q + head * hd, head, qz);
     for (int j = int(threadIdx.x); j < d; j += 64) {
         qz_out[head * d + j] = qz[j];

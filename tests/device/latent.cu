@@ -54,10 +54,10 @@ __global__ void load_tile(device::cache_view<Codec> view, int seq, int t0, int n
     const Codec c = view.codecs[0];
     if constexpr (WARP) {
         if (threadIdx.x >= 32) return;
-        device::load_latents(device::warp_group{}, c, pv, seq, t0, n, first, count, tile, count);
+        device::load_latents(device::warp_scope{}, c, pv, seq, t0, n, first, count, tile, count);
         __syncwarp();
     } else {
-        device::load_latents(device::block_group<128>{}, c, pv, seq, t0, n, first, count, tile,
+        device::load_latents(device::block_scope<128>{}, c, pv, seq, t0, n, first, count, tile,
                              count);
         __syncthreads();
     }

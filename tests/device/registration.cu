@@ -20,6 +20,15 @@ using kvcar_test::gain_codec;
 
 static_assert(gpu::uploadable_codec<gain_codec<f16>>);
 static_assert(gpu::uploadable_codec<gain_any_codec>);
+// The device family is read from each codec's registration: the built-in ones name theirs, the
+// test codec names none and is decoded per token (opaque), and quantization keeps the family.
+static_assert(device::codec_traits<kvcar::identity_codec<f16>>::family == codec_family::identity);
+static_assert(device::codec_traits<kvcar::linear_codec<bf16>>::family == codec_family::affine);
+static_assert(device::codec_traits<kvcar::autoencoder_codec<float>>::family == codec_family::mlp);
+static_assert(device::codec_traits<gain_codec<f16>>::family == codec_family::opaque);
+static_assert(device::codec_traits<quantized_codec<linear_codec<float>, std::int8_t>>::family ==
+              codec_family::affine);
+static_assert(std::is_same_v<device::codec_traits<kvcar::linear_codec<f16>>::element, f16>);
 
 namespace {
 
@@ -73,10 +82,10 @@ TEST_CASE("a test-only codec uploads and decodes on the device", "[device][trait
     REQUIRE(any_up.as<gain_codec<f16>>().gain == up.gain);  // the same host array, copied once
 
     const dense_layout dense(kv_geometry{1, 2, 16});
-    check_device_decode(dense, std::vector<gain_codec<f16>>(std::size_t(dense.num_slots()), c));
+    check_device_decode(dense, std::vector<gain_codec<f16>>(std::size_t(dense.n_slots()), c));
     const reuse_map mixed(kv_geometry{1, 2, 16}, 1, {}, {});
     std::vector<gain_any_codec> codecs;
-    for (int s = 0; s < mixed.num_slots(); ++s)
+    for (int s = 0; s < mixed.n_slots(); ++s)
         codecs.push_back(s == 0 ? gain_any_codec::of(c) : gain_any_codec::of(identity_codec<f16>{16}));
     check_device_decode(mixed, codecs);
 }

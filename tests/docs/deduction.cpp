@@ -18,7 +18,7 @@ TEST_CASE("kv_cache deduces its storage from the params' type", "[docs][kv_cache
 
     kv_cache paged(layout, codec,
                    paged_storage::params{.max_sequences = 2, .max_tokens = 10, .page_size = 3,
-                                         .num_pages = 8});
+                                         .n_pages = 8});
     STATIC_REQUIRE(std::same_as<decltype(paged), kv_cache<identity_codec<f16>, dense_layout,
                                                           paged_storage>>);
     kv_cache contiguous(layout, codec,
@@ -28,11 +28,11 @@ TEST_CASE("kv_cache deduces its storage from the params' type", "[docs][kv_cache
     kv_cache braced(layout, codec, {.max_sequences = 2, .max_tokens = 10});
     STATIC_REQUIRE(std::same_as<decltype(braced), kv_cache<identity_codec<f16>>>);
     // One codec per slot.
-    kv_cache per_slot(layout, std::vector<identity_codec<f16>>(std::size_t(layout.num_slots()), codec),
+    kv_cache per_slot(layout, std::vector<identity_codec<f16>>(std::size_t(layout.n_slots()), codec),
                       paged_storage::params{.max_sequences = 1, .max_tokens = 4, .page_size = 4,
-                                            .num_pages = 1});
+                                            .n_pages = 1});
     STATIC_REQUIRE(std::same_as<decltype(per_slot), kv_cache<identity_codec<f16>, dense_layout,
                                                              paged_storage>>);
     REQUIRE(paged.storage().page_size() == 3);
-    REQUIRE(per_slot.storage().num_pages() == 1);
+    REQUIRE(per_slot.storage().n_pages() == 1);
 }

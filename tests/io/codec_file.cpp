@@ -102,7 +102,7 @@ codec_set example_set() {
     s.model = {"gpt2", "tiny test model"};
     s.calibration = {"wikitext-2 validation", 12345, "unit test \xe2\x9c\x93"};
     const reuse_map map = s.layout();
-    for (int slot = 0; slot < map.num_slots(); ++slot) {
+    for (int slot = 0; slot < map.n_slots(); ++slot) {
         const slot_owner o = map.owner(slot);
         const bool k = o.kind == kv_kind::key;
         switch (o.layer) {
@@ -210,7 +210,7 @@ TEST_CASE("a codec set round-trips through a file bit for bit", "[io][codec_file
     }
     // The codecs, slot by slot, encode identically.
     const std::vector<any_codec> ca = s.codecs(), cb = t.codecs();
-    REQUIRE(ca.size() == idx(t.layout().num_slots()));
+    REQUIRE(ca.size() == idx(t.layout().n_slots()));
     REQUIRE(cb.size() == ca.size());
     std::mt19937 rng(2);
     for (idx i = 0; i < ca.size(); ++i) {
@@ -225,7 +225,7 @@ TEST_CASE("a codec set round-trips through a file bit for bit", "[io][codec_file
     }
     // Slot order follows the layout: codecs()[slot] is the codec of layout().owner(slot).
     const reuse_map map = t.layout();
-    for (int slot = 0; slot < map.num_slots(); ++slot) {
+    for (int slot = 0; slot < map.n_slots(); ++slot) {
         const slot_owner o = map.owner(slot);
         REQUIRE(cb[idx(slot)].kind == t.find(o.layer, o.group, o.kind)->codec);
     }

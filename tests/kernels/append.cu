@@ -90,7 +90,7 @@ void check_append(const Layout& layout, const Codec& codec, bool bytewise, doubl
         }
     }
     for (int seq : seqs) REQUIRE(dev.length(seq) == host.length(seq));
-    for (int slot = 0; slot < layout.num_slots(); ++slot) {
+    for (int slot = 0; slot < layout.n_slots(); ++slot) {
         const Codec& c = host.codec(slot);
         const page_view pv = host.view(slot);
         for (int seq : seqs) {

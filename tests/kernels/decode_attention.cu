@@ -121,7 +121,7 @@ double check_dense(const shape& s, const Codec& codec, double tolerance, const c
                    bool* tensor_cores = nullptr) {
     const kv_geometry g{s.n_layers, s.n_kv_heads, s.head_dim};
     const dense_layout layout(g, s.heads_per_group);
-    auto caches = make_caches(layout, std::vector<Codec>(std::size_t(layout.num_slots()), codec),
+    auto caches = make_caches(layout, std::vector<Codec>(std::size_t(layout.n_slots()), codec),
                               lengths, 11u, device_page_size);
     attention_params opt;
     opt.n_heads = s.n_heads;
@@ -260,7 +260,7 @@ TEST_CASE("decode_attention: a reuse map reads earlier layers' slots", "[kernels
     // stored; layer 2's K of group 1 chains to layer 0.
     const reuse_map map(g, 1, {{1, 0, 0, 0}, {2, 1, 1, 1}, {1, 1, 0, 1}}, {{2, 1, 1, 1}});
     const identity_codec<f16> c{64};
-    auto caches = make_caches(map, std::vector<identity_codec<f16>>(std::size_t(map.num_slots()), c),
+    auto caches = make_caches(map, std::vector<identity_codec<f16>>(std::size_t(map.n_slots()), c),
                               {1, 17, 40, 0}, 21u);
     attention_params opt;
     opt.n_heads = 4;
@@ -270,7 +270,7 @@ TEST_CASE("decode_attention: a reuse map reads earlier layers' slots", "[kernels
     CHECK(err <= 1e-3);
 
     const linear_params lin = kvcar_test::random_linear(64, 16, 1, 13);
-    auto lc = make_caches(map, std::vector<linear_codec<f16>>(std::size_t(map.num_slots()),
+    auto lc = make_caches(map, std::vector<linear_codec<f16>>(std::size_t(map.n_slots()),
                                                               lin.codec<f16>()),
                           {5, 16, 33}, 22u);
     const double lerr = decode_error(lc, opt, ws, 5u);
@@ -283,7 +283,7 @@ TEST_CASE("decode_attention: per-slot codecs differ (one linear codec per layer)
     const dense_layout layout(g);
     std::vector<linear_params> params;
     std::vector<linear_codec<f16>> codecs;
-    for (int s = 0; s < layout.num_slots(); ++s)
+    for (int s = 0; s < layout.n_slots(); ++s)
         params.push_back(kvcar_test::random_linear(64, 8 + 8 * (s % 3), 1, 40u + s));
     for (const auto& p : params) codecs.push_back(p.codec<f16>());
     auto caches = make_caches(layout, codecs, {3, 16, 50}, 23u);
@@ -301,7 +301,7 @@ TEST_CASE("decode_attention: long sequences split over many CTAs batch 1", "[ker
     const kv_geometry g{1, 2, 128};
     const dense_layout layout(g);
     auto caches = make_caches(
-        layout, std::vector<identity_codec<float>>(std::size_t(layout.num_slots()), {128}), {3000}, 8u);
+        layout, std::vector<identity_codec<float>>(std::size_t(layout.n_slots()), {128}), {3000}, 8u);
     attention_params opt;
     opt.n_heads = 4;
     CHECK(decode_error(caches, opt, ws, 1u) <= 1e-5);

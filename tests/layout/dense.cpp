@@ -16,7 +16,7 @@ TEST_CASE("dense_layout numbers slots ((layer * G) + group) * 2 + kind", "[layou
     REQUIRE(layout.heads_per_group() == 2);
     REQUIRE(layout.groups_per_layer() == 2);
     REQUIRE(layout.group_width() == 16);
-    REQUIRE(layout.num_slots() == 3 * 2 * 2);
+    REQUIRE(layout.n_slots() == 3 * 2 * 2);
     REQUIRE(layout.geometry().n_layers == 3);
 
     REQUIRE(layout.slot(0, 0, kv_kind::key) == 0);
@@ -56,12 +56,12 @@ TEST_CASE("dense_layout per head and whole-layer groups", "[layout]") {
     const dense_layout per_head(kv_geometry{12, 12, 64});
     REQUIRE(per_head.heads_per_group() == 1);
     REQUIRE(per_head.groups_per_layer() == 12);
-    REQUIRE(per_head.num_slots() == 288);
+    REQUIRE(per_head.n_slots() == 288);
     REQUIRE(per_head.group_width() == 64);
 
     const dense_layout whole_layer(kv_geometry{12, 12, 64}, 12);
     REQUIRE(whole_layer.groups_per_layer() == 1);
-    REQUIRE(whole_layer.num_slots() == 24);
+    REQUIRE(whole_layer.n_slots() == 24);
     REQUIRE(whole_layer.group_width() == 768);
     REQUIRE(whole_layer.slot(5, 0, kv_kind::value) == 11);
 }

@@ -40,7 +40,7 @@ TEST_CASE("reuse_map: K and V reuse are independent, stored slots are compact", 
     REQUIRE(map.groups_per_layer() == 2);
     REQUIRE(map.group_width() == 4);
     REQUIRE(map.logical_slot_count() == 12);
-    REQUIRE(map.num_slots() == 9);
+    REQUIRE(map.n_slots() == 9);
     REQUIRE(map.reused_count(K) == 1);
     REQUIRE(map.reused_count(V) == 2);
     REQUIRE(map.stored_fraction() == Approx(9.0 / 12.0));
@@ -63,7 +63,7 @@ TEST_CASE("reuse_map: K and V reuse are independent, stored slots are compact", 
     REQUIRE(map.owner(8) == slot_owner{2, 1, K});
 
     // Every stored slot is owned by exactly the (layer, group, kind) that maps to it and owns it.
-    for (int slot = 0; slot < map.num_slots(); ++slot) {
+    for (int slot = 0; slot < map.n_slots(); ++slot) {
         const slot_owner o = map.owner(slot);
         REQUIRE(map.slot(o.layer, o.group, o.kind) == slot);
         REQUIRE(map.owns(o.layer, o.group, o.kind));
@@ -74,7 +74,7 @@ TEST_CASE("reuse_map: an empty map is the dense layout", "[layout]") {
     const kv_geometry g{4, 6, 8};
     const reuse_map map(g, 2, {}, {});
     const kvcar::dense_layout dense(g, 2);
-    REQUIRE(map.num_slots() == dense.num_slots());
+    REQUIRE(map.n_slots() == dense.n_slots());
     REQUIRE(map.slot_table() == dense.slot_table());
     REQUIRE(map.stored_fraction() == 1.0);
 }
@@ -84,7 +84,7 @@ TEST_CASE("reuse_map: whole-layer groups", "[layout]") {
     REQUIRE(map.groups_per_layer() == 1);
     REQUIRE(map.group_width() == 32);
     REQUIRE(map.logical_slot_count() == 8);
-    REQUIRE(map.num_slots() == 5);
+    REQUIRE(map.n_slots() == 5);
     REQUIRE(map.owner(map.slot(1, 0, K)) == slot_owner{0, 0, K});
     REQUIRE(map.owner(map.slot(3, 0, K)) == slot_owner{2, 0, K});
     REQUIRE(map.owner(map.slot(2, 0, V)) == slot_owner{1, 0, V});
@@ -95,7 +95,7 @@ TEST_CASE("reuse_map: cross-group sources and forward-then-back chains", "[layou
     const reuse_map map(kv_geometry{4, 2, 4}, 1, {{2, 0, 3, 1}, {3, 1, 1, 0}}, {});
     REQUIRE(map.owner(map.slot(2, 0, K)) == slot_owner{1, 0, K});
     REQUIRE(map.owner(map.slot(3, 1, K)) == slot_owner{1, 0, K});
-    REQUIRE(map.num_slots() == 14);
+    REQUIRE(map.n_slots() == 14);
 }
 
 TEST_CASE("reuse_map: the paper's GPT-2 figures", "[layout]") {
@@ -105,9 +105,9 @@ TEST_CASE("reuse_map: the paper's GPT-2 figures", "[layout]") {
     const reuse_map both(gpt2, 1, previous_layer_heads(19, 0), previous_layer_heads(17, 5));
 
     REQUIRE(keys.logical_slot_count() == 288);
-    REQUIRE(keys.num_slots() == 288 - 19);
-    REQUIRE(values.num_slots() == 288 - 25);
-    REQUIRE(both.num_slots() == 288 - 36);
+    REQUIRE(keys.n_slots() == 288 - 19);
+    REQUIRE(values.n_slots() == 288 - 25);
+    REQUIRE(both.n_slots() == 288 - 36);
     REQUIRE(both.reused_count(K) == 19);
     REQUIRE(both.reused_count(V) == 17);
     REQUIRE(1.0 - keys.stored_fraction() == Approx(0.06597).margin(5e-6));
@@ -150,7 +150,7 @@ TEST_CASE("reuse_map: rejects bad maps with precise messages", "[layout]") {
         KVCAR_REQUIRE_ERROR(reuse_map(g, 1, {{1, 0, 0, 0}, {2, 1, 1, 1}, {1, 0, 0, 1}}, {}),
                             "reuse_map: K reuse lists (1,0) twice (entries 0 and 2)");
         // The same (layer, group) in the K and the V list is two different streams: fine.
-        REQUIRE(reuse_map(g, 1, {{1, 0, 0, 0}}, {{1, 0, 0, 0}}).num_slots() == 14);
+        REQUIRE(reuse_map(g, 1, {{1, 0, 0, 0}}, {{1, 0, 0, 0}}).n_slots() == 14);
     }
     SECTION("self reference") {
         KVCAR_REQUIRE_ERROR(reuse_map(g, 1, {}, {{2, 1, 2, 1}}),

@@ -231,7 +231,7 @@ TEST_CASE("with_kv_cache: int8, fp8 and file:PATH caches", "[models][kv_collect]
         set.heads_per_group = g.n_kv_heads;
         set.value_reuse = {{5, 0, 4, 0}};  // layer 5's V reads layer 4's
         const kvcar::reuse_map map = set.layout();
-        for (int slot = 0; slot < map.num_slots(); ++slot) {
+        for (int slot = 0; slot < map.n_slots(); ++slot) {
             const kvcar::slot_owner o = map.owner(slot);
             const std::vector<float> rows = kv.group_rows(o.layer, o.group, g.n_kv_heads, o.kind);
             kvcar::calib::pca_params pp;

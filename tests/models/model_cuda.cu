@@ -117,7 +117,7 @@ TEST_CASE("model_cuda: bad batches throw and leave the cache unchanged",
     device_model gpu(m);
     device_kv_cache<kvcar::identity_codec<float>> cache(
         kvcar::dense_layout(m.cache_geometry()), kvcar::identity_codec<float>{64},
-        {.max_sequences = 3, .max_tokens = 128, .page_size = 16, .num_pages = 4});
+        {.max_sequences = 3, .max_tokens = 128, .page_size = 16, .n_pages = 4});
     const int a = cache.add_sequence(), b = cache.add_sequence();
     const std::vector<int> two = {1, 2}, one = {1};
     (void)gpu.forward(cache, a, two);
@@ -168,7 +168,7 @@ TEST_CASE("model_cuda: bad batches throw and leave the cache unchanged",
     SECTION("a cache shaped for another model") {
         device_kv_cache<kvcar::identity_codec<float>> other(
             kvcar::dense_layout({2, 2, 64}), kvcar::identity_codec<float>{64},
-            {.max_sequences = 1, .max_tokens = 16, .page_size = 16, .num_pages = 1});
+            {.max_sequences = 1, .max_tokens = 16, .page_size = 16, .n_pages = 1});
         const int s = other.add_sequence();
         KVCAR_REQUIRE_ERROR(gpu.forward(other, s, one), "shaped");
         CHECK(other.length(s) == 0);

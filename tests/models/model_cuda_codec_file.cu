@@ -55,7 +55,7 @@ kvcar::io::codec_set synthetic_codec_set(const kvcar::kv_geometry& g, const std:
     }
     const kvcar::reuse_map map = s.layout();
     const int width = s.heads_per_group * g.head_dim;
-    for (int slot = 0; slot < map.num_slots(); ++slot) {
+    for (int slot = 0; slot < map.n_slots(); ++slot) {
         const kvcar::slot_owner o = map.owner(slot);
         if (which == "linear-f16" || which == "linear-int8") {
             s.slots.push_back(slot_codec::make_linear(

@@ -180,7 +180,7 @@ double compare_with_cpu(const ex::language_model& m, const Codec& codec) {
     device_model gpu(m);
     device_kv_cache<Codec> cache(kvcar::dense_layout(g), codec,
                                  {.max_sequences = 4, .max_tokens = 64, .page_size = 16,
-                                  .num_pages = 16});
+                                  .n_pages = 16});
     const int dropped = cache.add_sequence();
     std::vector<int> seqs;
     for (int b = 0; b < items; ++b) seqs.push_back(cache.add_sequence());

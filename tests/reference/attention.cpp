@@ -312,7 +312,7 @@ TEST_CASE("attention: paged storage (page_size 4) gives exactly the contiguous r
     const kvcar::identity_codec<float> codec{head_dim};
     f32_cache contiguous(kvcar::dense_layout(g), codec, {3, 24});
     paged_f32_cache paged(kvcar::dense_layout(g), codec,
-                          {.max_sequences = 3, .max_tokens = 24, .page_size = 4, .num_pages = 24});
+                          {.max_sequences = 3, .max_tokens = 24, .page_size = 4, .n_pages = 24});
     // Three sequences appended in turn, so their pages interleave in the pool.
     const int lengths[] = {9, 17, 4};
     for (int s = 0; s < 3; ++s) {

@@ -31,11 +31,11 @@ const std::string model_dir = std::string(KVCAR_SOURCE_DIR) + "/models/gpt2-tiny
 /// request's tokens are that hash iterated; any token lost, repeated or reordered by the
 /// scheduler shows up as a different continuation.
 struct history_engine {
-    int vocab = 97, page_size, num_pages, max_sequences;
+    int vocab = 97, page_size, n_pages, max_sequences;
     std::map<int, std::vector<int>> live;  // sequence id -> tokens fed
 
     history_engine(int page, int pages, int sequences)
-        : page_size(page), num_pages(pages), max_sequences(sequences) {}
+        : page_size(page), n_pages(pages), max_sequences(sequences) {}
 
     static int next_token(const std::vector<int>& history, int vocab) {
         std::uint64_t h = 1469598103934665603ull;
@@ -72,7 +72,7 @@ struct history_engine {
     int free_pages() const {
         int used = 0;
         for (const auto& [seq, h] : live) used += (int(h.size()) + page_size - 1) / page_size;
-        return num_pages - used;
+        return n_pages - used;
     }
 };
 
@@ -101,20 +101,20 @@ TEST_CASE("scheduler: every request gets its solo tokens under preemption", "[se
             longest = std::max(longest, int(r.prompt.size()) + r.max_new_tokens - 1);
         sv::scheduler_params p;
         p.page_size = page_size;
-        p.num_pages = (longest + page_size - 1) / page_size + int(seed % 5);  // tight
+        p.n_pages = (longest + page_size - 1) / page_size + int(seed % 5);  // tight
         p.max_sequences = int(1 + seed % 6);
         p.chunk = int(1 + seed % 23);
         p.max_tokens = longest;
         sv::scheduler s(p);
         for (const sv::request& r : reqs) s.submit(r);
-        history_engine engine(page_size, p.num_pages, p.max_sequences);
+        history_engine engine(page_size, p.n_pages, p.max_sequences);
         serve_all(s, engine);
 
         INFO("seed " << seed);
         REQUIRE(s.finished() == int(reqs.size()));
         REQUIRE(engine.live.empty());
-        REQUIRE(s.free_pages() == p.num_pages);
-        REQUIRE(s.peak_pages() <= p.num_pages);
+        REQUIRE(s.free_pages() == p.n_pages);
+        REQUIRE(s.peak_pages() <= p.n_pages);
         for (const sv::request_state& q : s.requests()) {
             std::vector<int> solo = q.req.prompt;
             for (int i = 0; i < q.req.max_new_tokens; ++i)
@@ -131,7 +131,7 @@ TEST_CASE("scheduler: preemption happens when pages run out, oldest request firs
     std::vector<sv::request> reqs;
     for (int i = 0; i < 4; ++i)
         reqs.push_back({std::to_string(i), std::vector<int>(10, i + 1), 20, 0.0});
-    sv::scheduler s({.num_pages = 8, .page_size = 4, .max_sequences = 4, .chunk = 64,
+    sv::scheduler s({.n_pages = 8, .page_size = 4, .max_sequences = 4, .chunk = 64,
                      .max_tokens = 64});
     for (const sv::request& r : reqs) s.submit(r);
     history_engine engine(4, 8, 4);
@@ -143,7 +143,7 @@ TEST_CASE("scheduler: preemption happens when pages run out, oldest request firs
 }
 
 TEST_CASE("scheduler: a request that could never fit is refused, not queued forever", "[serve]") {
-    sv::scheduler s({.num_pages = 4, .page_size = 16, .max_sequences = 2, .chunk = 64,
+    sv::scheduler s({.n_pages = 4, .page_size = 16, .max_sequences = 2, .chunk = 64,
                      .max_tokens = 512});
     // 60 + 5 - 1 = 64 cached tokens: exactly 4 pages.
     REQUIRE_NOTHROW(s.submit({"fits", std::vector<int>(60, 1), 5, 0.0}));
@@ -157,7 +157,7 @@ TEST_CASE("scheduler: a request that could never fit is refused, not queued fore
 }
 
 TEST_CASE("scheduler: requests wait for their arrival", "[serve]") {
-    sv::scheduler s({.num_pages = 64, .page_size = 16, .max_sequences = 8, .chunk = 64,
+    sv::scheduler s({.n_pages = 64, .page_size = 16, .max_sequences = 8, .chunk = 64,
                      .max_tokens = 512});
     s.submit({"a", {1, 2, 3}, 2, 0.0});
     s.submit({"b", {4, 5}, 2, 5.0});
@@ -173,7 +173,7 @@ TEST_CASE("serve on the CPU: gpt2-tiny, paged cache, greedy tokens equal solo ru
     // Small enough that the budget cannot hold every request at once.
     const std::vector<sv::request> reqs =
         sv::generate_requests(6, 7, {8, 48}, {4, 16}, {}, model.vocab_size());
-    const sv::scheduler_params p{.num_pages = 10, .page_size = 6, .max_sequences = 4,
+    const sv::scheduler_params p{.n_pages = 10, .page_size = 6, .max_sequences = 4,
                                  .chunk = 24, .max_tokens = 96};
     for (const char* kv : {"identity-f16", "int8"}) {
         INFO("--kv " << kv);
@@ -181,7 +181,7 @@ TEST_CASE("serve on the CPU: gpt2-tiny, paged cache, greedy tokens equal solo ru
         ex::with_kv_cache<kvcar::paged_storage>(
             kv, model.cache_geometry(),
             {.max_sequences = p.max_sequences, .max_tokens = p.max_tokens,
-             .page_size = p.page_size, .num_pages = p.num_pages},
+             .page_size = p.page_size, .n_pages = p.n_pages},
             [&](auto& cache) {
                 sv::cpu_engine<std::decay_t<decltype(cache)>> engine{model, cache};
                 sv::scheduler s(p);
@@ -190,7 +190,7 @@ TEST_CASE("serve on the CPU: gpt2-tiny, paged cache, greedy tokens equal solo ru
                 REQUIRE(s.preemptions() > 0);
                 REQUIRE(s.finished() == int(reqs.size()));
                 REQUIRE(cache.live_sequences() == 0);
-                REQUIRE(cache.storage().free_pages() == p.num_pages);
+                REQUIRE(cache.storage().free_pages() == p.n_pages);
                 for (const sv::request_state& q : s.requests()) served.push_back(q.generated);
             });
         // Each request alone: prefill the prompt in one pass, then one token per pass.

@@ -29,13 +29,13 @@ TEST_CASE("serve on CUDA: gpt2-tiny under preemption, pages all free, tokens as 
     const ex::language_model model = ex::language_model::load(model_dir);
     const std::vector<sv::request> reqs =
         sv::generate_requests(8, 11, {8, 60}, {4, 24}, {}, model.vocab_size());
-    const sv::scheduler_params p{.num_pages = 14, .page_size = 6, .max_sequences = 4,
+    const sv::scheduler_params p{.n_pages = 14, .page_size = 6, .max_sequences = 4,
                                  .chunk = 32, .max_tokens = 96};
     for (const char* kv : {"identity-f32", "int8"}) {
         INFO("--kv " << kv);
         ex::cuda_backend::session gpu(model, kv,
                                       {.max_sequences = p.max_sequences, .max_tokens = p.max_tokens,
-                                       .page_size = p.page_size, .num_pages = p.num_pages});
+                                       .page_size = p.page_size, .n_pages = p.n_pages});
         sv::cuda_engine engine{gpu};
         sv::scheduler s(p);
         for (const sv::request& r : reqs) s.submit(r);
@@ -47,7 +47,7 @@ TEST_CASE("serve on CUDA: gpt2-tiny under preemption, pages all free, tokens as 
         }
         REQUIRE(s.preemptions() > 0);
         REQUIRE(s.finished() == int(reqs.size()));
-        REQUIRE(gpu.free_pages() == p.num_pages);
+        REQUIRE(gpu.free_pages() == p.n_pages);
 
         // Each request alone on a one-sequence session: the prompt in one pass, then one token
         // per pass.

@@ -84,7 +84,7 @@ public:
         REQUIRE(cache_.live_sequences() == 0);
         REQUIRE(cache_.bytes_reserved() == 0);
         if constexpr (std::same_as<Storage, paged_storage>) {
-            REQUIRE(cache_.storage().free_pages() == num_pages());
+            REQUIRE(cache_.storage().free_pages() == n_pages());
         }
         REQUIRE(appended_ > 0);
         REQUIRE(refused_ > 0);  // the pool was small enough to run out
@@ -104,12 +104,12 @@ private:
     int free_pages_expected() const {
         int held = 0;
         for (const shadow_sequence& s : shadow_) held += s.live ? pages_for(s.longest()) : 0;
-        return num_pages() - held;
+        return n_pages() - held;
     }
     // Contiguous storage: one region per sequence, its "page".
-    int num_pages() const {
+    int n_pages() const {
         if constexpr (std::same_as<Storage, paged_storage>) {
-            return params_.num_pages;
+            return params_.n_pages;
         } else {
             return params_.max_sequences;
         }
@@ -220,7 +220,7 @@ private:
                 const std::vector<std::int32_t> pages = cache_.storage().pages(seq);
                 REQUIRE(int(pages.size()) == pages_for(s.longest()));
                 for (std::int32_t p : pages) {
-                    REQUIRE((p >= 0 && p < params_.num_pages));
+                    REQUIRE((p >= 0 && p < params_.n_pages));
                     REQUIRE(pages_seen.insert(p).second);  // no page held twice
                 }
                 REQUIRE(cache_.capacity(seq) ==
@@ -296,7 +296,7 @@ void churn_all_storages(const Layout& layout, const char* layout_name, std::uint
         const int max_tokens = 2 * page_size + 29;  // the last page of a sequence is partial
         const paged_storage::params p{.max_sequences = 7, .max_tokens = max_tokens,
                                       .page_size = page_size,
-                                      .num_pages = 3 * ((max_tokens + page_size - 1) / page_size)};
+                                      .n_pages = 3 * ((max_tokens + page_size - 1) / page_size)};
         churn<codec, Layout, paged_storage>(layout, codecs, p, seed + std::uint32_t(page_size),
                                             name.str())
             .run(steps);

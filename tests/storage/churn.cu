@@ -96,7 +96,7 @@ public:
             if (shadow_[std::size_t(seq)].live) remove(seq);
         check_all();
         REQUIRE(cache_.live_sequences() == 0);
-        REQUIRE(cache_.free_pages() == params_.num_pages);
+        REQUIRE(cache_.free_pages() == params_.n_pages);
         REQUIRE(appended_ > 0);
         REQUIRE(refused_ > 0);
     }
@@ -107,7 +107,7 @@ private:
     int free_pages_expected() const {
         int held = 0;
         for (const shadow_sequence& s : shadow_) held += s.live ? pages_for(s.longest()) : 0;
-        return params_.num_pages - held;
+        return params_.n_pages - held;
     }
     std::vector<int> live() const {
         std::vector<int> ids;
@@ -128,7 +128,7 @@ private:
         shadow_sequence& s = shadow_[std::size_t(expected)];
         s = shadow_sequence{};
         s.live = true;
-        s.records.resize(std::size_t(cache_.num_slots()));
+        s.records.resize(std::size_t(cache_.n_slots()));
     }
     void remove(int seq) {
         cache_.remove_sequence(seq);
@@ -322,7 +322,7 @@ void churn_codecs(const Layout& layout, const char* layout_name, std::uint32_t s
                 const int max_tokens = 2 * page_size + 29;
                 const typename gpu::device_kv_cache<codec, Layout>::params p{
                     .max_sequences = 7, .max_tokens = max_tokens, .page_size = page_size,
-                    .num_pages = 3 * ((max_tokens + page_size - 1) / page_size)};
+                    .n_pages = 3 * ((max_tokens + page_size - 1) / page_size)};
                 device_churn<codec, Layout>(layout, codecs, p, seed + std::uint32_t(page_size),
                                             name.str())
                     .run(steps);

@@ -155,7 +155,7 @@ auto make_codecs(codec_zoo& zoo, const Layout& layout) {
     using codec = decltype(Maker::make(zoo, 1, 1, 0));
     std::vector<codec> codecs;
     const int width = layout.heads_per_group() * geometry.head_dim;
-    for (int slot = 0; slot < layout.num_slots(); ++slot)
+    for (int slot = 0; slot < layout.n_slots(); ++slot)
         codecs.push_back(Maker::make(zoo, width, layout.heads_per_group(), slot));
     return codecs;
 }

@@ -14,7 +14,7 @@ TEST_CASE("contiguous_storage: one page per sequence, max_tokens records per slo
     contiguous_storage s({3, 10}, {8, 16});
     REQUIRE(s.max_sequences() == 3);
     REQUIRE(s.max_tokens() == 10);
-    REQUIRE(s.num_slots() == 2);
+    REQUIRE(s.n_slots() == 2);
     REQUIRE(s.record_bytes(1) == 16);
     REQUIRE(s.bytes_allocated() == 3u * 10u * (8u + 16u));
     REQUIRE(s.bytes_reserved() == 0);

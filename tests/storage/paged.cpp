@@ -22,7 +22,7 @@ std::vector<std::int32_t> block_row(const paged_storage& s, int seq) {
 }  // namespace
 
 TEST_CASE("paged_storage: pools, block table and free list", "[storage]") {
-    paged_storage s({.max_sequences = 3, .max_tokens = 10, .page_size = 4, .num_pages = 6}, {8, 4});
+    paged_storage s({.max_sequences = 3, .max_tokens = 10, .page_size = 4, .n_pages = 6}, {8, 4});
     REQUIRE(s.pages_per_sequence() == 3);  // ceil(10 / 4)
     REQUIRE(s.free_pages() == 6);
     REQUIRE(s.bytes_allocated() == 6u * 4u * 12u);
@@ -71,7 +71,7 @@ TEST_CASE("paged_storage: pools, block table and free list", "[storage]") {
 }
 
 TEST_CASE("paged_storage: out of pages is all or nothing", "[storage]") {
-    paged_storage s({.max_sequences = 4, .max_tokens = 16, .page_size = 4, .num_pages = 5}, {4});
+    paged_storage s({.max_sequences = 4, .max_tokens = 16, .page_size = 4, .n_pages = 5}, {4});
     s.reserve(0, 8);
     s.reserve(1, 8);
     REQUIRE(s.free_pages() == 1);
@@ -96,7 +96,7 @@ TEST_CASE("paged_storage: out of pages is all or nothing", "[storage]") {
 }
 
 TEST_CASE("paged_storage: pages of distinct sequences never alias", "[storage]") {
-    paged_storage s({.max_sequences = 3, .max_tokens = 7, .page_size = 2, .num_pages = 12}, {4});
+    paged_storage s({.max_sequences = 3, .max_tokens = 7, .page_size = 2, .n_pages = 12}, {4});
     const int lengths[3] = {7, 3, 6};
     // Grow the sequences token by token, interleaved, so their pages interleave in the pool.
     for (int t = 1; t <= 7; ++t)
@@ -123,7 +123,7 @@ TEST_CASE("paged_storage: pages of distinct sequences never alias", "[storage]")
 
 TEST_CASE("paged_storage: rejects bad parameters and indices, changing nothing", "[storage]") {
     KVCAR_REQUIRE_ERROR(paged_storage({1, 4, 0, 4}, {4}),
-                        "paged_storage: max_sequences, max_tokens, page_size and num_pages must be "
+                        "paged_storage: max_sequences, max_tokens, page_size and n_pages must be "
                         "positive (got 1, 4, 0, 4)");
     KVCAR_REQUIRE_ERROR(paged_storage({1, 4, 4, 0}, {4}), "(got 1, 4, 4, 0)");
     KVCAR_REQUIRE_ERROR(paged_storage({1, 4, 4, 2}, {}), "paged_storage: needs at least one slot");

@@ -1,6 +1,7 @@
 // examples/models/cuda/backend.cu — backend.hpp's session: a device_model plus a device KV cache
-// whose codec type is picked from its run-time name, behind a small virtual interface (one
-// instantiation of the forward pass per codec, as kv_dispatch.hpp does on the CPU).
+// whose codec type is picked from its run-time name, behind a small virtual interface
+// (erased_cache.cuh). The forward pass is instantiated once per codec, as kv_dispatch.hpp does on
+// the CPU: here for the fixed names, in file_caches.cu for codec files.
 //
 // Tensor parallel: one such pair per rank, each on its GPU, each driven by a persistent host
 // thread of its own (rank_workers). Every call the session gets is run by all ranks at once:
@@ -43,6 +44,7 @@
 #include "examples/models/cuda/communicator.cuh"
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/cuda/device_model.cuh"
+#include "examples/models/cuda/erased_cache.cuh"
 #ifdef KVCAR_WITH_NCCL
 #include "examples/models/cuda/nccl_communicator.cuh"
 #endif
@@ -84,108 +86,11 @@ std::string nccl_description() {
 
 namespace {
 
-using cuda_model::device_model;
-using cuda_model::token_batch;
-
-/// The cache, its codec type erased.
-struct any_cache {
-    virtual ~any_cache() = default;
-    virtual int add_sequence() = 0;
-    virtual void remove_sequence(int seq) = 0;
-    virtual int length(int seq) const = 0;
-    virtual std::vector<float> forward(device_model& m, const token_batch& b, logits_for w) = 0;
-    virtual std::vector<double> log_probs(device_model& m, const token_batch& b,
-                                          std::span<const int> targets) = 0;
-    virtual std::size_t bytes_per_token() const = 0;
-    virtual std::size_t bytes_used() const = 0;
-    virtual std::size_t bytes_reserved() const = 0;
-    virtual kv_geometry geometry() const = 0;
-    virtual int free_pages() const = 0;
-};
-
-template <class Codec, class Layout = dense_layout>
-struct typed_cache final : any_cache {
-    /// What the host codec views point to (a codec file's tensors); null for parameterless codecs.
-    /// Declared first: it outlives the cache, whose host_codec() views it backs.
-    std::shared_ptr<const io::codec_set> owner;
-    gpu::device_kv_cache<Codec, Layout> cache;
-
-    typed_cache(kv_geometry g, const Codec& codec,
-                typename gpu::device_kv_cache<Codec, Layout>::params p)
-        : cache(dense_layout(g), codec, p) {}
-    typed_cache(std::shared_ptr<const io::codec_set> set, std::vector<Codec> codecs,
-                typename gpu::device_kv_cache<Codec, Layout>::params p)
-        : owner(std::move(set)), cache(owner->layout(), std::move(codecs), p) {}
-
-    int add_sequence() override { return cache.add_sequence(); }
-    void remove_sequence(int seq) override { cache.remove_sequence(seq); }
-    int length(int seq) const override { return cache.length(seq); }
-    std::vector<float> forward(device_model& m, const token_batch& b, logits_for w) override {
-        return m.forward(cache, b, w);
-    }
-    std::vector<double> log_probs(device_model& m, const token_batch& b,
-                                  std::span<const int> targets) override {
-        return m.log_probs(cache, b, targets);
-    }
-    std::size_t bytes_per_token() const override { return cache.bytes_per_token(); }
-    std::size_t bytes_used() const override {
-        std::size_t tokens = 0;
-        for (int seq = 0; seq < cache.max_sequences(); ++seq)
-            if (cache.is_live(seq)) tokens += std::size_t(cache.length(seq));
-        return tokens * cache.bytes_per_token();
-    }
-    std::size_t bytes_reserved() const override { return cache.pool_bytes(); }
-    kv_geometry geometry() const override { return cache.geometry(); }
-    int free_pages() const override { return cache.free_pages(); }
-};
-
-/// device_kv_cache<Codec>::params without the codec type.
-struct cache_shape {
-    int max_sequences, max_tokens, page_size, num_pages;
-};
-
 template <class Codec>
 std::unique_ptr<any_cache> make(kv_geometry g, const Codec& codec, const cache_shape& p) {
     return std::make_unique<typed_cache<Codec>>(
         g, codec, typename gpu::device_kv_cache<Codec>::params{p.max_sequences, p.max_tokens,
-                                                                p.page_size, p.num_pages});
-}
-
-/// The slots of `codecs` as concrete codecs of type C, or nothing when any slot is another kind.
-template <class C>
-std::optional<std::vector<C>> all_as(const std::vector<any_codec>& codecs) {
-    if constexpr (std::is_same_v<C, any_codec>) return codecs;
-    std::vector<C> out;
-    for (const any_codec& a : codecs) {
-        a.visit([&](const auto& c) {
-            if constexpr (std::is_same_v<std::decay_t<decltype(c)>, C>) out.push_back(c);
-        });
-        if (out.size() != std::size_t(&a - codecs.data()) + 1) return std::nullopt;
-    }
-    return out;
-}
-
-/// A codec file's cache. When every slot holds the same concrete codec, and it is one of the
-/// kinds calibration makes by default, the cache is of that type: the decode dispatcher then
-/// picks its fast paths (tensor cores for whole-layer latents, int8 read in place). Any other
-/// mix runs as any_codec, whose records are the same bytes, decoded per record.
-std::unique_ptr<any_cache> make_file_cache(std::shared_ptr<const io::codec_set> set,
-                                           const cache_shape& p) {
-    const std::vector<any_codec> codecs = set->codecs();
-    std::unique_ptr<any_cache> out;
-    auto try_as = [&]<class C>() {
-        if (out) return;
-        if (std::optional<std::vector<C>> typed = all_as<C>(codecs))
-            out = std::make_unique<typed_cache<C, reuse_map>>(
-                set, std::move(*typed),
-                typename gpu::device_kv_cache<C, reuse_map>::params{
-                    p.max_sequences, p.max_tokens, p.page_size, p.num_pages});
-    };
-    try_as.template operator()<linear_codec<f16>>();
-    try_as.template operator()<quantized_codec<linear_codec<float>, std::int8_t>>();
-    try_as.template operator()<identity_codec<f16>>();
-    try_as.template operator()<any_codec>();
-    return out;
+                                                                p.page_size, p.n_pages});
 }
 
 /// The device cache `kv` names (kv_dispatch.hpp's names). The fixed names are dense, one group
@@ -297,9 +202,9 @@ struct rank_state {
 struct session::impl {
     std::vector<rank_state> ranks;
     // Declared before the workers: destroyed after them, so no thread can still use a group.
-    std::unique_ptr<cuda_model::local_group> local;
+    std::unique_ptr<cuda_model::local_ranks> local;
 #ifdef KVCAR_WITH_NCCL
-    std::unique_ptr<cuda_model::nccl_group> nccl;
+    std::unique_ptr<cuda_model::nccl_ranks> nccl;
 #endif
     std::unique_ptr<rank_workers> workers;  // null for the plain model (tensor_parallel 0)
 
@@ -332,16 +237,16 @@ session::session(const language_model& model, const std::string& kv, session_par
     : impl_(std::make_unique<impl>()) {
     const int max_tokens = params.max_tokens == 0 ? model.max_positions() : params.max_tokens;
     require(params.max_sequences > 0 && max_tokens > 0 && params.page_size > 0 &&
-                params.num_pages >= 0,
+                params.n_pages >= 0,
             "cuda session: max_sequences, max_tokens and page_size must be positive and "
-            "num_pages not negative");
+            "n_pages not negative");
     require(params.tensor_parallel >= 0,
             "cuda session: tensor_parallel must not be negative (got " +
                 std::to_string(params.tensor_parallel) + ")");
     const int pages_per_sequence = (max_tokens + params.page_size - 1) / params.page_size;
-    const int num_pages =
-        params.num_pages > 0 ? params.num_pages : params.max_sequences * pages_per_sequence;
-    const cache_shape shape{params.max_sequences, max_tokens, params.page_size, num_pages};
+    const int n_pages =
+        params.n_pages > 0 ? params.n_pages : params.max_sequences * pages_per_sequence;
+    const cache_shape shape{params.max_sequences, max_tokens, params.page_size, n_pages};
     (void)device_description();  // a clear error when there is no GPU, before any allocation
 
     if (params.tensor_parallel == 0) {
@@ -360,7 +265,7 @@ session::session(const language_model& model, const std::string& kv, session_par
     KVCAR_CUDA_CHECK(cudaGetDeviceCount(&count));
     std::vector<int> devices(std::size_t(world), current);
     if (params.ranks_share_one_gpu) {
-        impl_->local = std::make_unique<cuda_model::local_group>(world);
+        impl_->local = std::make_unique<cuda_model::local_ranks>(world);
     } else {
         require(has_nccl(), "cuda session: --tensor-parallel needs a build with NCCL (CMake did "
                             "not find nccl.h and libnccl; see docs/install.md)");
@@ -369,7 +274,7 @@ session::session(const language_model& model, const std::string& kv, session_par
                                     std::to_string(count));
         for (int r = 0; r < world; ++r) devices[std::size_t(r)] = r;
 #ifdef KVCAR_WITH_NCCL
-        impl_->nccl = std::make_unique<cuda_model::nccl_group>(devices);
+        impl_->nccl = std::make_unique<cuda_model::nccl_ranks>(devices);
 #endif
     }
     impl_->ranks.resize(std::size_t(world));

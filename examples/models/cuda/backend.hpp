@@ -43,7 +43,7 @@ struct session_params {
     int max_tokens = 0;     ///< tokens per sequence; 0 = the model's context
     int page_size = 16;     ///< tokens per page of the device cache
     /// Pages in the pool; 0 = enough for max_sequences full sequences.
-    int num_pages = 0;
+    int n_pages = 0;
     /// Tensor-parallel ranks. 0: the plain one-GPU model, no communicator. N >= 1: the model
     /// and its cache split by heads over N ranks, rank r on GPU r, partial products summed by
     /// NCCL (needs has_nccl()); N = 1 runs that very code path, NCCL included, on one GPU.

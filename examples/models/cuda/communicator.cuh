@@ -67,10 +67,10 @@ static __global__ void sum_parts_kernel(float* out, const float* const* parts, i
 
 /// The shared state of `world` local_communicators: ranks on one GPU, each driven by its own
 /// host thread. Create it once, then one local_communicator per rank.
-class local_group {
+class local_ranks {
 public:
-    explicit local_group(int world) : world_(world), arrive_(world), parts_(std::size_t(world)) {
-        require(world > 0, "local_group: world must be positive (got " + std::to_string(world) +
+    explicit local_ranks(int world) : world_(world), arrive_(world), parts_(std::size_t(world)) {
+        require(world > 0, "local_ranks: world must be positive (got " + std::to_string(world) +
                                ")");
     }
     int world() const { return world_; }
@@ -115,11 +115,11 @@ private:
     gpu::device_buffer<float*> part_table_;
 };
 
-/// One rank of a local_group.
+/// One rank of a local_ranks.
 class local_communicator final : public communicator {
 public:
     /// Rank `rank` of `group` (which must outlive it).
-    local_communicator(local_group& group, int rank) : group_(&group), rank_(rank) {
+    local_communicator(local_ranks& group, int rank) : group_(&group), rank_(rank) {
         require(rank >= 0 && rank < group.world(),
                 "local_communicator: rank " + std::to_string(rank) + " outside world " +
                     std::to_string(group.world()));
@@ -131,7 +131,7 @@ public:
     }
 
 private:
-    local_group* group_;
+    local_ranks* group_;
     int rank_;
 };
 

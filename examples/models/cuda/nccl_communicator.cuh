@@ -41,22 +41,22 @@ inline std::string nccl_version() {
 }
 
 /// One NCCL communicator per GPU in `devices` (rank r on devices[r]), created together.
-class nccl_group {
+class nccl_ranks {
 public:
-    explicit nccl_group(const std::vector<int>& devices) : comms_(devices.size(), nullptr) {
-        require(!devices.empty(), "nccl_group: no devices");
+    explicit nccl_ranks(const std::vector<int>& devices) : comms_(devices.size(), nullptr) {
+        require(!devices.empty(), "nccl_ranks: no devices");
         int count = 0;
         KVCAR_CUDA_CHECK(cudaGetDeviceCount(&count));
         for (int d : devices) {
             require(d >= 0 && d < count,
-                    "nccl_group: GPU " + std::to_string(d) + " does not exist (this machine has " +
+                    "nccl_ranks: GPU " + std::to_string(d) + " does not exist (this machine has " +
                         std::to_string(count) + ")");
         }
         KVCAR_NCCL_CHECK(ncclCommInitAll(comms_.data(), int(devices.size()), devices.data()));
     }
-    nccl_group(const nccl_group&) = delete;
-    nccl_group& operator=(const nccl_group&) = delete;
-    ~nccl_group() {
+    nccl_ranks(const nccl_ranks&) = delete;
+    nccl_ranks& operator=(const nccl_ranks&) = delete;
+    ~nccl_ranks() {
         for (ncclComm_t c : comms_)
             if (c) ncclCommDestroy(c);
     }
@@ -67,10 +67,10 @@ private:
     std::vector<ncclComm_t> comms_;
 };
 
-/// Rank `rank` of an nccl_group (which must outlive it).
+/// Rank `rank` of an nccl_ranks (which must outlive it).
 class nccl_communicator final : public communicator {
 public:
-    nccl_communicator(const nccl_group& group, int rank) : group_(&group), rank_(rank) {
+    nccl_communicator(const nccl_ranks& group, int rank) : group_(&group), rank_(rank) {
         require(rank >= 0 && rank < group.world(),
                 "nccl_communicator: rank " + std::to_string(rank) + " outside world " +
                     std::to_string(group.world()));
@@ -83,7 +83,7 @@ public:
     }
 
 private:
-    const nccl_group* group_;
+    const nccl_ranks* group_;
     int rank_;
 };
 

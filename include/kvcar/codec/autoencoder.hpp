@@ -283,6 +283,8 @@ template <float_element T>
 struct codec_registration<autoencoder_codec<T>> {
     /// The codec file's "codec" value.
     static constexpr const char* name = "autoencoder";
+    /// How the device decodes a record: the two-layer MLP decoder.
+    static constexpr codec_family family = codec_family::mlp;
     /// The codec storing its latent as U.
     template <float_element U>
     using view = autoencoder_codec<U>;

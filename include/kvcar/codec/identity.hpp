@@ -61,6 +61,8 @@ template <float_element T>
 struct codec_registration<identity_codec<T>> {
     /// The codec file's "codec" value.
     static constexpr const char* name = "identity";
+    /// How the device decodes a record: the record is the group itself.
+    static constexpr codec_family family = codec_family::identity;
     /// The codec storing its latent (the group itself) as U.
     template <float_element U>
     using view = identity_codec<U>;

@@ -159,6 +159,8 @@ template <float_element T>
 struct codec_registration<linear_codec<T>> {
     /// The codec file's "codec" value.
     static constexpr const char* name = "linear";
+    /// How the device decodes a record: x̂ = P z + μ.
+    static constexpr codec_family family = codec_family::affine;
     /// The codec storing its latent as U.
     template <float_element U>
     using view = linear_codec<U>;

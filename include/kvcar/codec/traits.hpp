@@ -10,6 +10,7 @@
 //     template <float_element T>
 //     struct codec_registration<my_codec<T>> {
 //         static constexpr const char* name = "mine";          // the file's "codec" value
+//         static constexpr codec_family family = ...;          // optional: how the GPU decodes
 //         template <float_element U> using view = my_codec<U>; // the codec storing z as U
 //         using params = my_params;                            // what a file loads into (owns)
 //         static my_codec<float> view_of(const my_params& p);  // a view over p's arrays
@@ -50,6 +51,27 @@ namespace kvcar {
 /// kv_cache and the kernels take as a type, it only has no name, no file form and no any_codec.
 template <class Codec>
 struct codec_registration;
+
+/// How the device code (device/latent.cuh, decode.cuh, encode.cuh, the decode kernels) turns a
+/// codec's records into floats. A registration names its codec's family (`static constexpr
+/// codec_family family`); a codec that names none, or has no registration, is `opaque`.
+enum class codec_family {
+    identity,  ///< the latent is the group (identity, or quantized identity)
+    affine,    ///< x̂ = P z + μ with a linear_codec's parameters (linear, quantized linear)
+    mlp,       ///< the paper's autoencoder decoder (autoencoder, quantized autoencoder)
+    latent,    ///< another latent codec with a kvcar record: load z, then from_latent per token
+    opaque,    ///< anything else: decode() per token, one thread each
+};
+
+/// The family `Codec`'s registration names, or opaque.
+template <class Codec>
+constexpr codec_family registered_family() {
+    if constexpr (requires { codec_registration<Codec>::family; }) {
+        return codec_registration<Codec>::family;
+    } else {
+        return codec_family::opaque;
+    }
+}
 
 /// An ordered list of registered codecs, named by any of their views (e.g. `linear_codec<>`).
 /// A codec's index in the list is its kind id in basic_any_codec; files store the name instead,

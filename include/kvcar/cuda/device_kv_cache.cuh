@@ -9,7 +9,7 @@
 //
 //     kvcar::gpu::device_kv_cache<kvcar::identity_codec<kvcar::f16>> cache(
 //         kvcar::dense_layout(geometry), kvcar::identity_codec<kvcar::f16>{head_dim},
-//         {.max_sequences = 64, .max_tokens = 4096, .page_size = 16, .num_pages = 8192});
+//         {.max_sequences = 64, .max_tokens = 4096, .page_size = 16, .n_pages = 8192});
 //     const int seq = cache.add_sequence();
 //     kvcar::kernels::append(cache, layer, seqs, counts, k_dev, v_dev, stream);  // encode + write
 //     kvcar::kernels::decode_attention(cache, layer, seqs, q_dev, out_dev, opts, ws, stream);
@@ -42,7 +42,7 @@
 #include "kvcar/kv_cache.hpp"
 #include "kvcar/layout/dense.hpp"
 #include "kvcar/storage/page_table.hpp"
-#include "kvcar/storage/page_view.hpp"
+#include "kvcar/page_view.hpp"
 #include "kvcar/storage/sequence_table.hpp"
 
 namespace kvcar::gpu {
@@ -63,7 +63,7 @@ public:
         int max_sequences;   ///< sequences held at once
         int max_tokens;      ///< tokens per sequence at most
         int page_size = 16;  ///< tokens per page
-        int num_pages;       ///< pages in each slot's pool, shared by all sequences
+        int n_pages;       ///< pages in each slot's pool, shared by all sequences
     };
 
     /// Pools start on 256-byte boundaries: any vector load of a record is aligned.
@@ -75,7 +75,7 @@ public:
     device_kv_cache(Layout layout, std::vector<Codec> codecs, params p)
         : layout_(std::move(layout)), host_codecs_(std::move(codecs)), params_(p),
           codecs_(validated(layout_, host_codecs_, p)),
-          pages_(p.max_sequences, p.max_tokens, p.page_size, p.num_pages, "device_kv_cache"),
+          pages_(p.max_sequences, p.max_tokens, p.page_size, p.n_pages, "device_kv_cache"),
           sequences_(p.max_sequences, layout_.geometry().n_layers, "device_kv_cache") {
         const kv_geometry g = layout_.geometry();
 
@@ -84,7 +84,7 @@ public:
         std::size_t total = 0;
         for (const Codec& c : host_codecs_) {
             slot_offsets_.push_back(total);
-            const std::size_t bytes = std::size_t(p.num_pages) * std::size_t(p.page_size) *
+            const std::size_t bytes = std::size_t(p.n_pages) * std::size_t(p.page_size) *
                                       std::size_t(c.bytes_per_group());
             total += (bytes + pool_alignment - 1) / pool_alignment * pool_alignment;
         }
@@ -123,7 +123,7 @@ public:
 
     /// The same codec for every stored slot.
     device_kv_cache(Layout layout, const Codec& codec, params p)
-        : device_kv_cache(layout, std::vector<Codec>(std::size_t(layout.num_slots()), codec), p) {}
+        : device_kv_cache(layout, std::vector<Codec>(std::size_t(layout.n_slots()), codec), p) {}
 
     device_kv_cache(const device_kv_cache&) = delete;
     device_kv_cache& operator=(const device_kv_cache&) = delete;
@@ -138,7 +138,7 @@ public:
     /// The logical shape this cache stores (the layout's).
     kv_geometry geometry() const { return layout_.geometry(); }
     /// Stored slots, one codec each.
-    int num_slots() const { return int(host_codecs_.size()); }
+    int n_slots() const { return int(host_codecs_.size()); }
     /// Slot `slot`'s codec as given (host pointers): for host-side encode/decode of records.
     const Codec& host_codec(int slot) const {
         check_slot(slot);
@@ -156,7 +156,7 @@ public:
     /// Tokens per page.
     int page_size() const { return params_.page_size; }
     /// Pages in each slot's pool.
-    int num_pages() const { return params_.num_pages; }
+    int n_pages() const { return params_.n_pages; }
     /// Block-table entries per sequence: ceil(max_tokens / page_size).
     int pages_per_sequence() const { return pages_.pages_per_sequence(); }
     /// Pages no sequence holds now.
@@ -267,7 +267,7 @@ public:
                     host.layout().heads_per_group() == layout_.heads_per_group() &&
                     host.layout().slot_table() == layout_.slot_table(),
                 "device_kv_cache: copy_from needs a host cache of the same layout");
-        for (int s = 0; s < num_slots(); ++s) {
+        for (int s = 0; s < n_slots(); ++s) {
             require(std::size_t(host.codec(s).bytes_per_group()) ==
                         std::size_t(host_codecs_[std::size_t(s)].bytes_per_group()),
                     "device_kv_cache: copy_from: slot " + std::to_string(s) + " has " +
@@ -291,9 +291,9 @@ public:
                                                  std::to_string(max_tokens()));
             pages += pages_.pages_for(longest);
         }
-        require(pages <= num_pages(), "device_kv_cache: copy_from: out of pages: the host cache "
+        require(pages <= n_pages(), "device_kv_cache: copy_from: out of pages: the host cache "
                                       "needs " + std::to_string(pages) + ", " +
-                                      std::to_string(num_pages()) + " exist");
+                                      std::to_string(n_pages()) + " exist");
 
         for (int seq = 0; seq < max_sequences(); ++seq)
             if (is_live(seq)) remove_sequence(seq);
@@ -304,7 +304,7 @@ public:
             pages_.grow(seq, longest_layer(host, seq));
             for (int layer = 0; layer < n_layers(); ++layer)
                 length_ref(seq, layer) = host.length(seq, layer);
-            for (int s = 0; s < num_slots(); ++s) {
+            for (int s = 0; s < n_slots(); ++s) {
                 const page_view src = host.view(s);
                 const int owner_layer = layout_.owner(s).layer;
                 for (int t = 0; t < host.length(seq, owner_layer); ++t) {
@@ -351,7 +351,7 @@ public:
         v.head_dim = g.head_dim;
         v.heads_per_group = layout_.heads_per_group();
         v.groups_per_layer = layout_.groups_per_layer();
-        v.num_slots = num_slots();
+        v.n_slots = n_slots();
         v.max_sequences = max_sequences();
         v.max_latent_width = max_latent_;
         v.decode_scratch_per_token = max_decode_scratch_;
@@ -369,14 +369,14 @@ public:
 private:
     static const std::vector<Codec>& validated(const Layout& layout,
                                                const std::vector<Codec>& codecs, const params& p) {
-        require(p.max_sequences > 0 && p.max_tokens > 0 && p.page_size > 0 && p.num_pages > 0,
-                "device_kv_cache: max_sequences, max_tokens, page_size and num_pages must be "
+        require(p.max_sequences > 0 && p.max_tokens > 0 && p.page_size > 0 && p.n_pages > 0,
+                "device_kv_cache: max_sequences, max_tokens, page_size and n_pages must be "
                 "positive (got " +
                     std::to_string(p.max_sequences) + ", " + std::to_string(p.max_tokens) + ", " +
-                    std::to_string(p.page_size) + ", " + std::to_string(p.num_pages) + ")");
-        require(int(codecs.size()) == layout.num_slots(),
+                    std::to_string(p.page_size) + ", " + std::to_string(p.n_pages) + ")");
+        require(int(codecs.size()) == layout.n_slots(),
                 "device_kv_cache: " + std::to_string(codecs.size()) + " codecs for a layout of " +
-                    std::to_string(layout.num_slots()) + " slots (one codec per slot)");
+                    std::to_string(layout.n_slots()) + " slots (one codec per slot)");
         const int group_width = layout.heads_per_group() * layout.geometry().head_dim;
         for (std::size_t s = 0; s < codecs.size(); ++s) {
             require(int(codecs[s].group_width()) == group_width,
@@ -420,9 +420,9 @@ private:
     void check_live(int seq) const { sequences_.check_live(seq); }
     void check_layer(int layer) const { sequences_.check_layer(layer); }
     void check_slot(int slot) const {
-        if (slot < 0 || slot >= num_slots()) {
+        if (slot < 0 || slot >= n_slots()) {
             throw error("kvcar: device_kv_cache: slot " + std::to_string(slot) +
-                        " out of range [0, " + std::to_string(num_slots()) + ")");
+                        " out of range [0, " + std::to_string(n_slots()) + ")");
         }
     }
 

@@ -9,9 +9,9 @@
 // device::cache_view that device_kv_cache gives, so every kernel runs unchanged:
 //
 //     using view_t = kvcar::gpu::page_pool_view<kvcar::identity_codec<kvcar::f16>>;
-//     const std::size_t bytes = view_t::pool_bytes(codec, num_pages, page_size);  // per slot
-//     // ... the runtime allocates num_slots pools of `bytes` and its block table ...
-//     view_t pages(layout, codec, {.slot_pools = pools, .page_size = 16, .num_pages = num_pages,
+//     const std::size_t bytes = view_t::pool_bytes(codec, n_pages, page_size);  // per slot
+//     // ... the runtime allocates n_slots pools of `bytes` and its block table ...
+//     view_t pages(layout, codec, {.slot_pools = pools, .page_size = 16, .n_pages = n_pages,
 //                                  .block_table = table, .pages_per_sequence = row,
 //                                  .max_sequences = rows});
 //     kvcar::kernels::append(pages.view(), append_params, pages.max_latent_width(), stream);
@@ -47,7 +47,7 @@
 #include "kvcar/device/cache_view.cuh"
 #include "kvcar/device/decode.cuh"
 #include "kvcar/layout/dense.hpp"
-#include "kvcar/storage/page_view.hpp"
+#include "kvcar/page_view.hpp"
 
 namespace kvcar::gpu {
 
@@ -66,20 +66,20 @@ public:
 
     /// The runtime's memory. Every pointer is device memory the runtime keeps alive.
     struct pools {
-        std::span<std::byte* const> slot_pools;   ///< [num_slots] one pool per stored slot
+        std::span<std::byte* const> slot_pools;   ///< [n_slots] one pool per stored slot
         int page_size = 16;                       ///< tokens per page, the same in every slot
-        int num_pages = 0;                        ///< pages in each pool
+        int n_pages = 0;                        ///< pages in each pool
         const std::int32_t* block_table = nullptr;  ///< [max_sequences][pages_per_sequence]
         int pages_per_sequence = 0;               ///< entries per block-table row
         int max_sequences = 0;                    ///< block-table rows
     };
 
-    /// Bytes one slot's pool needs for `num_pages` pages of `page_size` tokens of `codec`.
-    static std::size_t pool_bytes(const Codec& codec, int num_pages, int page_size) {
-        require(num_pages > 0 && page_size > 0,
-                "page_pool_view::pool_bytes: num_pages and page_size must be positive (got " +
-                    std::to_string(num_pages) + ", " + std::to_string(page_size) + ")");
-        return std::size_t(num_pages) * std::size_t(page_size) * std::size_t(codec.bytes_per_group());
+    /// Bytes one slot's pool needs for `n_pages` pages of `page_size` tokens of `codec`.
+    static std::size_t pool_bytes(const Codec& codec, int n_pages, int page_size) {
+        require(n_pages > 0 && page_size > 0,
+                "page_pool_view::pool_bytes: n_pages and page_size must be positive (got " +
+                    std::to_string(n_pages) + ", " + std::to_string(page_size) + ")");
+        return std::size_t(n_pages) * std::size_t(page_size) * std::size_t(codec.bytes_per_group());
     }
 
     /// `codecs[slot]` encodes stored slot `slot` (its parameters are copied to the device).
@@ -108,7 +108,7 @@ public:
 
     /// The same codec for every stored slot.
     page_pool_view(Layout layout, const Codec& codec, const pools& p)
-        : page_pool_view(layout, std::vector<Codec>(std::size_t(layout.num_slots()), codec), p) {}
+        : page_pool_view(layout, std::vector<Codec>(std::size_t(layout.n_slots()), codec), p) {}
 
     /// Points the view at another block table (a runtime that grew or moved its table). The
     /// pools stay; kernels enqueued before this call still read the old table's pointer (they
@@ -124,7 +124,7 @@ public:
     }
 
     /// Stored slots: one codec and one runtime pool each.
-    int num_slots() const { return layout_.num_slots(); }
+    int n_slots() const { return layout_.n_slots(); }
     /// The slot layout (stored slots and reuse).
     const Layout& layout() const { return layout_; }
     /// Layers, heads and head width of the model the pools serve.
@@ -153,7 +153,7 @@ public:
         v.head_dim = g.head_dim;
         v.heads_per_group = layout_.heads_per_group();
         v.groups_per_layer = layout_.groups_per_layer();
-        v.num_slots = num_slots();
+        v.n_slots = n_slots();
         v.max_sequences = pools_.max_sequences;
         v.max_latent_width = max_latent_;
         v.decode_scratch_per_token = max_decode_scratch_;
@@ -175,16 +175,16 @@ private:
     // Every check before the first device call: a wrong argument leaves nothing allocated.
     static std::span<const Codec> checked(const Layout& layout, const std::vector<Codec>& codecs,
                                           const pools& p) {
-        require(int(codecs.size()) == layout.num_slots(),
+        require(int(codecs.size()) == layout.n_slots(),
                 "page_pool_view: " + std::to_string(codecs.size()) + " codecs for a layout of " +
-                    std::to_string(layout.num_slots()) + " slots (one codec per slot)");
-        require(int(p.slot_pools.size()) == layout.num_slots(),
+                    std::to_string(layout.n_slots()) + " slots (one codec per slot)");
+        require(int(p.slot_pools.size()) == layout.n_slots(),
                 "page_pool_view: " + std::to_string(p.slot_pools.size()) +
-                    " pools for a layout of " + std::to_string(layout.num_slots()) +
+                    " pools for a layout of " + std::to_string(layout.n_slots()) +
                     " slots (one pool per stored slot)");
-        require(p.page_size > 0 && p.num_pages > 0,
-                "page_pool_view: page_size and num_pages must be positive (got " +
-                    std::to_string(p.page_size) + ", " + std::to_string(p.num_pages) + ")");
+        require(p.page_size > 0 && p.n_pages > 0,
+                "page_pool_view: page_size and n_pages must be positive (got " +
+                    std::to_string(p.page_size) + ", " + std::to_string(p.n_pages) + ")");
         check_table(p);
         const int group_width = layout.heads_per_group() * layout.geometry().head_dim;
         for (std::size_t s = 0; s < codecs.size(); ++s) {

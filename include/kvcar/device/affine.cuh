@@ -30,17 +30,17 @@ template <class Codec>
 concept linear_core_codec =
     affine_latent_codec<Codec> && codec_traits<Codec>::family == codec_family::affine;
 
-/// Group-cooperative: qz[j] = Σ_r P[h·hd + r][j] q[r] for j < d (threads over j: for each r the
+/// Scope-cooperative: qz[j] = Σ_r P[h·hd + r][j] q[r] for j < d (threads over j: for each r the
 /// group reads one contiguous row piece of P, coalesced), and returns q · μ_h to every thread.
 /// `qz` may be shared or global memory; it is complete after the group synchronizes, which this
 /// function does before returning.
-template <class Group, linear_core_codec Codec>
-__device__ float project_query(Group g, const Codec& c, const float* q, int head, float* qz) {
+template <thread_scope Scope, linear_core_codec Codec>
+__device__ float project_query(Scope g, const Codec& c, const float* q, int head, float* qz) {
     const auto& lin = core_of(c);
     const int d = lin.rank;
     const int hd = lin.width / lin.heads;
     const int first = head * hd;
-    for (int j = g.rank(); j < d; j += Group::size) {
+    for (int j = g.rank(); j < d; j += Scope::size) {
         float acc = 0.0f;
         for (int r = 0; r < hd; ++r) acc += lin.basis[std::size_t(first + r) * d + j] * q[r];
         qz[j] = acc;
@@ -52,17 +52,17 @@ __device__ float project_query(Group g, const Codec& c, const float* q, int head
     return bias;
 }
 
-/// Group-cooperative: out[r] = weight_sum · μ_h[r] + P_h[r] · z for r < head_dim (threads over
+/// Scope-cooperative: out[r] = weight_sum · μ_h[r] + P_h[r] · z for r < head_dim (threads over
 /// r, each reading its row of P with 16-byte loads when aligned). With z = Σ a_t z_t and
 /// weight_sum = Σ a_t this is the attention output Σ a_t x̂_h,t. Synchronizes before returning.
-template <class Group, linear_core_codec Codec>
-__device__ void lift(Group g, const Codec& c, const float* z, float weight_sum, int head,
+template <thread_scope Scope, linear_core_codec Codec>
+__device__ void lift(Scope g, const Codec& c, const float* z, float weight_sum, int head,
                      float* out) {
     const auto& lin = core_of(c);
     const int d = lin.rank;
     const int hd = lin.width / lin.heads;
     const int first = head * hd;
-    for (int r = g.rank(); r < hd; r += Group::size) {
+    for (int r = g.rank(); r < hd; r += Scope::size) {
         const float* row = lin.basis + std::size_t(first + r) * d;
         float acc = 0.0f;
         if (d % 4 == 0 && (reinterpret_cast<std::uintptr_t>(row) & 15u) == 0) {

@@ -21,20 +21,21 @@
 #include <cstdint>
 
 #include "kvcar/common.hpp"
-#include "kvcar/storage/page_view.hpp"
+#include "kvcar/concepts.hpp"
+#include "kvcar/page_view.hpp"
 
 namespace kvcar::device {
 
 /// Device-side view of a kvcar cache whose stored slots all use codec type `Codec`: what a
 /// kernel needs to find, decode and (through write_slots) append records. Pass by value; every
 /// pointer is device memory owned by kvcar::gpu::device_kv_cache.
-template <class Codec>
+template <kv_codec Codec>
 struct cache_view {
     /// The codec type of every stored slot.
     using codec_type = Codec;
 
-    const page_view* slots = nullptr;          ///< [num_slots] where each stored slot's records are
-    const Codec* codecs = nullptr;             ///< [num_slots] the codec of each stored slot
+    const page_view* slots = nullptr;          ///< [n_slots] where each stored slot's records are
+    const Codec* codecs = nullptr;             ///< [n_slots] the codec of each stored slot
     const std::int32_t* read_slots = nullptr;  ///< [n_layers][groups][2] slot each triple reads
     const std::int32_t* write_slots = nullptr; ///< same index: slot it owns and writes, or -1
     int n_layers = 0;    ///< layers of the model (logical, before reuse)
@@ -42,7 +43,7 @@ struct cache_view {
     int head_dim = 0;    ///< floats per head
     int heads_per_group = 0;   ///< KV heads in one group (one record per token per slot)
     int groups_per_layer = 0;  ///< n_kv_heads / heads_per_group
-    int num_slots = 0;      ///< stored slots: entries of `slots` and `codecs`
+    int n_slots = 0;      ///< stored slots: entries of `slots` and `codecs`
     int max_sequences = 0;  ///< sequence indices run 0 .. max_sequences - 1 (block table rows)
     // Host-side sizing hints for kernels' shared memory (the owner fills them):
     int max_latent_width = 0;          ///< widest latent of any slot's codec

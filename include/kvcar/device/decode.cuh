@@ -26,7 +26,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/device/latent.cuh"
-#include "kvcar/storage/page_view.hpp"
+#include "kvcar/page_view.hpp"
 
 namespace kvcar::device {
 
@@ -79,14 +79,14 @@ __device__ void rows_times_tile(const float* row, int n, const float* z, int z_s
 
 }  // namespace detail
 
-/// Group-cooperative tile decode: tokens [t0, t0 + n) of `seq` (n <= TILE_TOKENS) into
+/// Scope-cooperative tile decode: tokens [t0, t0 + n) of `seq` (n <= TILE_TOKENS) into
 /// out[t * out_stride + i], i < c.group_width(). `scratch` holds decode_scratch_floats(c,
 /// TILE_TOKENS) floats of shared memory (unused for identity and opaque codecs). Synchronizes the
 /// group before returning, so `out` is ready for every thread.
 /// Preconditions: the tokens are within the sequence's capacity in this slot; `out` and
 /// `scratch` do not overlap; rows of `out` at t >= n are left as they were.
-template <int TILE_TOKENS, class Group, kv_codec Codec>
-__device__ void decode_tile(Group g, const Codec& c, const page_view& pv, int seq, int t0, int n,
+template <int TILE_TOKENS, thread_scope Scope, kv_codec Codec>
+__device__ void decode_tile(Scope g, const Codec& c, const page_view& pv, int seq, int t0, int n,
                             float* out, int out_stride, float* scratch) {
     constexpr codec_family family = codec_traits<Codec>::family;
     if constexpr (family == codec_family::identity) {
@@ -96,7 +96,7 @@ __device__ void decode_tile(Group g, const Codec& c, const page_view& pv, int se
         const int d = lin.rank;
         load_latents(g, c, pv, seq, t0, n, 0, d, scratch, d);
         g.sync();
-        for (int i = g.rank(); i < lin.width; i += Group::size) {
+        for (int i = g.rank(); i < lin.width; i += Scope::size) {
             float acc[TILE_TOKENS];
 #pragma unroll
             for (int t = 0; t < TILE_TOKENS; ++t) acc[t] = 0.0f;
@@ -114,7 +114,7 @@ __device__ void decode_tile(Group g, const Codec& c, const page_view& pv, int se
         float* hidden = scratch + TILE_TOKENS * d;        // [TILE][h]
         load_latents(g, c, pv, seq, t0, n, 0, d, z, d);
         g.sync();
-        for (int k = g.rank(); k < h; k += Group::size) {
+        for (int k = g.rank(); k < h; k += Scope::size) {
             float acc[TILE_TOKENS];
 #pragma unroll
             for (int t = 0; t < TILE_TOKENS; ++t) acc[t] = 0.0f;
@@ -125,7 +125,7 @@ __device__ void decode_tile(Group g, const Codec& c, const page_view& pv, int se
                 hidden[t * h + k] = leaky_relu(acc[t] + b, ae.slope);
         }
         g.sync();
-        for (int i = g.rank(); i < D; i += Group::size) {
+        for (int i = g.rank(); i < D; i += Scope::size) {
             float acc[TILE_TOKENS];
             const float b = ae.dec2_b[i];
 #pragma unroll
@@ -144,10 +144,10 @@ __device__ void decode_tile(Group g, const Codec& c, const page_view& pv, int se
         const int d = c.latent_width();
         load_latents(g, c, pv, seq, t0, n, 0, d, scratch, d);
         g.sync();
-        for (int t = g.rank(); t < n; t += Group::size)
+        for (int t = g.rank(); t < n; t += Scope::size)
             c.from_latent(scratch + t * d, out + std::size_t(t) * out_stride);
     } else {
-        for (int t = g.rank(); t < n; t += Group::size)
+        for (int t = g.rank(); t < n; t += Scope::size)
             c.decode(pv.record(seq, t0 + t), out + std::size_t(t) * out_stride);
     }
     g.sync();
@@ -188,7 +188,7 @@ public:
     /// Every thread of the block calls this; see decode_tile for the contract.
     __device__ void decode(const Codec& c, const page_view& pv, int seq, int t0, int n, float* out,
                            int out_stride) {
-        decode_tile<TILE_TOKENS>(block_group<BLOCK_THREADS>{}, c, pv, seq, t0, n, out, out_stride,
+        decode_tile<TILE_TOKENS>(block_scope<BLOCK_THREADS>{}, c, pv, seq, t0, n, out, out_stride,
                                  scratch_);
     }
 
@@ -222,7 +222,7 @@ public:
     /// All 32 lanes call this; see decode_tile for the contract.
     __device__ void decode(const Codec& c, const page_view& pv, int seq, int t0, int n, float* out,
                            int out_stride) {
-        decode_tile<TILE_TOKENS>(warp_group{}, c, pv, seq, t0, n, out, out_stride, scratch_);
+        decode_tile<TILE_TOKENS>(warp_scope{}, c, pv, seq, t0, n, out, out_stride, scratch_);
     }
 
 private:

@@ -1,4 +1,4 @@
-// kvcar/device/latent.cuh — reading stored latents on the device: thread groups, what each
+// kvcar/device/latent.cuh — reading stored latents on the device: thread scopes, what each
 // codec's record holds, and a cooperative loader that turns records into floats.
 //
 // Every kvcar codec but a user's opaque one stores a record as d latent elements, either plain
@@ -13,6 +13,7 @@
 #error "kvcar/device/latent.cuh needs nvcc"
 #endif
 
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -24,30 +25,41 @@
 #include "kvcar/codec/identity.hpp"
 #include "kvcar/codec/linear.hpp"
 #include "kvcar/codec/quantized.hpp"
+#include "kvcar/codec/traits.hpp"
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/numeric.hpp"
-#include "kvcar/storage/page_view.hpp"
+#include "kvcar/page_view.hpp"
 
 namespace kvcar::device {
 
 // ---------------------------------------------------------------------------------------------
-// Thread groups: who cooperates on one call. Functions taking a `Group` must be called by every
-// thread of the group (they synchronize it). Blocks are one-dimensional (threadIdx.x only).
+// Thread scopes: who cooperates on one call. Functions taking a `Scope` must be called by every
+// thread of the scope (they synchronize it). Blocks are one-dimensional (threadIdx.x only).
+// ("Group" means the codec group only: the heads one codec instance encodes.)
+
+/// What a cooperative device function needs of its threads: how many there are, this thread's
+/// index among them, and a barrier for all of them. block_scope and warp_scope satisfy it.
+template <class S>
+concept thread_scope = requires(const S& s) {
+    { S::size } -> std::convertible_to<int>;
+    s.rank();
+    s.sync();
+};
 
 /// All BLOCK_THREADS threads of a one-dimensional block.
 template <int BLOCK_THREADS>
-struct block_group {
-    /// Threads in the group; must equal blockDim.x (group loops stride by it from rank()).
+struct block_scope {
+    /// Threads in the scope; must equal blockDim.x (cooperative loops stride by it from rank()).
     static constexpr int size = BLOCK_THREADS;
-    /// This thread's index in the group, 0 .. size - 1 (threadIdx.x).
+    /// This thread's index in the scope, 0 .. size - 1 (threadIdx.x).
     __device__ int rank() const { return int(threadIdx.x); }
     /// Barrier for the whole block (__syncthreads): every thread of the block must reach it.
     __device__ void sync() const { __syncthreads(); }
 };
 
 /// The 32 lanes of the calling warp (all must be converged at the call).
-struct warp_group {
+struct warp_scope {
     /// Lanes in a warp.
     static constexpr int size = 32;
     /// The lane index, 0 .. 31 (blocks are one-dimensional, so threadIdx.x mod 32).
@@ -55,6 +67,8 @@ struct warp_group {
     /// Barrier and memory fence for the 32 lanes (__syncwarp with a full mask).
     __device__ void sync() const { __syncwarp(); }
 };
+
+static_assert(thread_scope<block_scope<128>> && thread_scope<warp_scope>);
 
 /// Sum over the warp; every lane gets the result.
 __device__ inline float warp_sum(float x) {
@@ -96,60 +110,42 @@ __device__ inline float load_float(fp8_e4m3 x) {
 __device__ inline float load_float(std::int8_t q) { return float(q) + 0.5f; }
 
 // ---------------------------------------------------------------------------------------------
-// Codec families: how a record becomes the group's floats.
+// Codec families (codec/traits.hpp): how a record becomes the group's floats.
 
-/// How the tile decoders (decode.cuh) and the attention kernels turn a codec's records into
-/// floats; codec_traits<Codec>::family picks one at compile time.
-enum class codec_family {
-    identity,  ///< the latent is the group (identity, or quantized identity)
-    affine,    ///< x̂ = P z + μ with a linear_codec's parameters (linear, quantized linear)
-    mlp,       ///< the paper's autoencoder decoder (autoencoder, quantized autoencoder)
-    latent,    ///< another latent codec with a kvcar record: load z, then from_latent per token
-    opaque,    ///< anything else: decode() per token, one thread each
-};
+// The family of a codec comes from its registration (codec/traits.hpp, `family`), so a codec
+// says how the GPU decodes it in its own header, once.
+using kvcar::codec_family;
 
-/// What the device code knows about a codec's record layout. This primary template covers
-/// codecs kvcar does not know (a user's own kv_codec): family opaque, records read only through
-/// Codec::decode, and no `element` type (so latent_record and load_latents do not accept them).
-template <class Codec>
-struct codec_traits {
+namespace detail {
+/// Unknown to the device code (opaque): records read only through Codec::decode, and no
+/// `element` type (so latent_record and load_latents do not accept them).
+template <class Codec, codec_family Family>
+struct codec_traits_base {
     /// How records become floats: opaque, one decode() call per token.
     static constexpr codec_family family = codec_family::opaque;
     /// Whether the record's elements carry a per-record f32 scale and offset.
     static constexpr bool quantized = false;
 };
-/// identity_codec<T>: the record is the group's D elements of T (padded to 4 bytes).
-template <float_element T>
-struct codec_traits<identity_codec<T>> {
-    /// The latent is the group's floats (no decoder work after loading).
-    static constexpr codec_family family = codec_family::identity;
+/// A registered family: the record is the latent as elements of the codec's storage_type
+/// (padded to 4 bytes), decoded as the family says.
+template <class Codec, codec_family Family>
+    requires(Family != codec_family::opaque)
+struct codec_traits_base<Codec, Family> {
+    /// The family the codec's registration names.
+    static constexpr codec_family family = Family;
     /// Plain elements: no scale or offset in the record.
     static constexpr bool quantized = false;
     /// Type of one stored latent element.
-    using element = T;
+    using element = typename Codec::storage_type;
 };
-/// linear_codec<T>: the record is the rank-d latent z as d elements of T (padded to 4 bytes);
-/// x̂ = P z + μ.
-template <float_element T>
-struct codec_traits<linear_codec<T>> {
-    /// Decoded with the codec's basis P [width][rank] and mean μ [width] (f32, device memory).
-    static constexpr codec_family family = codec_family::affine;
-    /// Plain elements: no scale or offset in the record.
-    static constexpr bool quantized = false;
-    /// Type of one stored latent element.
-    using element = T;
-};
-/// autoencoder_codec<T>: the record is the d-wide latent as d elements of T (padded to 4 bytes),
-/// decoded by the two-layer MLP (FC, leaky ReLU, FC).
-template <float_element T>
-struct codec_traits<autoencoder_codec<T>> {
-    /// Decoded by the codec's MLP decoder weights (f32, device memory).
-    static constexpr codec_family family = codec_family::mlp;
-    /// Plain elements: no scale or offset in the record.
-    static constexpr bool quantized = false;
-    /// Type of one stored latent element.
-    using element = T;
-};
+}  // namespace detail
+
+/// What the device code knows about a codec's record layout: its family (from its registration)
+/// and, for every family but opaque, its element type. identity_codec<T>, linear_codec<T> and
+/// autoencoder_codec<T> store d elements of T; a user's codec is opaque unless its registration
+/// names a family.
+template <class Codec>
+struct codec_traits : detail::codec_traits_base<Codec, registered_family<Codec>()> {};
 /// quantized_codec<Inner, Q>: Inner's latent stored as d elements of Q (padded to 4 bytes), then
 /// an f32 scale and an f32 offset; element j's latent value is load_float(q_j) · scale + offset.
 template <class Inner, class Q>
@@ -241,14 +237,14 @@ __device__ void load_chunk(const std::byte* p, float (&out)[BYTES / sizeof(E)]) 
     for (int i = 0; i < n; ++i) out[i] = load_float(e[i]);
 }
 
-template <int BYTES, class Group, class Codec>
-__device__ void load_latents_chunked(Group g, const Codec& c, const page_view& pv, int seq,
+template <int BYTES, thread_scope Scope, class Codec>
+__device__ void load_latents_chunked(Scope g, const Codec& c, const page_view& pv, int seq,
                                      int t0, int n, int first, int count, float* dst,
                                      int stride) {
     using E = typename latent_record<Codec>::element;
     constexpr int per_chunk = BYTES / int(sizeof(E));
     const int chunks = count / per_chunk;  // the caller checked count % per_chunk == 0
-    for (int idx = g.rank(); idx < n * chunks; idx += Group::size) {
+    for (int idx = g.rank(); idx < n * chunks; idx += Scope::size) {
         const int t = idx / chunks;
         const int chunk = idx - t * chunks;
         const std::byte* rec = pv.record(seq, t0 + t);
@@ -264,7 +260,7 @@ __device__ void load_latents_chunked(Group g, const Codec& c, const page_view& p
 
 }  // namespace detail
 
-/// Group-cooperative: dequantizes latent elements [first, first + count) of tokens
+/// Scope-cooperative: dequantizes latent elements [first, first + count) of tokens
 /// [t0, t0 + n) of `seq` into dst[t * stride + e] (t < n, e < count), as floats.
 ///
 /// Uses 16-byte loads when the record size, `first` and `count` (in bytes) are multiples of 16,
@@ -273,8 +269,8 @@ __device__ void load_latents_chunked(Group g, const Codec& c, const page_view& p
 /// g.sync() before reading dst from other threads.
 /// Preconditions: tokens t0 .. t0 + n - 1 are within the sequence's capacity in this slot;
 /// first + count <= c.latent_width().
-template <class Group, has_latent_record Codec>
-__device__ void load_latents(Group g, const Codec& c, const page_view& pv, int seq, int t0, int n,
+template <thread_scope Scope, has_latent_record Codec>
+__device__ void load_latents(Scope g, const Codec& c, const page_view& pv, int seq, int t0, int n,
                              int first, int count, float* dst, int stride) {
     using E = typename latent_record<Codec>::element;
     const std::size_t rb = pv.record_bytes;
@@ -290,7 +286,7 @@ __device__ void load_latents(Group g, const Codec& c, const page_view& pv, int s
     } else if (fits(4)) {
         detail::load_latents_chunked<4>(g, c, pv, seq, t0, n, first, count, dst, stride);
     } else {
-        for (int idx = g.rank(); idx < n * count; idx += Group::size) {
+        for (int idx = g.rank(); idx < n * count; idx += Scope::size) {
             const int t = idx / count;
             const int e = idx - t * count;
             const latent_record<Codec> r(c, pv.record(seq, t0 + t));

@@ -296,7 +296,7 @@ struct codec_set {
         s.geometry = geometry;
         s.heads_per_group = heads_per_group;
         const reuse_map map = s.layout();
-        for (int slot = 0; slot < map.num_slots(); ++slot) {
+        for (int slot = 0; slot < map.n_slots(); ++slot) {
             const slot_owner o = map.owner(slot);
             s.slots.push_back(
                 slot_codec::identity(o.layer, o.group, o.kind, map.group_width(), storage));
@@ -360,7 +360,7 @@ private:
         const reuse_map map = layout();
         const std::string me = "codec_set: ";
         const int groups = map.groups_per_layer();
-        std::vector<const slot_codec*> order(std::size_t(map.num_slots()), nullptr);
+        std::vector<const slot_codec*> order(std::size_t(map.n_slots()), nullptr);
         for (const slot_codec& s : slots) {
             require(s.layer >= 0 && s.layer < geometry.n_layers,
                     me + "slot " + s.name() + " has layer " + std::to_string(s.layer) +
@@ -558,7 +558,7 @@ void save_codec_set(const codec_set& set, const std::string& path) {
     std::vector<std::vector<std::byte>> keep;
     std::vector<std::string> names;
     json_value slots = json_value::array();
-    for (int i = 0; i < map.num_slots(); ++i) {
+    for (int i = 0; i < map.n_slots(); ++i) {
         const slot_owner o = map.owner(i);
         const slot_codec& s = *set.find(o.layer, o.group, o.kind);
         json_value j = json_value::object();

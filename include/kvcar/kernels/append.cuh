@@ -21,6 +21,7 @@
 
 #include <cuda_runtime.h>
 
+#include "kvcar/attention_params.hpp"
 #include "kvcar/common.hpp"
 #include "kvcar/cuda/device_kv_cache.cuh"
 #include "kvcar/cuda/error.cuh"
@@ -29,18 +30,6 @@
 #include "kvcar/device/encode.cuh"
 
 namespace kvcar::kernels {
-
-/// Device-side arguments of an append. Every pointer is device memory.
-struct append_params {
-    const float* k = nullptr;  ///< [total_tokens][n_kv_heads * head_dim], row-major
-    const float* v = nullptr;  ///< same shape as k
-    const std::int32_t* token_offsets = nullptr;  ///< [batch + 1]: item b owns rows [off[b], off[b+1])
-    const std::int32_t* sequences = nullptr;      ///< [batch] cache sequence of each item
-    const std::int32_t* positions = nullptr;      ///< [batch] cache position of each item's first row
-    int batch = 0;         ///< items (sequences appended to); 0 enqueues nothing
-    int total_tokens = 0;  ///< token_offsets[batch]
-    int layer = 0;         ///< layer written, 0 <= layer < the cache's n_layers
-};
 
 namespace detail {
 
@@ -79,7 +68,7 @@ __global__ void __launch_bounds__(append_warps * 32)
 /// Enqueues the encode + write of p.total_tokens rows on `stream`. The pages for every written
 /// position must already be in the block table (device_kv_cache::prepare_append does that).
 /// `max_latent_width`: the widest latent of the view's codecs (sizes the warps' scratch).
-template <class Codec>
+template <kv_codec Codec>
 void append(const device::cache_view<Codec>& cache, const append_params& p, int max_latent_width,
             cudaStream_t stream = nullptr) {
     require(p.batch >= 0 && p.total_tokens >= 0, "append: batch and total_tokens must not be negative");
@@ -105,7 +94,7 @@ void append(const device::cache_view<Codec>& cache, const append_params& p, int 
 /// Appends counts[i] tokens to sequences[i] in `layer` of a device cache: k and v are device
 /// [Σ counts][n_kv_heads * head_dim] floats, the items' rows one after another. Plans the pages
 /// (all or nothing; a host-side error changes nothing), then enqueues the encode on `stream`.
-template <class Codec, class Layout>
+template <gpu::uploadable_codec Codec, kv_layout Layout>
 void append(gpu::device_kv_cache<Codec, Layout>& cache, int layer, std::span<const int> sequences,
             std::span<const int> counts, const float* k, const float* v,
             cudaStream_t stream = nullptr) {

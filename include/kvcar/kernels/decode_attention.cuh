@@ -59,7 +59,7 @@
 #include "kvcar/kernels/decode/latent.cuh"
 #include "kvcar/kernels/decode/latent_tensor_cores.cuh"
 #include "kvcar/kernels/decode/workspace.cuh"
-#include "kvcar/reference/attention.hpp"
+#include "kvcar/attention_params.hpp"
 
 namespace kvcar::kernels {
 
@@ -116,7 +116,7 @@ void run_first_supported(policy_list<Policies...>, const device::cache_view<Code
 /// kv_lengths[b] tokens of sequence sequences[b] in `layer`, for every codec. Enqueued on
 /// `stream`; host-side argument errors throw kvcar::error before anything is enqueued.
 /// ws.last_path names the path that ran (none for an empty batch).
-template <class Codec>
+template <kv_codec Codec>
 void decode_attention(const device::cache_view<Codec>& cache, const decode_attention_params& p,
                       attention_workspace& ws, cudaStream_t stream = nullptr) {
     ws.use_stream(stream);  // the workspace grows in this stream's order
@@ -133,7 +133,7 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
 /// Decode step for the sequences of a device cache: one query per sequence at its last cached
 /// position of `layer` (append this step's K/V first, as a model does). q, out: device
 /// [sequences.size()][opt.n_heads][head_dim]. A sequence of length 0 gets zeros.
-template <class Codec, class Layout>
+template <gpu::uploadable_codec Codec, kv_layout Layout>
 void decode_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int layer,
                       std::span<const int> sequences, const float* q, float* out,
                       const attention_params& opt, attention_workspace& ws,

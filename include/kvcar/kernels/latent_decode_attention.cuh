@@ -238,7 +238,7 @@ void launch_split_mt(const split_params<Codec>& sp, const plan& pl, int batch,
 }  // namespace detail::latent_tc
 
 /// Whether latent_decode_attention can run this launch; if not, `why` (when given) says why.
-template <class Codec>
+template <kv_codec Codec>
 bool latent_decode_attention_supported(const device::cache_view<Codec>& cache,
                                        const decode_attention_params& p, attention_workspace& ws,
                                        std::string* why = nullptr) {
@@ -257,7 +257,7 @@ bool latent_decode_attention_supported(const device::cache_view<Codec>& cache,
 /// result as decode_attention, for the codecs and shapes latent_decode_attention_supported
 /// accepts; throws kvcar::error naming the reason otherwise, before anything is enqueued.
 /// Three launches: query projection, split kernel, merge + lift.
-template <class Codec>
+template <kv_codec Codec>
 void latent_decode_attention(const device::cache_view<Codec>& cache,
                              const decode_attention_params& p, attention_workspace& ws,
                              cudaStream_t stream = nullptr) {
@@ -317,7 +317,7 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
         with_items([&](auto items) {
             constexpr int BB = decltype(items)::value;
             const std::size_t project_smem =
-                sizeof(float) * BB * (cache.head_dim + lt::project_columns * lt::project_row_groups(BB));
+                sizeof(float) * BB * (cache.head_dim + lt::project_columns * lt::project_row_slices(BB));
             const dim3 project_grid = gpu::checked_grid(
                 H, (p.batch + BB - 1) / BB,
                 (pl.lat_pad + lt::project_columns - 1) / lt::project_columns,

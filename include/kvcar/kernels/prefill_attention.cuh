@@ -26,30 +26,9 @@
 #include "kvcar/cuda/error.cuh"
 #include "kvcar/device/cache_view.cuh"
 #include "kvcar/kernels/decode_attention.cuh"
-#include "kvcar/reference/attention.hpp"
+#include "kvcar/attention_params.hpp"
 
 namespace kvcar::kernels {
-
-/// Device-side arguments of prefill attention. Every pointer is device memory.
-struct prefill_attention_params {
-    const float* q = nullptr;   ///< [total_queries][n_heads][head_dim]
-    float* out = nullptr;       ///< [total_queries][n_heads][head_dim]
-    const std::int32_t* sequences = nullptr;        ///< [batch]
-    const std::int32_t* query_offsets = nullptr;    ///< [batch + 1]: item b's queries
-    const std::int32_t* query_positions = nullptr;  ///< [batch] position of each item's first query
-    const std::int32_t* kv_lengths = nullptr;       ///< [batch] tokens seen when !causal (may be
-                                                    ///< null when causal)
-    int batch = 0;          ///< items (sequences with queries); 0 enqueues nothing
-    int total_queries = 0;  ///< query_offsets[batch]: rows of q and out
-    int max_kv_length = 0;  ///< bound of every query's visible tokens
-    int layer = 0;          ///< layer attended, 0 <= layer < the cache's n_layers
-    int n_heads = 0;        ///< query heads, a positive multiple of the cache's n_kv_heads
-    float scale = 0.0f;     ///< score scale; 0 picks 1/sqrt(head_dim)
-    bool causal = true;     ///< query i of item b sees [0, position_b + i]; else kv_lengths[b]
-    /// on_read: keys rotated by token index, each query by its own position
-    rope_mode rope = rope_mode::none;
-    rope_params rope_cfg{};  ///< the model's RoPE (theta, style, rotary_dim); read when rope != none
-};
 
 namespace detail {
 
@@ -75,7 +54,7 @@ static __global__ void expand_queries_kernel(prefill_attention_params p, std::in
 
 /// Enqueues prefill attention on `stream`. Preconditions: the queries' own K/V are already in
 /// the cache (append the chunk first); every visible token is cached in `layer`.
-template <class Codec>
+template <kv_codec Codec>
 void prefill_attention(const device::cache_view<Codec>& cache, const prefill_attention_params& p,
                        attention_workspace& ws, cudaStream_t stream = nullptr) {
     require(p.batch >= 0 && p.total_queries >= 0,
@@ -123,7 +102,7 @@ void prefill_attention(const device::cache_view<Codec>& cache, const prefill_att
 /// Prefill for the sequences of a device cache: item b's query_counts[b] queries are its last
 /// query_counts[b] cached tokens of `layer` (the chunk just appended), in order; q and out are
 /// device [Σ query_counts][opt.n_heads][head_dim]. opt.causal picks causal or full attention.
-template <class Codec, class Layout>
+template <gpu::uploadable_codec Codec, kv_layout Layout>
 void prefill_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int layer,
                        std::span<const int> sequences, std::span<const int> query_counts,
                        const float* q, float* out, const attention_params& opt,

@@ -40,7 +40,7 @@ public:
     /// Floats per group: what every codec of this layout must take as `group_width()`.
     int group_width() const { return heads_per_group_ * geometry_.head_dim; }
     /// Stored slots: every logical slot (2 x n_layers x groups_per_layer).
-    int num_slots() const { return logical_slot_count(); }
+    int n_slots() const { return logical_slot_count(); }
     /// (layer, group, K/V) triples: 2 * n_layers * groups_per_layer.
     int logical_slot_count() const {
         return kv_kind_count * geometry_.n_layers * groups_per_layer_;
@@ -59,18 +59,18 @@ public:
         return true;
     }
     /// The (layer, group, kind) that writes slot `slot`; throws kvcar::error unless 0 <= slot <
-    /// num_slots().
+    /// n_slots().
     slot_owner owner(int slot) const {
-        if (slot < 0 || slot >= num_slots()) {
+        if (slot < 0 || slot >= n_slots()) {
             throw error("kvcar: dense_layout: slot " + std::to_string(slot) + " out of range [0, " +
-                        std::to_string(num_slots()) + ")");
+                        std::to_string(n_slots()) + ")");
         }
         return logical_owner(slot);
     }
 
     /// Flat [layer][group][kind] -> slot, the table kernels index (here the identity).
     std::vector<std::int32_t> slot_table() const {
-        std::vector<std::int32_t> table(static_cast<std::size_t>(num_slots()));
+        std::vector<std::int32_t> table(static_cast<std::size_t>(n_slots()));
         for (std::size_t i = 0; i < table.size(); ++i) table[i] = std::int32_t(i);
         return table;
     }

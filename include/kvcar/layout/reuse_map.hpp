@@ -68,7 +68,7 @@ public:
     /// Floats per group: what every codec of this layout must take as `group_width()`.
     int group_width() const { return logical_.group_width(); }
     /// Stored slots only: what the cache allocates and what codecs are given for.
-    int num_slots() const { return int(owners_.size()); }
+    int n_slots() const { return int(owners_.size()); }
 
     /// The stored slot (layer, group, kind) reads: its own, or the earlier slot it reuses. Throws
     /// kvcar::error when any argument is out of range.
@@ -81,11 +81,11 @@ public:
         return owner(slot(layer, group, kind)) == slot_owner{layer, group, kind};
     }
     /// The (layer, group, kind) that writes stored slot `slot`; throws kvcar::error unless 0 <=
-    /// slot < num_slots().
+    /// slot < n_slots().
     slot_owner owner(int slot) const {
-        if (slot < 0 || slot >= num_slots()) {
+        if (slot < 0 || slot >= n_slots()) {
             throw error("kvcar: reuse_map: slot " + std::to_string(slot) + " out of range [0, " +
-                        std::to_string(num_slots()) + ")");
+                        std::to_string(n_slots()) + ")");
         }
         return owners_[std::size_t(slot)];
     }
@@ -102,7 +102,7 @@ public:
     /// 2 * n_layers * groups_per_layer: the slots a dense layout would store.
     int logical_slot_count() const { return logical_.logical_slot_count(); }
     /// Stored slots / logical slots: with equal codecs, the cache's bytes shrink by exactly this.
-    double stored_fraction() const { return double(num_slots()) / double(logical_slot_count()); }
+    double stored_fraction() const { return double(n_slots()) / double(logical_slot_count()); }
 
 private:
     static kv_geometry checked(kv_geometry geometry, int heads_per_group) {

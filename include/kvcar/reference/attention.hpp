@@ -14,42 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "kvcar/attention_params.hpp"
 #include "kvcar/common.hpp"
+#include "kvcar/concepts.hpp"
 #include "kvcar/rope.hpp"
 
 namespace kvcar {
-
-/// What the reference attention needs from a cache: its shape, how many tokens a (sequence,
-/// layer) holds, and decoded floats for a token range, laid out [token][n_kv_heads * head_dim].
-/// kv_cache satisfies it; so does any test double.
-template <class C>
-concept readable_kv_cache =
-    requires(const C& c, int seq, int layer, kv_kind kind, int begin, int end,
-             std::span<float> out) {
-        { c.geometry() } -> std::convertible_to<kv_geometry>;
-        { c.length(seq, layer) } -> std::convertible_to<int>;
-        c.read(seq, layer, kind, begin, end, out);
-    };
-
-/// Where RoPE happens relative to the cache.
-enum class rope_mode {
-    /// No RoPE here: the model has none (GPT-2), or the keys were rotated before they were
-    /// stored and the caller passes already-rotated queries.
-    none,
-    /// Keys are stored un-rotated: each decoded key is rotated by its token index, and each
-    /// query by its position, before the dot product (Palu-style pre-RoPE caching).
-    on_read,
-};
-
-/// Options of the reference attention: head counts, scaling, causality and where RoPE is applied.
-struct attention_params {
-    int n_heads = 0;                  ///< query heads; a positive multiple of n_kv_heads
-    float scale = 0.0f;               ///< score scale; 0 picks 1/sqrt(head_dim)
-    bool causal = true;               ///< a query sees cached tokens up to its own position only
-    /// Whether keys are rotated when read from the cache (rope_mode::on_read) or already were
-    rope_mode rope = rope_mode::none;
-    rope_params rope_cfg{};           ///< used when rope == on_read
-};
 
 namespace detail {
 

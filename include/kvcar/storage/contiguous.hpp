@@ -18,7 +18,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/concepts.hpp"
 #include "kvcar/storage/host_pool.hpp"
-#include "kvcar/storage/page_view.hpp"
+#include "kvcar/page_view.hpp"
 
 namespace kvcar {
 
@@ -92,7 +92,7 @@ public:
     /// Tokens a sequence can hold at most.
     int max_tokens() const { return params_.max_tokens; }
     /// Slots, one pool each.
-    int num_slots() const { return int(record_bytes_.size()); }
+    int n_slots() const { return int(record_bytes_.size()); }
     /// Bytes of one record (one token's encoded group) in slot `slot`.
     std::size_t record_bytes(int slot) const {
         check_slot(slot);
@@ -132,7 +132,7 @@ private:
     void check_sequence(int sequence) const {
         check_index("contiguous_storage", "sequence", sequence, params_.max_sequences);
     }
-    void check_slot(int slot) const { check_index("contiguous_storage", "slot", slot, num_slots()); }
+    void check_slot(int slot) const { check_index("contiguous_storage", "slot", slot, n_slots()); }
 
     params params_;
     std::vector<std::size_t> record_bytes_;

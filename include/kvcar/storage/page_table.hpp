@@ -26,24 +26,24 @@ public:
     static constexpr std::int32_t unused_page = 0;
 
     /// A table for `max_sequences` sequences of up to `max_tokens` tokens in pages of
-    /// `page_size` tokens, `num_pages` pages in all, every page free. Throws kvcar::error unless
+    /// `page_size` tokens, `n_pages` pages in all, every page free. Throws kvcar::error unless
     /// all four are positive; `who` names the owner in the message.
-    page_table(int max_sequences, int max_tokens, int page_size, int num_pages,
+    page_table(int max_sequences, int max_tokens, int page_size, int n_pages,
                const std::string& who = "page_table")
         : max_sequences_(max_sequences), max_tokens_(max_tokens), page_size_(page_size),
-          num_pages_(num_pages) {
-        require(max_sequences > 0 && max_tokens > 0 && page_size > 0 && num_pages > 0,
-                who + ": max_sequences, max_tokens, page_size and num_pages must be positive "
+          n_pages_(n_pages) {
+        require(max_sequences > 0 && max_tokens > 0 && page_size > 0 && n_pages > 0,
+                who + ": max_sequences, max_tokens, page_size and n_pages must be positive "
                       "(got " +
                     std::to_string(max_sequences) + ", " + std::to_string(max_tokens) + ", " +
-                    std::to_string(page_size) + ", " + std::to_string(num_pages) + ")");
+                    std::to_string(page_size) + ", " + std::to_string(n_pages) + ")");
         pages_per_sequence_ = pages_for(max_tokens);
         entries_.assign(std::size_t(max_sequences) * std::size_t(pages_per_sequence_),
                         unused_page);
         held_.assign(std::size_t(max_sequences), 0);
         // A stack whose top is the lowest page: a fresh table hands out pages 0, 1, 2, ...
-        free_.reserve(std::size_t(num_pages));
-        for (int page = num_pages - 1; page >= 0; --page) free_.push_back(page);
+        free_.reserve(std::size_t(n_pages));
+        for (int page = n_pages - 1; page >= 0; --page) free_.push_back(page);
     }
 
     /// Sequences (rows).
@@ -53,7 +53,7 @@ public:
     /// Tokens per page.
     int page_size() const { return page_size_; }
     /// Pages in all.
-    int num_pages() const { return num_pages_; }
+    int n_pages() const { return n_pages_; }
     /// Entries per row: ceil(max_tokens / page_size).
     int pages_per_sequence() const { return pages_per_sequence_; }
     /// Pages no sequence holds.
@@ -118,7 +118,7 @@ public:
     const std::vector<std::int32_t>& entries() const { return entries_; }
 
 private:
-    int max_sequences_, max_tokens_, page_size_, num_pages_;
+    int max_sequences_, max_tokens_, page_size_, n_pages_;
     int pages_per_sequence_ = 0;
     std::vector<std::int32_t> entries_;  // [sequence][pages_per_sequence] page ids
     std::vector<int> held_;              // [sequence] live entries of its row

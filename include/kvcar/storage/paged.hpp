@@ -1,7 +1,7 @@
 // kvcar/storage/paged.hpp — a pool of fixed-size pages per slot and one block table, as in vLLM.
 //
 // A sequence holds only the pages its tokens need, so many sequences of different lengths share
-// memory without each reserving max_tokens. Every slot has its own pool ([num_pages][page_size]
+// memory without each reserving max_tokens. Every slot has its own pool ([n_pages][page_size]
 // [record]), but page p means the same tokens in every slot, so one block table serves them all:
 // a kernel reading K and V of all layers looks each page up once.
 #pragma once
@@ -19,7 +19,7 @@
 #include "kvcar/concepts.hpp"
 #include "kvcar/storage/page_table.hpp"
 #include "kvcar/storage/host_pool.hpp"
-#include "kvcar/storage/page_view.hpp"
+#include "kvcar/page_view.hpp"
 
 namespace kvcar {
 
@@ -35,7 +35,7 @@ public:
         int max_sequences;   ///< sequences held at once (> 0)
         int max_tokens;      ///< tokens per sequence at most (> 0)
         int page_size = 16;  ///< tokens per page (> 0)
-        int num_pages;       ///< pages in each slot's pool, shared by all sequences (> 0)
+        int n_pages;       ///< pages in each slot's pool, shared by all sequences (> 0)
     };
 
     /// Pools are 256-byte aligned, so a slot's records start on a boundary any vector load likes.
@@ -45,13 +45,13 @@ public:
     /// pages held, not the table, says which entries are live.
     static constexpr std::int32_t unused_page = page_table::unused_page;
 
-    /// Allocates num_pages x page_size records of `record_bytes_per_slot[s]` bytes for every slot
+    /// Allocates n_pages x page_size records of `record_bytes_per_slot[s]` bytes for every slot
     /// s, all pages free. Throws kvcar::error when a count is not positive, there is no slot, or a
     /// record size is not a positive multiple of 4; std::bad_alloc when the pools do not fit in
     /// memory.
     paged_storage(params p, std::vector<std::size_t> record_bytes_per_slot)
         : params_(p), record_bytes_(std::move(record_bytes_per_slot)),
-          pages_(p.max_sequences, p.max_tokens, p.page_size, p.num_pages, "paged_storage") {
+          pages_(p.max_sequences, p.max_tokens, p.page_size, p.n_pages, "paged_storage") {
         require(!record_bytes_.empty(), "paged_storage: needs at least one slot");
         for (std::size_t s = 0; s < record_bytes_.size(); ++s) {
             require(record_bytes_[s] > 0 && record_bytes_[s] % 4 == 0,
@@ -61,7 +61,7 @@ public:
         }
         pools_.reserve(record_bytes_.size());
         for (std::size_t bytes : record_bytes_) {
-            pools_.push_back(allocate_host_pool(std::size_t(p.num_pages) * std::size_t(p.page_size) * bytes));
+            pools_.push_back(allocate_host_pool(std::size_t(p.n_pages) * std::size_t(p.page_size) * bytes));
         }
     }
 
@@ -104,7 +104,7 @@ public:
     /// Tokens per page.
     int page_size() const { return params_.page_size; }
     /// Pages in each slot's pool.
-    int num_pages() const { return params_.num_pages; }
+    int n_pages() const { return params_.n_pages; }
     /// Block-table entries per sequence: ceil(max_tokens / page_size).
     int pages_per_sequence() const { return pages_.pages_per_sequence(); }
     /// Pages no sequence holds now.
@@ -120,7 +120,7 @@ public:
         return pages_.pages(sequence);
     }
     /// Slots, one pool each.
-    int num_slots() const { return int(record_bytes_.size()); }
+    int n_slots() const { return int(record_bytes_.size()); }
     /// Bytes of one record (one token's encoded group) in slot `slot`.
     std::size_t record_bytes(int slot) const {
         check_slot(slot);
@@ -141,11 +141,11 @@ public:
 
     /// Bytes of the pages sequences hold (all slots).
     std::size_t bytes_reserved() const {
-        return std::size_t(params_.num_pages - free_pages()) * bytes_per_page();
+        return std::size_t(params_.n_pages - free_pages()) * bytes_per_page();
     }
     /// Bytes of all pools, held or free.
     std::size_t bytes_allocated() const {
-        return std::size_t(params_.num_pages) * bytes_per_page();
+        return std::size_t(params_.n_pages) * bytes_per_page();
     }
 
 private:
@@ -157,7 +157,7 @@ private:
     void check_sequence(int sequence) const {
         check_index("paged_storage", "sequence", sequence, params_.max_sequences);
     }
-    void check_slot(int slot) const { check_index("paged_storage", "slot", slot, num_slots()); }
+    void check_slot(int slot) const { check_index("paged_storage", "slot", slot, n_slots()); }
 
     params params_;
     std::vector<std::size_t> record_bytes_;

@@ -24,52 +24,10 @@
 
 #include "kvcar/common.hpp"
 #include "kvcar/cuda/launch.cuh"
-#include "kvcar/reference/attention.hpp"
+#include "kvcar/attention_params.hpp"
 #include "kvcar/rope.hpp"
 
 namespace kvcar::kernels {
-
-/// Device-side arguments of decode attention. Every pointer is device memory.
-struct decode_attention_params {
-    const float* q = nullptr;                  ///< [batch][n_heads][head_dim]
-    float* out = nullptr;                      ///< [batch][n_heads][head_dim]
-    const std::int32_t* sequences = nullptr;   ///< [batch] cache sequence of each query
-    const std::int32_t* kv_lengths = nullptr;  ///< [batch] tokens each query sees (position + 1)
-    /// [batch] each query's position for RoPE on read; null: kv_lengths[b] - 1 (a decode step)
-    const std::int32_t* q_positions = nullptr;
-    int batch = 0;          ///< query tokens (items); 0 enqueues nothing
-    int max_kv_length = 0;  ///< host-side bound of kv_lengths: sizes the splits
-    int layer = 0;          ///< layer attended, 0 <= layer < the cache's n_layers
-    int n_heads = 0;        ///< query heads, a positive multiple of the cache's n_kv_heads
-    float scale = 0.0f;     ///< 0 picks 1/sqrt(head_dim)
-    rope_mode rope = rope_mode::none;  ///< on_read: keys rotated by token index, query by kv_length-1
-    rope_params rope_cfg{};  ///< the model's RoPE (theta, style, rotary_dim); read when rope != none
-};
-
-/// The way decode_attention read the cache in its last call (attention_workspace::last_path).
-enum class decode_path {
-    none,                      ///< nothing ran (batch 0), or no decode_attention call yet
-    direct_tensor_cores,       ///< f16 / int8 identity heads on tensor cores (direct_mma_…)
-    direct,                    ///< identity / quantized identity heads on CUDA cores
-    latent_tensor_cores,       ///< whole-layer latents on tensor cores (latent_decode_attention)
-    latent,                    ///< affine latents on CUDA cores (the generic kernel, latent space)
-    autoencoder_tensor_cores,  ///< f16 autoencoder latents on tensor cores (hidden space)
-    decoded,                   ///< every other case: tiles decoded into shared memory
-};
-
-/// The path's name as the benchmark's JSON rows spell it.
-inline const char* to_string(decode_path path) {
-    switch (path) {
-        case decode_path::none: return "none";
-        case decode_path::direct_tensor_cores: return "direct_tensor_cores";
-        case decode_path::direct: return "direct";
-        case decode_path::latent_tensor_cores: return "latent_tensor_cores";
-        case decode_path::latent: return "latent";
-        case decode_path::autoencoder_tensor_cores: return "autoencoder_tensor_cores";
-        case decode_path::decoded: return "decoded";
-    }
-    return "?";
-}
 
 namespace detail {
 
@@ -92,8 +50,8 @@ bool dispatch_head_dim(int head_dim, F&& f) {
 }
 /// Query heads per KV head 1, 2, 4 or 8 (MHA and the GQA ratios of common models).
 template <class F>
-bool dispatch_gqa(int group_size, F&& f) {
-    return dispatch_int<1, 2, 4, 8>(group_size, static_cast<F&&>(f));
+bool dispatch_gqa(int gqa_ratio, F&& f) {
+    return dispatch_int<1, 2, 4, 8>(gqa_ratio, static_cast<F&&>(f));
 }
 
 /// The softmax scale a launch uses: p.scale, or 1/sqrt(head_dim) when it is 0.

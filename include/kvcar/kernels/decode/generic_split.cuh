@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(THREADS) split_attention_kernel(split_params<C
     const int qw = LATENT ? int(ck.latent_width()) : hd;
     const int aw = LATENT ? int(cv.latent_width()) : hd;
     const int tid = int(threadIdx.x);
-    const device::block_group<THREADS> blk;
+    const device::block_scope<THREADS> blk;
 
     const int qs = padded_stride(p.qw_max);
     const int ts = padded_stride(p.tile_width);

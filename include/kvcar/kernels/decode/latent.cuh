@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(THREADS)
                                             acc_stride, cv.latent_width(), merged);
     __syncthreads();  // lift reads every element of merged
     // Σ a_t = 1 after normalization; an empty item has no tokens and must give zeros, not μ.
-    device::lift(device::block_group<THREADS>{}, cv, merged, seen ? 1.0f : 0.0f, in_group,
+    device::lift(device::block_scope<THREADS>{}, cv, merged, seen ? 1.0f : 0.0f, in_group,
                  out + (std::size_t(b) * gridDim.y + h) * cache.head_dim);
 }
 
@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(THREADS)
     const int kvh = h / heads_per_kv;
     const int group = kvh / cache.heads_per_group, in_group = kvh % cache.heads_per_group;
     const Codec ck = cache.codecs[cache.slot(layer, group, kv_kind::key)];
-    const float bias = device::project_query(device::block_group<THREADS>{}, ck,
+    const float bias = device::project_query(device::block_scope<THREADS>{}, ck,
                                              q + row * cache.head_dim, in_group,
                                              qz + row * qz_stride);
     if (threadIdx.x == 0) qbias[row] = bias;

@@ -1,7 +1,7 @@
 // kvcar/kernels/decode/latent_tc_aux.cuh — the small kernels around the latent split kernel:
 // the query projection Qz = P_hᵀ q (+ the bias q·μ_h) before it, and the lift P_h z̄ + μ_h after
 // the merge. Both read P_h once per block of items; at small batch they are latency-bound, so
-// their CTA shapes depend on the items per block (see project_row_groups, lift_rows_per_block).
+// their CTA shapes depend on the items per block (see project_row_slices, lift_rows_per_block).
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -23,16 +23,16 @@ inline constexpr int project_columns = 64;  // latent columns per projection CTA
 /// latency is the kernel's time (64 rows issued 4 loads at a time wait ~16 DRAM latencies), so
 /// small batches split the rows 8 ways (512 threads, 16 rows, all loads issued at once); 16
 /// items give each load 16 multiply-adds, and 2 groups keep the shared reduction small.
-__host__ __device__ constexpr int project_row_groups(int items) { return items <= 4 ? 8 : 2; }
+__host__ __device__ constexpr int project_row_slices(int items) { return items <= 4 ? 8 : 2; }
 __host__ __device__ constexpr int project_threads(int items) {
-    return project_columns * project_row_groups(items);
+    return project_columns * project_row_slices(items);
 }
 
 /// Qz = P_hᵀ q (fp16, zero beyond d_k up to qz_ld) for head blockIdx.x, items blockIdx.y · BB …
 /// and latent columns blockIdx.z · project_columns …; bias = q · μ_h from the blocks of column
 /// block 0. Each element of P_h is read once per BB items. Threads are (row group, column):
-/// each sums every project_row_groups(BB)-th row of P_h, so a thread's chain of dependent loads is
-/// head_dim / project_row_groups(BB) long, and the groups meet in shared memory — at batch 1 the
+/// each sums every project_row_slices(BB)-th row of P_h, so a thread's chain of dependent loads is
+/// head_dim / project_row_slices(BB) long, and the groups meet in shared memory — at batch 1 the
 /// projection is latency-bound, not bandwidth-bound.
 /// ΣQz of quantized codecs is summed by the split kernel from the fp16 Qz it multiplies.
 template <class Codec, int BB>
@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(project_threads(BB))
     const int first = kvh * hd;
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
     float* red = q_s + BB * hd;
-    constexpr int RG = project_row_groups(BB), NT = project_threads(BB);
+    constexpr int RG = project_row_slices(BB), NT = project_threads(BB);
     for (int idx = tid; idx < BB * hd; idx += NT) {
         const int bb = idx / hd, r = idx - (idx / hd) * hd;
         q_s[idx] = bb < nb ? q[(std::size_t(b0 + bb) * n_heads + h) * hd + r] : 0.0f;

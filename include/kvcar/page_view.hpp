@@ -1,4 +1,4 @@
-// kvcar/storage/page_view.hpp — how any kernel finds a token's record in a slot.
+// kvcar/page_view.hpp — how any kernel finds a token's record in a slot.
 //
 // Both storages present a slot the same way, as vLLM and FlashInfer do: a pool of fixed-size
 // pages and a block table per sequence. Contiguous storage is the special case of one page per

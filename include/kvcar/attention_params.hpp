@@ -1,0 +1,116 @@
+// kvcar/attention_params.hpp — the core layer's attention vocabulary: where RoPE happens, the
+// host reference's options, and the device-side parameters of the append, decode and prefill
+// kernels, with the decode paths' names.
+//
+// Plain aggregates with no CUDA types, so that the host reference (reference/attention.hpp), the
+// kernels (kernels/) and a user's own host code include the same definitions from below, and no
+// kernel header has to include the reference to learn what rope_mode is.
+#pragma once
+
+#include <cstdint>
+
+#include "kvcar/rope.hpp"
+
+namespace kvcar {
+
+/// Where RoPE happens relative to the cache.
+enum class rope_mode {
+    /// No RoPE here: the model has none (GPT-2), or the keys were rotated before they were
+    /// stored and the caller passes already-rotated queries.
+    none,
+    /// Keys are stored un-rotated: each decoded key is rotated by its token index, and each
+    /// query by its position, before the dot product (Palu-style pre-RoPE caching).
+    on_read,
+};
+
+/// Options of attention over a cache, for the host reference and the kernels' host entry points:
+/// head counts, scaling, causality and where RoPE is applied.
+struct attention_params {
+    int n_heads = 0;                  ///< query heads; a positive multiple of n_kv_heads
+    float scale = 0.0f;               ///< score scale; 0 picks 1/sqrt(head_dim)
+    bool causal = true;               ///< a query sees cached tokens up to its own position only
+    /// Whether keys are rotated when read from the cache (rope_mode::on_read) or already were
+    rope_mode rope = rope_mode::none;
+    rope_params rope_cfg{};           ///< used when rope == on_read
+};
+
+}  // namespace kvcar
+
+namespace kvcar::kernels {
+
+/// Device-side arguments of an append. Every pointer is device memory.
+struct append_params {
+    const float* k = nullptr;  ///< [total_tokens][n_kv_heads * head_dim], row-major
+    const float* v = nullptr;  ///< same shape as k
+    const std::int32_t* token_offsets = nullptr;  ///< [batch + 1]: item b owns rows [off[b], off[b+1])
+    const std::int32_t* sequences = nullptr;      ///< [batch] cache sequence of each item
+    const std::int32_t* positions = nullptr;      ///< [batch] cache position of each item's first row
+    int batch = 0;         ///< items (sequences appended to); 0 enqueues nothing
+    int total_tokens = 0;  ///< token_offsets[batch]
+    int layer = 0;         ///< layer written, 0 <= layer < the cache's n_layers
+};
+
+/// Device-side arguments of decode attention. Every pointer is device memory.
+struct decode_attention_params {
+    const float* q = nullptr;                  ///< [batch][n_heads][head_dim]
+    float* out = nullptr;                      ///< [batch][n_heads][head_dim]
+    const std::int32_t* sequences = nullptr;   ///< [batch] cache sequence of each query
+    const std::int32_t* kv_lengths = nullptr;  ///< [batch] tokens each query sees (position + 1)
+    /// [batch] each query's position for RoPE on read; null: kv_lengths[b] - 1 (a decode step)
+    const std::int32_t* q_positions = nullptr;
+    int batch = 0;          ///< query tokens (items); 0 enqueues nothing
+    int max_kv_length = 0;  ///< host-side bound of kv_lengths: sizes the splits
+    int layer = 0;          ///< layer attended, 0 <= layer < the cache's n_layers
+    int n_heads = 0;        ///< query heads, a positive multiple of the cache's n_kv_heads
+    float scale = 0.0f;     ///< 0 picks 1/sqrt(head_dim)
+    rope_mode rope = rope_mode::none;  ///< on_read: keys rotated by token index, query by kv_length-1
+    rope_params rope_cfg{};  ///< the model's RoPE (theta, style, rotary_dim); read when rope != none
+};
+
+/// The way decode_attention read the cache in its last call (attention_workspace::last_path).
+enum class decode_path {
+    none,                      ///< nothing ran (batch 0), or no decode_attention call yet
+    direct_tensor_cores,       ///< f16 / int8 identity heads on tensor cores (direct_mma_…)
+    direct,                    ///< identity / quantized identity heads on CUDA cores
+    latent_tensor_cores,       ///< whole-layer latents on tensor cores (latent_decode_attention)
+    latent,                    ///< affine latents on CUDA cores (the generic kernel, latent space)
+    autoencoder_tensor_cores,  ///< f16 autoencoder latents on tensor cores (hidden space)
+    decoded,                   ///< every other case: tiles decoded into shared memory
+};
+
+/// The path's name as the benchmark's JSON rows spell it.
+inline const char* to_string(decode_path path) {
+    switch (path) {
+        case decode_path::none: return "none";
+        case decode_path::direct_tensor_cores: return "direct_tensor_cores";
+        case decode_path::direct: return "direct";
+        case decode_path::latent_tensor_cores: return "latent_tensor_cores";
+        case decode_path::latent: return "latent";
+        case decode_path::autoencoder_tensor_cores: return "autoencoder_tensor_cores";
+        case decode_path::decoded: return "decoded";
+    }
+    return "?";
+}
+
+/// Device-side arguments of prefill attention. Every pointer is device memory.
+struct prefill_attention_params {
+    const float* q = nullptr;   ///< [total_queries][n_heads][head_dim]
+    float* out = nullptr;       ///< [total_queries][n_heads][head_dim]
+    const std::int32_t* sequences = nullptr;        ///< [batch]
+    const std::int32_t* query_offsets = nullptr;    ///< [batch + 1]: item b's queries
+    const std::int32_t* query_positions = nullptr;  ///< [batch] position of each item's first query
+    const std::int32_t* kv_lengths = nullptr;       ///< [batch] tokens seen when !causal (may be
+                                                    ///< null when causal)
+    int batch = 0;          ///< items (sequences with queries); 0 enqueues nothing
+    int total_queries = 0;  ///< query_offsets[batch]: rows of q and out
+    int max_kv_length = 0;  ///< bound of every query's visible tokens
+    int layer = 0;          ///< layer attended, 0 <= layer < the cache's n_layers
+    int n_heads = 0;        ///< query heads, a positive multiple of the cache's n_kv_heads
+    float scale = 0.0f;     ///< score scale; 0 picks 1/sqrt(head_dim)
+    bool causal = true;     ///< query i of item b sees [0, position_b + i]; else kv_lengths[b]
+    /// on_read: keys rotated by token index, each query by its own position
+    rope_mode rope = rope_mode::none;
+    rope_params rope_cfg{};  ///< the model's RoPE (theta, style, rotary_dim); read when rope != none
+};
+
+}  // namespace kvcar::kernels
