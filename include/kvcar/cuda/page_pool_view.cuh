@@ -142,18 +142,11 @@ public:
 
     /// What kernels receive: the same view device_kv_cache gives, over the runtime's pages.
     device::cache_view<Codec> view() const {
-        const kv_geometry g = geometry();
-        device::cache_view<Codec> v;
+        device::cache_view<Codec> v = device::cache_view<Codec>::shaped_like(layout_);
         v.slots = views_.data();
         v.codecs = codecs_.data();
         v.read_slots = read_slots_.data();
         v.write_slots = write_slots_.data();
-        v.n_layers = g.n_layers;
-        v.n_kv_heads = g.n_kv_heads;
-        v.head_dim = g.head_dim;
-        v.heads_per_group = layout_.heads_per_group();
-        v.groups_per_layer = layout_.groups_per_layer();
-        v.n_slots = n_slots();
         v.max_sequences = pools_.max_sequences;
         v.max_latent_width = max_latent_;
         v.decode_scratch_per_token = max_decode_scratch_;

@@ -50,6 +50,21 @@ struct cache_view {
     int decode_scratch_per_token = 0;  ///< max over slots of decode_scratch_floats(codec, 1)
     int max_hidden_width = 0;  ///< widest autoencoder hidden layer of any slot (0: none)
 
+    /// A view with the shape of `layout` (geometry, groups, stored slots) and no memory yet: the
+    /// owner (gpu::device_kv_cache, gpu::page_pool_view) sets the pointers and sizing hints.
+    template <kv_layout Layout>
+    static cache_view shaped_like(const Layout& layout) {
+        const kv_geometry g = layout.geometry();
+        cache_view v;
+        v.n_layers = g.n_layers;
+        v.n_kv_heads = g.n_kv_heads;
+        v.head_dim = g.head_dim;
+        v.heads_per_group = layout.heads_per_group();
+        v.groups_per_layer = layout.groups_per_layer();
+        v.n_slots = layout.n_slots();
+        return v;
+    }
+
     /// Floats in one group: the codecs' group_width().
     KVCAR_HD int group_width() const { return heads_per_group * head_dim; }
     /// Floats in one layer's K (or V) token vector.
