@@ -147,7 +147,7 @@ inline reuse_map shard_layout(const reuse_map& full, const head_shard& shard) {
 /// The codecs of one rank's cache, in its stored-slot order: `codecs[s]` belongs to stored slot
 /// `s` of `full` (as a kv_cache takes them); the result lines up with shard_layout(full, shard).
 /// Throws kvcar::error when `codecs` does not have one codec per stored slot of `full`.
-template <class Layout, class Codec>
+template <kv_layout Layout, kv_codec Codec>
 std::vector<Codec> shard_codecs(const Layout& full, const std::vector<Codec>& codecs,
                                 const head_shard& shard) {
     require(int(codecs.size()) == full.n_slots(),

@@ -12,6 +12,8 @@
 
 #include "catch.hpp"
 
+#include "common/temp_dir.hpp"
+
 using namespace kvcar::io;
 namespace fs = std::filesystem;
 
@@ -21,20 +23,7 @@ static_assert(parse_dtype("F8_E4M3") == dtype::f8_e4m3 && !parse_dtype("Q4_K"));
 
 namespace {
 
-/// A fresh, empty folder under the system temp dir, removed at scope exit.
-struct temp_dir {
-    fs::path path;
-    explicit temp_dir(const std::string& name)
-        : path(fs::temp_directory_path() / ("kvcar_test_safetensors_" + name)) {
-        fs::remove_all(path);
-        fs::create_directories(path);
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using kvcar_test::temp_dir;
 
 void write_bytes(const std::string& path, const std::vector<std::byte>& bytes) {
     std::ofstream out(path, std::ios::binary);

@@ -13,6 +13,8 @@
 #include "catch.hpp"
 #include "examples/models/llama/llama2c.hpp"
 
+#include "common/temp_dir.hpp"
+
 using namespace kvcar::examples;
 namespace fs = std::filesystem;
 
@@ -23,19 +25,7 @@ namespace {
 
 const std::string data_dir = std::string(KVCAR_SHARED_DATA) + "/llama2c";
 
-struct temp_dir {
-    fs::path path;
-    explicit temp_dir(const std::string& name)
-        : path(fs::temp_directory_path() / ("kvcar_test_llama2c_" + name)) {
-        fs::remove_all(path);
-        fs::create_directories(path);
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using kvcar_test::temp_dir;
 
 std::vector<std::byte> read_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);

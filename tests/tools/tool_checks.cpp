@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "common/temp_dir.hpp"
+
 namespace ex = kvcar::examples;
 namespace fs = std::filesystem;
 
@@ -37,21 +39,7 @@ std::string thrown(F&& f) {
     return "";
 }
 
-/// A fresh folder under the system's temporary folder, removed at the end of the scope.
-struct temp_dir {
-    fs::path path;
-    explicit temp_dir(const std::string& name)
-        : path(fs::temp_directory_path() / ("kvcar-tools-" + name + "-" + std::to_string(::getpid()))) {
-        fs::remove_all(path);
-        fs::create_directories(path);
-    }
-    ~temp_dir() { fs::remove_all(path); }
-    std::string file(const std::string& name, const std::string& bytes) const {
-        const fs::path p = path / name;
-        std::ofstream(p, std::ios::binary) << bytes;
-        return p.string();
-    }
-};
+using kvcar_test::temp_dir;
 
 /// argv for command_line::parse.
 struct args {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
+#include "kvcar/io/safetensors.hpp"
 #include "kvcar/io/json.hpp"  // io::detail::read_file_bytes
 
 namespace kvcar::examples {
@@ -72,17 +73,6 @@ struct llama2c_vocab {
 
 namespace llama2c_detail {
 
-template <class T>
-T llama2c_load(const std::byte* p) {
-    unsigned char b[sizeof(T)];
-    std::memcpy(b, p, sizeof(T));
-    if constexpr (std::endian::native == std::endian::big)
-        for (std::size_t i = 0; i < sizeof(T) / 2; ++i) std::swap(b[i], b[sizeof(T) - 1 - i]);
-    T v;
-    std::memcpy(&v, b, sizeof(T));
-    return v;
-}
-
 /// Sum of products in 64 bits, or false on overflow (header values may be anything).
 inline bool llama2c_add_product(std::uint64_t& total, std::initializer_list<std::uint64_t> f) {
     std::uint64_t p = 1;
@@ -108,7 +98,7 @@ inline llama2c_config parse_llama2c_header(std::span<const std::byte> bytes,
         throw error(io::detail::msg() + where + "truncated: " + bytes.size() +
                     " bytes, shorter than the 28-byte header");
     std::int32_t h[7];
-    for (int i = 0; i < 7; ++i) h[i] = llama2c_detail::llama2c_load<std::int32_t>(bytes.data() + 4 * i);
+    for (int i = 0; i < 7; ++i) h[i] = io::load_le<std::int32_t>(bytes.data() + 4 * i);
     const char* names[7] = {"dim",        "hidden_dim", "n_layers", "n_heads",
                             "n_kv_heads", "vocab_size", "seq_len"};
     for (int i = 0; i < 7; ++i) {
@@ -184,7 +174,7 @@ inline llama2c_weights parse_llama2c(std::span<const std::byte> bytes, const std
             if (n) std::memcpy(out.data(), bytes.data() + at, n * sizeof(float));
         } else {
             for (std::size_t i = 0; i < n; ++i)
-                out[i] = llama2c_detail::llama2c_load<float>(bytes.data() + at + 4 * i);
+                out[i] = io::load_le<float>(bytes.data() + at + 4 * i);
         }
         at += n * sizeof(float);
     };
@@ -220,7 +210,7 @@ inline llama2c_vocab parse_llama2c_vocab(std::span<const std::byte> bytes, int v
         throw error(io::detail::msg() + where + "truncated: " + bytes.size() +
                     " bytes, shorter than the 4-byte max_token_length");
     llama2c_vocab v;
-    v.max_token_length = llama2c_detail::llama2c_load<std::int32_t>(bytes.data());
+    v.max_token_length = io::load_le<std::int32_t>(bytes.data());
     if (v.max_token_length <= 0)
         throw error(io::detail::msg() + where + "max_token_length " + v.max_token_length +
                     " is not positive");
@@ -236,8 +226,8 @@ inline llama2c_vocab parse_llama2c_vocab(std::span<const std::byte> bytes, int v
         if (bytes.size() - at < 8)
             throw error(io::detail::msg() + where + "truncated at token " + id + " of " + vocab_size +
                         ": " + (bytes.size() - at) + " bytes left, its score and length need 8");
-        const float score = llama2c_detail::llama2c_load<float>(bytes.data() + at);
-        const std::int32_t len = llama2c_detail::llama2c_load<std::int32_t>(bytes.data() + at + 4);
+        const float score = io::load_le<float>(bytes.data() + at);
+        const std::int32_t len = io::load_le<std::int32_t>(bytes.data() + at + 4);
         at += 8;
         if (len < 0 || len > v.max_token_length)
             throw error(io::detail::msg() + where + "token " + id + " has length " + len +

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <limits>
 #include <vector>
@@ -29,7 +30,7 @@ struct autoencoder_loss {
 namespace detail {
 
 /// [rows][cols] → [cols][rows].
-template <class Real>
+template <std::floating_point Real>
 void transpose_into(const std::vector<Real>& m, std::size_t rows, std::size_t cols,
                     std::vector<Real>& t) {
     t.resize(m.size());
@@ -40,7 +41,7 @@ void transpose_into(const std::vector<Real>& m, std::size_t rows, std::size_t co
 /// The dense kernels. All are written as `y[:] += s * w[:]` over contiguous rows, so the
 /// compiler vectorises them without reassociating a sum, and each output element is computed by
 /// one fixed sequence of operations.
-template <class Real>
+template <std::floating_point Real>
 struct fc {
     /// Y[B][out] = X[B][in] · W^T + b, with wt = Wᵀ as [in][out]. Parallel over rows.
     static void forward(const Real* x, std::size_t B, std::size_t in, const Real* wt, const Real* b,
@@ -94,13 +95,13 @@ struct fc {
     }
 };
 
-template <class Real>
+template <std::floating_point Real>
 Real lrelu(Real x, Real slope) {
     return x >= Real(0) ? x : slope * x;
 }
 
 /// Activations and gradients of one batch, reused from batch to batch.
-template <class Real>
+template <std::floating_point Real>
 class autoencoder_workspace {
 public:
     autoencoder_workspace(int width, int hidden, int latent, int threads)
@@ -313,7 +314,7 @@ private:
 };
 
 /// Rows `index[0..n)` of `rows` (width D) gathered into `out` as Real.
-template <class Real>
+template <std::floating_point Real>
 void gather_rows(const float* rows, std::size_t D, const std::size_t* index, std::size_t n,
                  std::vector<Real>& out) {
     out.resize(n * D);

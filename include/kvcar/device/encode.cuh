@@ -53,7 +53,7 @@ __device__ void warp_store_plain(const float* z, int d, std::byte* record) {
 }
 
 /// The latent of x, computed by the warp into z (d floats). Synchronizes the warp at the end.
-template <class Codec>
+template <kv_codec Codec>
 __device__ void warp_to_latent(const Codec& c, const float* x, float* z) {
     const int lane = int(threadIdx.x & 31);
     const auto& core = core_of(c);
@@ -89,7 +89,7 @@ __device__ void warp_to_latent(const Codec& c, const float* x, float* z) {
 }
 
 /// Quantizes z (d floats) into the record exactly as quantized_codec::quantize does.
-template <class Codec>
+template <kv_codec Codec>
 __device__ void warp_quantize(const Codec& c, const float* z, std::byte* record) {
     using Q = typename Codec::storage_type;
     const int lane = int(threadIdx.x & 31);

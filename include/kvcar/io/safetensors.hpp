@@ -154,8 +154,8 @@ struct tensor_to_write {
 /// Largest header the reader accepts (the reference implementation's limit).
 inline constexpr std::uint64_t safetensors_max_header = 100u << 20;
 
-namespace detail {
-
+/// A little-endian T stored at `p` (any alignment), on any host: the byte order of safetensors
+/// headers and tensors, and of llama2.c files.
 template <class T>
 T load_le(const std::byte* p) {
     static_assert(std::is_trivially_copyable_v<T>);
@@ -167,6 +167,8 @@ T load_le(const std::byte* p) {
     std::memcpy(&v, b, sizeof(T));
     return v;
 }
+
+namespace detail {
 
 /// `a * b` unless it exceeds `limit`.
 inline bool mul_within(std::uint64_t a, std::uint64_t b, std::uint64_t limit, std::uint64_t& out) {
@@ -199,18 +201,18 @@ inline std::vector<float> tensor_to_float(const tensor_view& t, std::string_view
     const std::byte* p = t.data.data();
     switch (t.dtype) {
         case dtype::f64:
-            for (std::size_t i = 0; i < n; ++i) out[i] = float(detail::load_le<double>(p + 8 * i));
+            for (std::size_t i = 0; i < n; ++i) out[i] = float(load_le<double>(p + 8 * i));
             break;
         case dtype::f32:
-            for (std::size_t i = 0; i < n; ++i) out[i] = detail::load_le<float>(p + 4 * i);
+            for (std::size_t i = 0; i < n; ++i) out[i] = load_le<float>(p + 4 * i);
             break;
         case dtype::f16:
             for (std::size_t i = 0; i < n; ++i)
-                out[i] = to_float(f16{detail::load_le<std::uint16_t>(p + 2 * i)});
+                out[i] = to_float(f16{load_le<std::uint16_t>(p + 2 * i)});
             break;
         case dtype::bf16:
             for (std::size_t i = 0; i < n; ++i)
-                out[i] = to_float(bf16{detail::load_le<std::uint16_t>(p + 2 * i)});
+                out[i] = to_float(bf16{load_le<std::uint16_t>(p + 2 * i)});
             break;
         case dtype::f8_e4m3:
             for (std::size_t i = 0; i < n; ++i) out[i] = to_float(fp8_e4m3{std::uint8_t(p[i])});
@@ -294,7 +296,7 @@ private:
         if (file_size < 8)
             fail(detail::msg() + "not a safetensors file: " + file_size +
                  " bytes, too short for the 8-byte header length");
-        const std::uint64_t header_len = detail::load_le<std::uint64_t>(bytes_.data());
+        const std::uint64_t header_len = load_le<std::uint64_t>(bytes_.data());
         if (header_len > safetensors_max_header)
             fail(detail::msg() + "not a safetensors file: header length " + header_len +
                  " exceeds the 100 MiB limit");
