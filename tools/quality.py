@@ -18,6 +18,17 @@ time limit still leaves a report of what finished; at the end it is copied besid
 file (e.g. on a machine that has matplotlib). The tables go between the GENERATED markers of
 docs/results/quality.md; text outside the markers is kept.
 
+--device cuda runs perplexity and PIQA on the GPU (the codecs are still fitted on the CPU);
+--ppl-tokens 0 and --piqa-limit 0 take the whole test file and all 1838 PIQA examples; --kl adds
+the KL divergence of each cache's next-token distribution from the fp16 cache's (mean and p99,
+llama.cpp's --kl-divergence) beside the perplexity's standard error. --kinds runs only some
+kinds of job (calibrate, perplexity, piqa) and keeps the other kinds' results of WORK/quality.json,
+so that codecs fitted on one machine are evaluated on another:
+
+    python3 tools/quality.py --build build --work q --kinds calibrate --jobs 2         # CPU
+    python3 tools/quality.py --build build-gpu --work q --kinds perplexity,piqa \
+        --device cuda --kl --ppl-tokens 0 --piqa-limit 0 --jobs 8                       # GPU
+
 --quick runs everything on tiny settings (2000 test tokens, 20 PIQA examples, 2000 calibration
 tokens, 2 epochs) to check the pipeline, not to measure.
 """
@@ -154,6 +165,18 @@ class Runner:
         self.start = time.time()
         self.results_path = self.work / "quality.json"
         self.results = {"settings": self.settings(), "runs": {}}
+        kept = self.work / "quality.json"
+        if set(args.kinds) != {"calibrate", "perplexity", "piqa"} and kept.exists():
+            # Only some kinds run now: the others' results (and the codecs) are kept.
+            old = json.loads(kept.read_text())
+            for key, run in old.get("runs", {}).items():
+                self.results["runs"][key] = {k: v for k, v in run.items()
+                                             if k == "config" or k not in args.kinds}
+            for k, v in old.get("settings", {}).items():
+                self.results["settings"].setdefault(k, v)
+            if "calibrate" not in args.kinds:
+                for k in ("calib_tokens", "train_rows", "epochs"):
+                    self.results["settings"][k] = old.get("settings", {}).get(k, self.settings()[k])
 
     def settings(self):
         a = self.args
@@ -161,7 +184,7 @@ class Runner:
             "ppl_tokens": a.ppl_tokens, "ctx": 512, "stride": 512, "piqa_limit": a.piqa_limit,
             "calib_tokens": a.calib_tokens, "calib_text": "wikitext-2/wiki.valid.tokens",
             "train_rows": a.train_rows, "epochs": a.epochs, "jobs": a.jobs, "quick": a.quick,
-            "threads_per_run": 1,
+            "threads_per_run": 1, "device": a.device, "kl": a.kl,
         }
 
     def model_dir(self, model):
@@ -180,6 +203,9 @@ class Runner:
         key = f"{model}/{cfg['id']}"
         kv = cfg["kv"]
         calib = None
+        device = ["--device", a.device] if a.device != "cpu" else []
+        ppl_limit = ["--max-tokens", str(a.ppl_tokens)] if a.ppl_tokens > 0 else []
+        piqa_limit = ["--limit", str(a.piqa_limit)] if a.piqa_limit > 0 else []
         if cfg["calib"] is not None:
             codec = self.work / "codecs" / f"{model}.{cfg['id']}.kvc"
             kv = f"file:{codec}"
@@ -191,13 +217,17 @@ class Runner:
         ppl = dict(key=key, kind="perplexity", priority=1, deps=[calib] if calib else [],
                    cmd=[str(self.bin / "kvcar-perplexity")] + self.common(model, cfg["keys"]) + [
                        "--tokens-file", str(self.data / "wikitext-2" / "wiki.test.tokens"),
-                       "--max-tokens", str(a.ppl_tokens), "--ctx", "512", "--stride", "512",
-                       "--quiet", "--json", "--kv", kv])
+                       "--ctx", "512", "--stride", "512", "--quiet", "--json", "--kv", kv]
+                   + ppl_limit + device + (["--kl"] if a.kl else []))
         piqa = dict(key=key, kind="piqa", priority=2, deps=[calib] if calib else [],
                     cmd=[str(self.bin / "kvcar-piqa")] + self.common(model, cfg["keys"]) + [
-                        "--piqa", str(self.data / "piqa"), "--limit", str(a.piqa_limit),
-                        "--quiet", "--json", "--kv", kv])
-        return calib, ppl, piqa
+                        "--piqa", str(self.data / "piqa"), "--quiet", "--json", "--kv", kv]
+                    + piqa_limit + device)
+        if "calibrate" not in a.kinds:
+            # Evaluate the codec files already in WORK/codecs (a missing one fails its runs).
+            ppl["deps"], piqa["deps"], calib = [], [], None
+        return (calib, ppl if "perplexity" in a.kinds else None,
+                piqa if "piqa" in a.kinds else None)
 
     def record(self, job, status, parsed, seconds, log):
         with self.lock:
@@ -297,7 +327,9 @@ def parse_output(kind, text):
         return {}
     out = {}
     if kind == "perplexity":
-        out.update(ppl=r.get("perplexity"), tokens_scored=r.get("tokens_scored"))
+        out.update(ppl=r.get("perplexity"), tokens_scored=r.get("tokens_scored"),
+                   ppl_stderr=r.get("perplexity_stderr"), kl_mean=r.get("kl_mean"),
+                   kl_p99=r.get("kl_p99"), same_top=r.get("same_top_fraction"))
     if kind == "piqa":
         out.update(acc=r.get("acc"), correct=r.get("correct"), examples=r.get("examples"),
                    acc_per_token=r.get("acc_per_token"))
@@ -333,6 +365,8 @@ def rows_of(results, model):
         ppl_run, piqa_run = run.get("perplexity", {}), run.get("piqa", {})
         row = dict(id=cfg["id"], section=cfg["section"], label=cfg["label"], keys=cfg["keys"],
                    ppl=ppl_run.get("ppl"), acc=piqa_run.get("acc"),
+                   ppl_stderr=ppl_run.get("ppl_stderr"), kl_mean=ppl_run.get("kl_mean"),
+                   kl_p99=ppl_run.get("kl_p99"), same_top=ppl_run.get("same_top"),
                    acc_examples=piqa_run.get("examples"),
                    bytes=ppl_run.get("bytes_per_token", piqa_run.get("bytes_per_token")),
                    ppl_status=ppl_run.get("status", "not run"),
@@ -369,15 +403,23 @@ SECTION_NAMES = {"baseline": "baseline", "paper": "KV-CAR (paper)", "ours": "our
 
 
 def table(rows, fp16_bytes):
-    out = ["| configuration | kind | KV bytes/token | saved | perplexity | Δ ppl | PIQA acc | "
+    kl = any(r["kl_mean"] is not None for r in rows)
+    out = ["| configuration | kind | KV bytes/token | saved | perplexity | Δ ppl | "
+           + ("KL mean | KL p99 | same top-1 | " if kl else "") + "PIQA acc | "
            "Δ acc (pts) | target |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+           "| --- | --- | ---: | ---: | ---: | ---: | " + ("---: | ---: | ---: | " if kl else "")
+           + "---: | ---: | --- |"]
     for r in rows:
         ppl = fmt(r["ppl"], ".3f") if r["ppl"] is not None else r["ppl_status"]
+        if r["ppl"] is not None and r["ppl_stderr"] is not None:
+            ppl += f" ± {r['ppl_stderr']:.3f}"
         acc = fmt(r["acc"], ".4f") if r["acc"] is not None else r["piqa_status"]
+        kl_cells = (f"{fmt(r['kl_mean'], '.5f')} | {fmt(r['kl_p99'], '.4f')} | "
+                    f"{fmt(None if r['same_top'] is None else 100 * r['same_top'], '.2f')}% | "
+                    if kl else "")
         out.append(
             f"| {r['label']} | {SECTION_NAMES[r['section']]} | {fmt(r['bytes'], 'd')} | "
-            f"{fmt(r['saved'], '.1f')}% | {ppl} | {fmt(r['dppl'], '+.2f')}% | {acc} | "
+            f"{fmt(r['saved'], '.1f')}% | {ppl} | {fmt(r['dppl'], '+.2f')}% | {kl_cells}{acc} | "
             f"{fmt(r['dacc'], '+.1f')} | {r['target']} |")
     return "\n".join(out)
 
@@ -385,11 +427,18 @@ def table(rows, fp16_bytes):
 def generated_section(results):
     s = results["settings"]
     lines = [BEGIN, ""]
+    scored = {r.get("perplexity", {}).get("tokens_scored") for r in results["runs"].values()}
+    scored.discard(None)
+    text_part = (f"the first {s['ppl_tokens']:,} tokens" if s["ppl_tokens"] > 0 else
+                 "the whole of" + (f" ({max(scored) + 1:,} tokens)" if scored else ""))
+    piqa_part = (f"the first {s['piqa_limit']} of 1838 examples" if s["piqa_limit"] > 0
+                 else "all 1838 examples")
+    where = ("on the GPU (`--device cuda`)" if s.get("device") == "cuda" else "on the CPU")
     lines.append(
-        f"Settings: perplexity on the first {s['ppl_tokens']:,} tokens of WikiText-2 "
+        f"Settings: perplexity on {text_part} WikiText-2 "
         f"`wiki.test.tokens` (tokenized as it is; ctx {s['ctx']}, stride {s['stride']}: "
-        f"non-overlapping windows), PIQA dev accuracy (summed log-probability) on the first "
-        f"{s['piqa_limit']} of 1838 examples; codecs fitted on the first {s['calib_tokens']:,} "
+        f"non-overlapping windows), PIQA dev accuracy (summed log-probability) on "
+        f"{piqa_part}, both {where}; codecs fitted on the first {s['calib_tokens']:,} "
         f"tokens of `{s['calib_text']}` (autoencoders on {s['train_rows']:,} evenly spaced rows "
         f"per slot, at most {s['epochs']} epochs). Every run single-threaded, {s['jobs']} at a "
         f"time" + (f", {results['wall_seconds']:.0f} s in all" if "wall_seconds" in results
@@ -399,7 +448,11 @@ def generated_section(results):
     lines.append("KV bytes/token: exact bytes the cache stores per token, all layers, K and V "
                  "(records padded to 4 bytes; int8/fp8 records carry an f32 scale and offset). "
                  "Saved: against the fp16 cache of the same model. Target: ≥50% saved within "
-                 "+3% perplexity, ≥75% saved within +6%.")
+                 "+3% perplexity, ≥75% saved within +6%." +
+                 (" Perplexity ± its standard error (delta method over the scored tokens). KL: "
+                  "the KL divergence of the cache's next-token distribution from the fp16 "
+                  "cache's over every scored token (mean and 99th percentile, nats), and how "
+                  "often both give the same most likely token." if s.get("kl") else ""))
     for model in MODELS:
         rows, fp16_bytes = rows_of(results, model)
         if not rows:
@@ -457,8 +510,9 @@ def write_report(results, docs):
         ax.set_ylim(bottom=-1)
         ax.set_xlabel("KV bytes saved vs fp16 (%)")
         ax.set_ylabel("perplexity change (%)")
-        ax.set_title(f"{model}: WikiText-2 test, first {results['settings']['ppl_tokens']:,} "
-                     "tokens")
+        n = results["settings"]["ppl_tokens"]
+        ax.set_title(f"{model}: WikiText-2 test, " +
+                     (f"first {n:,} tokens" if n > 0 else "whole file"))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -487,8 +541,14 @@ def main():
                    help="where quality.md and quality.png go")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--ppl-tokens", type=int, default=20000)
-    p.add_argument("--piqa-limit", type=int, default=500)
+    p.add_argument("--ppl-tokens", type=int, default=20000, help="0: the whole test file")
+    p.add_argument("--piqa-limit", type=int, default=500, help="0: all 1838 examples")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where perplexity and PIQA run (calibration is on the CPU)")
+    p.add_argument("--kl", action="store_true",
+                   help="perplexity also reports the KL divergence from the fp16 cache")
+    p.add_argument("--kinds", default="calibrate,perplexity,piqa",
+                   help="which jobs run; the other kinds' results in WORK are kept")
     p.add_argument("--calib-tokens", type=int, default=16384)
     p.add_argument("--train-rows", type=int, default=8192)
     p.add_argument("--epochs", type=int, default=20)
@@ -498,6 +558,10 @@ def main():
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild the report from WORK/quality.json")
     a = p.parse_args()
+    a.kinds = [k for k in a.kinds.split(",") if k]
+    for k in a.kinds:
+        if k not in ("calibrate", "perplexity", "piqa"):
+            sys.exit(f"quality.py: unknown kind {k} (calibrate, perplexity, piqa)")
     if a.quick:
         a.ppl_tokens, a.piqa_limit, a.calib_tokens, a.train_rows, a.epochs = 2000, 20, 2000, 1000, 2
     a.work = a.work or str(Path(a.build) / "quality")

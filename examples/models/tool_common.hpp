@@ -213,7 +213,7 @@ int tool_main(int argc, char** argv, Run run) {
     }
 }
 
-/// --device, for the tools that have a CUDA path (generate, perplexity).
+/// --device, for the tools that have a CUDA path (generate, perplexity, piqa).
 inline option_spec device_option_spec() {
 #ifdef KVCAR_WITH_CUDA
     return {"device", "cpu|cuda", "run the model on the CPU (default) or the CUDA GPU"};

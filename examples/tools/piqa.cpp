@@ -1,6 +1,7 @@
 // kvcar-piqa — zero-shot PIQA accuracy of a model whose KV cache is a kvcar cache.
 //
 //   kvcar-piqa --model shared/data/models/gpt2-tiny --piqa shared/data/piqa --limit 200
+//   kvcar-piqa --model ... --device cuda        the model and its cache on the GPU
 //
 // Each example is a goal and two solutions. A solution's score is the log-probability the model
 // gives its tokens after the goal, i.e. of the continuation in tokenize(goal + " " + sol) past
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <exception>
 #include <fstream>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -23,6 +25,9 @@
 #include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_common.hpp"
 #include "examples/models/tool_json.hpp"
+#ifdef KVCAR_WITH_CUDA
+#include "examples/models/cuda/backend.hpp"
+#endif
 
 namespace ex = kvcar::examples;
 
@@ -75,6 +80,7 @@ int run(int argc, char** argv) {
                         "the --data folder)"},
         {"limit", "N", "evaluate only the first N examples (default: all 1838)"},
         {"quiet", "", "no progress line"},
+        ex::device_option_spec(),
         ex::json_option_spec(),
     });
     ex::command_line cl("kvcar-piqa", "Zero-shot PIQA accuracy of a model whose KV cache is kvcar's.",
@@ -84,6 +90,7 @@ int run(int argc, char** argv) {
     // Everything the command line says, the data included, is checked before the model loads.
     const std::string model_path = cl.required("model");
     const std::string kv = cl.get("kv", "identity-f16");
+    [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
     const bool json = cl.has("json");
     std::FILE* report = json ? stderr : stdout;
     long long limit = 0;
@@ -100,8 +107,10 @@ int run(int argc, char** argv) {
 
     const int context = model.max_positions();
     ex::progress_line progress(!cl.has("quiet"));
-    return ex::with_kv_cache(kv, model.cache_geometry(), {1, context}, [&](auto& cache) {
-        const int vocab = model.vocab_size();
+    // The example loop, for a CPU cache or the CUDA session alike. log_probs(cache, inputs,
+    // targets) runs `inputs` through the model as a fresh sequence and returns
+    // log p(targets[i] | inputs[0..i]) for every i.
+    const auto evaluate = [&](auto& cache, auto&& log_probs) {
         int correct_sum = 0, correct_mean = 0, truncated = 0;
         long long tokens_fed = 0;
         std::size_t peak_bytes = 0, peak_reserved = 0;
@@ -123,23 +132,18 @@ int run(int argc, char** argv) {
                     first = first > drop ? first - drop : 1;
                 }
                 first = std::max<std::size_t>(first, 1);
-                const int seq = cache.add_sequence();
-                // Logits of position i predict token i + 1: only inputs up to the last but one.
+                // Input i predicts token i + 1: inputs up to the last but one, targets from 1.
                 const std::span<const int> inputs(ids.data(), ids.size() - 1);
-                const std::vector<float> logits = model.forward(cache, seq, inputs);
+                const std::span<const int> targets(ids.data() + 1, ids.size() - 1);
+                const std::vector<double> lp = log_probs(cache, inputs, targets);
                 peak_bytes = std::max(peak_bytes, cache.bytes_used());
                 peak_reserved = std::max(peak_reserved, cache.bytes_reserved());
-                cache.remove_sequence(seq);
                 tokens_fed += (long long)inputs.size();
 
-                double lp = 0.0;
-                for (std::size_t t = first; t < ids.size(); ++t) {
-                    lp += ex::log_prob(std::span<const float>(&logits[(t - 1) * std::size_t(vocab)],
-                                                              std::size_t(vocab)),
-                                       ids[t]);
-                }
-                sum[s] = lp;
-                mean[s] = lp / double(ids.size() - first);
+                double total = 0.0;
+                for (std::size_t t = first; t < ids.size(); ++t) total += lp[t - 1];
+                sum[s] = total;
+                mean[s] = total / double(ids.size() - first);
             }
             // Ties go to solution 0, as argmax does in lm-evaluation-harness.
             correct_sum += int((sum[1] > sum[0] ? 1 : 0) == ex_.label);
@@ -180,6 +184,36 @@ int run(int argc, char** argv) {
             ex::print_json_report(r);
         }
         return 0;
+    };
+
+#ifdef KVCAR_WITH_CUDA
+    if (use_cuda) {
+        std::fprintf(stderr, "device: %s\n", ex::cuda_backend::device_description().c_str());
+        ex::cuda_backend::session gpu(model, kv, {.max_sequences = 1, .max_tokens = context});
+        return evaluate(gpu, [](ex::cuda_backend::session& session, std::span<const int> inputs,
+                                std::span<const int> targets) {
+            // Only the log-probabilities come back from the GPU, not the logits.
+            const int seq = session.add_sequence();
+            std::vector<double> lp = session.log_probs(seq, inputs, targets);
+            session.remove_sequence(seq);
+            return lp;
+        });
+    }
+#endif
+    const int vocab = model.vocab_size();
+    return ex::with_kv_cache(kv, model.cache_geometry(), {1, context}, [&](auto& cache) {
+        return evaluate(cache, [&](auto& c, std::span<const int> inputs,
+                                   std::span<const int> targets) {
+            const int seq = c.add_sequence();
+            const std::vector<float> logits = model.forward(c, seq, inputs);
+            c.remove_sequence(seq);
+            std::vector<double> lp(inputs.size());
+            for (std::size_t i = 0; i < inputs.size(); ++i)
+                lp[i] = ex::log_prob(std::span<const float>(&logits[i * std::size_t(vocab)],
+                                                            std::size_t(vocab)),
+                                     targets[i]);
+            return lp;
+        });
     });
 }
 
