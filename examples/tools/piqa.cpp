@@ -107,8 +107,8 @@ int run(int argc, char** argv) {
 
     const int context = model.max_positions();
     ex::progress_line progress(!cl.has("quiet"));
-    // The example loop, for a CPU cache or the CUDA session alike. log_probs(cache, inputs,
-    // targets) runs `inputs` through the model as a fresh sequence and returns
+    // The example loop, for a CPU cache or the CUDA session alike. log_probs(cache, seq, inputs,
+    // targets) runs `inputs` through the model as the fresh sequence `seq` and returns
     // log p(targets[i] | inputs[0..i]) for every i.
     const auto evaluate = [&](auto& cache, auto&& log_probs) {
         int correct_sum = 0, correct_mean = 0, truncated = 0;
@@ -135,9 +135,11 @@ int run(int argc, char** argv) {
                 // Input i predicts token i + 1: inputs up to the last but one, targets from 1.
                 const std::span<const int> inputs(ids.data(), ids.size() - 1);
                 const std::span<const int> targets(ids.data() + 1, ids.size() - 1);
-                const std::vector<double> lp = log_probs(cache, inputs, targets);
+                const int seq = cache.add_sequence();
+                const std::vector<double> lp = log_probs(cache, seq, inputs, targets);
                 peak_bytes = std::max(peak_bytes, cache.bytes_used());
                 peak_reserved = std::max(peak_reserved, cache.bytes_reserved());
+                cache.remove_sequence(seq);
                 tokens_fed += (long long)inputs.size();
 
                 double total = 0.0;
@@ -190,23 +192,18 @@ int run(int argc, char** argv) {
     if (use_cuda) {
         std::fprintf(stderr, "device: %s\n", ex::cuda_backend::device_description().c_str());
         ex::cuda_backend::session gpu(model, kv, {.max_sequences = 1, .max_tokens = context});
-        return evaluate(gpu, [](ex::cuda_backend::session& session, std::span<const int> inputs,
-                                std::span<const int> targets) {
-            // Only the log-probabilities come back from the GPU, not the logits.
-            const int seq = session.add_sequence();
-            std::vector<double> lp = session.log_probs(seq, inputs, targets);
-            session.remove_sequence(seq);
-            return lp;
+        // Only the log-probabilities come back from the GPU, not the logits.
+        return evaluate(gpu, [](ex::cuda_backend::session& session, int seq,
+                                std::span<const int> inputs, std::span<const int> targets) {
+            return session.log_probs(seq, inputs, targets);
         });
     }
 #endif
     const int vocab = model.vocab_size();
     return ex::with_kv_cache(kv, model.cache_geometry(), {1, context}, [&](auto& cache) {
-        return evaluate(cache, [&](auto& c, std::span<const int> inputs,
+        return evaluate(cache, [&](auto& c, int seq, std::span<const int> inputs,
                                    std::span<const int> targets) {
-            const int seq = c.add_sequence();
             const std::vector<float> logits = model.forward(c, seq, inputs);
-            c.remove_sequence(seq);
             std::vector<double> lp(inputs.size());
             for (std::size_t i = 0; i < inputs.size(); ++i)
                 lp[i] = ex::log_prob(std::span<const float>(&logits[i * std::size_t(vocab)],

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <string>
+#include <utility>
 
 #include <cuda_runtime.h>
 
@@ -68,6 +69,73 @@ void allow_dynamic_smem(Kernel* kernel, std::size_t bytes, int optin_limit, cons
         KVCAR_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               int(bytes)));
+    }
+}
+
+// Programmatic dependent launch (sm_90 and later). A decode step at batch 1 is three or four
+// short kernels in a row (projection, split, merge, lift) of 5-30 µs each, and between two
+// dependent kernels the GPU idles while the second one is launched and its CTAs are placed: a
+// few µs, a large share of such a step. A kernel launched with `overlap` may be placed as soon as
+// every CTA of the kernel before it on the stream has started (allow_dependent_grids) and waits
+// in wait_for_prior_grids until that kernel has finished and its writes are visible; the launch
+// latency overlaps the previous kernel's work instead of following it. Only a kernel that calls
+// wait_for_prior_grids before its first memory access may be launched with overlap. The decode
+// paths use it only when attention_workspace::tune.dependent_launch is set: it is not yet
+// measured or tested on a GPU (bench/decode_bench --dependent-launch compares both).
+
+/// Waits until every grid this one depends on has finished and its writes are visible (a no-op
+/// below sm_90 and for a kernel launched without overlap).
+__device__ __forceinline__ void wait_for_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/// Lets the kernel after this one on the stream be placed (it still waits for this one's end in
+/// wait_for_prior_grids); called by every CTA once it has started.
+__device__ __forceinline__ void allow_dependent_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/// Whether the current device runs programmatic dependent launches (compute capability 9.0+).
+inline bool dependent_launch_supported() {
+    int device = 0, major = 0;
+    KVCAR_CUDA_CHECK(cudaGetDevice(&device));
+    KVCAR_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    return major >= 9;
+}
+
+/// Where and how a kernel runs: grid, block, dynamic shared memory, stream, and whether it may
+/// overlap the kernel before it (see above; the kernel must wait_for_prior_grids first).
+struct launch_shape {
+    dim3 grid;                      ///< blocks (gpu::checked_grid)
+    dim3 block;                     ///< threads per block
+    std::size_t smem = 0;           ///< dynamic shared memory, bytes
+    cudaStream_t stream = nullptr;  ///< where it is enqueued
+    bool overlap = false;           ///< programmatic dependent launch (see above)
+};
+
+/// Launches kernel(args...) with `shape`; throws kvcar::error naming `name` when the launch fails.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), const launch_shape& shape, const char* name,
+            Args&&... args) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = shape.grid;
+    config.blockDim = shape.block;
+    config.dynamicSmemBytes = shape.smem;
+    config.stream = shape.stream;
+    config.attrs = attr;
+    config.numAttrs = shape.overlap ? 1 : 0;
+    const cudaError_t status = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+    if (status != cudaSuccess) {
+        (void)cudaGetLastError();  // reported here; the next check must not see it again
+        throw error("kvcar: CUDA error launching " + std::string(name) + ": " +
+                    cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
     }
 }
 

@@ -196,41 +196,42 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
 }
 
 template <class Codec, int MT, int NB, int NW>
-void launch_split(const split_params<Codec>& sp, const plan& pl, int batch, cudaStream_t stream) {
+void launch_split(const split_params<Codec>& sp, const plan& pl, int batch, cudaStream_t stream,
+                  bool overlap) {
     auto kernel = split_kernel<Codec, MT, NB, NW>;
     // make_plan kept pl.smem within the device's opt-in limit.
     KVCAR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(pl.smem)));
     const dim3 grid = gpu::checked_grid(pl.splits, batch, 1, "latent_decode_attention split_kernel");
-    kernel<<<grid, NW * 32, pl.smem, stream>>>(sp);
-    KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention split_kernel");
+    gpu::launch(kernel, {grid, dim3(NW * 32), pl.smem, stream, overlap},
+                "latent_decode_attention split_kernel", sp);
 }
 
 /// Run-time (warps, column blocks) → the instantiation for MT head blocks: 8 warps with
 /// MT · NB <= 32, 16 warps where wide_fits_registers (make_plan).
 template <class Codec, int MT>
 void launch_split_mt(const split_params<Codec>& sp, const plan& pl, int batch,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, bool overlap) {
     if (pl.nw == 16) {
         switch (pl.nb) {
-            case 2: launch_split<Codec, MT, 2, 16>(sp, pl, batch, stream); break;
+            case 2: launch_split<Codec, MT, 2, 16>(sp, pl, batch, stream, overlap); break;
             case 4:
                 if constexpr (wide_fits_registers(MT, 4))
-                    launch_split<Codec, MT, 4, 16>(sp, pl, batch, stream);
+                    launch_split<Codec, MT, 4, 16>(sp, pl, batch, stream, overlap);
                 break;
             default:
                 if constexpr (wide_fits_registers(MT, 8))
-                    launch_split<Codec, MT, 8, 16>(sp, pl, batch, stream);
+                    launch_split<Codec, MT, 8, 16>(sp, pl, batch, stream, overlap);
                 break;
         }
         return;
     }
     switch (pl.nb) {
-        case 2: launch_split<Codec, MT, 2, 8>(sp, pl, batch, stream); break;
-        case 4: launch_split<Codec, MT, 4, 8>(sp, pl, batch, stream); break;
-        case 8: launch_split<Codec, MT, 8, 8>(sp, pl, batch, stream); break;
+        case 2: launch_split<Codec, MT, 2, 8>(sp, pl, batch, stream, overlap); break;
+        case 4: launch_split<Codec, MT, 4, 8>(sp, pl, batch, stream, overlap); break;
+        case 8: launch_split<Codec, MT, 8, 8>(sp, pl, batch, stream, overlap); break;
         default:
-            if constexpr (MT <= 2) launch_split<Codec, MT, 16, 8>(sp, pl, batch, stream);
+            if constexpr (MT <= 2) launch_split<Codec, MT, 16, 8>(sp, pl, batch, stream, overlap);
             break;
     }
 }
@@ -325,17 +326,19 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
             auto project = lt::project_kernel<Codec, BB>;
             gpu::allow_dynamic_smem(project, project_smem, ws.max_shared_bytes(),
                                      "latent_decode_attention project_kernel");
-            project<<<project_grid, lt::project_threads(BB), project_smem, stream>>>(
-                cache, p.q, qz, bias, p.layer, p.batch, H, G, pl.lat_pad);
-            KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention project_kernel");
+            gpu::launch(project,
+                        {project_grid, dim3(lt::project_threads(BB)), project_smem, stream,
+                         ws.overlap_launches()},
+                        "latent_decode_attention project_kernel", cache, p.q, qz, bias,
+                        p.layer, p.batch, H, G, pl.lat_pad);
         });
 
         if (pl.mt == 1) {
-            lt::launch_split_mt<Codec, 1>(sp, pl, p.batch, stream);
+            lt::launch_split_mt<Codec, 1>(sp, pl, p.batch, stream, ws.overlap_launches());
         } else if (pl.mt == 2) {
-            lt::launch_split_mt<Codec, 2>(sp, pl, p.batch, stream);
+            lt::launch_split_mt<Codec, 2>(sp, pl, p.batch, stream, ws.overlap_launches());
         } else {
-            lt::launch_split_mt<Codec, 4>(sp, pl, p.batch, stream);
+            lt::launch_split_mt<Codec, 4>(sp, pl, p.batch, stream, ws.overlap_launches());
         }
 
         // Merge the splits of every (item, head) into z̄ (one CTA each), then lift.
@@ -353,9 +356,11 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
                 H, (p.batch + BB - 1) / BB,
                 (cache.head_dim + lt::lift_rows_per_block(BB) - 1) / lt::lift_rows_per_block(BB),
                 "latent_decode_attention lift_kernel");
-            lift<<<lift_grid, lt::lift_threads, lift_smem, stream>>>(
-                cache, zbar, zw, p.kv_lengths, p.out, p.layer, p.batch, H, G);
-            KVCAR_CUDA_CHECK_LAUNCH("latent_decode_attention lift_kernel");
+            gpu::launch(lift,
+                        {lift_grid, dim3(lt::lift_threads), lift_smem, stream,
+                         ws.overlap_launches()},
+                        "latent_decode_attention lift_kernel", cache, zbar, zw, p.kv_lengths,
+                        p.out, p.layer, p.batch, H, G);
         });
     }
 }

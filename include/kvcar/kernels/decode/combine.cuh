@@ -72,6 +72,8 @@ __global__ void __launch_bounds__(THREADS) combine_kernel(merge_params m) {
     __shared__ typename block_reduce::TempStorage reduce_storage;
     __shared__ float4 partial[THREADS / 32][32];
     __shared__ float total_max, total_sum;
+    gpu::wait_for_prior_grids();  // the split kernel's partials (launched with overlap)
+    gpu::allow_dependent_grids();
     const int b = int(blockIdx.x), h = int(blockIdx.y);
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
     constexpr int warps = THREADS / 32;
@@ -142,11 +144,11 @@ inline void launch_merge(const merge_params& m, attention_workspace& ws, cudaStr
                          const char* what) {
     const dim3 grid = gpu::checked_grid(m.batch, m.n_heads,
                                          (m.width + merge_columns - 1) / merge_columns, what);
-    if (m.splits >= merge_many_splits)
-        combine_kernel<merge_threads_many><<<grid, merge_threads_many, 0, stream>>>(m);
-    else
-        combine_kernel<merge_threads><<<grid, merge_threads, 0, stream>>>(m);
-    KVCAR_CUDA_CHECK_LAUNCH(what);
+    const bool many = m.splits >= merge_many_splits;
+    gpu::launch(many ? combine_kernel<merge_threads_many> : combine_kernel<merge_threads>,
+                {grid, dim3(many ? merge_threads_many : merge_threads), 0, stream,
+                 ws.overlap_launches()},
+                what, m);
     ws.last_splits = m.splits;
     ws.last_chunk = m.chunk;
 }

@@ -126,6 +126,8 @@ __global__ void __launch_bounds__(direct_mma_threads, 2)
     __shared__ float sh_o[NW][GQA][HEAD_DIM];
     __shared__ float sh_m[NW][8], sh_l[NW][8];
 
+    gpu::wait_for_prior_grids();  // q and this step's K/V (launched with overlap)
+    gpu::allow_dependent_grids();
     const int split = int(blockIdx.x), b = int(blockIdx.y), kvh = int(blockIdx.z);
     const int len = p.kv_lengths[b];
     const int begin = split * p.chunk;
@@ -391,8 +393,9 @@ void launch_direct_mma(const device::cache_view<Codec>& cache, const decode_atte
                      plan.splits, header, scale};
     const dim3 grid = gpu::checked_grid(plan.splits, p.batch, cache.n_kv_heads,
                                          "direct_mma_attention_kernel");
-    direct_mma_attention_kernel<Codec, HEAD_DIM, GQA><<<grid, direct_mma_threads, 0, stream>>>(dp);
-    KVCAR_CUDA_CHECK_LAUNCH("direct_mma_attention_kernel");
+    gpu::launch(direct_mma_attention_kernel<Codec, HEAD_DIM, GQA>,
+                {grid, dim3(direct_mma_threads), 0, stream, ws.overlap_launches()},
+                "direct_mma_attention_kernel", dp);
     launch_merge(merge_params{dp.part_acc, dp.part_ml, p.kv_lengths, p.out, p.batch, p.n_heads,
                               /*width=*/HEAD_DIM, plan.chunk, plan.splits,
                               /*acc_stride=*/HEAD_DIM},

@@ -40,6 +40,8 @@ __global__ void __launch_bounds__(project_threads(BB))
     project_kernel(device::cache_view<Codec> cache, const float* q, __half* qz, float* qbias,
                    int layer, int batch, int n_heads, int heads_per_kv, int qz_ld) {
     extern __shared__ __align__(16) float q_s[];  // [BB][head_dim], then [groups][BB][columns]
+    gpu::wait_for_prior_grids();  // q (launched with overlap)
+    gpu::allow_dependent_grids();
     const int h = int(blockIdx.x), b0 = int(blockIdx.y) * BB;
     const int nb = min(BB, batch - b0);
     const int hd = cache.head_dim;
@@ -110,6 +112,8 @@ __global__ void __launch_bounds__(lift_threads)
                 const std::int32_t* kv_lengths, float* out, int layer, int batch, int n_heads,
                 int heads_per_kv) {
     extern __shared__ __align__(16) float z_s[];  // [BB][d]
+    gpu::wait_for_prior_grids();  // the merged z̄ (launched with overlap)
+    gpu::allow_dependent_grids();
     const int h = int(blockIdx.x), b0 = int(blockIdx.y) * BB;
     const int nb = min(BB, batch - b0);
     const int hd = cache.head_dim;

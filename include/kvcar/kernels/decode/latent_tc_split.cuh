@@ -45,6 +45,8 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
     static_assert(NB % 2 == 0, "V column blocks are loaded in pairs");
     extern __shared__ __align__(128) unsigned char smem[];
 
+    gpu::wait_for_prior_grids();  // the projected queries (launched with overlap)
+    gpu::allow_dependent_grids();
     const int split = int(blockIdx.x), b = int(blockIdx.y);
     const int len = p.kv_lengths[b];
     const int begin = split * p.chunk;

@@ -103,17 +103,17 @@ public:
 
     /// Unnormalized split outputs Σ e^(s − m) v (Σ e^(s − m) z on the latent paths), one row per
     /// split of each (item, head) or latent unit.
-    float* partial_acc(std::size_t n) { return acc_.grow(n, stream_, pools()); }
+    float* partial_acc(std::size_t n) { return take(acc_, n, 0); }
     /// Each split row's score maximum m and sum of exponentials l (2 floats per row).
-    float* partial_ml(std::size_t n) { return ml_.grow(n, stream_, pools()); }
+    float* partial_ml(std::size_t n) { return take(ml_, n, 1); }
     /// Queries projected into latent space (qz = Pᵀq) for the latent paths; the tensor-core path
     /// stores them as f16 in the same bytes.
-    float* latent_queries(std::size_t n) { return qz_.grow(n, stream_, pools()); }
+    float* latent_queries(std::size_t n) { return take(qz_, n, 2); }
     /// Per-query score bias q·μ of the latent paths; the tensor-core latent path also keeps the
     /// merged latents z̄ after the biases.
-    float* latent_bias(std::size_t n) { return qbias_.grow(n, stream_, pools()); }
+    float* latent_bias(std::size_t n) { return take(qbias_, n, 3); }
     /// Small index arrays staged from the host (sequences, lengths, positions, item maps).
-    std::int32_t* ints(std::size_t n) { return ints_.grow(n, stream_, pools()); }
+    std::int32_t* ints(std::size_t n) { return take(ints_, n, 4); }
     /// Multiprocessors of the current device (looked up once).
     int sm_count() {
         if (sm_count_ == 0) sm_count_ = gpu::multiprocessor_count();
@@ -123,6 +123,13 @@ public:
     int max_shared_bytes() {
         if (max_smem_ == 0) max_smem_ = gpu::max_dynamic_smem_optin();
         return max_smem_;
+    }
+    /// Whether the decode kernels may overlap the kernel before them on the stream
+    /// (gpu::launch_shape::overlap): tune.dependent_launch on sm_90 and later.
+    bool overlap_launches() {
+        if (!tune.dependent_launch) return false;
+        if (dependent_launch_ < 0) dependent_launch_ = gpu::dependent_launch_supported() ? 1 : 0;
+        return dependent_launch_ == 1;
     }
     /// The split layout of the last launch (for tests and tuning).
     int last_splits = 0;
@@ -137,9 +144,40 @@ public:
         int latent_stages = 0;  ///< its ring stages (2 … 4, as shared memory allows)
         int latent_chunk = 0;   ///< tokens per split (rounded up to the 32-token tile)
         int direct_ctas_per_sm = 0;  ///< tensor-core direct path: split target, CTAs per SM
+        /// Programmatic dependent launch between the decode kernels (sm_90+; gpu::launch_shape).
+        /// Off by default until it has been measured and tested on a GPU.
+        bool dependent_launch = false;
     } tune;  ///< launch-shape overrides for benchmarks (0 = the planner's choice)
 
+    // Sizing (plan_decode_attention). Between begin_sizing and end_sizing the accessors record
+    // the largest size asked of each buffer and return a placeholder address instead of memory;
+    // the launches that ask are captured into a graph that is thrown away, never run. So the
+    // sizes a plan reserves come from the very code that launches, and cannot disagree with it.
+
+    /// Starts recording sizes instead of allocating (see above).
+    void begin_sizing() {
+        sizing_ = true;
+        for (std::size_t& n : need_) n = 0;
+    }
+    /// Stops recording and grows every buffer to the largest size recorded, in `stream`'s order.
+    void end_sizing(cudaStream_t stream) {
+        sizing_ = false;
+        use_stream(stream);
+        if (need_[0]) acc_.grow(need_[0], stream_, pools());
+        if (need_[1]) ml_.grow(need_[1], stream_, pools());
+        if (need_[2]) qz_.grow(need_[2], stream_, pools());
+        if (need_[3]) qbias_.grow(need_[3], stream_, pools());
+        if (need_[4]) ints_.grow(need_[4], stream_, pools());
+    }
+
 private:
+    template <class T>
+    T* take(detail::stream_scratch<T>& buffer, std::size_t n, int which) {
+        if (!sizing_) return buffer.grow(n, stream_, pools());
+        need_[which] = std::max(need_[which], n);
+        // A placeholder, never dereferenced: the captured launches are discarded unrun.
+        return reinterpret_cast<T*>(std::uintptr_t(256));
+    }
     /// Whether the current device has memory pools (cudaMallocAsync), looked up once.
     bool pools() {
         if (pools_ < 0) {
@@ -157,6 +195,9 @@ private:
     int sm_count_ = 0;
     int max_smem_ = 0;
     int pools_ = -1;
+    int dependent_launch_ = -1;
+    bool sizing_ = false;
+    std::size_t need_[5] = {};  // acc, ml, qz, qbias, ints
 };
 
 }  // namespace kvcar::kernels
