@@ -27,6 +27,18 @@ inline const char* to_string(cached_keys k) {
     return k == cached_keys::post_rope ? "post-rope" : "pre-rope";
 }
 
+/// How the CUDA model stores its weight matrices (the fused qkv, o, up/gate-up and down
+/// projections and the token embedding / LM head; norms and biases are always fp32). The CPU
+/// model always holds and multiplies fp32.
+enum class weight_precision {
+    fp32,  ///< fp32 matrices, cuBLAS SGEMM: the exact path, as the CPU computes
+    bf16,  ///< bfloat16 matrices, fp32 accumulation: half the memory and the weight traffic
+};
+
+inline const char* to_string(weight_precision p) {
+    return p == weight_precision::bf16 ? "bf16" : "fp32";
+}
+
 struct model_options {
     int threads = 0;  ///< matmul threads; 0 = every hardware thread
     cached_keys keys = cached_keys::post_rope;

@@ -252,7 +252,9 @@ session::session(const language_model& model, const std::string& kv, session_par
     if (params.tensor_parallel == 0) {
         impl_->ranks.resize(1);
         impl_->ranks[0].cache = make_cache(kv, model.cache_geometry(), head_shard{0, 1}, shape);
-        impl_->ranks[0].model = std::make_unique<device_model>(model);
+        impl_->ranks[0].model =
+            std::make_unique<device_model>(model, cuda_model::tensor_parallel_params{},
+                                           params.weights);
         return;
     }
 
@@ -295,7 +297,7 @@ session::session(const language_model& model, const std::string& kv, session_par
         const head_shard shard{r, world};
         rank.cache = make_cache(kv, full, shard, shape);
         rank.model = std::make_unique<device_model>(
-            model, cuda_model::tensor_parallel_params{shard, rank.comm.get()});
+            model, cuda_model::tensor_parallel_params{shard, rank.comm.get()}, params.weights);
     });
 }
 
@@ -353,6 +355,7 @@ double session::compression_ratio() const {
 std::size_t session::bytes_used() const { return impl_->ranks[0].cache->bytes_used(); }
 std::size_t session::bytes_reserved() const { return impl_->ranks[0].cache->bytes_reserved(); }
 std::size_t session::weight_bytes() const { return impl_->ranks[0].model->weight_bytes(); }
+weight_precision session::weights() const { return impl_->ranks[0].model->weights(); }
 int session::free_pages() const { return impl_->ranks[0].cache->free_pages(); }
 
 }  // namespace kvcar::examples::cuda_backend

@@ -51,6 +51,10 @@ struct session_params {
     /// With tensor_parallel N: all N ranks on the current GPU, summed by an in-process
     /// all-reduce instead of NCCL. Checks the sharding where there is one GPU; not for speed.
     bool ranks_share_one_gpu = false;
+    /// How the weight matrices are stored on the device: fp32 (cuBLAS SGEMM, the CPU's
+    /// numbers) or bf16 (half the memory; a bf16 checkpoint's own values). The tools pick it
+    /// with --weights (weights_option.hpp: auto = bf16 for a BF16 checkpoint).
+    weight_precision weights = weight_precision::fp32;
 };
 
 class session {
@@ -90,8 +94,10 @@ public:
     std::size_t bytes_used() const;
     /// Device bytes of the cache's page pools.
     std::size_t bytes_reserved() const;
-    /// Device bytes of the model's weights.
+    /// Device bytes of the model's weights (per GPU with several ranks).
     std::size_t weight_bytes() const;
+    /// How the weight matrices are stored on the device.
+    weight_precision weights() const;
     /// Pages of the cache's pool that no sequence holds (a scheduler checks its plan with it).
     int free_pages() const;
 

@@ -2,8 +2,10 @@
 // kvcar::gpu::device_kv_cache.
 //
 // The same model as examples/models/gpt2/gpt2.hpp and llama/llama.hpp (read those for the math),
-// with its weights uploaded once (fp32) by the family's own part (gpt2/gpt2_cuda.cuh,
-// llama/llama_cuda.cuh) and every step on one stream. Where the families differ, the family's
+// with its weights uploaded once by the family's own part (gpt2/gpt2_cuda.cuh,
+// llama/llama_cuda.cuh) and every step on one stream. The weight matrices are fp32 (cuBLAS SGEMM,
+// the exact path) or bf16 (a bf16 checkpoint kept bf16: half the memory and weight traffic;
+// device_matrix.cuh, bf16_linear.cuh); norms, biases and activations are fp32 either way. Where the families differ, the family's
 // traits (device_weights.cuh: norm, MLP and position kinds) pick the kernel:
 //
 //   x = embed(tokens, positions)                         embed_kernel
@@ -62,6 +64,7 @@
 #include "kvcar/shard.hpp"
 
 #include "examples/models/cuda/communicator.cuh"
+#include "examples/models/cuda/device_matrix.cuh"
 #include "examples/models/cuda/device_ops.cuh"
 #include "examples/models/cuda/device_weights.cuh"
 #include "examples/models/gpt2/gpt2_cuda.cuh"
@@ -102,18 +105,21 @@ private:
     cudaStream_t stream_ = nullptr;
 };
 
-/// A model of any family with a device part (GPT-2, Llama) on the current CUDA device, fp32
-/// weights, one stream, one cuBLAS handle.
+/// A model of any family with a device part (GPT-2, Llama) on the current CUDA device, fp32 or
+/// bf16 weight matrices, one stream, one cuBLAS handle.
 /// Not copyable or movable (the handle is bound to the stream); hold it by pointer to move it.
 class device_model {
 public:
-    /// Uploads `host`'s weights (all of them, or rank tp.shard's share) to the current device.
+    /// Uploads `host`'s weights (all of them, or rank tp.shard's share) to the current device,
+    /// the matrices in precision `weights` (rounded to bf16 on the host, one matrix at a time).
     /// The host model may be dropped afterwards. Throws kvcar::error when the model's heads or
     /// hidden units do not split evenly across tp.shard.world ranks, or when world > 1 comes
     /// without a communicator of that world.
-    explicit device_model(const language_model& host, tensor_parallel_params tp = {})
+    explicit device_model(const language_model& host, tensor_parallel_params tp = {},
+                          weight_precision weights = weight_precision::fp32)
         : geometry_(shard_geometry(host.cache_geometry(), tp.shard)), vocab_(host.vocab_size()),
-          max_positions_(host.max_positions()), tp_(tp), blas_(stream_.get()) {
+          max_positions_(host.max_positions()), tp_(tp), blas_(stream_.get()),
+          linear_(blas_.get(), stream_.get()) {
         const head_shard shard = tp.shard;
         require(shard.world == 1 || (tp.comm && tp.comm->world() == shard.world &&
                                      tp.comm->rank() == shard.rank),
@@ -122,8 +128,9 @@ public:
         // The family's own upload (upload_weights of gpt2_cuda.cuh or llama_cuda.cuh).
         w_ = host.visit([&](const auto& m) {
             const auto& c = m.config();
-            return upload_weights(m, rank_split::of(c.n_heads, c.d_ff, host.cache_geometry(),
-                                                    shard));
+            return upload_weights(m,
+                                  rank_split::of(c.n_heads, c.d_ff, host.cache_geometry(), shard),
+                                  weights);
         });
         KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
     }
@@ -146,6 +153,8 @@ public:
     cudaStream_t stream() const { return stream_.get(); }
     /// Bytes of weights on the device (a tied head counted once).
     std::size_t weight_bytes() const { return w_.bytes(); }
+    /// How the weight matrices are stored.
+    weight_precision weights() const { return w_.precision; }
 
     /// Runs the batch through the model, appending every item's K/V to `cache`; returns logits
     /// [Σ counts][vocab] (logits_for::all) or [items][vocab], each item's last token
@@ -254,7 +263,6 @@ private:
         std::vector<int> first_positions;
         validate(cache, b, first_positions);
         const cudaStream_t s = stream_.get();
-        const cublasHandle_t blas = blas_.get();
         const int n = int(b.tokens.size()), items = int(b.sequences.size());
         const device_family& fam = w_.family;
         const int D = w_.d_model, F = w_.d_ff, V = vocab_, hd = geometry_.head_dim;
@@ -299,15 +307,17 @@ private:
         // Learned positions add their table's row to the token's; rotary ones come later.
         const float* position_table =
             fam.positions == position_kind::learned ? w_.position_embedding.data() : nullptr;
-        cuda_ops::embed_kernel<<<unsigned(n), 128, 0, s>>>(x, w_.token_embedding.data(),
-                                                           position_table, tokens, positions, D);
+        w_.token_embedding.visit([&](const auto* table) {
+            cuda_ops::embed_kernel<<<unsigned(n), 128, 0, s>>>(x, table, position_table, tokens,
+                                                               positions, D);
+        });
         KVCAR_CUDA_CHECK_LAUNCH("embed_kernel");
 
         for (int l = 0; l < int(w_.layers.size()); ++l) {
             const device_layer& L = w_.layers[std::size_t(l)];
             // --- attention ---
             norm(h, x, L.norm1_w, L.norm1_b, n);
-            cuda_ops::linear(blas, qkv, h, L.qkv_w.data(), n, D, QKV);
+            linear_(qkv, h, L.qkv_w, n);
             cuda_ops::split_qkv_kernel<<<blocks((long long)n * QKV), T, 0, s>>>(
                 qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), q, k, v, n, Q, KV);
             KVCAR_CUDA_CHECK_LAUNCH("split_qkv_kernel");
@@ -330,13 +340,13 @@ private:
                 kernels::prefill_attention(cache, l, b.sequences, b.counts, q, att, w_.attention,
                                            workspace_, s);
             }
-            cuda_ops::linear(blas, proj, att, L.o_w.data(), n, Q, D);
+            linear_(proj, att, L.o_w, n);
             sum_across_ranks(proj, std::size_t(n) * std::size_t(D));
             residual(x, proj, L.o_b, n, D);
 
             // --- MLP ---
             norm(h, x, L.norm2_w, L.norm2_b, n);
-            cuda_ops::linear(blas, ff, h, L.up_w.data(), n, D, up_width);
+            linear_(ff, h, L.up_w, n);
             if (fam.mlp == mlp_kind::gelu) {
                 cuda_ops::bias_gelu_kernel<<<blocks((long long)n * F), T, 0, s>>>(
                     ff, L.up_b.data(), n, F);
@@ -345,7 +355,7 @@ private:
                 cuda_ops::silu_mul_kernel<<<blocks((long long)n * F), T, 0, s>>>(act, ff, n, F);
                 KVCAR_CUDA_CHECK_LAUNCH("silu_mul_kernel");
             }
-            cuda_ops::linear(blas, proj, act, L.down_w.data(), n, F, D);
+            linear_(proj, act, L.down_w, n);
             sum_across_ranks(proj, std::size_t(n) * std::size_t(D));
             residual(x, proj, L.down_b, n, D);
         }
@@ -363,8 +373,7 @@ private:
         }
         norm(h, final_in, w_.final_norm_w, w_.final_norm_b, rows);
         float* logits = grow(logits_, std::size_t(rows) * std::size_t(V));
-        const float* head = w_.lm_head.empty() ? w_.token_embedding.data() : w_.lm_head.data();
-        cuda_ops::linear(blas, logits, h, head, rows, D, V);
+        linear_(logits, h, w_.head(), rows);
         return rows;
     }
 
@@ -416,6 +425,7 @@ private:
     // Execution. The stream is declared first: it outlives the handle and the buffers.
     owned_stream stream_;
     cuda_ops::cublas_handle blas_;
+    cuda_model::linear_op linear_;  ///< every product: SGEMM, or bf16 GEMV / GemmEx
     kernels::attention_workspace workspace_;
 
     // The family's traits, this rank's shape, and its weights.

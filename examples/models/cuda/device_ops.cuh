@@ -23,6 +23,7 @@
 
 #include "kvcar/common.hpp"
 #include "kvcar/cuda/error.cuh"
+#include "kvcar/numeric.hpp"
 #include "kvcar/rope.hpp"
 
 namespace kvcar::examples::cuda_ops {
@@ -105,17 +106,25 @@ __device__ float block_max(float v, float* shared) {
 // Kernels (one block per row unless said otherwise). `static`: internal linkage, so two
 // translation units of one program may both include this header without duplicate kernels.
 
-/// x[r] = table[tokens[r]] (+ positions_table[positions[r]] for GPT-2's learned positions).
-static __global__ void embed_kernel(float* x, const float* table, const float* position_table,
-                             const std::int32_t* tokens, const std::int32_t* positions, int dim) {
+/// A table element as float: itself, or a bf16 widened (exactly).
+__device__ inline float element_float(float x) { return x; }
+__device__ inline float element_float(kvcar::bf16 x) { return kvcar::to_float(x); }
+
+/// x[r] = table[tokens[r]] (+ positions_table[positions[r]] for GPT-2's learned positions); the
+/// token table fp32 or bf16 (device_matrix), the position table fp32.
+template <class T>
+static __global__ void embed_kernel(float* x, const T* table, const float* position_table,
+                                    const std::int32_t* tokens, const std::int32_t* positions,
+                                    int dim) {
     const int r = int(blockIdx.x);
-    const float* te = table + std::size_t(tokens[r]) * dim;
+    const T* te = table + std::size_t(tokens[r]) * dim;
     float* y = x + std::size_t(r) * dim;
     if (position_table) {
         const float* pe = position_table + std::size_t(positions[r]) * dim;
-        for (int i = int(threadIdx.x); i < dim; i += int(blockDim.x)) y[i] = te[i] + pe[i];
+        for (int i = int(threadIdx.x); i < dim; i += int(blockDim.x))
+            y[i] = element_float(te[i]) + pe[i];
     } else {
-        for (int i = int(threadIdx.x); i < dim; i += int(blockDim.x)) y[i] = te[i];
+        for (int i = int(threadIdx.x); i < dim; i += int(blockDim.x)) y[i] = element_float(te[i]);
     }
 }
 

@@ -2,8 +2,8 @@
 // (device_model.cuh): its weights on the device, cut to one tensor-parallel rank's share, and
 // the family's traits, the few ways GPT-2 and Llama differ in a forward pass.
 //
-// A family folder supplies one upload_weights(host model, rank_split) (gpt2/gpt2_cuda.cuh,
-// llama/llama_cuda.cuh); device_model then runs every family through the same code, choosing a
+// A family folder supplies one upload_weights(host model, rank_split, weight_precision)
+// (gpt2/gpt2_cuda.cuh, llama/llama_cuda.cuh); device_model then runs every family through the same code, choosing a
 // kernel by a trait where the families differ, never by the family's name.
 #pragma once
 
@@ -21,6 +21,9 @@
 #include "kvcar/reference/attention.hpp"
 #include "kvcar/rope.hpp"
 #include "kvcar/shard.hpp"
+
+#include "examples/models/cuda/device_matrix.cuh"
+#include "examples/models/model_common.hpp"
 
 namespace kvcar::examples::cuda_model {
 
@@ -53,14 +56,18 @@ struct device_family {
 /// One transformer block's weights on the device. Every family fills the same list: norms, the
 /// fused [q | k | v] projection, the output projection, and the MLP, whose first matrix is
 /// mlp_kind's (c_fc for gelu, the fused [gate | up] for swiglu). A family without biases
-/// leaves them empty.
+/// leaves them empty. The matrices are fp32 or bf16 (device_matrix); norms and biases fp32.
 struct device_layer {
     gpu::device_buffer<float> norm1_w, norm1_b;  // [D]
-    gpu::device_buffer<float> qkv_w, qkv_b;      // [Q + 2 KV][D], [Q + 2 KV]
-    gpu::device_buffer<float> o_w, o_b;          // [D][Q], [D]
+    device_matrix qkv_w;                         // [Q + 2 KV][D]
+    gpu::device_buffer<float> qkv_b;             // [Q + 2 KV]
+    device_matrix o_w;                           // [D][Q]
+    gpu::device_buffer<float> o_b;               // [D]
     gpu::device_buffer<float> norm2_w, norm2_b;  // [D]
-    gpu::device_buffer<float> up_w, up_b;        // gelu [F][D], [F]; swiglu [2F][D] (gate, up)
-    gpu::device_buffer<float> down_w, down_b;    // [D][F], [D]
+    device_matrix up_w;                          // gelu [F][D]; swiglu [2F][D] (gate, up)
+    gpu::device_buffer<float> up_b;              // gelu [F]
+    device_matrix down_w;                        // [D][F]
+    gpu::device_buffer<float> down_b;            // [D]
 };
 
 /// A model (or one rank's share of it) on the device: its traits, its shape as this rank sees
@@ -74,21 +81,26 @@ struct device_weights {
     rope_params rope{};                 ///< position_kind::rope only
     bool rotate_before_storing = true;  ///< rope: keys rotated before the cache stores them
     attention_params attention{};       ///< how attention reads the cache (this rank's heads)
+    weight_precision precision = weight_precision::fp32;  ///< storage of the matrices
 
-    gpu::device_buffer<float> token_embedding;     // [V][D]
+    device_matrix token_embedding;                 // [V][D]: the largest matrix
     gpu::device_buffer<float> position_embedding;  // [P][D]; position_kind::learned only
     std::vector<device_layer> layers;
     gpu::device_buffer<float> final_norm_w, final_norm_b;  // [D]
-    gpu::device_buffer<float> lm_head;  // [V][D], or empty when tied to token_embedding
+    device_matrix lm_head;  // [V][D], or empty when tied to token_embedding
+
+    /// The LM head: its own matrix, or the token embedding when tied.
+    const device_matrix& head() const { return lm_head.empty() ? token_embedding : lm_head; }
 
     /// Bytes of weights on the device (a tied head counted once).
     std::size_t bytes() const {
         std::size_t sum = token_embedding.bytes() + position_embedding.bytes() +
                           final_norm_w.bytes() + final_norm_b.bytes() + lm_head.bytes();
         for (const device_layer& d : layers) {
-            for (const auto* b : {&d.norm1_w, &d.norm1_b, &d.qkv_w, &d.qkv_b, &d.o_w, &d.o_b,
-                                  &d.norm2_w, &d.norm2_b, &d.up_w, &d.up_b, &d.down_w, &d.down_b})
+            for (const auto* b : {&d.norm1_w, &d.norm1_b, &d.qkv_b, &d.o_b, &d.norm2_w,
+                                  &d.norm2_b, &d.up_b, &d.down_b})
                 sum += b->bytes();
+            for (const auto* m : {&d.qkv_w, &d.o_w, &d.up_w, &d.down_w}) sum += m->bytes();
         }
         return sum;
     }
@@ -112,7 +124,7 @@ inline std::vector<float> matrix_columns(const std::vector<float>& m, std::size_
     return out;
 }
 
-/// a, then b, then c, as one device buffer (the fused projections).
+/// a, then b, then c (the fused projections), as one device buffer (biases).
 inline gpu::device_buffer<float> upload_concat(const std::vector<float>& a,
                                                 const std::vector<float>& b,
                                                 const std::vector<float>& c) {
@@ -120,6 +132,23 @@ inline gpu::device_buffer<float> upload_concat(const std::vector<float>& a,
     all.insert(all.end(), b.begin(), b.end());
     all.insert(all.end(), c.begin(), c.end());
     return gpu::device_buffer<float>(all);
+}
+
+/// A [rows][cols] matrix (rows = its size / cols) on the device in precision p.
+inline device_matrix upload_matrix(const std::vector<float>& m, std::size_t cols,
+                                   weight_precision p) {
+    return device_matrix(m, int(m.size() / cols), int(cols), p);
+}
+
+/// The rows of a, then b, then c (matrices of `cols` columns) as one device matrix.
+inline device_matrix upload_matrix_concat(const std::vector<float>& a,
+                                          const std::vector<float>& b,
+                                          const std::vector<float>& c, std::size_t cols,
+                                          weight_precision p) {
+    std::vector<float> all(a);
+    all.insert(all.end(), b.begin(), b.end());
+    all.insert(all.end(), c.begin(), c.end());
+    return upload_matrix(all, cols, p);
 }
 
 /// Which part of every weight one tensor-parallel rank keeps (device_model.cuh explains the

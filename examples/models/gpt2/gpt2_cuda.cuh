@@ -25,8 +25,10 @@ inline constexpr device_family gpt2_family{.name = "gpt2",
                                            .mlp = mlp_kind::gelu,
                                            .positions = position_kind::learned};
 
-/// `m`'s weights on the current device, rank `split`'s share of the heads and hidden units.
-inline device_weights upload_weights(const gpt2_model& m, const rank_split& split) {
+/// `m`'s weights on the current device, rank `split`'s share of the heads and hidden units, the
+/// matrices in precision `p` (converted one at a time on the host).
+inline device_weights upload_weights(const gpt2_model& m, const rank_split& split,
+                                     weight_precision p) {
     const gpt2_config& c = m.config();
     const gpt2_weights& w = m.weights();
     const std::size_t D = std::size_t(c.d_model);
@@ -39,37 +41,44 @@ inline device_weights upload_weights(const gpt2_model& m, const rank_split& spli
     d.n_heads = qh.count;
     d.norm_eps = c.norm_eps;
     d.attention = attention_params{.n_heads = qh.count};
-    d.token_embedding = up(w.token_embedding);
+    d.precision = p;
+    d.token_embedding = upload_matrix(w.token_embedding, D, p);
     d.position_embedding = up(w.position_embedding);
     for (const gpt2_layer& L : w.layers) {
         // c_attn's rows are [q (D) | k (D) | v (D)]; GPT-2 has n_kv_heads = n_heads.
-        const auto qkv_part = [&](const std::vector<float>& all, std::size_t cols) {
+        // This rank's rows of q, k and v, each of `cols` columns (1 for the bias).
+        const auto qkv_parts = [&](const std::vector<float>& all, std::size_t cols) {
             const std::size_t third = all.size() / 3;
             const std::vector<float> q(all.begin(), all.begin() + std::ptrdiff_t(third));
             const std::vector<float> k(all.begin() + std::ptrdiff_t(third),
                                        all.begin() + std::ptrdiff_t(2 * third));
             const std::vector<float> v(all.begin() + std::ptrdiff_t(2 * third), all.end());
-            return upload_concat(split.head_rows(q, cols, qh), split.head_rows(k, cols, kvh),
-                                 split.head_rows(v, cols, kvh));
+            return std::vector<std::vector<float>>{split.head_rows(q, cols, qh),
+                                                   split.head_rows(k, cols, kvh),
+                                                   split.head_rows(v, cols, kvh)};
         };
+        const auto qkv_w = qkv_parts(L.qkv_weight, D);
+        const auto qkv_b = qkv_parts(L.qkv_bias, 1);
         device_layer l;
         l.norm1_w = up(L.ln1_weight);
         l.norm1_b = up(L.ln1_bias);
-        l.qkv_w = qkv_part(L.qkv_weight, D);
-        l.qkv_b = qkv_part(L.qkv_bias, 1);
-        l.o_w = up(split.o_columns(L.proj_weight, D));
+        l.qkv_w = upload_matrix_concat(qkv_w[0], qkv_w[1], qkv_w[2], D, p);
+        l.qkv_b = upload_concat(qkv_b[0], qkv_b[1], qkv_b[2]);
+        l.o_w = upload_matrix(split.o_columns(L.proj_weight, D),
+                              std::size_t(qh.count) * split.head_dim, p);
         l.o_b = up(L.proj_bias);
         l.norm2_w = up(L.ln2_weight);
         l.norm2_b = up(L.ln2_bias);
-        l.up_w = up(matrix_rows(L.fc_weight, D, split.ff0, split.ff));
+        l.up_w = upload_matrix(matrix_rows(L.fc_weight, D, split.ff0, split.ff), D, p);
         l.up_b = up(matrix_rows(L.fc_bias, 1, split.ff0, split.ff));
-        l.down_w = up(matrix_columns(L.out_weight, std::size_t(c.d_ff), split.ff0, split.ff));
+        l.down_w = upload_matrix(
+            matrix_columns(L.out_weight, std::size_t(c.d_ff), split.ff0, split.ff), split.ff, p);
         l.down_b = up(L.out_bias);
         d.layers.push_back(std::move(l));
     }
     d.final_norm_w = up(w.final_norm_weight);
     d.final_norm_b = up(w.final_norm_bias);
-    if (!w.lm_head.empty()) d.lm_head = up(w.lm_head);
+    if (!w.lm_head.empty()) d.lm_head = upload_matrix(w.lm_head, D, p);
     return d;
 }
 

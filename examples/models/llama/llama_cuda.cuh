@@ -25,8 +25,10 @@ inline constexpr device_family llama_family{.name = "llama",
                                             .mlp = mlp_kind::swiglu,
                                             .positions = position_kind::rope};
 
-/// `m`'s weights on the current device, rank `split`'s share of the heads and hidden units.
-inline device_weights upload_weights(const llama_model& m, const rank_split& split) {
+/// `m`'s weights on the current device, rank `split`'s share of the heads and hidden units, the
+/// matrices in precision `p` (converted one at a time on the host).
+inline device_weights upload_weights(const llama_model& m, const rank_split& split,
+                                     weight_precision p) {
     const llama_config& c = m.config();
     const llama_weights& w = m.weights();
     const std::size_t D = std::size_t(c.d_model);
@@ -42,21 +44,24 @@ inline device_weights upload_weights(const llama_model& m, const rank_split& spl
     d.rotate_before_storing = m.options().keys == cached_keys::post_rope;
     d.attention = m.attention();
     d.attention.n_heads = qh.count;
-    d.token_embedding = up(w.token_embedding);
+    d.precision = p;
+    d.token_embedding = upload_matrix(w.token_embedding, D, p);
     for (const llama_layer& L : w.layers) {
         device_layer l;
         l.norm1_w = up(L.attn_norm);
-        l.qkv_w = upload_concat(split.head_rows(L.wq, D, qh), split.head_rows(L.wk, D, kvh),
-                                split.head_rows(L.wv, D, kvh));
-        l.o_w = up(split.o_columns(L.wo, std::size_t(c.n_heads) * split.head_dim));
+        l.qkv_w = upload_matrix_concat(split.head_rows(L.wq, D, qh), split.head_rows(L.wk, D, kvh),
+                                       split.head_rows(L.wv, D, kvh), D, p);
+        l.o_w = upload_matrix(split.o_columns(L.wo, std::size_t(c.n_heads) * split.head_dim),
+                              std::size_t(qh.count) * split.head_dim, p);
         l.norm2_w = up(L.ffn_norm);
-        l.up_w = upload_concat(matrix_rows(L.w_gate, D, split.ff0, split.ff),
-                               matrix_rows(L.w_up, D, split.ff0, split.ff), {});
-        l.down_w = up(matrix_columns(L.w_down, std::size_t(c.d_ff), split.ff0, split.ff));
+        l.up_w = upload_matrix_concat(matrix_rows(L.w_gate, D, split.ff0, split.ff),
+                                      matrix_rows(L.w_up, D, split.ff0, split.ff), {}, D, p);
+        l.down_w = upload_matrix(
+            matrix_columns(L.w_down, std::size_t(c.d_ff), split.ff0, split.ff), split.ff, p);
         d.layers.push_back(std::move(l));
     }
     d.final_norm_w = up(w.final_norm);
-    if (!w.lm_head.empty()) d.lm_head = up(w.lm_head);
+    if (!w.lm_head.empty()) d.lm_head = upload_matrix(w.lm_head, D, p);
     return d;
 }
 
