@@ -24,6 +24,22 @@ namespace kvcar::examples {
 /// Where a checkpoint came from, which decides the tokenizer a tool pairs with it.
 enum class checkpoint_format { huggingface, llama2c };
 
+/// The dtype a safetensors checkpoint stores its weight matrices (its 2-D tensors) in, when they
+/// all share one; f32 when they are mixed or there are none. The loader converts everything to
+/// fp32 for the CPU; this is what `--weights auto` keeps on the GPU (BF16 stays bf16).
+inline io::dtype stored_matrix_dtype(const io::safetensors_model& st) {
+    bool seen = false;
+    io::dtype common = io::dtype::f32;
+    for (const std::string& name : st.names()) {
+        const io::tensor_view t = st.tensor(name);
+        if (t.shape.size() != 2) continue;
+        if (seen && t.dtype != common) return io::dtype::f32;
+        common = t.dtype;
+        seen = true;
+    }
+    return common;
+}
+
 class language_model {
 public:
     /// `path`: a Hugging Face model folder (config.json + model.safetensors or a sharded index),
@@ -60,7 +76,7 @@ public:
             g.d_ff = c.d_ff;
             g.norm_eps = c.norm_eps;
             return language_model(gpt2_model::from_safetensors(st, g, options),
-                                  checkpoint_format::huggingface, path);
+                                  checkpoint_format::huggingface, path, stored_matrix_dtype(st));
         }
         require(c.activation == "silu",
                 "model: " + c.source + ": Llama activation '" + c.activation +
@@ -77,15 +93,22 @@ public:
         l.norm_eps = c.norm_eps;
         l.rope = {.theta = c.rope_theta, .style = rope_style::half};
         return language_model(llama_model::from_safetensors(st, l, c.tie_embeddings, options),
-                              checkpoint_format::huggingface, path);
+                              checkpoint_format::huggingface, path, stored_matrix_dtype(st));
     }
 
-    language_model(gpt2_model m, checkpoint_format f, std::string path)
-        : impl_(std::move(m)), format_(f), path_(std::move(path)) {}
-    language_model(llama_model m, checkpoint_format f, std::string path)
-        : impl_(std::move(m)), format_(f), path_(std::move(path)) {}
+    /// `matrices`: the dtype the checkpoint stored its weight matrices in (f32 for llama2.c
+    /// files and models built in memory).
+    language_model(gpt2_model m, checkpoint_format f, std::string path,
+                   io::dtype matrices = io::dtype::f32)
+        : impl_(std::move(m)), format_(f), path_(std::move(path)), matrices_(matrices) {}
+    language_model(llama_model m, checkpoint_format f, std::string path,
+                   io::dtype matrices = io::dtype::f32)
+        : impl_(std::move(m)), format_(f), path_(std::move(path)), matrices_(matrices) {}
 
     checkpoint_format format() const { return format_; }
+    /// The dtype the checkpoint stored its weight matrices in (stored_matrix_dtype); the
+    /// weights in memory are fp32 whatever it was.
+    io::dtype matrix_dtype() const { return matrices_; }
     const std::string& path() const { return path_; }
     bool is_gpt2() const { return std::holds_alternative<gpt2_model>(impl_); }
     /// The model inside, or null when it is the other architecture (for other backends).
@@ -135,6 +158,7 @@ private:
     std::variant<gpt2_model, llama_model> impl_;
     checkpoint_format format_;
     std::string path_;
+    io::dtype matrices_ = io::dtype::f32;
 };
 
 }  // namespace kvcar::examples

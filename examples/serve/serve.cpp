@@ -43,6 +43,7 @@
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tool_common.hpp"
+#include "examples/models/weights_option.hpp"
 #include "examples/serve/cpu_engine.hpp"
 #include "examples/serve/requests.hpp"
 #include "examples/serve/scheduler.hpp"
@@ -286,6 +287,7 @@ int run(int argc, char** argv) {
     std::vector<ex::option_spec> specs = ex::model_options_spec("identity-f16");
     specs.insert(specs.end(), {
         ex::device_option_spec(),
+        ex::weights_option_spec(),
         {"trace", "FILE", "JSONL requests: {\"id\", \"prompt_ids\" | \"prompt\", "
                           "\"max_new_tokens\", \"arrival\"} per line"},
         {"requests", "N", "without --trace: N requests drawn from --seed (default 32)"},
@@ -310,6 +312,7 @@ int run(int argc, char** argv) {
                         specs);
     if (!cl.parse(argc, argv)) return 0;
     const bool use_cuda = ex::parse_use_cuda(cl);
+    [[maybe_unused]] const ex::weights_choice weights = ex::parse_weights_option(cl, use_cuda);
     const bool json = cl.has("json");
 
     const auto load_start = ex::clock_type::now();
@@ -410,7 +413,12 @@ int run(int argc, char** argv) {
                                           {.max_sequences = storage.max_sequences,
                                            .max_tokens = storage.max_tokens,
                                            .page_size = storage.page_size,
-                                           .n_pages = storage.n_pages});
+                                           .n_pages = storage.n_pages,
+                                           .weights = ex::resolve_weights(weights, model)});
+            std::fprintf(stderr, "%s\n",
+                         ex::weights_report(weights, gpu.weights(), model.matrix_dtype(),
+                                            gpu.weight_bytes())
+                             .c_str());
             sv::cuda_engine engine{gpu};
             run_budgets(engine);
 #endif

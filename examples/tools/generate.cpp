@@ -30,6 +30,7 @@
 #include "examples/models/model.hpp"
 #include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_common.hpp"
+#include "examples/models/weights_option.hpp"
 #include "examples/models/tool_json.hpp"
 #ifdef KVCAR_WITH_CUDA
 #include "examples/models/cuda/backend.hpp"
@@ -78,6 +79,7 @@ int run(int argc, char** argv) {
         ex::json_option_spec(),
     });
     for (const ex::option_spec& o : ex::tensor_parallel_option_specs()) specs.push_back(o);
+    specs.push_back(ex::weights_option_spec());
     ex::command_line cl("kvcar-generate", "Generate text with a model whose KV cache is kvcar's.",
                         specs);
     if (!cl.parse(argc, argv)) return 0;
@@ -107,6 +109,7 @@ int run(int argc, char** argv) {
     std::FILE* text_out = json || cl.has("print-ids") ? stderr : stdout;
     [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
     [[maybe_unused]] const ex::tensor_parallel_choice tp = ex::parse_tensor_parallel(cl, use_cuda);
+    [[maybe_unused]] const ex::weights_choice weights = ex::parse_weights_option(cl, use_cuda);
 
     const auto load_start = ex::clock_type::now();
     const ex::language_model model =
@@ -222,7 +225,12 @@ int run(int argc, char** argv) {
                                       {.max_sequences = batch,
                                        .max_tokens = capacity,
                                        .tensor_parallel = tp.ranks,
-                                       .ranks_share_one_gpu = tp.share_one_gpu});
+                                       .ranks_share_one_gpu = tp.share_one_gpu,
+                                       .weights = ex::resolve_weights(weights, model)});
+        std::fprintf(stderr, "%s\n",
+                     ex::weights_report(weights, gpu.weights(), model.matrix_dtype(),
+                                        gpu.weight_bytes())
+                         .c_str());
         if (tp.ranks > 0) {
             std::fprintf(stderr, "tensor parallel: %d ranks (%s), KV bytes below are per GPU\n",
                          gpu.ranks(),

@@ -51,6 +51,7 @@
 #include "examples/models/tensor_ops.hpp"
 #include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_common.hpp"
+#include "examples/models/weights_option.hpp"
 #include "examples/models/tool_json.hpp"
 #ifdef KVCAR_WITH_CUDA
 #include "examples/models/cuda/backend.hpp"
@@ -138,6 +139,7 @@ int run(int argc, char** argv) {
         ex::json_option_spec(),
     });
     for (const ex::option_spec& o : ex::tensor_parallel_option_specs()) specs.push_back(o);
+    specs.push_back(ex::weights_option_spec());
     ex::command_line cl("kvcar-perplexity",
                         "Sliding-window perplexity of a model whose KV cache is kvcar's.", specs);
     if (!cl.parse(argc, argv)) return 0;
@@ -147,6 +149,7 @@ int run(int argc, char** argv) {
     const std::string kv = cl.get("kv", "identity-f16");
     [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
     [[maybe_unused]] const ex::tensor_parallel_choice tp = ex::parse_tensor_parallel(cl, use_cuda);
+    [[maybe_unused]] const ex::weights_choice weights = ex::parse_weights_option(cl, use_cuda);
     kvcar::require(!(cl.has("text") && cl.has("tokens-file")),
                    tool + ": give --text or --tokens-file, not both");
     const bool json = cl.has("json");
@@ -318,11 +321,19 @@ int run(int argc, char** argv) {
                                       {.max_sequences = 1,
                                        .max_tokens = ctx,
                                        .tensor_parallel = tp.ranks,
-                                       .ranks_share_one_gpu = tp.share_one_gpu});
+                                       .ranks_share_one_gpu = tp.share_one_gpu,
+                                       .weights = ex::resolve_weights(weights, model)});
+        std::fprintf(stderr, "%s\n",
+                     ex::weights_report(weights, gpu.weights(), model.matrix_dtype(),
+                                        gpu.weight_bytes())
+                         .c_str());
         std::optional<ex::cuda_backend::session> base;
         if (kl) {
+            // The same weights as the measured run: the KL is the cache's alone.
             base.emplace(model, "identity-f16",
-                         ex::cuda_backend::session_params{.max_sequences = 1, .max_tokens = ctx});
+                         ex::cuda_backend::session_params{.max_sequences = 1,
+                                                          .max_tokens = ctx,
+                                                          .weights = gpu.weights()});
             base_logits = [&](std::span<const int> inputs) {
                 const int s = base->add_sequence();
                 std::vector<float> l = base->forward(s, inputs, ex::logits_for::all);

@@ -24,6 +24,7 @@
 #include "examples/models/tensor_ops.hpp"
 #include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_common.hpp"
+#include "examples/models/weights_option.hpp"
 #include "examples/models/tool_json.hpp"
 #ifdef KVCAR_WITH_CUDA
 #include "examples/models/cuda/backend.hpp"
@@ -81,6 +82,7 @@ int run(int argc, char** argv) {
         {"limit", "N", "evaluate only the first N examples (default: all 1838)"},
         {"quiet", "", "no progress line"},
         ex::device_option_spec(),
+        ex::weights_option_spec(),
         ex::json_option_spec(),
     });
     ex::command_line cl("kvcar-piqa", "Zero-shot PIQA accuracy of a model whose KV cache is kvcar's.",
@@ -91,6 +93,7 @@ int run(int argc, char** argv) {
     const std::string model_path = cl.required("model");
     const std::string kv = cl.get("kv", "identity-f16");
     [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
+    [[maybe_unused]] const ex::weights_choice weights = ex::parse_weights_option(cl, use_cuda);
     const bool json = cl.has("json");
     std::FILE* report = json ? stderr : stdout;
     long long limit = 0;
@@ -191,7 +194,14 @@ int run(int argc, char** argv) {
 #ifdef KVCAR_WITH_CUDA
     if (use_cuda) {
         std::fprintf(stderr, "device: %s\n", ex::cuda_backend::device_description().c_str());
-        ex::cuda_backend::session gpu(model, kv, {.max_sequences = 1, .max_tokens = context});
+        ex::cuda_backend::session gpu(model, kv,
+                                      {.max_sequences = 1,
+                                       .max_tokens = context,
+                                       .weights = ex::resolve_weights(weights, model)});
+        std::fprintf(stderr, "%s\n",
+                     ex::weights_report(weights, gpu.weights(), model.matrix_dtype(),
+                                        gpu.weight_bytes())
+                         .c_str());
         // Only the log-probabilities come back from the GPU, not the logits.
         return evaluate(gpu, [](ex::cuda_backend::session& session, int seq,
                                 std::span<const int> inputs, std::span<const int> targets) {
