@@ -5,13 +5,14 @@
 // with its weights uploaded once by the family's own part (gpt2/gpt2_cuda.cuh,
 // llama/llama_cuda.cuh) and every step on one stream. The weight matrices are fp32 (cuBLAS SGEMM,
 // the exact path) or bf16 (a bf16 checkpoint kept bf16: half the memory and weight traffic;
-// device_matrix.cuh, bf16_linear.cuh); norms, biases and activations are fp32 either way. Where the families differ, the family's
-// traits (device_weights.cuh: norm, MLP and position kinds) pick the kernel:
+// device_matrix.cuh, bf16_linear.cuh); norms, biases and activations are fp32 either way. Where
+// the families differ, the family's traits (device_weights.cuh: norm, MLP and position kinds)
+// pick the kernel:
 //
 //   x = embed(tokens, positions)                         embed_kernel
 //   for each layer:
 //       h = norm_1(x)                                    layernorm / rmsnorm kernel (norm_kind)
-//       qkv = h · W_qkvᵀ                                 one cuBLAS GEMM ([q | k | v] rows fused)
+//       qkv = h · W_qkvᵀ                                 one product ([q | k | v] rows fused)
 //       q, k, v = split(qkv) (+ bias) (+ RoPE)           split_qkv_kernel, rope_kernel (rope)
 //       kvcar::kernels::append(cache, layer, k, v)       K/V encoded through the codec, paged
 //       a = prefill_attention or decode_attention        reads K/V back *through the codec*

@@ -5,8 +5,9 @@
 // its CPU twin, in float, in the same order within an element (only reductions are reassociated:
 // a block sums a row in a tree instead of left to right), so the CUDA model agrees with the CPU
 // one to float rounding (~1e-6 relative before attention and the codec's own rounding).
-// Matrix products go through cuBLAS in plain fp32 (CUBLAS_DEFAULT_MATH: no TF32), which is the
-// exact-first choice: at the tiny models' sizes the products are launch-bound, not math-bound.
+// Matrix products of fp32 weights go through cuBLAS in plain fp32 (CUBLAS_DEFAULT_MATH: no
+// TF32), which is the exact-first choice: at the tiny models' sizes the products are launch-bound,
+// not math-bound. bf16 weights multiply through bf16_linear.cuh (device_matrix.cuh dispatches).
 #pragma once
 
 #if !defined(__CUDACC__)
