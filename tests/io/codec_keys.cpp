@@ -12,21 +12,14 @@
 #include <filesystem>
 #include <string>
 #include <vector>
+#include "common/thrown.hpp"
 
 namespace io = kvcar::io;
 namespace fs = std::filesystem;
 
 namespace {
 
-template <class F>
-std::string thrown(F&& f) {
-    try {
-        f();
-    } catch (const std::exception& e) {
-        return e.what();
-    }
-    return "";
-}
+using kvcar::tests::thrown;
 
 /// An identity codec set for `g` fitted to `keys`, written to a temporary file.
 std::string write_set(const kvcar::kv_geometry& g, io::codec_keys keys, const std::string& name) {

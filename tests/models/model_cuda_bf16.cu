@@ -30,6 +30,7 @@
 #include <string>
 #include <utility>
 #include <vector>
+#include "common/thrown.hpp"
 
 using namespace model_cuda_test;
 using kvcar::examples::cuda_model::device_matrix;
@@ -45,16 +46,7 @@ void round_all(std::vector<float>& v) {
     for (float& x : v) x = bf16_round(x);
 }
 
-/// The message of what `f` throws ("" when it does not throw).
-template <class F>
-std::string thrown(F&& f) {
-    try {
-        f();
-    } catch (const std::exception& e) {
-        return e.what();
-    }
-    return "";
-}
+using kvcar::tests::thrown;
 
 /// Checks out[t][o] against Σ_i a[t][i] · w[o][i] (+ bias[o]) in double, each within
 /// rel · Σ_i |a · w| + 1e-30; `round_activations` rounds a to bf16 first (the GemmEx reference).

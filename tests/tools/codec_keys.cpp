@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <string>
 #include <vector>
+#include "common/thrown.hpp"
 
 namespace ex = kvcar::examples;
 namespace io = kvcar::io;
@@ -27,15 +28,7 @@ namespace {
 const std::string gpt2_dir = std::string(KVCAR_SOURCE_DIR) + "/models/gpt2-tiny";
 const std::string llama_dir = std::string(KVCAR_SHARED_DATA) + "/models/llama-tiny";
 
-template <class F>
-std::string thrown(F&& f) {
-    try {
-        f();
-    } catch (const std::exception& e) {
-        return e.what();
-    }
-    return "";
-}
+using kvcar::tests::thrown;
 
 std::string temp_path(const std::string& name) {
     return (fs::temp_directory_path() /

@@ -22,22 +22,14 @@
 #include <vector>
 
 #include "common/temp_dir.hpp"
+#include "common/thrown.hpp"
 
 namespace ex = kvcar::examples;
 namespace fs = std::filesystem;
 
 namespace {
 
-/// The message of what `f` throws ("" when it does not throw).
-template <class F>
-std::string thrown(F&& f) {
-    try {
-        f();
-    } catch (const std::exception& e) {
-        return e.what();
-    }
-    return "";
-}
+using kvcar::tests::thrown;
 
 using kvcar_test::temp_dir;
 

@@ -17,21 +17,14 @@
 #include <vector>
 
 #include "common/temp_dir.hpp"
+#include "common/thrown.hpp"
 
 namespace ex = kvcar::examples;
 namespace io = kvcar::io;
 
 namespace {
 
-template <class F>
-std::string thrown(F&& f) {
-    try {
-        f();
-    } catch (const std::exception& e) {
-        return e.what();
-    }
-    return "";
-}
+using kvcar::tests::thrown;
 
 struct args {
     std::vector<std::string> text;
