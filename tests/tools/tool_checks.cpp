@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/temp_dir.hpp"
+#include "common/argv.hpp"
 #include "common/thrown.hpp"
 
 namespace ex = kvcar::examples;
@@ -33,16 +34,7 @@ using kvcar::tests::thrown;
 
 using kvcar_test::temp_dir;
 
-/// argv for command_line::parse.
-struct args {
-    std::vector<std::string> text;
-    std::vector<char*> ptrs;
-    explicit args(std::vector<std::string> a) : text(std::move(a)) {
-        for (std::string& s : text) ptrs.push_back(s.data());
-    }
-    int argc() const { return int(ptrs.size()); }
-    char** argv() { return ptrs.data(); }
-};
+using kvcar::tests::args;
 
 ex::command_line demo_parser() {
     return ex::command_line("kvcar-demo", "A test tool.",

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/temp_dir.hpp"
+#include "common/argv.hpp"
 #include "common/thrown.hpp"
 
 namespace ex = kvcar::examples;
@@ -26,15 +27,7 @@ namespace {
 
 using kvcar::tests::thrown;
 
-struct args {
-    std::vector<std::string> text;
-    std::vector<char*> ptrs;
-    explicit args(std::vector<std::string> a) : text(std::move(a)) {
-        for (std::string& s : text) ptrs.push_back(s.data());
-    }
-    int argc() const { return int(ptrs.size()); }
-    char** argv() { return ptrs.data(); }
-};
+using kvcar::tests::args;
 
 /// A command line of kvcar-demo with --weights, parsed from `argv` (after the tool's name).
 ex::command_line parsed(std::vector<std::string> argv) {
