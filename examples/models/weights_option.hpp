@@ -11,7 +11,10 @@
 #include <cstddef>
 #include <string>
 
+#include <cstdio>
+
 #include "kvcar/common.hpp"
+#include "kvcar/io/json.hpp"
 #include "kvcar/io/safetensors.hpp"
 
 #include "examples/models/model.hpp"
@@ -56,16 +59,63 @@ inline weight_precision resolve_weights(weights_choice choice, const language_mo
     return resolve_weights(choice, model.matrix_dtype());
 }
 
+/// The weights a tool ran with: its report line on stderr and the "weights" member of --json.
+struct weights_used {
+    weight_precision precision = weight_precision::fp32;
+    io::dtype stored = io::dtype::f32;  ///< the checkpoint's matrices
+    const char* device = "cpu";
+    std::size_t bytes = 0;              ///< device bytes of the weights (per GPU); 0 on the CPU
+    std::string why;                    ///< "auto: ..." or "--weights bf16"; empty on the CPU
+};
+
+/// The CPU model computes in fp32 from the checkpoint's values, whatever --weights says.
+inline weights_used cpu_weights(const language_model& model) {
+    return {.precision = weight_precision::fp32,
+            .stored = model.matrix_dtype(),
+            .device = "cpu",
+            .bytes = 0,
+            .why = {}};
+}
+
+/// Why the GPU holds `precision`: "auto: the checkpoint's matrices are BF16" or "--weights fp32".
+inline std::string weights_reason(weights_choice choice, weight_precision precision,
+                                  io::dtype stored) {
+    return choice == weights_choice::automatic
+               ? std::string("auto: the checkpoint's matrices are ") + io::dtype_name(stored)
+               : std::string("--weights ") + to_string(precision);
+}
+
 /// The report line: "weights: bf16 on the GPU, 2.0 GiB (auto: the checkpoint's matrices are
-/// BF16)"; `bytes` per GPU.
-inline std::string weights_report(weights_choice choice, weight_precision used,
-                                  io::dtype stored, std::size_t bytes) {
-    std::string why = choice == weights_choice::automatic
-                          ? std::string("auto: the checkpoint's matrices are ") +
-                                io::dtype_name(stored)
-                          : std::string("--weights ") + to_string(used);
-    return std::string("weights: ") + to_string(used) + " on the GPU, " +
-           human_bytes(double(bytes)) + " (" + why + ")";
+/// BF16)", or "weights: fp32 on the CPU (the checkpoint's matrices are BF16)".
+inline std::string weights_line(const weights_used& w) {
+    if (std::string(w.device) == "cpu")
+        return std::string("weights: fp32 on the CPU (the checkpoint's matrices are ") +
+               io::dtype_name(w.stored) + ")";
+    return std::string("weights: ") + to_string(w.precision) + " on the GPU, " +
+           human_bytes(double(w.bytes)) + " (" + w.why + ")";
+}
+
+/// What a CUDA session holds (`Session` is cuda_backend::session; a template so that this header
+/// needs no CUDA), its line printed to stderr, and returned for the JSON report.
+template <class Session>
+weights_used gpu_weights(weights_choice choice, const language_model& model, const Session& gpu) {
+    const weights_used w{.precision = gpu.weights(),
+                         .stored = model.matrix_dtype(),
+                         .device = "cuda",
+                         .bytes = gpu.weight_bytes(),
+                         .why = weights_reason(choice, gpu.weights(), model.matrix_dtype())};
+    std::fprintf(stderr, "%s\n", weights_line(w).c_str());
+    return w;
+}
+
+/// {"precision":"bf16","stored":"BF16","device":"cuda","bytes":2200000000}
+inline io::json_value weights_json(const weights_used& w) {
+    io::json_value j = io::json_value::object();
+    j.set("precision", std::string(to_string(w.precision)));
+    j.set("stored", std::string(io::dtype_name(w.stored)));
+    j.set("device", std::string(w.device));
+    j.set("bytes", w.bytes);
+    return j;
 }
 
 }  // namespace kvcar::examples

@@ -112,6 +112,7 @@ struct run_result {
     double ttft_p50 = 0, ttft_p99 = 0, tpot_p50 = 0, tpot_p99 = 0;
     std::size_t peak_kv_bytes = 0;
     bool stopped_early = false;
+    ex::weights_used weights;
 };
 
 /// Everything about a run that is not the engine.
@@ -263,6 +264,7 @@ void report(const run_result& r, bool json) {
         j.set("peak_sequences", json_value(r.peak_sequences));
         j.set("peak_kv_bytes", json_value((long long)r.peak_kv_bytes));
         j.set("preemptions", json_value(r.preemptions));
+        j.set("weights", ex::weights_json(r.weights));
         std::printf("%s\n", kvcar::io::to_json(j).c_str());
         std::fflush(stdout);
         return;
@@ -318,6 +320,7 @@ int run(int argc, char** argv) {
     const auto load_start = ex::clock_type::now();
     const ex::language_model model =
         ex::language_model::load(cl.required("model"), ex::parse_model_options(cl));
+    ex::weights_used weights_used = ex::cpu_weights(model);  // gpu_weights() with --device cuda
     std::fprintf(stderr, "model: %s (%s), loaded in %.2f s\n", model.path().c_str(),
                  model.describe().c_str(), ex::seconds_since(load_start));
 
@@ -397,6 +400,7 @@ int run(int argc, char** argv) {
                 run_result r = serve(engine, s, pool - pages);
                 r.model = model.path();
                 r.device = use_cuda ? "cuda" : "cpu";
+                r.weights = weights_used;
                 r.kv = kv;
                 r.budget_bytes = bytes;
                 r.bytes_per_token = bpt;
@@ -415,10 +419,7 @@ int run(int argc, char** argv) {
                                            .page_size = storage.page_size,
                                            .n_pages = storage.n_pages,
                                            .weights = ex::resolve_weights(weights, model)});
-            std::fprintf(stderr, "%s\n",
-                         ex::weights_report(weights, gpu.weights(), model.matrix_dtype(),
-                                            gpu.weight_bytes())
-                             .c_str());
+            weights_used = ex::gpu_weights(weights, model, gpu);
             sv::cuda_engine engine{gpu};
             run_budgets(engine);
 #endif

@@ -70,6 +70,8 @@ int run(int argc, char** argv) {
         {"print-ids", "", "print the ids (prompt, then generated) on stdout as a JSON array; "
                           "the text goes to stderr"},
         {"steps", "N", "tokens to generate (default 64; stops early at end of text or context)"},
+        {"ignore-eos", "", "generate all --steps tokens even past an end-of-text id (for timing, "
+                           "as llama.cpp's --ignore-eos)"},
         {"temperature", "T", "sampling temperature; 0 = greedy (default 0.8)"},
         {"top-k", "K", "sample among the K most likely tokens; 0 = all (default 40)"},
         {"seed", "S", "random seed (default 42)"},
@@ -105,6 +107,7 @@ int run(int argc, char** argv) {
     const int batch = int(batch_arg);
     const double max_memory_gib = cl.get_double_at_least("max-memory", 8.0, 0.0);
     const bool json = cl.has("json");
+    const bool ignore_eos = cl.has("ignore-eos");
     // With --json or --print-ids, stdout is for the machine-readable output.
     std::FILE* text_out = json || cl.has("print-ids") ? stderr : stdout;
     [[maybe_unused]] const bool use_cuda = ex::parse_use_cuda(cl);
@@ -114,6 +117,7 @@ int run(int argc, char** argv) {
     const auto load_start = ex::clock_type::now();
     const ex::language_model model =
         ex::language_model::load(model_path, ex::parse_model_options(cl));
+    ex::weights_used weights_used = ex::cpu_weights(model);  // gpu_weights() with --device cuda
     ex::check_kv_option(tool, kv, model);
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
     std::fprintf(stderr, "model: %s (%s), loaded in %.2f s\n", model.path().c_str(),
@@ -171,7 +175,7 @@ int run(int argc, char** argv) {
                     temperature, top_k, rng);
             }
             const int next = tokens[0];
-            if (tokenizer.ends_text(next)) {
+            if (!ignore_eos && tokenizer.ends_text(next)) {
                 stop = "end of text";
                 break;
             }
@@ -212,6 +216,7 @@ int run(int argc, char** argv) {
             r.set("decode_seconds", ex::json_number(decode_s));
             r.set("decode_tokens_per_second",
                   ex::json_number(decode_s > 0 ? double(generated) * batch / decode_s : NAN));
+            r.set("weights", ex::weights_json(weights_used));
             ex::add_cache_json(r, kv, cache, cache.bytes_used(), cache.bytes_reserved());
             ex::print_json_report(r);
         }
@@ -227,10 +232,7 @@ int run(int argc, char** argv) {
                                        .tensor_parallel = tp.ranks,
                                        .ranks_share_one_gpu = tp.share_one_gpu,
                                        .weights = ex::resolve_weights(weights, model)});
-        std::fprintf(stderr, "%s\n",
-                     ex::weights_report(weights, gpu.weights(), model.matrix_dtype(),
-                                        gpu.weight_bytes())
-                         .c_str());
+        weights_used = ex::gpu_weights(weights, model, gpu);
         if (tp.ranks > 0) {
             std::fprintf(stderr, "tensor parallel: %d ranks (%s), KV bytes below are per GPU\n",
                          gpu.ranks(),

@@ -178,6 +178,7 @@ int run(int argc, char** argv) {
 
     const ex::language_model model =
         ex::language_model::load(model_path, ex::parse_model_options(cl));
+    ex::weights_used weights_used = ex::cpu_weights(model);  // gpu_weights() with --device cuda
     ex::check_kv_option(tool, kv, model);
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
 
@@ -308,6 +309,7 @@ int run(int argc, char** argv) {
             r.set("ctx", ctx);
             r.set("stride", stride);
             r.set("seconds", ex::json_number(seconds));
+            r.set("weights", ex::weights_json(weights_used));
             ex::add_cache_json(r, kv, cache, peak_bytes, peak_reserved);
             ex::print_json_report(r);
         }
@@ -323,10 +325,7 @@ int run(int argc, char** argv) {
                                        .tensor_parallel = tp.ranks,
                                        .ranks_share_one_gpu = tp.share_one_gpu,
                                        .weights = ex::resolve_weights(weights, model)});
-        std::fprintf(stderr, "%s\n",
-                     ex::weights_report(weights, gpu.weights(), model.matrix_dtype(),
-                                        gpu.weight_bytes())
-                         .c_str());
+        weights_used = ex::gpu_weights(weights, model, gpu);
         std::optional<ex::cuda_backend::session> base;
         if (kl) {
             // The same weights as the measured run: the KL is the cache's alone.

@@ -104,6 +104,7 @@ int run(int argc, char** argv) {
     std::vector<piqa_example> examples = load_piqa(cl.get("piqa", ex::shared_data_dir() + "/piqa"));
     if (limit > 0 && examples.size() > std::size_t(limit)) examples.resize(std::size_t(limit));
     const ex::language_model model = ex::language_model::load(model_path, ex::parse_model_options(cl));
+    ex::weights_used weights_used = ex::cpu_weights(model);  // gpu_weights() with --device cuda
     ex::check_kv_option("kvcar-piqa", kv, model);
     const ex::text_tokenizer tokenizer = ex::text_tokenizer::for_model(model, cl);
     std::fprintf(stderr, "model: %s (%s)\n", model.path().c_str(), model.describe().c_str());
@@ -185,6 +186,7 @@ int run(int argc, char** argv) {
             r.set("acc_per_token", ex::json_number(correct_mean / n));
             r.set("correct_per_token", correct_mean);
             r.set("seconds", ex::json_number(seconds));
+            r.set("weights", ex::weights_json(weights_used));
             ex::add_cache_json(r, kv, cache, peak_bytes, peak_reserved);
             ex::print_json_report(r);
         }
@@ -198,10 +200,7 @@ int run(int argc, char** argv) {
                                       {.max_sequences = 1,
                                        .max_tokens = context,
                                        .weights = ex::resolve_weights(weights, model)});
-        std::fprintf(stderr, "%s\n",
-                     ex::weights_report(weights, gpu.weights(), model.matrix_dtype(),
-                                        gpu.weight_bytes())
-                         .c_str());
+        weights_used = ex::gpu_weights(weights, model, gpu);
         // Only the log-probabilities come back from the GPU, not the logits.
         return evaluate(gpu, [](ex::cuda_backend::session& session, int seq,
                                 std::span<const int> inputs, std::span<const int> targets) {

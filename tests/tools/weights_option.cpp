@@ -77,11 +77,26 @@ TEST_CASE("--weights auto is bf16 only for a BF16 checkpoint", "[tools]") {
     CHECK(ex::resolve_weights(automatic, io::dtype::f16) == weight_precision::fp32);
     CHECK(ex::resolve_weights(weights_choice::fp32, io::dtype::bf16) == weight_precision::fp32);
     CHECK(ex::resolve_weights(weights_choice::bf16, io::dtype::f32) == weight_precision::bf16);
-    const std::string line = ex::weights_report(weights_choice::automatic, weight_precision::bf16,
-                                                io::dtype::bf16, std::size_t(3) << 20);
-    CHECK(line == "weights: bf16 on the GPU, 3.0 MiB (auto: the checkpoint's matrices are BF16)");
-    CHECK(ex::weights_report(weights_choice::fp32, weight_precision::fp32, io::dtype::bf16, 512) ==
-          "weights: fp32 on the GPU, 512 B (--weights fp32)");
+    const ex::weights_used bf16{.precision = weight_precision::bf16,
+                                .stored = io::dtype::bf16,
+                                .device = "cuda",
+                                .bytes = std::size_t(3) << 20,
+                                .why = ex::weights_reason(automatic, weight_precision::bf16,
+                                                          io::dtype::bf16)};
+    CHECK(ex::weights_line(bf16) ==
+          "weights: bf16 on the GPU, 3.0 MiB (auto: the checkpoint's matrices are BF16)");
+    CHECK(ex::weights_reason(weights_choice::fp32, weight_precision::fp32, io::dtype::bf16) ==
+          "--weights fp32");
+    CHECK(kvcar::io::to_json(ex::weights_json(bf16)) ==
+          R"({"precision":"bf16","stored":"BF16","device":"cuda","bytes":3145728})");
+    const ex::weights_used cpu{.precision = weight_precision::fp32,
+                               .stored = io::dtype::bf16,
+                               .device = "cpu",
+                               .bytes = 0,
+                               .why = {}};
+    CHECK(ex::weights_line(cpu) == "weights: fp32 on the CPU (the checkpoint's matrices are BF16)");
+    CHECK(kvcar::io::to_json(ex::weights_json(cpu)) ==
+          R"({"precision":"fp32","stored":"BF16","device":"cpu","bytes":0})");
 }
 
 TEST_CASE("the loader records the dtype a checkpoint's matrices are stored in", "[tools]") {
