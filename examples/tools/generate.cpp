@@ -206,8 +206,8 @@ int run(int argc, char** argv) {
         ex::print_cache_report(stderr, kv, cache, cache.bytes_used(), cache.bytes_reserved());
         if (json) {
             kvcar::io::json_value r = ex::json_report(tool);
-            r.set("prompt", prompt_text);
-            r.set("text", generated_text);
+            r.set("prompt", ex::json_text(prompt_text));
+            r.set("text", ex::json_text(generated_text));
             r.set("prompt_tokens", prompt_ids.size());
             r.set("generated_tokens", generated);
             r.set("batch", batch);

@@ -7,13 +7,15 @@
 // Tolerances, from the arithmetic:
 //   GEMV   fp32 activations × exact bf16 weights, fp32 sums: only the order of the additions
 //          differs from the reference, |err| ≤ ~in_dim · 2⁻²⁴ · Σ|a·w|; checked at 1e-5 · Σ|a·w|.
-//   GemmEx the activations rounded to bf16 (relative error ≤ 2⁻⁹ each), so
-//          |err| ≤ 2⁻⁹ · Σ|a·w| + the sums' error; checked at (2⁻⁹ + 1e-4) · Σ|a·w|. Against a
+//   GemmEx the activations rounded to bf16 (relative error ≤ 2⁻⁸ each: 8 significant bits,
+//          half their 2⁻⁷ spacing), so |err| ≤ 2⁻⁸ · Σ|a·w| + the sums' error; checked at
+//          (2⁻⁸ + 1e-4) · Σ|a·w| (an H100 run measured up to 2.6e-3 where 2⁻⁹ had been assumed,
+//          and the one-term products [n×1] reach the bound itself). Against a
 //          reference that rounds the activations the same way, 1e-4 · Σ|a·w| (the tensor cores'
 //          fp32 accumulation is not IEEE-exact in its rounding: a looser bound than the GEMV's).
-//   model  a prefill (33 rows: GemmEx) carries that 2⁻⁹ ≈ 2e-3 per product through 2 layers of
-//          4 products and the head: logits within 2e-2 of the largest logit (10× one product's
-//          bound). A model fed one token at a time runs every product through the GEMV, where
+//   model  a prefill (33 rows: GemmEx) carries that 2⁻⁸ ≈ 3.9e-3 per product through 2 layers of
+//          4 products and the head: logits within 2e-2 of the largest logit (5× one product's
+//          bound; an H100 run measured 4.2e-3). A model fed one token at a time runs every product through the GEMV, where
 //          the two models differ only in the order of fp32 additions: 1e-4.
 #include "model_cuda_fixtures.cuh"
 
@@ -117,7 +119,7 @@ TEST_CASE("bf16 GEMV and GemmEx match the host product of the bf16-rounded weigh
                 check_product(out, a, w, {}, n, K, O, false, 1e-5, "linear (GEMV) " + shape);
             } else {
                 check_product(out, a, w, {}, n, K, O, true, 1e-4, "linear (GemmEx) " + shape);
-                check_product(out, a, w, {}, n, K, O, false, std::ldexp(1.0, -9) + 1e-4,
+                check_product(out, a, w, {}, n, K, O, false, std::ldexp(1.0, -8) + 1e-4,
                               "linear (GemmEx) vs fp32 activations " + shape);
             }
             // The GemmEx path at every n, the GEMV's rows included.

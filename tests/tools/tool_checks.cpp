@@ -301,3 +301,27 @@ TEST_CASE("--data sets the folder the tools' defaults come from", "[tools]") {
     CHECK(ex::text_options_spec("text", "all")[0].help.find("DATA/wikitext-2") != std::string::npos);
     ex::data_option() = before;
 }
+
+TEST_CASE("json_text replaces ill-formed UTF-8 as Python's errors='replace' does", "[tools]") {
+    // Expected bytes from CPython 3: bytes.decode("utf-8", errors="replace").encode("utf-8").
+    const std::string ufffd = "\xEF\xBF\xBD";
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"plain", "plain"},
+        {"\xE2\x82", ufffd},                       // a character cut after two of three bytes
+        {"\xE2\x82" "A", ufffd + "A"},
+        {"\xFF", ufffd},                           // no character starts with 0xFF
+        {"\xE0\x80", ufffd + ufffd},               // overlong: 0x80 cannot follow 0xE0
+        {"\xED\xA0\x80", ufffd + ufffd + ufffd},   // a surrogate
+        {"\xF0\x9F\x98", ufffd},                   // an emoji cut short
+        {"a\xF0\x9F\x98\x80" "b", "a\xF0\x9F\x98\x80" "b"},
+        {"\xC3", ufffd},
+        {"\xC3\xA9\xC3", "\xC3\xA9" + ufffd},
+        {"\xF4\x90\x80\x80", ufffd + ufffd + ufffd + ufffd},  // past U+10FFFF
+        {"\x80\x80", ufffd + ufffd},
+    };
+    for (const auto& [in, want] : cases) {
+        INFO(kvcar::io::to_json(kvcar::io::json_value(want)));
+        CHECK(ex::json_text(in) == want);
+        CHECK_NOTHROW(kvcar::io::to_json(kvcar::io::json_value(ex::json_text(in))));
+    }
+}

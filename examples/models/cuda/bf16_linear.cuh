@@ -8,9 +8,10 @@
 //              additions (~1e-6 relative).
 //   bf16_gemm  more rows (prefill): the activations rounded to bf16 into a scratch buffer, then
 //              cublasGemmEx on the tensor cores (bf16 × bf16, fp32 accumulation and output).
-//              Rounding the activations adds a relative error of at most 2⁻⁹ per element
-//              (round to nearest even); over a dot product of random-signed terms that is about
-//              2⁻⁹/√3 ≈ 1e-3 of the product's scale.
+//              Rounding the activations adds a relative error of at most 2⁻⁸ per element (bf16
+//              keeps 8 significant bits: half of its 2⁻⁷ spacing, round to nearest even); over a
+//              dot product of random-signed terms that is about 2⁻⁸/√3 ≈ 2e-3 of the product's
+//              scale.
 //
 // Why a kernel of our own for decode: at n = 1 a product is a matrix-vector product, two flops
 // per weight and one weight read per two flops, so its time is the time to stream the weights
