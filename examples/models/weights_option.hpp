@@ -9,9 +9,8 @@
 #pragma once
 
 #include <cstddef>
-#include <string>
-
 #include <cstdio>
+#include <string>
 
 #include "kvcar/common.hpp"
 #include "kvcar/io/json.hpp"

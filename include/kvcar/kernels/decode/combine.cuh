@@ -144,7 +144,9 @@ inline void launch_merge(const merge_params& m, attention_workspace& ws, cudaStr
                          const char* what) {
     const dim3 grid = gpu::checked_grid(m.batch, m.n_heads,
                                          (m.width + merge_columns - 1) / merge_columns, what);
-    const bool many = m.splits >= merge_many_splits;
+    const int many_from =
+        ws.tune.merge_many_splits > 0 ? ws.tune.merge_many_splits : merge_many_splits;
+    const bool many = m.splits >= many_from;
     gpu::launch(many ? combine_kernel<merge_threads_many> : combine_kernel<merge_threads>,
                 {grid, dim3(many ? merge_threads_many : merge_threads), 0, stream,
                  ws.overlap_launches()},
