@@ -82,7 +82,7 @@ template <class Cache>
 void add_cache_json(io::json_value& report, const std::string& kv, const Cache& cache,
                     std::size_t peak_bytes_used, std::size_t peak_bytes_reserved) {
     io::json_value c = io::json_value::object();
-    c.set("kv", kv);
+    c.set("kv", json_text(kv));
     c.set("peak_bytes_used", peak_bytes_used);
     c.set("peak_bytes_reserved", peak_bytes_reserved);
     c.set("bytes_per_token", cache.bytes_per_token());

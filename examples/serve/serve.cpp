@@ -43,6 +43,7 @@
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
 #include "examples/models/tool_common.hpp"
+#include "examples/models/tool_json.hpp"
 #include "examples/models/weights_option.hpp"
 #include "examples/serve/cpu_engine.hpp"
 #include "examples/serve/requests.hpp"
@@ -241,9 +242,9 @@ void report(const run_result& r, bool json) {
     if (json) {
         using kvcar::io::json_value;
         json_value j = json_value::object_type{};
-        j.set("model", json_value(r.model));
+        j.set("model", json_value(ex::json_text(r.model)));
         j.set("device", json_value(r.device));
-        j.set("kv", json_value(r.kv));
+        j.set("kv", json_value(ex::json_text(r.kv)));
         j.set("budget_bytes", json_value(r.budget_bytes));
         j.set("n_pages", json_value(r.n_pages));
         j.set("bytes_per_token", json_value((long long)r.bytes_per_token));

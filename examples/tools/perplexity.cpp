@@ -292,7 +292,7 @@ int run(int argc, char** argv) {
         ex::print_cache_report(report, kv, cache, peak_bytes, peak_reserved);
         if (json) {
             kvcar::io::json_value r = ex::json_report(tool);
-            r.set("text", source);
+            r.set("text", ex::json_text(source));
             r.set("perplexity", ex::json_number(std::exp(nll / double(scored))));
             r.set("perplexity_stderr", ex::json_number(stats.perplexity_stderr()));
             r.set("mean_nll", ex::json_number(nll / double(scored)));
