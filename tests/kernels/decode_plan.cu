@@ -1,7 +1,9 @@
 // Tests for kvcar/kernels/decode_plan.cuh: a planned step gives the very bytes decode_attention
 // gives, on every path, and so does decode_attention with programmatic dependent launch; its runs
 // capture into a CUDA graph from a workspace that never grew
-// before the plan; launches that do not fit the plan are refused before anything is enqueued.
+// before the plan; the device-cache forms (planned for the cache's capacity) give the bytes of
+// decode_attention's device-cache form; launches that do not fit the plan are refused before
+// anything is enqueued.
 #include "kernels/decode_check.cuh"
 #include "common/gpu_test.cuh"
 
@@ -94,6 +96,32 @@ void check_planned(const kv_geometry& g, int n_heads, const Codec& codec, const 
     }
     KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
     REQUIRE(s.out.to_host() == eager);
+
+    // The device-cache forms a model calls, planned for the cache's capacity (longer than any
+    // context of this step: the splits follow each run's own lengths) and run with the lengths
+    // read from the cache: the same bytes as decode_attention's device-cache form.
+    const attention_params opt{.n_heads = n_heads, .scale = 0.0f, .causal = true,
+                               .rope = rope_mode::none, .rope_cfg = {}};
+    const std::size_t per_layer = std::size_t(s.batch) * n_heads * g.head_dim;
+    kernels::attention_workspace ws_form;
+    s.out = kvcar_test::poisoned(eager.size());
+    for (int layer = 0; layer < g.n_layers; ++layer)
+        kernels::decode_attention(c.device, layer, c.sequences, s.q.data() + per_layer * layer,
+                                  s.out.data() + per_layer * layer, opt, ws_form);
+    KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> by_form = s.out.to_host();
+    REQUIRE(c.device.max_tokens() > s.max_len);
+    kernels::attention_workspace ws_cache;
+    const kernels::decode_plan for_cache = kernels::plan_decode_attention(
+        c.device, s.batch, c.device.max_tokens(), opt, ws_cache);
+    REQUIRE(for_cache.paths == eager_paths);
+    s.out = kvcar_test::poisoned(eager.size());
+    for (int layer = 0; layer < g.n_layers; ++layer)
+        kernels::run_decode_attention(for_cache, c.device, layer, c.sequences,
+                                      s.q.data() + per_layer * layer,
+                                      s.out.data() + per_layer * layer, opt, ws_cache);
+    KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
+    REQUIRE(s.out.to_host() == by_form);
 
     // Programmatic dependent launch (opt-in): the kernels overlap their launches, not their
     // work, so the bytes are the same.

@@ -130,18 +130,21 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
     detail::run_first_supported(detail::decode_policies{}, cache, p, ws, stream);
 }
 
-/// Decode step for the sequences of a device cache: one query per sequence at its last cached
-/// position of `layer` (append this step's K/V first, as a model does). q, out: device
-/// [sequences.size()][opt.n_heads][head_dim]. A sequence of length 0 gets zeros.
+namespace detail {
+
+/// The launch parameters of one decode layer over a device cache's sequences: their lengths in
+/// `layer` read on the host (throws for a sequence that is not live), uploaded with the sequence
+/// ids into ws.ints in `stream`'s order. Shared by decode_attention and run_decode_attention.
 template <gpu::uploadable_codec Codec, kv_layout Layout>
-void decode_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int layer,
-                      std::span<const int> sequences, const float* q, float* out,
-                      const attention_params& opt, attention_workspace& ws,
-                      cudaStream_t stream = nullptr) {
+decode_attention_params device_cache_step(const gpu::device_kv_cache<Codec, Layout>& cache,
+                                          int layer, std::span<const int> sequences,
+                                          const float* q, float* out,
+                                          const attention_params& opt, attention_workspace& ws,
+                                          cudaStream_t stream, const char* who) {
     ws.use_stream(stream);  // ws.ints below grows in this stream's order
     const int batch = int(sequences.size());
     require(layer >= 0 && layer < cache.geometry().n_layers,
-            "decode_attention: layer " + std::to_string(layer) + " is out of range [0, " +
+            std::string(who) + ": layer " + std::to_string(layer) + " is out of range [0, " +
                 std::to_string(cache.geometry().n_layers) + ")");
     std::vector<std::int32_t> host(2 * std::size_t(batch));
     int max_len = 0;
@@ -161,15 +164,31 @@ void decode_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int laye
     p.scale = opt.scale;
     p.rope = opt.rope;
     p.rope_cfg = opt.rope_cfg;
-    detail::validate(p, cache.geometry().n_layers, cache.geometry().n_kv_heads,
-                     cache.geometry().head_dim, "decode_attention", false);
-    if (batch == 0) return;
-    require(q && out, "decode_attention: q and out must be device pointers");
+    validate(p, cache.geometry().n_layers, cache.geometry().n_kv_heads,
+             cache.geometry().head_dim, who, false);
+    if (batch == 0) return p;
+    require(q && out, std::string(who) + ": q and out must be device pointers");
     std::int32_t* dev = ws.ints(host.size());
     KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), host.size() * sizeof(std::int32_t),
                                      cudaMemcpyHostToDevice, stream));
     p.sequences = dev;
     p.kv_lengths = dev + batch;
+    return p;
+}
+
+}  // namespace detail
+
+/// Decode step for the sequences of a device cache: one query per sequence at its last cached
+/// position of `layer` (append this step's K/V first, as a model does). q, out: device
+/// [sequences.size()][opt.n_heads][head_dim]. A sequence of length 0 gets zeros.
+template <gpu::uploadable_codec Codec, kv_layout Layout>
+void decode_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int layer,
+                      std::span<const int> sequences, const float* q, float* out,
+                      const attention_params& opt, attention_workspace& ws,
+                      cudaStream_t stream = nullptr) {
+    const decode_attention_params p = detail::device_cache_step(
+        cache, layer, sequences, q, out, opt, ws, stream, "decode_attention");
+    if (p.batch == 0) return;
     decode_attention(cache.view(), p, ws, stream);
 }
 

@@ -25,6 +25,7 @@
 #error "kvcar/kernels/decode_plan.cuh needs nvcc"
 #endif
 
+#include <span>
 #include <string>
 #include <vector>
 
@@ -166,6 +167,37 @@ void run_decode_attention(const decode_plan& plan, const device::cache_view<Code
                          " does not read this codec; was the plan made for another cache?");
     };
     if (!detail::run_in_item_slices(p, cache.head_dim, run_slice)) run_slice(p);
+}
+
+/// plan_decode_attention for the decode steps of a device cache's sequences, as a model runs
+/// them: `batch` sequences whose contexts stay within `max_kv_length` tokens. Plan for the
+/// longest context the steps may reach (the cache's capacity, say), so that only a new batch
+/// size needs a new plan.
+template <gpu::uploadable_codec Codec, kv_layout Layout>
+decode_plan plan_decode_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int batch,
+                                  int max_kv_length, const attention_params& opt,
+                                  attention_workspace& ws, cudaStream_t stream = nullptr) {
+    decode_attention_params shape;
+    shape.batch = batch;
+    shape.max_kv_length = max_kv_length;
+    shape.n_heads = opt.n_heads;
+    shape.scale = opt.scale;
+    shape.rope = opt.rope;
+    shape.rope_cfg = opt.rope_cfg;
+    return plan_decode_attention(cache.view(), shape, ws, stream);
+}
+
+/// One layer of a planned decode step over a device cache's sequences (decode_attention's
+/// arguments, plus the plan): their lengths are read and uploaded as decode_attention does, then
+/// the planned path runs.
+template <gpu::uploadable_codec Codec, kv_layout Layout>
+void run_decode_attention(const decode_plan& plan, const gpu::device_kv_cache<Codec, Layout>& cache,
+                          int layer, std::span<const int> sequences, const float* q, float* out,
+                          const attention_params& opt, attention_workspace& ws,
+                          cudaStream_t stream = nullptr) {
+    const decode_attention_params p = detail::device_cache_step(
+        cache, layer, sequences, q, out, opt, ws, stream, "run_decode_attention");
+    run_decode_attention(plan, cache.view(), p, ws, stream);
 }
 
 }  // namespace kvcar::kernels
