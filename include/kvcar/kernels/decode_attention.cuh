@@ -132,6 +132,20 @@ void decode_attention(const device::cache_view<Codec>& cache, const decode_atten
 
 namespace detail {
 
+/// The shape of a decode launch from a model's attention options: batch, context bound, heads,
+/// scale and RoPE; the pointers, layer and lengths are the caller's.
+inline decode_attention_params decode_shape(int batch, int max_kv_length,
+                                            const attention_params& opt) {
+    decode_attention_params p;
+    p.batch = batch;
+    p.max_kv_length = max_kv_length;
+    p.n_heads = opt.n_heads;
+    p.scale = opt.scale;
+    p.rope = opt.rope;
+    p.rope_cfg = opt.rope_cfg;
+    return p;
+}
+
 /// The launch parameters of one decode layer over a device cache's sequences: their lengths in
 /// `layer` read on the host (throws for a sequence that is not live), uploaded with the sequence
 /// ids into ws.ints in `stream`'s order. Shared by decode_attention and run_decode_attention.
@@ -154,16 +168,10 @@ decode_attention_params device_cache_step(const gpu::device_kv_cache<Codec, Layo
         host[std::size_t(batch + b)] = len;
         max_len = std::max(max_len, len);
     }
-    decode_attention_params p;
+    decode_attention_params p = decode_shape(batch, max_len, opt);
     p.q = q;
     p.out = out;
-    p.batch = batch;
-    p.max_kv_length = max_len;
     p.layer = layer;
-    p.n_heads = opt.n_heads;
-    p.scale = opt.scale;
-    p.rope = opt.rope;
-    p.rope_cfg = opt.rope_cfg;
     validate(p, cache.geometry().n_layers, cache.geometry().n_kv_heads,
              cache.geometry().head_dim, who, false);
     if (batch == 0) return p;

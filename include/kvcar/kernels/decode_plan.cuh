@@ -177,14 +177,8 @@ template <gpu::uploadable_codec Codec, kv_layout Layout>
 decode_plan plan_decode_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int batch,
                                   int max_kv_length, const attention_params& opt,
                                   attention_workspace& ws, cudaStream_t stream = nullptr) {
-    decode_attention_params shape;
-    shape.batch = batch;
-    shape.max_kv_length = max_kv_length;
-    shape.n_heads = opt.n_heads;
-    shape.scale = opt.scale;
-    shape.rope = opt.rope;
-    shape.rope_cfg = opt.rope_cfg;
-    return plan_decode_attention(cache.view(), shape, ws, stream);
+    return plan_decode_attention(cache.view(), detail::decode_shape(batch, max_kv_length, opt), ws,
+                                 stream);
 }
 
 /// One layer of a planned decode step over a device cache's sequences (decode_attention's
