@@ -23,10 +23,20 @@ namespace {
 template <class Codec>
 void check_prefill(const kv_geometry& g, int hpg, const Codec& codec, int n_heads,
                    const std::vector<int>& lengths, const std::vector<int>& queries, bool causal,
-                   rope_mode rope, double tolerance, const char* name) {
+                   rope_mode rope, double tolerance, const char* name, int want_tiled = -1,
+                   int tiles_min_queries = 0) {
     const dense_layout layout(g, hpg);
-    kv_cache<Codec, dense_layout, paged_storage> host(layout, codec, {4, 128, 16, 40});
-    kvcar::gpu::device_kv_cache<Codec> dev(layout, codec, {4, 128, 16, 40});
+    // Room for the sequences (pages of 16; at least the 4 × 128 × 40 pages of the first tests).
+    int max_tokens = 128, pages = 8;
+    for (int len : lengths) {
+        max_tokens = std::max(max_tokens, (len + 15) / 16 * 16);
+        pages += (len + 15) / 16;
+    }
+    pages = std::max(pages, 40);
+    const int max_seqs = std::max(4, int(lengths.size()));
+    kv_cache<Codec, dense_layout, paged_storage> host(layout, codec,
+                                                      {max_seqs, max_tokens, 16, pages});
+    kvcar::gpu::device_kv_cache<Codec> dev(layout, codec, {max_seqs, max_tokens, 16, pages});
     std::vector<int> seqs;
     for (std::size_t i = 0; i < lengths.size(); ++i) {
         seqs.push_back(host.add_sequence());
@@ -41,6 +51,7 @@ void check_prefill(const kv_geometry& g, int hpg, const Codec& codec, int n_head
     int total = 0;
     for (int q : queries) total += q;
     kernels::attention_workspace ws;
+    ws.tune.prefill_tiles_min_queries = tiles_min_queries;
     double worst = 0.0;
     for (int layer = 0; layer < g.n_layers; ++layer) {
         const std::vector<float> q = random_floats(std::size_t(total) * q_width, 9u + layer);
@@ -60,9 +71,11 @@ void check_prefill(const kv_geometry& g, int hpg, const Codec& codec, int n_head
         }
         worst = std::max(worst, kvcar_test::row_relative_error(out.to_host(), want,
                                                                 std::size_t(g.head_dim)));
+        if (want_tiled >= 0) CHECK(ws.last_prefill_tiled == want_tiled);
     }
-    std::printf("prefill_attention %-24s %s%s: rel err %.2e\n", name, causal ? "causal" : "full",
-                rope == rope_mode::on_read ? " rope" : "", worst);
+    std::printf("prefill_attention %-24s %s%s: %d chunks tiled, rel err %.2e\n", name,
+                causal ? "causal" : "full", rope == rope_mode::on_read ? " rope" : "",
+                ws.last_prefill_tiled, worst);
     CHECK(worst <= tolerance);
 }
 
@@ -73,15 +86,18 @@ TEST_CASE("prefill_attention: causal chunks for every codec family", "[kernels]"
     const std::vector<int> lengths{40, 17, 5}, queries{24, 17, 1};
     check_prefill(g, 1, identity_codec<float>{64}, 8, lengths, queries, true, rope_mode::none,
                   1e-5, "identity<f32>");
+    check_prefill(g, 1, identity_codec<f16>{64}, 4, lengths, queries, true, rope_mode::none,
+                  kvcar_test::fp16_operands_tolerance, "identity<f16>", 2);
     check_prefill(g, 1, identity_codec<f16>{64}, 4, lengths, queries, true, rope_mode::none, 1e-3,
-                  "identity<f16>");
+                  "identity<f16> per query", 0, -1);
     const linear_params lin = kvcar_test::random_linear(128, 32, 2, 3);
     check_prefill(g, 2, lin.codec<f16>(), 8, lengths, queries, true, rope_mode::none,
                   kvcar_test::fp16_operands_tolerance,
                   "linear<f16> layer");
     const folded_autoencoder ae = kvcar_test::random_autoencoder(64, 32, 16, 4);
     check_prefill(g, 1, make_quantized(ae.codec<float>()), 2, lengths, queries, true,
-                  rope_mode::none, 1e-3, "quantized<autoencoder>");
+                  rope_mode::none, kvcar_test::fp16_operands_tolerance, "quantized<autoencoder>",
+                  2);
 }
 
 TEST_CASE("prefill_attention: RoPE on read full attention and an empty chunk", "[kernels]") {
@@ -89,9 +105,47 @@ TEST_CASE("prefill_attention: RoPE on read full attention and an empty chunk", "
     check_prefill(g, 1, identity_codec<float>{128}, 4, {33, 16}, {33, 3}, true, rope_mode::on_read,
                   1e-4, "identity<f32>");
     check_prefill(g, 1, identity_codec<f16>{128}, 4, {33, 16}, {5, 0}, false, rope_mode::none,
-                  1e-3, "identity<f16>");
+                  1e-3, "identity<f16>", 0);
     check_prefill(g, 1, identity_codec<float>{128}, 4, {33, 16}, {5, 2}, false,
                   rope_mode::on_read, 1e-4, "identity<f32>");
+}
+
+TEST_CASE("prefill_attention: the tiled path beside per-query chunks in one batch", "[kernels]") {
+    // Chunks of 200 (a whole prompt: 4 query tiles, the last one partial), 70 and 16 queries
+    // take the tiled path; a decode step (1 query) and a 9-query chunk take the per-query path,
+    // their rows staged between the tiled ones. Contexts cross K/V tiles of 64 at odd offsets.
+    const std::vector<int> lengths{200, 131, 1, 77, 16, 40}, queries{200, 70, 1, 1, 16, 9};
+    const double tol = kvcar_test::fp16_operands_tolerance;
+    const double tol8 = kvcar_test::int8_fp16_operands_tolerance;
+    // TinyLlama's heads: hd 64, 8 query heads per KV head.
+    const kv_geometry tiny{2, 4, 64};
+    check_prefill(tiny, 1, identity_codec<f16>{64}, 32, lengths, queries, true, rope_mode::none,
+                  tol, "tiled identity<f16> GQA 8", 3);
+    check_prefill(tiny, 1, make_quantized<std::int8_t>(identity_codec<float>{64}), 32, lengths,
+                  queries, true, rope_mode::none, tol8, "tiled int8 GQA 8", 3);
+    check_prefill(tiny, 1, identity_codec<f16>{64}, 32, lengths, queries, true, rope_mode::on_read,
+                  tol, "tiled identity<f16> rope", 3);
+    // Whole-layer latents (group = 4 heads), linear and int8 linear, and an autoencoder per head.
+    const linear_params lin = kvcar_test::random_linear(256, 64, 4, 11);
+    check_prefill(tiny, 4, lin.codec<f16>(), 32, lengths, queries, true, rope_mode::none, tol,
+                  "tiled linear<f16> layer", 3);
+    check_prefill(tiny, 4, make_quantized<std::int8_t>(lin.codec<float>()), 32, lengths, queries,
+                  true, rope_mode::on_read, tol8, "tiled int8 linear layer rope", 3);
+    const folded_autoencoder ae = kvcar_test::random_autoencoder(64, 32, 16, 12);
+    check_prefill(tiny, 1, ae.codec<f16>(), 32, lengths, queries, true, rope_mode::none, tol,
+                  "tiled autoencoder<f16>", 3);
+    // Llama-3-8B's heads: hd 128, 4 query heads per KV head; full attention too.
+    const kv_geometry big{1, 2, 128};
+    check_prefill(big, 1, identity_codec<f16>{128}, 8, lengths, queries, true, rope_mode::none,
+                  tol, "tiled identity<f16> hd 128", 3);
+    check_prefill(big, 1, identity_codec<f16>{128}, 8, lengths, queries, false, rope_mode::on_read,
+                  tol, "tiled identity<f16> hd 128 full", 3);
+    // A threshold of 1 sends every chunk, decode steps too, down the tiled path.
+    check_prefill(tiny, 1, identity_codec<f16>{64}, 32, lengths, queries, true, rope_mode::none,
+                  tol, "tiled identity<f16> all", 6, 1);
+    // Exact f32 records keep the per-query path.
+    check_prefill(tiny, 1, identity_codec<float>{64}, 32, lengths, queries, true, rope_mode::none,
+                  1e-5, "identity<f32> stays per query", 0);
 }
 
 TEST_CASE("prefill_attention: argument errors", "[kernels]") {

@@ -1,11 +1,13 @@
 // kvcar/kernels/prefill_attention.cuh — causal attention of many query tokens per sequence (a
 // prefill chunk) over a kvcar cache.
 //
-// Correct and simple: each query token becomes one item of decode attention that sees the
-// tokens up to its own position (kv_length = position + 1), so every codec, layout, RoPE mode and
-// the split-KV machinery are shared with decode_attention. It reads each key and value once per
-// query rather than once per query tile, so its cost grows with n_queries × context: fine for
-// chunks and tests, not a FlashAttention replacement.
+// Two paths. The per-query path makes each query token one item of decode attention that sees
+// the tokens up to its own position (kv_length = position + 1), so every codec, layout, RoPE mode
+// and the split-KV machinery are shared with decode_attention; it reads each key and value once
+// per query, so its cost grows with n_queries × context. The tiled path (prefill/dense_tiles.cuh)
+// decodes a chunk's context once to dense fp16 and attends tiles of 64 queries on tensor cores:
+// the device-cache form below sends chunks of 16 queries or more there. The params form takes
+// the per-query path.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -26,6 +28,7 @@
 #include "kvcar/cuda/error.cuh"
 #include "kvcar/device/cache_view.cuh"
 #include "kvcar/kernels/decode_attention.cuh"
+#include "kvcar/kernels/prefill/dense_tiles.cuh"
 #include "kvcar/attention_params.hpp"
 
 namespace kvcar::kernels {
@@ -99,9 +102,74 @@ void prefill_attention(const device::cache_view<Codec>& cache, const prefill_att
     decode_attention(cache, d, ws, stream);
 }
 
+namespace detail {
+
+/// Copies rows between a batch's q/out and a compact staging array. Compact row r of item b is
+/// batch row source_rows[b] + (r − offsets[b]); `gather` copies batch → compact (dst compact),
+/// otherwise compact → batch (src compact). One block per compact row.
+static __global__ void stage_rows_kernel(float* dst, const float* src, const std::int32_t* offsets,
+                                         const std::int32_t* source_rows, int n_items, int rows,
+                                         int width, bool gather) {
+    const int r = int(blockIdx.x);
+    if (r >= rows) return;
+    int lo = 0, hi = n_items - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (offsets[mid] <= r) lo = mid; else hi = mid - 1;
+    }
+    const std::size_t batch_row = std::size_t(source_rows[lo] + (r - offsets[lo]));
+    float* d = dst + (gather ? std::size_t(r) : batch_row) * width;
+    const float* s = src + (gather ? batch_row : std::size_t(r)) * width;
+    for (int i = int(threadIdx.x); i < width; i += int(blockDim.x)) d[i] = s[i];
+}
+
+/// The tiled path (prefill/dense_tiles.cuh) for chunks `chunks` of a batch: items are built
+/// here, cut into launches whose dense K/V stay within a budget, and uploaded to ws.ints.
+template <class Codec>
+void prefill_tiled_chunks(const device::cache_view<Codec>& view, int layer,
+                          const std::vector<prefill_tile_item>& chunks, const float* q,
+                          float* out, const attention_params& opt, attention_workspace& ws,
+                          cudaStream_t stream) {
+    // 256 MiB of dense fp16 K/V per launch (more when one context alone needs it).
+    const std::size_t row_bytes = std::size_t(view.n_kv_heads) * view.head_dim * 2 * sizeof(__half);
+    const std::size_t budget_rows = (std::size_t(256) << 20) / row_bytes;
+    std::size_t first = 0;
+    while (first < chunks.size()) {
+        std::vector<prefill_tile_item> items;
+        int rows = 0, kv_tiles = 0, q_tiles = 0;
+        for (std::size_t c = first; c < chunks.size(); ++c) {
+            prefill_tile_item it = chunks[c];
+            if (!items.empty() && std::size_t(rows + it.kv_length) > budget_rows) break;
+            it.dense_row = rows;
+            it.first_kv_tile = kv_tiles;
+            it.first_q_tile = q_tiles;
+            rows += it.kv_length;
+            kv_tiles += (it.kv_length + gather_tile - 1) / gather_tile;
+            q_tiles += (it.n_queries + prefill_q_tile - 1) / prefill_q_tile;
+            items.push_back(it);
+        }
+        ws.use_stream(stream);
+        auto* dev = reinterpret_cast<prefill_tile_item*>(
+            ws.ints(items.size() * (sizeof(prefill_tile_item) / sizeof(std::int32_t))));
+        KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev, items.data(), items.size() * sizeof(prefill_tile_item),
+                                         cudaMemcpyHostToDevice, stream));
+        launch_prefill_tiles(view, dev, int(items.size()), kv_tiles, q_tiles, rows, layer, q, out,
+                             opt, ws, stream);
+        first += items.size();
+    }
+}
+
+}  // namespace detail
+
 /// Prefill for the sequences of a device cache: item b's query_counts[b] queries are its last
 /// query_counts[b] cached tokens of `layer` (the chunk just appended), in order; q and out are
 /// device [Σ query_counts][opt.n_heads][head_dim]. opt.causal picks causal or full attention.
+///
+/// Two paths share a batch. A chunk of at least 16 queries (ws.tune.prefill_tiles_min_queries)
+/// takes the tiled path (prefill/dense_tiles.cuh: its context decoded once, queries attended in
+/// tiles of 64 on tensor cores); the others, decode steps among them, are items of decode
+/// attention (their rows staged into a compact array when the batch holds both kinds).
+/// ws.last_prefill_tiled tells how many chunks took the tiled path.
 template <gpu::uploadable_codec Codec, kv_layout Layout>
 void prefill_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int layer,
                        std::span<const int> sequences, std::span<const int> query_counts,
@@ -114,9 +182,13 @@ void prefill_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int lay
             "prefill_attention: layer " + std::to_string(layer) + " is out of range [0, " +
                 std::to_string(cache.geometry().n_layers) + ")");
     const int batch = int(sequences.size());
-    // [sequences | offsets (batch + 1) | positions | lengths]
-    std::vector<std::int32_t> host(4 * std::size_t(batch) + 1);
-    int total = 0, max_len = 0;
+    const auto view = cache.view();
+    const bool q_aligned = (reinterpret_cast<std::uintptr_t>(q) & 15u) == 0 &&
+                           (reinterpret_cast<std::uintptr_t>(out) & 7u) == 0;
+    // Per-query items: [sequences | offsets (n + 1) | positions | lengths | batch rows].
+    std::vector<std::int32_t> seqs, offsets, positions, lengths, rows;
+    std::vector<detail::prefill_tile_item> tiled;
+    int per_query_total = 0, max_len = 0, row = 0;
     for (int b = 0; b < batch; ++b) {
         const int seq = sequences[std::size_t(b)], count = query_counts[std::size_t(b)];
         const int len = cache.length(seq, layer);  // throws if not live
@@ -124,36 +196,88 @@ void prefill_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int lay
                 "prefill_attention: sequence " + std::to_string(seq) + " has " +
                     std::to_string(len) + " tokens in layer " + std::to_string(layer) +
                     ", fewer than its " + std::to_string(count) + " queries");
-        host[std::size_t(b)] = seq;
-        host[std::size_t(batch + b)] = total;
-        host[std::size_t(2 * batch + 1 + b)] = len - count;
-        host[std::size_t(3 * batch + 1 + b)] = len;
-        total += count;
-        max_len = std::max(max_len, len);
+        if (count > 0 && q_aligned && detail::prefill_tiles_supported(view, count, ws)) {
+            detail::prefill_tile_item it;
+            it.sequence = seq;
+            it.kv_length = len;
+            it.first_position = len - count;
+            it.query_row = row;
+            it.n_queries = count;
+            tiled.push_back(it);
+        } else {
+            seqs.push_back(seq);
+            offsets.push_back(per_query_total);
+            positions.push_back(len - count);
+            lengths.push_back(len);
+            rows.push_back(row);
+            per_query_total += count;
+            max_len = std::max(max_len, len);
+        }
+        row += count;
     }
-    host[std::size_t(2 * batch)] = total;
-    if (total == 0) return;
-    // The expansion writes ws.ints, so the descriptors live in the cache's own scratch.
-    std::int32_t* dev = cache.scratch_ints(host.size());
-    KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), host.size() * sizeof(std::int32_t),
-                                     cudaMemcpyHostToDevice, stream));
-    prefill_attention_params p;
-    p.q = q;
-    p.out = out;
-    p.sequences = dev;
-    p.query_offsets = dev + batch;
-    p.query_positions = dev + 2 * batch + 1;
-    p.kv_lengths = dev + 3 * batch + 1;
-    p.batch = batch;
-    p.total_queries = total;
-    p.max_kv_length = max_len;
-    p.layer = layer;
-    p.n_heads = opt.n_heads;
-    p.scale = opt.scale;
-    p.causal = opt.causal;
-    p.rope = opt.rope;
-    p.rope_cfg = opt.rope_cfg;
-    prefill_attention(cache.view(), p, ws, stream);
+    ws.last_prefill_tiled = int(tiled.size());
+    if (!tiled.empty()) {
+        decode_attention_params shape;  // the checks decode_attention makes, before any launch
+        shape.batch = row;
+        shape.max_kv_length = max_len;
+        shape.layer = layer;
+        shape.n_heads = opt.n_heads;
+        shape.scale = opt.scale;
+        shape.rope = opt.rope;
+        shape.rope_cfg = opt.rope_cfg;
+        detail::validate(shape, view.n_layers, view.n_kv_heads, view.head_dim,
+                         "prefill_attention", false);
+        require(q && out, "prefill_attention: q and out must be device pointers");
+    }
+    if (per_query_total > 0) {
+        const int n = int(seqs.size());
+        offsets.push_back(per_query_total);
+        std::vector<std::int32_t> host;
+        for (const auto* part : {&seqs, &offsets, &positions, &lengths, &rows})
+            host.insert(host.end(), part->begin(), part->end());
+        // The expansion writes ws.ints, so the descriptors live in the cache's own scratch.
+        std::int32_t* dev = cache.scratch_ints(host.size());
+        KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), host.size() * sizeof(std::int32_t),
+                                         cudaMemcpyHostToDevice, stream));
+        prefill_attention_params p;
+        p.q = q;
+        p.out = out;
+        p.sequences = dev;
+        p.query_offsets = dev + n;
+        p.query_positions = dev + 2 * n + 1;
+        p.kv_lengths = dev + 3 * n + 1;
+        p.batch = n;
+        p.total_queries = per_query_total;
+        p.max_kv_length = max_len;
+        p.layer = layer;
+        p.n_heads = opt.n_heads;
+        p.scale = opt.scale;
+        p.causal = opt.causal;
+        p.rope = opt.rope;
+        p.rope_cfg = opt.rope_cfg;
+        if (tiled.empty()) {
+            prefill_attention(view, p, ws, stream);
+        } else {
+            // The per-query rows are scattered among the tiled ones: stage them compactly.
+            require(q && out, "prefill_attention: q and out must be device pointers");
+            const int width = opt.n_heads * view.head_dim;
+            ws.use_stream(stream);
+            float* staged = ws.staged_rows(2 * std::size_t(per_query_total) * width);
+            float* staged_out = staged + std::size_t(per_query_total) * width;
+            const std::int32_t* src_rows = dev + 4 * n + 1;
+            detail::stage_rows_kernel<<<unsigned(per_query_total), 128, 0, stream>>>(
+                staged, q, p.query_offsets, src_rows, n, per_query_total,
+                width, true);
+            KVCAR_CUDA_CHECK_LAUNCH("stage_rows_kernel");
+            p.q = staged;
+            p.out = staged_out;
+            prefill_attention(view, p, ws, stream);
+            detail::stage_rows_kernel<<<unsigned(per_query_total), 128, 0, stream>>>(
+                out, staged_out, p.query_offsets, src_rows, n, per_query_total, width, false);
+            KVCAR_CUDA_CHECK_LAUNCH("stage_rows_kernel");
+        }
+    }
+    if (!tiled.empty()) detail::prefill_tiled_chunks(view, layer, tiled, q, out, opt, ws, stream);
 }
 
 }  // namespace kvcar::kernels

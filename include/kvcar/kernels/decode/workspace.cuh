@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <utility>
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "kvcar/common.hpp"
@@ -114,6 +115,11 @@ public:
     float* latent_bias(std::size_t n) { return take(qbias_, n, 3); }
     /// Small index arrays staged from the host (sequences, lengths, positions, item maps).
     std::int32_t* ints(std::size_t n) { return take(ints_, n, 4); }
+    /// The tiled prefill's dense fp16 K and V of the contexts it attends (prefill/dense_tiles.cuh).
+    __half* dense_kv(std::size_t n) { return take(dense_, n, 5); }
+    /// Rows gathered from a larger array and scattered back (the prefill's per-query share of a
+    /// batch whose other chunks take the tiled path): queries, then outputs.
+    float* staged_rows(std::size_t n) { return take(rows_, n, 6); }
     /// Multiprocessors of the current device (looked up once).
     int sm_count() {
         if (sm_count_ == 0) sm_count_ = gpu::multiprocessor_count();
@@ -137,6 +143,8 @@ public:
     int last_chunk = 0;
     /// The path the last decode_attention took (one value, not a flag per path).
     decode_path last_path = decode_path::none;
+    /// Chunks the last prefill_attention (device-cache form) ran on the tiled path.
+    int last_prefill_tiled = 0;
     /// Overrides of choices the paths make themselves, for benchmarks and autotuning; 0 leaves
     /// a choice to the path, and a value the path cannot run is ignored (the plan stays valid).
     struct tuning {
@@ -149,6 +157,9 @@ public:
         /// showed batch 8, where the latent paths have exactly 16 splits, slower after the
         /// 16-warp merge came (docs/results/decode-ab-2026-12-06.md).
         int merge_many_splits = 0;
+        /// Fewest queries of a prefill chunk that take the tiled path (prefill/dense_tiles.cuh);
+        /// 0: its default (16), -1: never (every query an item of decode attention).
+        int prefill_tiles_min_queries = 0;
         /// Programmatic dependent launch between the decode kernels (sm_90+; gpu::launch_shape).
         /// Off by default until it has been measured and tested on a GPU.
         bool dependent_launch = false;
@@ -173,6 +184,8 @@ public:
         if (need_[2]) qz_.grow(need_[2], stream_, pools());
         if (need_[3]) qbias_.grow(need_[3], stream_, pools());
         if (need_[4]) ints_.grow(need_[4], stream_, pools());
+        if (need_[5]) dense_.grow(need_[5], stream_, pools());
+        if (need_[6]) rows_.grow(need_[6], stream_, pools());
     }
 
 private:
@@ -194,15 +207,16 @@ private:
         }
         return pools_ == 1;
     }
-    detail::stream_scratch<float> acc_, ml_, qz_, qbias_;
+    detail::stream_scratch<float> acc_, ml_, qz_, qbias_, rows_;
     detail::stream_scratch<std::int32_t> ints_;
+    detail::stream_scratch<__half> dense_;
     cudaStream_t stream_ = nullptr;
     int sm_count_ = 0;
     int max_smem_ = 0;
     int pools_ = -1;
     int dependent_launch_ = -1;
     bool sizing_ = false;
-    std::size_t need_[5] = {};  // acc, ml, qz, qbias, ints
+    std::size_t need_[7] = {};  // acc, ml, qz, qbias, ints, dense, rows
 };
 
 }  // namespace kvcar::kernels
