@@ -31,6 +31,7 @@
 
 #include "kvcar/common.hpp"
 #include "kvcar/io/json.hpp"
+#include "kvcar/io/utf8.hpp"
 #include "unicode_tables.hpp"
 
 namespace kvcar::examples {
@@ -75,36 +76,14 @@ struct text_unit {
 
 inline constexpr char32_t invalid_code_point = 0xFFFFFFFF;
 
-/// Decodes the UTF-8 sequence at `pos` (RFC 3629: no overlong forms, no surrogates, at most
-/// U+10FFFF). A byte that does not start a complete valid sequence becomes a unit of its own,
-/// so every byte string splits into units deterministically.
+/// Decodes the UTF-8 sequence at `pos` (io/utf8.hpp: no overlong forms, no surrogates, at most
+/// U+10FFFF). A byte that does not start a complete valid sequence becomes a unit of its own (one
+/// byte, even where the maximal subpart that io::utf8_at reports is longer), so every byte string
+/// splits into units deterministically.
 inline text_unit decode_utf8_at(std::string_view s, std::size_t pos) {
-    const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
-    const unsigned char b0 = byte(pos);
-    if (b0 < 0x80) return {b0, 1};
-    const std::size_t left = s.size() - pos;
-    const auto cont = [&](std::size_t i, unsigned char lo = 0x80, unsigned char hi = 0xBF) {
-        return i < left && byte(pos + i) >= lo && byte(pos + i) <= hi;
-    };
-    if (b0 >= 0xC2 && b0 <= 0xDF && cont(1))
-        return {char32_t((b0 & 0x1F) << 6 | (byte(pos + 1) & 0x3F)), 2};
-    if (b0 >= 0xE0 && b0 <= 0xEF) {
-        const unsigned char lo = b0 == 0xE0 ? 0xA0 : 0x80;  // no overlong forms
-        const unsigned char hi = b0 == 0xED ? 0x9F : 0xBF;  // no surrogates
-        if (cont(1, lo, hi) && cont(2))
-            return {char32_t((b0 & 0x0F) << 12 | (byte(pos + 1) & 0x3F) << 6 |
-                             (byte(pos + 2) & 0x3F)),
-                    3};
-    }
-    if (b0 >= 0xF0 && b0 <= 0xF4) {
-        const unsigned char lo = b0 == 0xF0 ? 0x90 : 0x80;
-        const unsigned char hi = b0 == 0xF4 ? 0x8F : 0xBF;  // at most U+10FFFF
-        if (cont(1, lo, hi) && cont(2) && cont(3))
-            return {char32_t((b0 & 0x07) << 18 | (byte(pos + 1) & 0x3F) << 12 |
-                             (byte(pos + 2) & 0x3F) << 6 | (byte(pos + 3) & 0x3F)),
-                    4};
-    }
-    return {invalid_code_point, 1};
+    const io::utf8_sequence seq = io::utf8_at(s, pos);
+    if (!seq.valid) return {invalid_code_point, 1};
+    return {seq.code_point, std::uint32_t(seq.length)};
 }
 
 inline void append_utf8(std::string& out, char32_t c) {

@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
+#include "kvcar/io/utf8.hpp"
 
 #include "examples/common/byte_piece.hpp"
 
@@ -57,42 +58,22 @@ namespace spm_detail {
 [[noreturn]] inline void fail(const std::string& what) { throw error("kvcar: " + what); }
 
 inline constexpr std::string_view space_symbol = "\xE2\x96\x81";  // "▁" U+2581
-inline constexpr std::string_view replacement_char = "\xEF\xBF\xBD";  // U+FFFD
+inline constexpr std::string_view replacement_char = io::utf8_replacement_character;
 
-/// Length of the valid UTF-8 sequence at s[pos] (RFC 3629), or 0 when the byte there does not
-/// start one.
-inline std::size_t utf8_length_at(std::string_view s, std::size_t pos) {
-    const auto b = [&](std::size_t i) { return static_cast<unsigned char>(s[pos + i]); };
-    const std::size_t left = s.size() - pos;
-    const auto cont = [&](std::size_t i, unsigned lo = 0x80, unsigned hi = 0xBF) {
-        return i < left && b(i) >= lo && b(i) <= hi;
-    };
-    const unsigned char b0 = b(0);
-    if (b0 < 0x80) return 1;
-    if (b0 >= 0xC2 && b0 <= 0xDF) return cont(1) ? 2 : 0;
-    if (b0 >= 0xE0 && b0 <= 0xEF) {
-        const unsigned lo = b0 == 0xE0 ? 0xA0 : 0x80, hi = b0 == 0xED ? 0x9F : 0xBF;
-        return cont(1, lo, hi) && cont(2) ? 3 : 0;
-    }
-    if (b0 >= 0xF0 && b0 <= 0xF4) {
-        const unsigned lo = b0 == 0xF0 ? 0x90 : 0x80, hi = b0 == 0xF4 ? 0x8F : 0xBF;
-        return cont(1, lo, hi) && cont(2) && cont(3) ? 4 : 0;
-    }
-    return 0;
-}
-
-/// `bytes` with every byte that is not part of valid UTF-8 replaced by U+FFFD.
+/// `bytes` with every byte that is not part of well-formed UTF-8 replaced by U+FFFD: one U+FFFD
+/// per byte, not per maximal subpart (io/utf8.hpp), because sentencepiece's decoder steps over an
+/// ill-formed sequence one byte at a time, and decode() must give the text it gives.
 inline std::string valid_utf8(std::string_view bytes) {
     std::string out;
     out.reserve(bytes.size());
     for (std::size_t pos = 0; pos < bytes.size();) {
-        const std::size_t n = utf8_length_at(bytes, pos);
-        if (n == 0) {
+        const io::utf8_sequence seq = io::utf8_at(bytes, pos);
+        if (seq.valid) {
+            out.append(bytes.substr(pos, seq.length));
+            pos += seq.length;
+        } else {
             out += replacement_char;
             ++pos;
-        } else {
-            out.append(bytes.substr(pos, n));
-            pos += n;
         }
     }
     return out;
@@ -525,13 +506,14 @@ private:
                 prev_space = false;
                 continue;
             }
-            const std::size_t n = spm_detail::utf8_length_at(text, pos);
-            if (n == 0) {
+            const io::utf8_sequence seq = io::utf8_at(text, pos);
+            if (!seq.valid) {  // one U+FFFD per byte, as sentencepiece's normalizer does
                 out += spm_detail::replacement_char;
                 ++pos;
                 prev_space = false;
                 continue;
             }
+            const std::size_t n = seq.length;
             if (n == 1 && text[pos] == ' ') {
                 if (!(squeeze && prev_space)) add_space();
                 prev_space = true;
@@ -559,8 +541,10 @@ private:
         std::vector<symbol> sym;
         for (std::size_t pos = 0; pos < text.size();) {
             std::size_t n = user_defined_at(text, pos);
-            if (n == 0) n = spm_detail::utf8_length_at(text, pos);
-            if (n == 0) n = 1;  // cannot happen after normalize(); kept for safety
+            if (n == 0) {  // after normalize() every sequence is valid; 1 byte is kept for safety
+                const io::utf8_sequence seq = io::utf8_at(text, pos);
+                n = seq.valid ? seq.length : 1;
+            }
             sym.push_back({pos, n, int(sym.size()) - 1, int(sym.size()) + 1});
             pos += n;
         }

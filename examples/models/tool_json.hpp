@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "kvcar/io/json.hpp"
+#include "kvcar/io/utf8.hpp"
 
 namespace kvcar::examples {
 
@@ -19,50 +20,10 @@ inline io::json_value json_number(double x) {
 }
 
 /// `text` made valid UTF-8 for a JSON string: each maximal ill-formed subsequence becomes U+FFFD,
-/// as Python's bytes.decode("utf-8", errors="replace") does. A model's text can end inside a
-/// character (byte-fallback or byte-level tokens) or hold bytes no character starts with; JSON
-/// strings must be UTF-8, so the report carries the replacement, not an error.
-inline std::string json_text(std::string_view s) {
-    const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-    std::string out;
-    out.reserve(s.size());
-    std::size_t i = 0;
-    while (i < s.size()) {
-        const unsigned char c = byte(i);
-        if (c < 0x80) {
-            out += char(c);
-            ++i;
-            continue;
-        }
-        // RFC 3629: the sequence a lead byte starts, and the range of its second byte (no
-        // overlong forms, no surrogates, nothing past U+10FFFF).
-        std::size_t len = 0;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) {
-            len = 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            len = 3;
-            lo = c == 0xE0 ? 0xA0 : 0x80;
-            hi = c == 0xED ? 0x9F : 0xBF;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4;
-            lo = c == 0xF0 ? 0x90 : 0x80;
-            hi = c == 0xF4 ? 0x8F : 0xBF;
-        }
-        std::size_t n = 1;  // the lead byte and the continuation bytes that fit its pattern
-        while (n < len && i + n < s.size()) {
-            const unsigned char b = byte(i + n);
-            if (n == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) break;
-            ++n;
-        }
-        if (len > 0 && n == len)
-            out.append(s.substr(i, n));
-        else
-            out += "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER
-        i += n;
-    }
-    return out;
-}
+/// as Python's bytes.decode("utf-8", errors="replace") does (io::replace_invalid_utf8). A model's
+/// text can end inside a character (byte-fallback or byte-level tokens) or hold bytes no character
+/// starts with; JSON strings must be UTF-8, so the report carries the replacement, not an error.
+inline std::string json_text(std::string_view s) { return io::replace_invalid_utf8(s); }
 
 /// The report object every tool starts from: {"tool": name}.
 inline io::json_value json_report(const std::string& tool) {

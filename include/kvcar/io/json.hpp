@@ -25,6 +25,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/io/json_parser.hpp"
 #include "kvcar/io/json_value.hpp"
+#include "kvcar/io/utf8.hpp"
 
 namespace kvcar::io {
 
@@ -32,41 +33,8 @@ namespace detail {
 
 inline void append_json(std::string& out, const json_value& v);
 
-inline bool valid_utf8(std::string_view s) {
-    std::size_t i = 0;
-    while (i < s.size()) {
-        const unsigned char c = static_cast<unsigned char>(s[i]);
-        if (c < 0x80) {
-            ++i;
-            continue;
-        }
-        int len;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) {
-            len = 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            len = 3;
-            if (c == 0xE0) lo = 0xA0;
-            if (c == 0xED) hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4;
-            if (c == 0xF0) lo = 0x90;
-            if (c == 0xF4) hi = 0x8F;
-        } else {
-            return false;
-        }
-        if (s.size() - i < std::size_t(len)) return false;
-        for (int k = 1; k < len; ++k) {
-            const unsigned char b = static_cast<unsigned char>(s[i + std::size_t(k)]);
-            if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return false;
-        }
-        i += std::size_t(len);
-    }
-    return true;
-}
-
 inline void append_json_string(std::string& out, std::string_view s) {
-    if (!valid_utf8(s)) throw error(detail::msg() + "kvcar: to_json: string is not valid UTF-8");
+    if (!is_valid_utf8(s)) throw error(detail::msg() + "kvcar: to_json: string is not valid UTF-8");
     static const char* hex = "0123456789abcdef";
     out += '"';
     for (const char ch : s) {

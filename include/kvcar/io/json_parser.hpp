@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kvcar/io/json_value.hpp"
+#include "kvcar/io/utf8.hpp"
 
 namespace kvcar::io {
 
@@ -253,7 +254,7 @@ private:
                 ++pos_;
                 continue;
             }
-            utf8_sequence(out);
+            copy_utf8_sequence(out);
         }
     }
 
@@ -316,36 +317,20 @@ private:
         ++pos_;
     }
 
-    /// Copies one multi-byte UTF-8 sequence, rejecting overlong forms, surrogates and > U+10FFFF.
-    void utf8_sequence(std::string& out) {
-        const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(text_[i]); };
-        const unsigned char c = byte(pos_);
-        int len;
-        unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-        if (c >= 0xC2 && c <= 0xDF) {
-            len = 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            len = 3;
-            if (c == 0xE0) lo = 0xA0;
-            if (c == 0xED) hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4;
-            if (c == 0xF0) lo = 0x90;
-            if (c == 0xF4) hi = 0x8F;
-        } else {
-            fail(detail::msg() + "invalid UTF-8 in string: unexpected " + describe(pos_));
-        }
-        if (text_.size() - pos_ < std::size_t(len))
+    /// Copies one multi-byte UTF-8 sequence, rejecting overlong forms, surrogates and > U+10FFFF
+    /// (io/utf8.hpp). The error is located at the sequence's first byte, and says whether that
+    /// byte starts nothing, the text ends before the sequence can, or which byte breaks it.
+    void copy_utf8_sequence(std::string& out) {
+        const std::size_t len = utf8_sequence_length(static_cast<unsigned char>(text_[pos_]));
+        if (len == 0) fail(detail::msg() + "invalid UTF-8 in string: unexpected " + describe(pos_));
+        if (text_.size() - pos_ < len)
             fail(detail::msg() + "invalid UTF-8 in string: truncated sequence");
-        for (int i = 1; i < len; ++i) {
-            const unsigned char b = byte(pos_ + i);
-            const bool ok = i == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
-            if (!ok)
-                fail(detail::msg() + "invalid UTF-8 in string: bad continuation " +
-                     describe(pos_ + i));
-        }
-        out.append(text_.substr(pos_, std::size_t(len)));
-        pos_ += std::size_t(len);
+        const utf8_sequence seq = utf8_at(text_, pos_);
+        if (!seq.valid)  // the maximal subpart ends just before the byte that does not fit
+            fail(detail::msg() + "invalid UTF-8 in string: bad continuation " +
+                 describe(pos_ + seq.length));
+        out.append(text_.substr(pos_, len));
+        pos_ += len;
     }
 
     json_value number() {
