@@ -162,7 +162,32 @@ struct prefill_tiles_params {
     int gqa_ratio = 0;        ///< query heads per KV head
     float scale_log2 = 0.0f;  ///< softmax scale · log2(e): scores in exp2 units
     bool causal = true;
+    bool rope = false;        ///< RoPE on read: queries rotate here, keys in the gather
+    rope_params rope_cfg{};
 };
+
+/// Element d of head vector x rotated to `position` (RoPE): x_a' = x_a cos - x_b sin and
+/// x_b' = x_b cos + x_a sin for each pair (a, b), read from the unrotated vector so that each
+/// element can be computed on its own, as the Q tile load needs.
+__device__ inline float rope_element(const float* x, int d, int hd, int position,
+                                     const rope_params& cfg) {
+    const int rot = rope_rotary_dim(cfg, hd);
+    if (d >= rot) return x[d];
+    int pair, partner;
+    bool first;
+    if (cfg.style == rope_style::half) {
+        first = d < rot / 2;
+        pair = first ? d : d - rot / 2;
+        partner = first ? d + rot / 2 : pair;
+    } else {
+        first = (d & 1) == 0;
+        pair = d >> 1;
+        partner = d ^ 1;
+    }
+    const float angle = float(position) * rope_inv_freq(pair, rot, cfg.theta);
+    const float c = ::cosf(angle), s = ::sinf(angle);
+    return first ? x[d] * c - x[partner] * s : x[d] * c + x[partner] * s;
+}
 
 /// CTA: query tile blockIdx.x (of some item) for query head blockIdx.y; 4 warps of 16 rows.
 template <int HEAD_DIM>
@@ -192,8 +217,16 @@ __global__ void __launch_bounds__(prefill_threads)
         const int r = idx / (HEAD_DIM / 4), c = 4 * (idx - r * (HEAD_DIM / 4));
         float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
         if (r < nq) {
-            v = *reinterpret_cast<const float4*>(
-                p.q + (std::size_t(it.query_row + q0 + r) * p.n_heads + head) * HEAD_DIM + c);
+            const float* x = p.q + (std::size_t(it.query_row + q0 + r) * p.n_heads + head) * HEAD_DIM;
+            if (p.rope) {
+                const int position = it.first_position + q0 + r;
+                v = make_float4(rope_element(x, c, HEAD_DIM, position, p.rope_cfg),
+                                rope_element(x, c + 1, HEAD_DIM, position, p.rope_cfg),
+                                rope_element(x, c + 2, HEAD_DIM, position, p.rope_cfg),
+                                rope_element(x, c + 3, HEAD_DIM, position, p.rope_cfg));
+            } else {
+                v = *reinterpret_cast<const float4*>(x + c);
+            }
         }
         std::uint32_t* dst = reinterpret_cast<std::uint32_t*>(sq + r * LD + c);
         dst[0] = pack_half2(v.x * p.scale_log2, v.y * p.scale_log2);
@@ -386,6 +419,8 @@ void launch_prefill_tiles(const device::cache_view<Codec>& cache, const prefill_
     tp.scale_log2 = (opt.scale == 0.0f ? 1.0f / std::sqrt(float(hd)) : opt.scale) *
                     1.4426950408889634f;
     tp.causal = opt.causal;
+    tp.rope = opt.rope == rope_mode::on_read;
+    tp.rope_cfg = opt.rope_cfg;
     const std::size_t smem = prefill_tiles_smem(hd);
     dispatch_int<64, 128>(hd, [&]<int HD>() {
         gpu::allow_dynamic_smem(prefill_tiles_kernel<HD>, smem, ws.max_shared_bytes(),
