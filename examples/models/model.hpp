@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
-#include "kvcar/io/safetensors.hpp"
+#include "kvcar/io/safetensors_model.hpp"
 
 #include "examples/models/gpt2/gpt2.hpp"
 #include "examples/models/hf_config.hpp"

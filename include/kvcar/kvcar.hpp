@@ -30,6 +30,8 @@
 
 #include "kvcar/io/json.hpp"
 #include "kvcar/io/safetensors.hpp"
+#include "kvcar/io/safetensors_model.hpp"
+#include "kvcar/io/safetensors_write.hpp"
 #include "kvcar/io/codec_file.hpp"
 
 /// @namespace kvcar

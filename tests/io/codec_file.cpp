@@ -11,7 +11,7 @@
 #include <kvcar/codec/any.hpp>
 #include <kvcar/io/codec_file.hpp>
 #include <kvcar/io/json.hpp>
-#include <kvcar/io/safetensors.hpp>
+#include <kvcar/io/safetensors_write.hpp>
 #include <kvcar/kv_cache.hpp>
 #include <kvcar/layout/reuse_map.hpp>
 #include <kvcar/storage/contiguous.hpp>

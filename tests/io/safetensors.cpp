@@ -3,7 +3,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <kvcar/io/safetensors.hpp>
+#include <kvcar/io/safetensors_model.hpp>
+#include <kvcar/io/safetensors_write.hpp>
 #include <map>
 #include <random>
 #include <string>

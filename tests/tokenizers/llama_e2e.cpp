@@ -23,7 +23,7 @@
 #include "examples/models/model.hpp"
 #include <kvcar/codec/identity.hpp>
 #include <kvcar/io/json.hpp>
-#include <kvcar/io/safetensors.hpp>
+#include <kvcar/io/safetensors_write.hpp>
 #include <kvcar/kv_cache.hpp>
 
 namespace {

@@ -7,7 +7,8 @@
 #include "examples/models/tool_common.hpp"
 #include "examples/models/weights_option.hpp"
 
-#include <kvcar/io/safetensors.hpp>
+#include <kvcar/io/safetensors_model.hpp>
+#include <kvcar/io/safetensors_write.hpp>
 
 #include <cstddef>
 #include <cstdint>

@@ -11,7 +11,7 @@
 #include "kvcar/codec/traits.hpp"
 #include "kvcar/io/codec_set.hpp"
 #include "kvcar/io/json.hpp"
-#include "kvcar/io/safetensors.hpp"
+#include "kvcar/io/safetensors_write.hpp"
 
 namespace kvcar::io {
 
