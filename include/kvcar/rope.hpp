@@ -110,4 +110,27 @@ KVCAR_HD inline void apply_rope_inverse(float* x, int head_dim, int position,
     detail::rope_rotate(x, head_dim, position, p, -1.0f);
 }
 
+/// Element `d` of `x` rotated to `position`, read from the unrotated vector: what apply_rope
+/// would leave in x[d] (x_a' = x_a cos - x_b sin, x_b' = x_b cos + x_a sin for each pair (a, b)).
+/// For code that produces each element on its own, as a tile load does; x itself is not changed.
+KVCAR_HD inline float rope_element(const float* x, int d, int head_dim, int position,
+                                   const rope_params& p) {
+    const int rot = rope_rotary_dim(p, head_dim);
+    if (d >= rot) return x[d];
+    bool first;
+    int pair, partner;
+    if (p.style == rope_style::half) {
+        first = d < rot / 2;
+        pair = first ? d : d - rot / 2;
+        partner = first ? d + rot / 2 : pair;
+    } else {
+        first = (d & 1) == 0;
+        pair = d >> 1;
+        partner = d ^ 1;
+    }
+    const float angle = float(position) * rope_inv_freq(pair, rot, p.theta);
+    const float c = ::cosf(angle), s = ::sinf(angle);
+    return first ? x[d] * c - x[partner] * s : x[d] * c + x[partner] * s;
+}
+
 }  // namespace kvcar

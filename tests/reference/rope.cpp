@@ -170,3 +170,24 @@ TEST_CASE("rope: validate rejects parameters the device functions cannot use", "
     KVCAR_REQUIRE_ERROR(kvcar::validate(rope_params{NAN, rope_style::half, 0}, 64),
                         "theta must be finite and positive");
 }
+
+TEST_CASE("rope: rope_element gives apply_rope's value of each element on its own", "[reference]") {
+    // The tiled prefill kernel rotates queries element by element as it loads them; every
+    // element must equal what apply_rope leaves there, for both pair styles, a partial rotary
+    // width and positions from 0 to a long context.
+    const int head_dim = 64;
+    const std::vector<float> x = random_vector(head_dim, 31);
+    for (const rope_params p : {rope_params{10000.0f, rope_style::half, 0},
+                                rope_params{500000.0f, rope_style::interleaved, 0},
+                                rope_params{10000.0f, rope_style::half, 32},
+                                rope_params{10000.0f, rope_style::interleaved, 16}}) {
+        for (const int position : {0, 1, 17, 4095, 32767}) {
+            const std::vector<float> want = rotated(x, position, p);
+            for (int d = 0; d < head_dim; ++d) {
+                CAPTURE(to_string(p.style), p.rotary_dim, position, d);
+                REQUIRE(kvcar::rope_element(x.data(), d, head_dim, position, p) ==
+                        Approx(want[std::size_t(d)]).margin(1e-6));
+            }
+        }
+    }
+}

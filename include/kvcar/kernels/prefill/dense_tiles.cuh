@@ -166,29 +166,6 @@ struct prefill_tiles_params {
     rope_params rope_cfg{};
 };
 
-/// Element d of head vector x rotated to `position` (RoPE): x_a' = x_a cos - x_b sin and
-/// x_b' = x_b cos + x_a sin for each pair (a, b), read from the unrotated vector so that each
-/// element can be computed on its own, as the Q tile load needs.
-__device__ inline float rope_element(const float* x, int d, int hd, int position,
-                                     const rope_params& cfg) {
-    const int rot = rope_rotary_dim(cfg, hd);
-    if (d >= rot) return x[d];
-    int pair, partner;
-    bool first;
-    if (cfg.style == rope_style::half) {
-        first = d < rot / 2;
-        pair = first ? d : d - rot / 2;
-        partner = first ? d + rot / 2 : pair;
-    } else {
-        first = (d & 1) == 0;
-        pair = d >> 1;
-        partner = d ^ 1;
-    }
-    const float angle = float(position) * rope_inv_freq(pair, rot, cfg.theta);
-    const float c = ::cosf(angle), s = ::sinf(angle);
-    return first ? x[d] * c - x[partner] * s : x[d] * c + x[partner] * s;
-}
-
 /// CTA: query tile blockIdx.x (of some item) for query head blockIdx.y; 4 warps of 16 rows.
 template <int HEAD_DIM>
 __global__ void __launch_bounds__(prefill_threads)
