@@ -74,9 +74,9 @@ constexpr std::size_t utf8_sequence_length(unsigned char lead) noexcept {
 /// code_point = U+FFFD): the bytes that one U+FFFD replaces under the W3C/WHATWG and Python
 /// policy. `length` is at least 1, so stepping by it always advances.
 struct utf8_sequence {
-    std::size_t length;
-    bool valid;
-    char32_t code_point;
+    std::size_t length;    ///< bytes it spans (>= 1)
+    bool valid;            ///< well-formed UTF-8
+    char32_t code_point;   ///< what it encodes; U+FFFD when not valid
 };
 
 /// The sequence at s[pos]; pos < s.size(). Reads nothing past s, so a sequence cut by the end of
