@@ -217,14 +217,9 @@ void prefill_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int lay
     }
     ws.last_prefill_tiled = int(tiled.size());
     if (!tiled.empty()) {
-        decode_attention_params shape;  // the checks decode_attention makes, before any launch
-        shape.batch = row;
-        shape.max_kv_length = max_len;
+        // The checks decode_attention makes, before any launch.
+        decode_attention_params shape = detail::decode_shape(row, max_len, opt);
         shape.layer = layer;
-        shape.n_heads = opt.n_heads;
-        shape.scale = opt.scale;
-        shape.rope = opt.rope;
-        shape.rope_cfg = opt.rope_cfg;
         detail::validate(shape, view.n_layers, view.n_kv_heads, view.head_dim,
                          "prefill_attention", false);
         require(q && out, "prefill_attention: q and out must be device pointers");
