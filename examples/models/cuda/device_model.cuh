@@ -47,7 +47,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <map>
 #include <span>
 #include <string>
 #include <utility>
@@ -61,7 +60,6 @@
 #include "kvcar/cuda/error.cuh"
 #include "kvcar/kernels/append.cuh"
 #include "kvcar/kernels/decode_attention.cuh"
-#include "kvcar/kernels/decode_plan.cuh"
 #include "kvcar/kernels/prefill_attention.cuh"
 #include "kvcar/reference/attention.hpp"
 #include "kvcar/shard.hpp"
@@ -305,10 +303,6 @@ private:
         KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev_ints, ints.data(), ints.size() * 4,
                                          cudaMemcpyHostToDevice, s));
 
-        // A decode step runs the plan made for its batch size (planned once, reused by every
-        // layer and every later step of that size: no path walk, no workspace growth).
-        const kernels::decode_plan* plan = decode_step ? &decode_plan_for(cache, items) : nullptr;
-
         const int T = 256;
         const auto blocks = [&](long long count) { return cuda_ops::elementwise_blocks(count, T); };
         // Learned positions add their table's row to the token's; rotary ones come later.
@@ -340,9 +334,9 @@ private:
                 KVCAR_CUDA_CHECK_LAUNCH("rope_kernel");
             }
             kernels::append(cache, l, b.sequences, b.counts, k, v, s);
-            if (plan) {
-                kernels::run_decode_attention(*plan, cache, l, b.sequences, q, att, w_.attention,
-                                              workspace_, s);
+            if (decode_step) {
+                kernels::decode_attention(cache, l, b.sequences, q, att, w_.attention, workspace_,
+                                          s);
             } else {
                 kernels::prefill_attention(cache, l, b.sequences, b.counts, q, att, w_.attention,
                                            workspace_, s);
@@ -382,29 +376,6 @@ private:
         float* logits = grow(logits_, std::size_t(rows) * std::size_t(V));
         linear_(logits, h, w_.head(), rows);
         return rows;
-    }
-
-    /// The decode plan for steps of `batch` sequences of `cache`, made on first use. Planned for
-    /// the cache's capacity, so a plan holds however long the sequences grow; a different cache
-    /// (or one resized in place) drops the plans made for the old one.
-    template <class Codec, class Layout>
-    const kernels::decode_plan& decode_plan_for(const gpu::device_kv_cache<Codec, Layout>& cache,
-                                                int batch) {
-        if (planned_cache_ != static_cast<const void*>(&cache) ||
-            planned_capacity_ != cache.max_tokens()) {
-            decode_plans_.clear();
-            planned_cache_ = &cache;
-            planned_capacity_ = cache.max_tokens();
-        }
-        auto found = decode_plans_.find(batch);
-        if (found == decode_plans_.end()) {
-            found = decode_plans_
-                        .emplace(batch, kernels::plan_decode_attention(
-                                            cache, batch, cache.max_tokens(), w_.attention,
-                                            workspace_, stream_.get()))
-                        .first;
-        }
-        return found->second;
     }
 
     /// The all-reduce that completes a row-split product (nothing without a communicator; a
@@ -457,9 +428,6 @@ private:
     cuda_ops::cublas_handle blas_;
     cuda_model::linear_op linear_;  ///< every product: SGEMM, or bf16 GEMV / GemmEx
     kernels::attention_workspace workspace_;
-    std::map<int, kernels::decode_plan> decode_plans_;  ///< by batch size, for planned_cache_
-    const void* planned_cache_ = nullptr;
-    int planned_capacity_ = 0;
 
     // The family's traits, this rank's shape, and its weights.
     device_weights w_;
