@@ -117,20 +117,13 @@ KVCAR_HD inline float rope_element(const float* x, int d, int head_dim, int posi
                                    const rope_params& p) {
     const int rot = rope_rotary_dim(p, head_dim);
     if (d >= rot) return x[d];
-    bool first;
-    int pair, partner;
-    if (p.style == rope_style::half) {
-        first = d < rot / 2;
-        pair = first ? d : d - rot / 2;
-        partner = first ? d + rot / 2 : pair;
-    } else {
-        first = (d & 1) == 0;
-        pair = d >> 1;
-        partner = d ^ 1;
-    }
+    // The pair that holds d, then its two dimensions as rope_pair_dims names them.
+    const int pair = p.style == rope_style::half ? d % (rot / 2) : d / 2;
+    int a, b;
+    rope_pair_dims(p.style, rot, pair, a, b);
     const float angle = float(position) * rope_inv_freq(pair, rot, p.theta);
     const float c = ::cosf(angle), s = ::sinf(angle);
-    return first ? x[d] * c - x[partner] * s : x[d] * c + x[partner] * s;
+    return d == a ? x[a] * c - x[b] * s : x[b] * c + x[a] * s;
 }
 
 }  // namespace kvcar
