@@ -91,9 +91,10 @@ TEST_CASE("prefill_attention: causal chunks for every codec family", "[kernels]"
     check_prefill(g, 1, identity_codec<f16>{64}, 4, lengths, queries, true, rope_mode::none, 1e-3,
                   "identity<f16> per query", 0, -1);
     const linear_params lin = kvcar_test::random_linear(128, 32, 2, 3);
+    // Its 24- and 17-query chunks are tiled: the latent is rounded when stored and the decoded
+    // vector again in the dense copy, so the bound is the int8 one's 8u (H100: 2.16e-3 > 4u).
     check_prefill(g, 2, lin.codec<f16>(), 8, lengths, queries, true, rope_mode::none,
-                  kvcar_test::fp16_operands_tolerance,
-                  "linear<f16> layer");
+                  kvcar_test::int8_fp16_operands_tolerance, "linear<f16> layer", 2);
     const folded_autoencoder ae = kvcar_test::random_autoencoder(64, 32, 16, 4);
     check_prefill(g, 1, make_quantized(ae.codec<float>()), 2, lengths, queries, true,
                   rope_mode::none, kvcar_test::fp16_operands_tolerance, "quantized<autoencoder>",
