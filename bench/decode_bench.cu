@@ -23,7 +23,7 @@
 //     decode_bench [--reps 31] [--grid quick|full] [--codec NAME] [--model NAME] [--batch B]
 //                  [--context L] [--round R] [--check-seconds S]
 //                  [--latent-warps 8|16] [--latent-stages N] [--latent-chunk T]
-//                  [--direct-ctas-per-sm N] [--merge-many-splits N] [--dependent-launch]
+//                  [--direct-ctas-per-sm N] [--direct-chunk T] [--merge-many-splits N] [--dependent-launch]
 //                  > kvcar.jsonl
 // The --latent-* and --direct-* flags override the tensor-core latent and direct paths' own plans
 // (attention_workspace::tuning), to sweep them; the row's "tune" says what was asked.
@@ -442,13 +442,13 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
                 "\"stored_gbps\":%.2f,\"splits\":%d,\"latent_tensor_cores\":%s,"
                 "\"direct_tensor_cores\":%s,\"path\":\"%s\",\"timing\":\"%s\",\"reps\":%d,\"round\":%d,"
                 "\"check\":\"%s\",\"check_err\":%.3e,\"check_rows\":%d,"
-                "\"tune\":\"w%d s%d c%d d%d m%d%s\"}\n",
+                "\"tune\":\"w%d s%d c%d d%d k%d m%d%s\"}\n",
                 codec_name, gpu, c.m.name, c.batch, c.m.heads, c.m.kv_heads, c.m.head_dim, c.context,
                 ms, stored, fp16, cache.bytes_per_token(), stored / ms / 1e6, splits,
                 latent_tc ? "true" : "false", direct_tc ? "true" : "false",
                 kvcar::kernels::to_string(path), graph ? "graph" : "eager", tm.reps, round, check, chk.max_err,
                 chk.rows, tune.latent_warps, tune.latent_stages, tune.latent_chunk,
-                tune.direct_ctas_per_sm, tune.merge_many_splits, tune.dependent_launch ? " pdl" : "");
+                tune.direct_ctas_per_sm, tune.direct_chunk, tune.merge_many_splits, tune.dependent_launch ? " pdl" : "");
     std::fflush(stdout);
     BENCH_CHECK(cudaFree(q));
     BENCH_CHECK(cudaFree(out));
@@ -478,9 +478,10 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--latent-stages") && i + 1 < argc) tune.latent_stages = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--latent-chunk") && i + 1 < argc) tune.latent_chunk = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--direct-ctas-per-sm") && i + 1 < argc) tune.direct_ctas_per_sm = std::atoi(argv[++i]);
+        else if (!std::strcmp(argv[i], "--direct-chunk") && i + 1 < argc) tune.direct_chunk = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--merge-many-splits") && i + 1 < argc) tune.merge_many_splits = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--dependent-launch")) tune.dependent_launch = true;
-        else { std::fprintf(stderr, "usage: decode_bench [--reps N] [--grid quick|full] [--codec NAME] [--model NAME] [--batch B] [--context L] [--round R] [--check-seconds S] [--latent-warps 8|16] [--latent-stages N] [--latent-chunk T] [--direct-ctas-per-sm N] [--merge-many-splits N] [--dependent-launch]\n"); return 2; }
+        else { std::fprintf(stderr, "usage: decode_bench [--reps N] [--grid quick|full] [--codec NAME] [--model NAME] [--batch B] [--context L] [--round R] [--check-seconds S] [--latent-warps 8|16] [--latent-stages N] [--latent-chunk T] [--direct-ctas-per-sm N] [--direct-chunk T] [--merge-many-splits N] [--dependent-launch]\n"); return 2; }
     }
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) { std::fprintf(stderr, "decode_bench: no GPU\n"); return 1; }

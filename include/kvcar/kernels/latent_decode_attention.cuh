@@ -178,18 +178,10 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
         pl.chunk = std::min(max_chunk, round_up(ws.tune.latent_chunk, tile));
         pl.splits = (p.max_kv_length + pl.chunk - 1) / pl.chunk;
     } else if (p.max_kv_length > 0) {
-        long best = -1;
-        const int widest = std::min(max_chunk, round_up(p.max_kv_length, tile));
-        for (int c = widest; c >= tile; c -= tile) {
-            const int splits = (p.max_kv_length + c - 1) / c;
-            const long waves = (long(std::max(p.batch, 1)) * splits + slots - 1) / slots;
-            const long cost = waves * (c + 3 * tile);
-            if (best < 0 || cost < best) {
-                best = cost;
-                pl.chunk = c;
-                pl.splits = splits;
-            }
-        }
+        const split_plan sp =
+            plan_splits_by_waves(p.batch, p.max_kv_length, slots, max_chunk, tile, 3 * tile);
+        pl.chunk = sp.chunk;
+        pl.splits = sp.splits;
     }
     pl.ok = true;
     return pl;

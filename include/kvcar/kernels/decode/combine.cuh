@@ -41,7 +41,8 @@ struct merge_params {
 };
 
 /// CTA sizes of the merge: 4 warps when an item has few splits (large batches: many CTAs, each
-/// warp sums at most a few splits), 16 when it has many (batch 1 at long contexts: 64–256 splits
+/// warp sums at most a few splits), 16 when it has many and the grid is smaller than the
+/// multiprocessors (batch 1 at long contexts: 64–256 splits
 /// over 32 CTAs, where 4 warps walked 16–64 splits each, a chain of dependent loads: on one H100
 /// the merge of 128 splits took 18 µs against the split kernel's 26, ncu, batch 1, 16k tokens).
 inline constexpr int merge_threads = 128;
@@ -144,9 +145,15 @@ inline void launch_merge(const merge_params& m, attention_workspace& ws, cudaStr
                          const char* what) {
     const dim3 grid = gpu::checked_grid(m.batch, m.n_heads,
                                          (m.width + merge_columns - 1) / merge_columns, what);
-    const int many_from =
-        ws.tune.merge_many_splits > 0 ? ws.tune.merge_many_splits : merge_many_splits;
-    const bool many = m.splits >= many_from;
+    // The 16-warp CTA adds parallelism to a small grid (batch 1: one CTA per head); where the
+    // grid alone covers the multiprocessors it only adds idle warps and a wider reduction. At
+    // batch 8, 16 splits (256 merge CTAs) merged 5 µs faster on 4 warps at every context on one
+    // H100 (decode_bench --merge-many-splits 17, linear-layer-d/2, Llama-3-8B-like layer), the
+    // constant +5–8 µs that decode-ab-2026-12-06.md found. A tuned threshold keeps the old rule.
+    const bool tuned = ws.tune.merge_many_splits > 0;
+    const long ctas = long(grid.x) * grid.y * grid.z;
+    const bool many = m.splits >= (tuned ? ws.tune.merge_many_splits : merge_many_splits) &&
+                      (tuned || ctas < ws.sm_count());
     gpu::launch(many ? combine_kernel<merge_threads_many> : combine_kernel<merge_threads>,
                 {grid, dim3(many ? merge_threads_many : merge_threads), 0, stream,
                  ws.overlap_launches()},

@@ -80,6 +80,31 @@ inline split_plan plan_splits(int units, int max_len, int target_ctas, int max_c
     return plan;
 }
 
+/// Splits that finish soonest when `slots` CTAs run at once: the chunk (a multiple of
+/// `granularity`, at most `max_chunk`) that minimizes waves × (chunk + overhead), where a wave is
+/// `slots` CTAs and `overhead` is a CTA's fixed cost in token-equivalents (set-up, the partial
+/// output it writes, its share of the merge). A last wave that fills few multiprocessors wastes
+/// the rest, and a chunk too small pays the overhead for little work. Ties keep the wider chunk
+/// (fewer partial rows to merge).
+inline split_plan plan_splits_by_waves(int units, int max_len, long slots, int max_chunk,
+                                       int granularity, int overhead) {
+    if (max_len <= 0) return {granularity, 1};
+    split_plan plan{granularity, 1};
+    long best = -1;
+    const int widest =
+        std::min(max_chunk, (max_len + granularity - 1) / granularity * granularity);
+    for (int c = widest; c >= granularity; c -= granularity) {
+        const int splits = (max_len + c - 1) / c;
+        const long waves = (long(std::max(units, 1)) * splits + slots - 1) / std::max(slots, 1L);
+        const long cost = waves * (c + overhead);
+        if (best < 0 || cost < best) {
+            best = cost;
+            plan = {c, splits};
+        }
+    }
+    return plan;
+}
+
 /// Host-side checks of everything but the device pointers (`pointers`: those too).
 inline void validate(const decode_attention_params& p, int n_layers, int n_kv_heads,
                      int head_dim, const char* who, bool pointers = true) {

@@ -377,14 +377,24 @@ template <class Codec, int HEAD_DIM, int GQA>
 void launch_direct_mma(const device::cache_view<Codec>& cache, const decode_attention_params& p,
                        float scale, attention_workspace& ws, cudaStream_t stream) {
     using E = typename device::codec_traits<Codec>::element;
-    // Splits for direct_mma_ctas_per_sm CTAs per multiprocessor (the tuning knob overrides it).
-    // Chunks are whole rounds of the 4 warps' 16-token tiles.
-    const split_plan plan = plan_splits(p.batch * cache.n_kv_heads, p.max_kv_length,
-                                        ws.sm_count() * (ws.tune.direct_ctas_per_sm > 0
-                                                             ? ws.tune.direct_ctas_per_sm
-                                                             : direct_mma_ctas_per_sm),
-                                        direct_mma_max_chunk,
-                                        direct_mma_tile * (direct_mma_threads / 32));
+    // The chunk that finishes soonest with direct_mma_ctas_per_sm CTAs per multiprocessor (the
+    // tuning knob overrides it): waves × (chunk + 3 rounds of overhead), chunks whole rounds of
+    // the 4 warps' 16-token tiles. A plain target of 2 CTAs per SM gave 5 splits at batch 8 and
+    // 2k-4k tokens (320 CTAs, two waves of 264 on an H100); 4 splits (one wave) ran 9-20% faster
+    // there, and this rule picks the fastest measured chunk at batch 1, 8 and 32 from 512 to 32k
+    // tokens (decode_bench --direct-chunk sweep, docs/results/decode-ab-2026-12-06.md).
+    constexpr int round_tokens = direct_mma_tile * (direct_mma_threads / 32);
+    const int ctas_per_sm =
+        ws.tune.direct_ctas_per_sm > 0 ? ws.tune.direct_ctas_per_sm : direct_mma_ctas_per_sm;
+    split_plan plan = plan_splits_by_waves(p.batch * cache.n_kv_heads, p.max_kv_length,
+                                           long(ws.sm_count()) * ctas_per_sm,
+                                           direct_mma_max_chunk, round_tokens, 3 * round_tokens);
+    if (ws.tune.direct_chunk > 0 && p.max_kv_length > 0) {  // a forced chunk, for sweeps
+        plan.chunk = std::min(direct_mma_max_chunk,
+                              (ws.tune.direct_chunk + round_tokens - 1) / round_tokens *
+                                  round_tokens);
+        plan.splits = (p.max_kv_length + plan.chunk - 1) / plan.chunk;
+    }
     const std::size_t rows = std::size_t(p.batch) * p.n_heads * plan.splits;
     const int header = int(pad_record_bytes(std::size_t(cache.group_width()) * sizeof(E)));
     direct_params dp{cache.slots, cache.read_slots, p.q, p.sequences, p.kv_lengths,

@@ -152,6 +152,7 @@ public:
         int latent_stages = 0;  ///< its ring stages (2 … 4, as shared memory allows)
         int latent_chunk = 0;   ///< tokens per split (rounded up to the 32-token tile)
         int direct_ctas_per_sm = 0;  ///< tensor-core direct path: split target, CTAs per SM
+        int direct_chunk = 0;  ///< tensor-core direct path: tokens per split (rounded up to 64)
         /// The merge's 16-warp CTAs from this many splits per (item, head) on (combine.cuh's
         /// merge_many_splits). A knob so one decode_bench binary can sweep it: an H100 A/B run
         /// showed batch 8, where the latent paths have exactly 16 splits, slower after the
