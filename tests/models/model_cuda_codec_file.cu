@@ -9,8 +9,9 @@ namespace {
 
 /// Codec files for the synthetic GPT-2 (2 layers x 4 KV heads x 64), one per path the CUDA
 /// session takes for a file: whole-layer linear f16 latents (the tensor-core latent path),
-/// whole-layer linear int8 latents (read in place), identity f16 with K/V reuse, and a mix of
-/// every kind and storage with reuse (any_codec, decoded per record).
+/// whole-layer linear int8 latents (read in place), a whole-layer f16 autoencoder (its
+/// tensor-core path: fp16 operands, hence the 1e-2 bound), identity f16 with K/V reuse, and a
+/// mix of every kind and storage with reuse (any_codec, decoded per record).
 kvcar::io::codec_set synthetic_codec_set(const kvcar::kv_geometry& g, const std::string& which) {
     using kvcar::io::slot_codec;
     using kvcar::latent_storage;
@@ -48,7 +49,10 @@ kvcar::io::codec_set synthetic_codec_set(const kvcar::kv_geometry& g, const std:
     };
     kvcar::io::codec_set s;
     s.geometry = g;
-    s.heads_per_group = (which == "linear-f16" || which == "linear-int8") ? g.n_kv_heads : 1;
+    s.heads_per_group =
+        (which == "linear-f16" || which == "linear-int8" || which == "autoencoder-f16")
+            ? g.n_kv_heads
+            : 1;
     if (which == "reuse" || which == "mixed") {
         s.key_reuse = {{1, 1, 0, 1}};
         s.value_reuse = {{1, 3, 0, 3}};
@@ -61,6 +65,10 @@ kvcar::io::codec_set synthetic_codec_set(const kvcar::kv_geometry& g, const std:
             s.slots.push_back(slot_codec::make_linear(
                 o.layer, o.group, o.kind, linear(width, width / 2, s.heads_per_group),
                 which == "linear-f16" ? latent_storage::f16 : latent_storage::int8));
+        } else if (which == "autoencoder-f16") {
+            s.slots.push_back(slot_codec::make_autoencoder(o.layer, o.group, o.kind,
+                                                           autoencoder(width, 64, 32),
+                                                           latent_storage::f16));
         } else if (which == "reuse") {
             s.slots.push_back(slot_codec::identity(o.layer, o.group, o.kind, width));
         } else {  // mixed: every kind, every storage
@@ -101,7 +109,8 @@ TEST_CASE("model_cuda: codec files run on the GPU as on the CPU", "[model_cuda][
     // The same records on both sides; what differs is float rounding (and, for int8/fp8, a
     // latent that lands on the other side of a step): tolerances as for_each_codec's.
     const std::pair<const char*, double> cases[] = {
-        {"linear-f16", 1e-3}, {"linear-int8", 1e-2}, {"reuse", 1e-3}, {"mixed", 1e-2}};
+        {"linear-f16", 1e-3}, {"linear-int8", 1e-2}, {"autoencoder-f16", 1e-2},
+        {"reuse", 1e-3},      {"mixed", 1e-2}};
     for (const auto& [which, tolerance] : cases) {
         const kvcar::io::codec_set set = synthetic_codec_set(g, which);
         const std::string path = (dir / (std::string(which) + ".kvc")).string();

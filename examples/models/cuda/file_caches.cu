@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "kvcar/codec/any.hpp"
+#include "kvcar/codec/autoencoder.hpp"
 #include "kvcar/codec/identity.hpp"
 #include "kvcar/codec/quantized.hpp"
 #include "kvcar/layout/reuse_map.hpp"
@@ -31,7 +32,8 @@ std::optional<std::vector<C>> all_as(const std::vector<any_codec>& codecs) {
 }
 
 /// A codec file's cache. When every slot holds the same concrete codec, and it is one of the
-/// kinds calibration makes by default, the cache is of that type: the decode dispatcher then
+/// kinds calibration makes (linear, int8 linear, fp16 identity, fp16 autoencoder), the cache
+/// is of that type: the decode dispatcher then
 /// picks its fast paths (tensor cores for whole-layer latents, int8 read in place). Any other
 /// mix runs as any_codec, whose records are the same bytes, decoded per record.
 }  // namespace
@@ -51,6 +53,10 @@ std::unique_ptr<any_cache> make_file_cache(std::shared_ptr<const io::codec_set> 
     try_as.template operator()<linear_codec<f16>>();
     try_as.template operator()<quantized_codec<linear_codec<float>, std::int8_t>>();
     try_as.template operator()<identity_codec<f16>>();
+    // The autoencoder too: as any_codec its decode steps decoded every cached record through the
+    // MLP per query (decoded path), about 2 s a step at 18 TinyLlama sequences on one H100
+    // (docs/results/serving.md); typed, the dispatcher takes its tensor-core path.
+    try_as.template operator()<autoencoder_codec<f16>>();
     try_as.template operator()<any_codec>();
     return out;
 }
