@@ -42,9 +42,9 @@ struct merge_params {
 
 /// CTA sizes of the merge: 4 warps when an item has few splits (large batches: many CTAs, each
 /// warp sums at most a few splits), 16 when it has many and the grid is smaller than the
-/// multiprocessors (batch 1 at long contexts: 64–256 splits
-/// over 32 CTAs, where 4 warps walked 16–64 splits each, a chain of dependent loads: on one H100
-/// the merge of 128 splits took 18 µs against the split kernel's 26, ncu, batch 1, 16k tokens).
+/// multiprocessors (batch 1 at long contexts: 64–256 splits over 32 CTAs, where 4 warps walked
+/// 16–64 splits each, a chain of dependent loads: on one H100 the merge of 128 splits took 18 µs
+/// against the split kernel's 26, ncu, batch 1, 16k tokens).
 inline constexpr int merge_threads = 128;
 inline constexpr int merge_threads_many = 512;
 inline constexpr int merge_many_splits = 16;  ///< from this many splits, merge_threads_many

@@ -381,8 +381,8 @@ void launch_direct_mma(const device::cache_view<Codec>& cache, const decode_atte
     // tuning knob overrides it): waves × (chunk + 3 rounds of overhead), chunks whole rounds of
     // the 4 warps' 16-token tiles. A plain target of 2 CTAs per SM gave 5 splits at batch 8 and
     // 2k-4k tokens (320 CTAs, two waves of 264 on an H100); 4 splits (one wave) ran 9-20% faster
-    // there, and this rule picks the fastest measured chunk at batch 1, 8 and 32 from 512 to 32k
-    // tokens (decode_bench --direct-chunk sweep, docs/results/decode-ab-2026-12-06.md).
+    // there, and this rule ran within 3.2% of the fastest swept chunk at batch 1, 8 and 32 from
+    // 512 to 32k tokens (decode_bench --direct-chunk, docs/results/decode-ab-2026-12-06.md).
     constexpr int round_tokens = direct_mma_tile * (direct_mma_threads / 32);
     const int ctas_per_sm =
         ws.tune.direct_ctas_per_sm > 0 ? ws.tune.direct_ctas_per_sm : direct_mma_ctas_per_sm;
