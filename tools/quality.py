@@ -21,13 +21,16 @@ docs/results/quality.md; text outside the markers is kept.
 --device cuda runs perplexity and PIQA on the GPU (the codecs are still fitted on the CPU);
 --ppl-tokens 0 and --piqa-limit 0 take the whole test file and all 1838 PIQA examples; --kl adds
 the KL divergence of each cache's next-token distribution from the fp16 cache's (mean and p99,
-llama.cpp's --kl-divergence) beside the perplexity's standard error. --kinds runs only some
+llama.cpp's --kl-divergence) beside the perplexity's standard error; --kl-tokens N compares only
+the windows that start in the first N test tokens (the KL needs both caches' full logits on the
+host: a whole-file GPU run with --kl, 12 configurations at a time on one H100, finished none in
+7 minutes; past N the GPU scores log-probabilities alone). --kinds runs only some
 kinds of job (calibrate, perplexity, piqa) and keeps the other kinds' results of WORK/quality.json,
 so that codecs fitted on one machine are evaluated on another:
 
     python3 tools/quality.py --build build --work q --kinds calibrate --jobs 2         # CPU
     python3 tools/quality.py --build build-gpu --work q --kinds perplexity,piqa \
-        --device cuda --kl --ppl-tokens 0 --piqa-limit 0 --jobs 8                       # GPU
+        --device cuda --kl --kl-tokens 20000 --ppl-tokens 0 --piqa-limit 0 --jobs 8    # GPU
 
 --quick runs everything on tiny settings (2000 test tokens, 20 PIQA examples, 2000 calibration
 tokens, 2 epochs) to check the pipeline, not to measure.
@@ -184,7 +187,7 @@ class Runner:
             "ppl_tokens": a.ppl_tokens, "ctx": 512, "stride": 512, "piqa_limit": a.piqa_limit,
             "calib_tokens": a.calib_tokens, "calib_text": "wikitext-2/wiki.valid.tokens",
             "train_rows": a.train_rows, "epochs": a.epochs, "jobs": a.jobs, "quick": a.quick,
-            "threads_per_run": 1, "device": a.device, "kl": a.kl,
+            "threads_per_run": 1, "device": a.device, "kl": a.kl, "kl_tokens": a.kl_tokens,
         }
 
     def model_dir(self, model):
@@ -218,7 +221,8 @@ class Runner:
                    cmd=[str(self.bin / "kvcar-perplexity")] + self.common(model, cfg["keys"]) + [
                        "--tokens-file", str(self.data / "wikitext-2" / "wiki.test.tokens"),
                        "--ctx", "512", "--stride", "512", "--quiet", "--json", "--kv", kv]
-                   + ppl_limit + device + (["--kl"] if a.kl else []))
+                   + ppl_limit + device + (["--kl"] if a.kl else [])
+                   + (["--kl-tokens", str(a.kl_tokens)] if a.kl and a.kl_tokens > 0 else []))
         piqa = dict(key=key, kind="piqa", priority=2, deps=[calib] if calib else [],
                     cmd=[str(self.bin / "kvcar-piqa")] + self.common(model, cfg["keys"]) + [
                         "--piqa", str(self.data / "piqa"), "--quiet", "--json", "--kv", kv]
@@ -451,7 +455,10 @@ def generated_section(results):
                  "+3% perplexity, ≥75% saved within +6%." +
                  (" Perplexity ± its standard error (delta method over the scored tokens). KL: "
                   "the KL divergence of the cache's next-token distribution from the fp16 "
-                  "cache's over every scored token (mean and 99th percentile, nats), and how "
+                  "cache's over " + (f"the scored tokens of the windows that start in the first "
+                                     f"{s['kl_tokens']:,} test tokens"
+                                     if s.get("kl_tokens") else "every scored token") +
+                  " (mean and 99th percentile, nats), and how "
                   "often both give the same most likely token." if s.get("kl") else ""))
     for model in MODELS:
         rows, fp16_bytes = rows_of(results, model)
@@ -547,6 +554,9 @@ def main():
                    help="where perplexity and PIQA run (calibration is on the CPU)")
     p.add_argument("--kl", action="store_true",
                    help="perplexity also reports the KL divergence from the fp16 cache")
+    p.add_argument("--kl-tokens", type=int, default=0,
+                   help="with --kl: compare only the windows that start in the first N test "
+                        "tokens (0: all)")
     p.add_argument("--kinds", default="calibrate,perplexity,piqa",
                    help="which jobs run; the other kinds' results in WORK are kept")
     p.add_argument("--calib-tokens", type=int, default=16384)

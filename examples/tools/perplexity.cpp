@@ -133,6 +133,10 @@ int run(int argc, char** argv) {
         {"kl", "", "also run an fp16 cache (identity-f16) over the same windows and report the KL "
                    "divergence of each next-token distribution from it (mean, median, p99, max) "
                    "and how often the greedy token agrees"},
+        {"kl-tokens", "N", "with --kl: compare only the windows that start in the first N tokens "
+                           "(default: all). The KL needs both caches' full logits on the host; "
+                           "past N a window is scored from log-probabilities alone, which the "
+                           "GPU computes itself"},
         {"prompt-ids", "IDS", "score these token ids instead of a text (\"1 450 4996\" or a JSON array)"},
         {"ids-file", "FILE", "score the token ids in FILE instead of a text (same forms)"},
         ex::device_option_spec(),
@@ -159,6 +163,13 @@ int run(int argc, char** argv) {
         max_tokens = cl.get_int("max-tokens", 0);
         kvcar::require(max_tokens >= 2, tool + ": --max-tokens " + cl.get("max-tokens") +
                                             " must be at least 2");
+    }
+    long long kl_tokens = 0;
+    if (cl.has("kl-tokens")) {
+        kvcar::require(cl.has("kl"), tool + ": --kl-tokens needs --kl");
+        kl_tokens = cl.get_int("kl-tokens", 0);
+        kvcar::require(kl_tokens >= 1, tool + ": --kl-tokens " + cl.get("kl-tokens") +
+                                           " must be at least 1");
     }
     for (const char* opt : {"ctx", "stride"})
         if (cl.has(opt))
@@ -223,7 +234,8 @@ int run(int argc, char** argv) {
     // targets, first) runs `inputs` through the model as a fresh sequence and returns
     // log p(targets[i]) after input i, for i >= first (the predictions this window scores).
     // With --kl, base_logits(inputs) gives the fp16 cache's logits [len][vocab] for a window and
-    // log_probs also returns the compressed cache's (window_scores::logits).
+    // log_probs, told so by its last argument, also returns the compressed cache's
+    // (window_scores::logits); --kl-tokens limits that to the windows that start before it.
     const bool kl = cl.has("kl");
     const std::size_t vocab = std::size_t(model.vocab_size());
     std::function<std::vector<float>(std::span<const int>)> base_logits;
@@ -242,7 +254,8 @@ int run(int argc, char** argv) {
             const int seq = cache.add_sequence();
             // Input i (token begin + i) predicts token begin + i + 1; score the new ones.
             const long long first = std::max(0ll, scored_end - 1 - begin);
-            const window_scores ws = log_probs(cache, seq, inputs, targets, first);
+            const bool window_kl = kl && (kl_tokens == 0 || begin < kl_tokens);
+            const window_scores ws = log_probs(cache, seq, inputs, targets, first, window_kl);
             const std::vector<double>& lp = ws.lp;
             peak_bytes = std::max(peak_bytes, cache.bytes_used());
             peak_reserved = std::max(peak_reserved, cache.bytes_reserved());
@@ -252,7 +265,7 @@ int run(int argc, char** argv) {
                 nll -= v;
                 stats.nll.push_back(-v);
             }
-            if (kl) {
+            if (window_kl) {
                 // P: the fp16 cache's distribution after each scored input; Q: this cache's.
                 const std::vector<float> base = base_logits(inputs);
                 for (long long i = first; i < len; ++i) {
@@ -283,9 +296,12 @@ int run(int argc, char** argv) {
         if (kl) {
             std::fprintf(report,
                          "KL divergence from the fp16 cache: mean %.6f, median %.6f, p99 %.6f, "
-                         "max %.6f nats/token; same greedy token %.2f%%\n",
+                         "max %.6f nats/token; same greedy token %.2f%% (over %zu of the %lld "
+                         "scored tokens)\n",
                          stats.mean_kl(), stats.kl_quantile(0.5), stats.kl_quantile(0.99),
-                         stats.kl_quantile(1.0), 100.0 * double(stats.same_top) / double(scored));
+                         stats.kl_quantile(1.0),
+                         100.0 * double(stats.same_top) / double(stats.kl.size()),
+                         stats.kl.size(), scored);
         }
         std::fprintf(report, "time: %.1f s, %.1f tokens/s fed through the model\n", seconds,
                      double(fed) / seconds);
@@ -302,7 +318,8 @@ int run(int argc, char** argv) {
                 r.set("kl_p99", ex::json_number(stats.kl_quantile(0.99)));
                 r.set("kl_max", ex::json_number(stats.kl_quantile(1.0)));
                 r.set("same_top_fraction",
-                      ex::json_number(double(stats.same_top) / double(scored)));
+                      ex::json_number(double(stats.same_top) / double(stats.kl.size())));
+                r.set("kl_tokens", (long long)stats.kl.size());
             }
             r.set("tokens_scored", scored);
             r.set("windows", w);
@@ -341,9 +358,9 @@ int run(int argc, char** argv) {
             };
         }
         return evaluate(gpu, [&](auto& session, int seq, std::span<const int> inputs,
-                                 std::span<const int> targets, long long first) {
+                                 std::span<const int> targets, long long first, bool want_logits) {
             window_scores ws;
-            if (!kl) {
+            if (!want_logits) {
                 // Only the log-probabilities come back from the GPU; keep the scored ones.
                 ws.lp = session.log_probs(seq, inputs, targets);
                 ws.lp.erase(ws.lp.begin(), ws.lp.begin() + first);
@@ -368,11 +385,12 @@ int run(int argc, char** argv) {
     };
     return ex::with_kv_cache(kv, g, {1, ctx}, [&](auto& cache) {
         return evaluate(cache, [&](auto& c, int seq, std::span<const int> inputs,
-                                   std::span<const int> targets, long long first) {
+                                   std::span<const int> targets, long long first,
+                                   bool want_logits) {
             window_scores ws;
             std::vector<float> logits = model.forward(c, seq, inputs);
             ws.lp = scored_log_probs(logits, vocab, targets, first);
-            if (kl) ws.logits = std::move(logits);
+            if (want_logits) ws.logits = std::move(logits);
             return ws;
         });
     });
