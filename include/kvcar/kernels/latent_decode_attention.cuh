@@ -171,18 +171,11 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
     // The chunk that minimizes waves × (chunk + per-CTA overhead): the set-up, the partial
     // accumulators written and merged (n_heads × d floats, about what three tiles of latents
     // weigh); a last wave that fills few multiprocessors wastes the rest.
-    const long slots = long(ws.sm_count()) * ctas_per_sm;
-    pl.chunk = tile;
-    pl.splits = 1;
-    if (p.max_kv_length > 0 && ws.tune.latent_chunk > 0) {
-        pl.chunk = std::min(max_chunk, round_up(ws.tune.latent_chunk, tile));
-        pl.splits = (p.max_kv_length + pl.chunk - 1) / pl.chunk;
-    } else if (p.max_kv_length > 0) {
-        const split_plan sp =
-            plan_splits_by_waves(p.batch, p.max_kv_length, slots, max_chunk, tile, 3 * tile);
-        pl.chunk = sp.chunk;
-        pl.splits = sp.splits;
-    }
+    const split_plan sp =
+        plan_splits_by_waves(p.batch, p.max_kv_length, long(ws.sm_count()) * ctas_per_sm,
+                             max_chunk, tile, 3 * tile, ws.tune.latent_chunk);
+    pl.chunk = sp.chunk;
+    pl.splits = sp.splits;
     pl.ok = true;
     return pl;
 }

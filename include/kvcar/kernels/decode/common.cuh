@@ -85,10 +85,16 @@ inline split_plan plan_splits(int units, int max_len, int target_ctas, int max_c
 /// `slots` CTAs and `overhead` is a CTA's fixed cost in token-equivalents (set-up, the partial
 /// output it writes, its share of the merge). A last wave that fills few multiprocessors wastes
 /// the rest, and a chunk too small pays the overhead for little work. Ties keep the wider chunk
-/// (fewer partial rows to merge).
+/// (fewer partial rows to merge). `forced_chunk` > 0 (a tuning knob, for sweeps) replaces the
+/// choice, rounded up to `granularity` and at most `max_chunk`.
 inline split_plan plan_splits_by_waves(int units, int max_len, long slots, int max_chunk,
-                                       int granularity, int overhead) {
+                                       int granularity, int overhead, int forced_chunk = 0) {
     if (max_len <= 0) return {granularity, 1};
+    if (forced_chunk > 0) {
+        const int c =
+            std::min(max_chunk, (forced_chunk + granularity - 1) / granularity * granularity);
+        return {c, (max_len + c - 1) / c};
+    }
     split_plan plan{granularity, 1};
     long best = -1;
     const int widest =

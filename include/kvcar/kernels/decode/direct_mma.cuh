@@ -386,15 +386,9 @@ void launch_direct_mma(const device::cache_view<Codec>& cache, const decode_atte
     constexpr int round_tokens = direct_mma_tile * (direct_mma_threads / 32);
     const int ctas_per_sm =
         ws.tune.direct_ctas_per_sm > 0 ? ws.tune.direct_ctas_per_sm : direct_mma_ctas_per_sm;
-    split_plan plan = plan_splits_by_waves(p.batch * cache.n_kv_heads, p.max_kv_length,
-                                           long(ws.sm_count()) * ctas_per_sm,
-                                           direct_mma_max_chunk, round_tokens, 3 * round_tokens);
-    if (ws.tune.direct_chunk > 0 && p.max_kv_length > 0) {  // a forced chunk, for sweeps
-        plan.chunk = std::min(direct_mma_max_chunk,
-                              (ws.tune.direct_chunk + round_tokens - 1) / round_tokens *
-                                  round_tokens);
-        plan.splits = (p.max_kv_length + plan.chunk - 1) / plan.chunk;
-    }
+    const split_plan plan = plan_splits_by_waves(
+        p.batch * cache.n_kv_heads, p.max_kv_length, long(ws.sm_count()) * ctas_per_sm,
+        direct_mma_max_chunk, round_tokens, 3 * round_tokens, ws.tune.direct_chunk);
     const std::size_t rows = std::size_t(p.batch) * p.n_heads * plan.splits;
     const int header = int(pad_record_bytes(std::size_t(cache.group_width()) * sizeof(E)));
     direct_params dp{cache.slots, cache.read_slots, p.q, p.sequences, p.kv_lengths,
