@@ -180,6 +180,20 @@ class Runner:
             if "calibrate" not in args.kinds:
                 for k in ("calib_tokens", "train_rows", "epochs"):
                     self.results["settings"][k] = old.get("settings", {}).get(k, self.settings()[k])
+        if args.resume and kept.exists():
+            # An interrupted study goes on: runs that ended ok are kept and not run again. Their
+            # numbers must mean the same as the new ones, so the settings that change a result
+            # must match.
+            old = json.loads(kept.read_text())
+            mine = self.settings()
+            for k in ("ppl_tokens", "piqa_limit", "device", "kl", "kl_tokens"):
+                if old.get("settings", {}).get(k) != mine[k]:
+                    sys.exit(f"quality.py --resume: {kept} was run with {k}="
+                             f"{old.get('settings', {}).get(k)!r}, this run has {mine[k]!r}")
+            for key, run in old.get("runs", {}).items():
+                keep = self.results["runs"].setdefault(key, {})
+                keep.update({k: v for k, v in run.items()
+                             if k == "config" or (isinstance(v, dict) and v.get("status") == "ok")})
 
     def settings(self):
         a = self.args
@@ -233,6 +247,11 @@ class Runner:
         return (calib, ppl if "perplexity" in a.kinds else None,
                 piqa if "piqa" in a.kinds else None)
 
+    def kept_ok(self, job):
+        """With --resume: whether this job's result is already in quality.json, ok."""
+        run = self.results["runs"].get(job["key"], {})
+        return self.args.resume and run.get(job["kind"], {}).get("status") == "ok"
+
     def record(self, job, status, parsed, seconds, log):
         with self.lock:
             run = self.results["runs"].setdefault(job["key"], {})
@@ -268,7 +287,8 @@ class Runner:
             for cfg in configs(MODELS[model]):
                 with self.lock:
                     self.results["runs"].setdefault(f"{model}/{cfg['id']}", {})["config"] = cfg
-                jobs += [j for j in self.jobs_for(model, cfg) if j is not None]
+                jobs += [j for j in self.jobs_for(model, cfg) if j is not None
+                         and not self.kept_ok(j)]
         # Longest first inside a priority class would be better still; the classes matter most:
         # calibrations unblock the rest, and PIQA (the least precise number) goes last, so a
         # deadline cuts PIQA rows before perplexity ones.
@@ -564,6 +584,9 @@ def main():
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--deadline", type=float, default=1e9,
                    help="start no run after this many seconds (they are reported as skipped)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs of WORK/quality.json that ended ok and run only the rest "
+                        "(the settings that change a result must match)")
     p.add_argument("--quick", action="store_true", help="tiny settings, to check the pipeline")
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild the report from WORK/quality.json")
