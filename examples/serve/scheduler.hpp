@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
+#include "examples/models/tensor_ops.hpp"
 
 #include "examples/serve/requests.hpp"
 
@@ -285,10 +286,8 @@ private:
     std::vector<double> token_gaps_;
 };
 
-/// The index of the largest logit (the first one on ties): greedy sampling.
-inline int argmax(std::span<const float> logits) {
-    return int(std::max_element(logits.begin(), logits.end()) - logits.begin());
-}
+/// Greedy sampling: the index of the largest logit, the first one on ties (tensor_ops.hpp).
+using kvcar::examples::argmax;
 
 /// One step: plan, carry it out on `engine`, apply. The engine has add_sequence() -> id,
 /// remove_sequence(id) and forward(sequences, counts, tokens) -> logits [items][vocab] of each

@@ -28,6 +28,7 @@
 
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
+#include "examples/models/tensor_ops.hpp"
 #include "examples/models/tool_checks.hpp"
 #include "examples/models/tool_common.hpp"
 #include "examples/models/weights_option.hpp"
@@ -44,7 +45,7 @@ namespace {
 /// restricted to the top_k most likely tokens (top_k 0: all of them).
 int sample(std::span<const float> logits, double temperature, int top_k, std::mt19937_64& rng) {
     const int vocab = int(logits.size());
-    if (temperature <= 0.0) return int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    if (temperature <= 0.0) return ex::argmax(logits);
     std::vector<int> ids(static_cast<std::size_t>(vocab));
     for (int i = 0; i < vocab; ++i) ids[std::size_t(i)] = i;
     const int k = top_k > 0 ? std::min(top_k, vocab) : vocab;

@@ -1,9 +1,12 @@
 // Tests for the per-token statistics of kvcar-perplexity (examples/models/tensor_ops.hpp):
-// KL divergence between next-token distributions, the greedy token, and the perplexity's
-// standard error, against values worked out by hand.
+// KL divergence between next-token distributions, the greedy token (argmax, which kvcar-serve
+// and kvcar-generate sample with too), and the perplexity's standard error, against values
+// worked out by hand and std::max_element.
 #include "catch.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "examples/models/tensor_ops.hpp"
@@ -46,4 +49,35 @@ TEST_CASE("perplexity stats: standard error and KL quantiles", "[models][perplex
     CHECK(s.kl_quantile(1.0) == 0.5);   // the largest
     CHECK(s.kl_quantile(0.99) == 0.5);  // rank ceil(4.95) = 5
     CHECK(s.kl_quantile(0.0) == 0.1);   // the smallest
+}
+
+TEST_CASE("argmax: the first largest, as std::max_element gives it", "[models][perplexity]") {
+    // Every length around the four-lane main loop and its tail, the maximum placed in each
+    // lane and in the tail, with ties at both sides of it.
+    for (int n = 1; n <= 13; ++n) {
+        for (int at = 0; at < n; ++at) {
+            std::vector<float> x(static_cast<std::size_t>(n), -3.0f);
+            x[std::size_t(at)] = 5.0f;
+            CHECK(ex::argmax(x) == at);
+            if (at + 1 < n) {
+                x[std::size_t(n - 1)] = 5.0f;  // a later tie: the first one still wins
+                CHECK(ex::argmax(x) == at);
+            }
+        }
+    }
+    // Against std::max_element on rows whose values repeat (many ties), negative rows and
+    // a vocabulary-sized row.
+    std::uint32_t state = 12345u;
+    const auto next = [&] { return state = state * 1664525u + 1013904223u; };
+    for (int n : {2, 7, 64, 1000, 32000}) {
+        std::vector<float> x(static_cast<std::size_t>(n));
+        for (float& v : x) v = float(int(next() >> 24) % 17) - 20.0f;
+        CHECK(ex::argmax(x) == int(std::max_element(x.begin(), x.end()) - x.begin()));
+    }
+    // Infinities; NaNs are never the largest; an empty or all-NaN row gives 0.
+    CHECK(ex::argmax(std::vector<float>{-INFINITY, -INFINITY}) == 0);
+    CHECK(ex::argmax(std::vector<float>{1.0f, INFINITY, 2.0f}) == 1);
+    CHECK(ex::argmax(std::vector<float>{NAN, 1.0f, 3.0f, NAN, 2.0f}) == 2);
+    CHECK(ex::argmax(std::vector<float>{NAN, NAN}) == 0);
+    CHECK(ex::argmax(std::vector<float>{}) == 0);
 }
