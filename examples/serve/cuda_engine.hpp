@@ -18,11 +18,11 @@ struct cuda_engine {
 
     int add_sequence() { return session.add_sequence(); }
     void remove_sequence(int seq) { session.remove_sequence(seq); }
-    /// Item b appends counts[b] of `tokens` to sequences[b]; returns [items][vocab] logits of
-    /// each item's last token (only those rows come back from the device).
-    std::vector<float> forward(std::span<const int> sequences, std::span<const int> counts,
-                               std::span<const int> tokens) {
-        return session.forward(sequences, counts, tokens, logits_for::last);
+    /// Item b appends counts[b] of `tokens` to sequences[b]; returns each item's greedy next
+    /// token (the argmax of its last token's logits).
+    std::vector<int> next_tokens(std::span<const int> sequences, std::span<const int> counts,
+                                 std::span<const int> tokens) {
+        return session.greedy(sequences, counts, tokens);
     }
     /// Pages of the device cache's pool no sequence holds.
     int free_pages() const { return session.free_pages(); }

@@ -290,8 +290,10 @@ private:
 using kvcar::examples::argmax;
 
 /// One step: plan, carry it out on `engine`, apply. The engine has add_sequence() -> id,
-/// remove_sequence(id) and forward(sequences, counts, tokens) -> logits [items][vocab] of each
-/// item's last token; `clock()` gives seconds since the start. Returns the plan it ran.
+/// remove_sequence(id) and next_tokens(sequences, counts, tokens) -> the greedy next token of
+/// each item (after its last token); `clock()` gives seconds since the start. Returns the plan
+/// it ran. The engine samples, not the scheduler: a GPU engine then sends back one id per item,
+/// not a row of logits.
 template <class Engine, class Clock>
 step_plan run_step(scheduler& s, Engine& engine, Clock&& clock) {
     step_plan p = s.plan(clock());
@@ -306,12 +308,10 @@ step_plan run_step(scheduler& s, Engine& engine, Clock&& clock) {
         counts.push_back(it.count);
         for (int t = it.begin; t < it.begin + it.count; ++t) tokens.push_back(q.token(t));
     }
-    const std::vector<float> logits = engine.forward(sequences, counts, tokens);
-    const std::size_t vocab = logits.size() / p.items.size();
-    std::vector<int> next(p.items.size());
-    for (std::size_t k = 0; k < p.items.size(); ++k)
-        if (p.items[k].samples)
-            next[k] = argmax(std::span<const float>(logits).subspan(k * vocab, vocab));
+    const std::vector<int> next = engine.next_tokens(sequences, counts, tokens);
+    require(next.size() == p.items.size(),
+            "run_step: the engine returned " + std::to_string(next.size()) + " tokens for " +
+                std::to_string(p.items.size()) + " items");
     for (int seq : s.apply(p, next, clock())) engine.remove_sequence(seq);
     return p;
 }

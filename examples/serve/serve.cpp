@@ -153,7 +153,7 @@ private:
 };
 
 /// Serves every request of `settings` on `engine` and measures it. The engine has
-/// add_sequence, remove_sequence, forward(sequences, counts, tokens) -> [items][vocab] and
+/// add_sequence, remove_sequence, next_tokens(sequences, counts, tokens) -> [items] greedy ids and
 /// free_pages(); `spare_pages` are pages of its pool beyond this run's budget.
 template <class Engine>
 run_result serve(Engine& engine, const run_settings& settings, int spare_pages) {

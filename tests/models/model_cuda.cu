@@ -3,8 +3,9 @@
 // of different prompt lengths (one batched prefill, a mixed chunk, then ten batched decode
 // steps), on synthetic models (head_dim 64: the direct decode kernel; untied head; GQA) and on
 // the shared tiny checkpoints (head_dim 32: the generic kernel); aidreams260K's greedy ids equal
-// run.c's; the session computes perplexity's log-probabilities; bad batches throw and leave the
-// cache as it was. Real checkpoints are read from KVCAR_SHARED_DATA; those cases skip without it.
+// run.c's; the session computes perplexity's log-probabilities and greedy ids (the argmax of its
+// logits); bad batches throw and leave the cache as it was. Real checkpoints are read from
+// KVCAR_SHARED_DATA; those cases skip without it.
 // Codec files: model_cuda_codec_file.cu; the shared helpers: model_cuda_fixtures.cuh.
 #include "model_cuda_fixtures.cuh"
 
@@ -109,6 +110,34 @@ TEST_CASE("model_cuda: the session's log-probabilities are the CPU perplexity's"
     const std::vector<double> lp2 = gpu.log_probs(again, inputs, targets);
     for (std::size_t i = 0; i < 40; ++i) CHECK(lp2[i] == Approx(lp[i]).margin(1e-9));
     CHECK(gpu.bytes_used() == 40u * gpu.bytes_per_token());
+}
+
+TEST_CASE("model_cuda: the session's greedy ids are the argmax of its logits",
+          "[models][model_cuda]") {
+    // Two sessions fed the same batches: one returns each item's last logits, the other only its
+    // greedy id (what kvcar-serve samples with). A prefill of three prompts, then decode steps.
+    const auto m = synthetic_llama(ex::cached_keys::post_rope);
+    const int V = m.vocab_size();
+    ex::cuda_backend::session logits_gpu(m, "identity-f16", {.max_sequences = 3, .max_tokens = 64});
+    ex::cuda_backend::session greedy_gpu(m, "identity-f16", {.max_sequences = 3, .max_tokens = 64});
+    std::vector<int> seqs;
+    for (int i = 0; i < 3; ++i) {
+        seqs.push_back(logits_gpu.add_sequence());
+        REQUIRE(greedy_gpu.add_sequence() == seqs.back());
+    }
+    std::vector<int> counts{7, 1, 12};
+    std::vector<int> tokens = random_ids(20, V, 11);
+    for (int step = 0; step < 6; ++step) {
+        const std::vector<float> logits =
+            logits_gpu.forward(seqs, counts, tokens, ex::logits_for::last);
+        const std::vector<int> ids = greedy_gpu.greedy(seqs, counts, tokens);
+        REQUIRE(ids.size() == seqs.size());
+        for (std::size_t b = 0; b < seqs.size(); ++b)
+            CHECK(ids[b] == ex::argmax(std::span<const float>(logits).subspan(
+                                b * std::size_t(V), std::size_t(V))));
+        counts.assign(seqs.size(), 1);  // decode steps feed the greedy ids back
+        tokens = ids;
+    }
 }
 
 TEST_CASE("model_cuda: bad batches throw and leave the cache unchanged",

@@ -26,7 +26,7 @@ namespace sv = kvcar::examples::serve;
 
 const std::string model_dir = std::string(KVCAR_SOURCE_DIR) + "/models/gpt2-tiny";
 
-/// An engine without a model: the "logits" put all mass on a hash of the sequence's whole token
+/// An engine without a model: the next token is a hash of the sequence's whole token
 /// history, so the next token depends on every token fed before it, in order. Run alone, a
 /// request's tokens are that hash iterated; any token lost, repeated or reordered by the
 /// scheduler shows up as a different continuation.
@@ -55,19 +55,19 @@ struct history_engine {
         REQUIRE(live.count(seq) == 1);
         live.erase(seq);
     }
-    std::vector<float> forward(std::span<const int> seqs, std::span<const int> counts,
-                               std::span<const int> tokens) {
-        std::vector<float> logits(seqs.size() * std::size_t(vocab), 0.0f);
+    std::vector<int> next_tokens(std::span<const int> seqs, std::span<const int> counts,
+                                 std::span<const int> tokens) {
+        std::vector<int> next;
         std::size_t offset = 0;
         for (std::size_t b = 0; b < seqs.size(); ++b) {
             REQUIRE(live.count(seqs[b]) == 1);
             std::vector<int>& h = live[seqs[b]];
             h.insert(h.end(), tokens.begin() + long(offset), tokens.begin() + long(offset + counts[b]));
             offset += std::size_t(counts[b]);
-            logits[b * std::size_t(vocab) + std::size_t(next_token(h, vocab))] = 1.0f;
+            next.push_back(next_token(h, vocab));
         }
         REQUIRE(free_pages() >= 0);  // the plan never holds more pages than the budget
-        return logits;
+        return next;
     }
     int free_pages() const {
         int used = 0;

@@ -45,6 +45,7 @@
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/cuda/device_model.cuh"
 #include "examples/models/cuda/erased_cache.cuh"
+#include "examples/models/tensor_ops.hpp"
 #ifdef KVCAR_WITH_NCCL
 #include "examples/models/cuda/nccl_communicator.cuh"
 #endif
@@ -327,6 +328,16 @@ std::vector<float> session::forward(std::span<const int> sequences, std::span<co
         if (r == 0) logits = std::move(out);
     });
     return logits;
+}
+
+std::vector<int> session::greedy(std::span<const int> sequences, std::span<const int> counts,
+                                 std::span<const int> tokens) {
+    const std::vector<float> logits = forward(sequences, counts, tokens, logits_for::last);
+    const std::size_t vocab = sequences.empty() ? 0 : logits.size() / sequences.size();
+    std::vector<int> next(sequences.size());
+    for (std::size_t b = 0; b < sequences.size(); ++b)
+        next[b] = argmax(std::span<const float>(logits).subspan(b * vocab, vocab));
+    return next;
 }
 
 std::vector<float> session::forward(int seq, std::span<const int> tokens, logits_for which) {

@@ -78,6 +78,10 @@ public:
     /// [Σ counts][vocab] or [items][vocab] (each item's last token).
     std::vector<float> forward(std::span<const int> sequences, std::span<const int> counts,
                                std::span<const int> tokens, logits_for which = logits_for::all);
+    /// A batch as above; returns the greedy next token of each item: the argmax of its last
+    /// token's logits (the first on ties, as examples/models/tensor_ops.hpp's argmax).
+    std::vector<int> greedy(std::span<const int> sequences, std::span<const int> counts,
+                            std::span<const int> tokens);
     /// Appends `tokens` to `seq` and returns log p(targets[i] | tokens[0..i], earlier tokens)
     /// for every i, computed on the GPU (only these doubles come back).
     std::vector<double> log_probs(int seq, std::span<const int> tokens,
