@@ -168,10 +168,10 @@ class Runner:
         self.start = time.time()
         self.results_path = self.work / "quality.json"
         self.results = {"settings": self.settings(), "runs": {}}
-        kept = self.work / "quality.json"
-        if set(args.kinds) != {"calibrate", "perplexity", "piqa"} and kept.exists():
+        kept = self.results_path
+        old = json.loads(kept.read_text()) if kept.exists() else None
+        if old and set(args.kinds) != {"calibrate", "perplexity", "piqa"}:
             # Only some kinds run now: the others' results (and the codecs) are kept.
-            old = json.loads(kept.read_text())
             for key, run in old.get("runs", {}).items():
                 self.results["runs"][key] = {k: v for k, v in run.items()
                                              if k == "config" or k not in args.kinds}
@@ -180,11 +180,10 @@ class Runner:
             if "calibrate" not in args.kinds:
                 for k in ("calib_tokens", "train_rows", "epochs"):
                     self.results["settings"][k] = old.get("settings", {}).get(k, self.settings()[k])
-        if args.resume and kept.exists():
+        if old and args.resume:
             # An interrupted study goes on: runs that ended ok are kept and not run again. Their
             # numbers must mean the same as the new ones, so the settings that change a result
             # must match.
-            old = json.loads(kept.read_text())
             mine = self.settings()
             for k in ("ppl_tokens", "piqa_limit", "device", "kl", "kl_tokens"):
                 if old.get("settings", {}).get(k) != mine[k]:
@@ -287,14 +286,14 @@ class Runner:
             for cfg in configs(MODELS[model]):
                 with self.lock:
                     self.results["runs"].setdefault(f"{model}/{cfg['id']}", {})["config"] = cfg
-                jobs += [j for j in self.jobs_for(model, cfg) if j is not None
-                         and not self.kept_ok(j)]
+                jobs += [j for j in self.jobs_for(model, cfg) if j is not None]
         # Longest first inside a priority class would be better still; the classes matter most:
         # calibrations unblock the rest, and PIQA (the least precise number) goes last, so a
         # deadline cuts PIQA rows before perplexity ones.
         jobs.sort(key=lambda j: j["priority"])
-        done, failed = set(), set()
-        pending = list(jobs)
+        # Kept runs (--resume) count as done: a perplexity run waits on its calibration.
+        done, failed = {id(j) for j in jobs if self.kept_ok(j)}, set()
+        pending = [j for j in jobs if id(j) not in done]
         running = {}
         with cf.ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
             while pending or running:

@@ -1,7 +1,6 @@
 """tools/quality.py --resume: runs that ended ok are kept, the rest run, and a study run with
 other settings is refused. The tools are stand-ins that log their calls and print --json."""
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -14,7 +13,8 @@ with tempfile.TemporaryDirectory() as tmp:
     (tmp / "build" / "examples").mkdir(parents=True)
     calls = tmp / "calls.txt"
     for tool, obj in (("kvcar-perplexity", '{"perplexity": 10.0, "tokens_scored": 5}'),
-                      ("kvcar-piqa", '{"acc": 0.5, "correct": 1, "examples": 2}')):
+                      ("kvcar-piqa", '{"acc": 0.5, "correct": 1, "examples": 2}'),
+                      ("kvcar-calibrate", '{"bytes_per_token": 1}')):
         exe = tmp / "build" / "examples" / tool
         exe.write_text(f"#!/bin/sh\necho {tool} \"$@\" >> {calls}\necho '{obj}'\n")
         exe.chmod(0o755)
@@ -55,4 +55,20 @@ with tempfile.TemporaryDirectory() as tmp:
     refused = run("--resume", "--ppl-tokens", "0")
     assert refused.returncode != 0 and "ppl_tokens" in refused.stderr, refused.stderr
     assert not calls.exists()
+    # Kept calibrations count as done: the perplexity runs that wait on them start (no hang),
+    # and no calibration runs again.
+    results = json.loads((work / "quality.json").read_text())
+    calibrated = [k for k, r in results["runs"].items() if r["config"].get("calib")]
+    assert calibrated
+    for k in calibrated:
+        results["runs"][k]["calibrate"] = {"status": "ok", "seconds": 1.0}
+        results["runs"][k].pop("perplexity", None)
+    (work / "quality.json").write_text(json.dumps(results))
+    again = subprocess.run(base[:base.index("--kinds")] + [
+        "--kinds", "calibrate,perplexity", "--models", "gpt2-tiny", "--jobs", "2", "--resume"],
+        capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    lines = calls.read_text().splitlines()
+    assert not any(l.startswith("kvcar-calibrate") for l in lines), lines
+    assert sum(1 for l in lines if l.startswith("kvcar-perplexity")) == len(calibrated)
 print("quality.py --resume: ok")
