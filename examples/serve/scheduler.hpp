@@ -34,7 +34,6 @@
 #include <vector>
 
 #include "kvcar/common.hpp"
-#include "examples/models/tensor_ops.hpp"
 
 #include "examples/serve/requests.hpp"
 
@@ -285,9 +284,6 @@ private:
     long long generated_tokens_ = 0;
     std::vector<double> token_gaps_;
 };
-
-/// Greedy sampling: the index of the largest logit, the first one on ties (tensor_ops.hpp).
-using kvcar::examples::argmax;
 
 /// One step: plan, carry it out on `engine`, apply. The engine has add_sequence() -> id,
 /// remove_sequence(id) and next_tokens(sequences, counts, tokens) -> the greedy next token of

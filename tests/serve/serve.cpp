@@ -6,6 +6,7 @@
 
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/model.hpp"
+#include "examples/models/tensor_ops.hpp"
 #include "examples/serve/cpu_engine.hpp"
 #include "examples/serve/requests.hpp"
 #include "examples/serve/scheduler.hpp"
@@ -201,7 +202,7 @@ TEST_CASE("serve on the CPU: gpt2-tiny, paged cache, greedy tokens equal solo ru
                     model.forward(cache, seq, reqs[i].prompt, ex::logits_for::last);
                 std::vector<int> solo;
                 for (int t = 0; t < reqs[i].max_new_tokens; ++t) {
-                    solo.push_back(sv::argmax(logits));
+                    solo.push_back(ex::argmax(logits));
                     if (t + 1 < reqs[i].max_new_tokens)
                         logits = model.forward(cache, seq, std::span<const int>(&solo.back(), 1),
                                                ex::logits_for::last);

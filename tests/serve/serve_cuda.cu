@@ -6,6 +6,7 @@
 #include "catch.hpp"
 
 #include "examples/models/model.hpp"
+#include "examples/models/tensor_ops.hpp"
 #include "examples/serve/cuda_engine.hpp"
 #include "examples/serve/requests.hpp"
 #include "examples/serve/scheduler.hpp"
@@ -58,7 +59,7 @@ TEST_CASE("serve on CUDA: gpt2-tiny under preemption, pages all free, tokens as 
             std::vector<float> logits = solo.forward(seq, q.req.prompt, ex::logits_for::last);
             std::vector<int> alone;
             for (int i = 0; i < q.req.max_new_tokens; ++i) {
-                alone.push_back(sv::argmax(logits));
+                alone.push_back(ex::argmax(logits));
                 if (i + 1 < q.req.max_new_tokens)
                     logits = solo.forward(seq, std::span<const int>(&alone.back(), 1),
                                           ex::logits_for::last);
