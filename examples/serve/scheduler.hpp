@@ -20,7 +20,8 @@
 //      and the tokens it had generated. The oldest request therefore always makes progress.
 //   2. If nothing was preempted, arrived requests are admitted first come, first served, while a
 //      sequence id is free and the free pages (less what running prefills still need) hold the
-//      whole prefill of the next one; each gets a prefill chunk from what is left of --chunk.
+//      whole prefill of the next one and the headroom of --reserve-tokens more tokens for every
+//      running request and the new one; each gets a prefill chunk from what is left of --chunk.
 // A request's tokens are prompt ++ generated; `computed` of them are in the cache. A chunk that
 // reaches the last one yields logits from which the next token is sampled, so a decode step and
 // the last chunk of a recompute are the same thing: greedy tokens do not depend on preemption.
@@ -45,6 +46,12 @@ struct scheduler_params {
     int max_sequences = 256;  // requests running at once (sequence ids of the cache)
     int chunk = 512;          // prefill tokens per step (decode tokens come on top)
     int max_tokens = 0;       // tokens one sequence may hold (the model's context)
+    // Admission headroom: a request is admitted only if the pages left after its prefill also
+    // hold the next `reserve_tokens` tokens of every running request and of itself (at most
+    // what each may still generate). Without it (0) a full pool admits the request a freed page
+    // range just fits, and the next decode step that crosses a page preempts it again: its whole
+    // prompt is recomputed for nothing, over and over at tight budgets.
+    int reserve_tokens = 0;
 };
 
 enum class phase { waiting, running, finished };
@@ -150,24 +157,25 @@ public:
 
         // 2. Admissions, first come first served, while everything they need is free.
         if (!preempted) {
-            int owed = 0;  // pages running prefills still need to finish
+            int owed = 0;  // pages running prefills still need to finish, and their headroom
             for (int r : running_) {
                 const request_state& q = requests_[std::size_t(r)];
-                owed += std::max(0, pages_for(q.length()) - q.pages);
+                owed += std::max(0, pages_for(q.length()) - q.pages) + headroom(q);
             }
             while (!waiting_.empty() && budget > 0 && int(running_.size()) < p_.max_sequences) {
                 const int r = waiting_.front();
                 request_state& q = requests_[std::size_t(r)];
                 if (q.req.arrival > now) break;
                 const int need = pages_for(q.length());
-                if (need > free_pages_ - owed) break;
+                // With nothing running, the request always fits (submit() checked its pages).
+                if (need + (running_.empty() ? 0 : headroom(q)) > free_pages_ - owed) break;
                 waiting_.pop_front();
                 running_.push_back(r);
                 q.where = phase::running;
                 p.admitted.push_back(r);
                 const int count = std::min(q.length(), budget);
                 budget -= count;
-                owed += need - pages_for(count);
+                owed += need - pages_for(count) + headroom(q);
                 schedule(r, count, p);
             }
         }
@@ -249,6 +257,14 @@ public:
 
 private:
     int pages_for(int tokens) const { return (tokens + p_.page_size - 1) / p_.page_size; }
+
+    /// Pages request q's next reserve_tokens tokens take beyond its current tokens, counting
+    /// only the tokens it may still cache (the last generated token is never fed back).
+    int headroom(const request_state& q) const {
+        const int last = int(q.req.prompt.size()) + q.req.max_new_tokens - 1;
+        const int upto = std::min(last, q.length() + p_.reserve_tokens);
+        return std::max(0, pages_for(upto) - pages_for(q.length()));
+    }
 
     /// Plans `count` more tokens for running request `r`, taking the pages they need.
     void schedule(int r, int count, step_plan& p) {

@@ -103,7 +103,7 @@ double quantile(std::vector<double> v, double q) {
 struct run_result {
     std::string model, device, kv;
     long long budget_bytes = 0;
-    int n_pages = 0;
+    int n_pages = 0, reserve_tokens = 0;
     std::size_t bytes_per_token = 0;
     double seconds = 0;
     double tokens_per_s = 0;  // generated tokens / seconds, after the warm-up if there was one
@@ -217,6 +217,7 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
     out.tpot_p50 = quantile(s.token_gaps(), 0.5);
     out.tpot_p99 = quantile(s.token_gaps(), 0.99);
     out.n_pages = settings.sched.n_pages;
+    out.reserve_tokens = settings.sched.reserve_tokens;
     out.peak_kv_bytes = std::size_t(s.peak_pages()) * std::size_t(settings.sched.page_size) *
                         settings.bytes_per_token;
 
@@ -247,6 +248,7 @@ void report(const run_result& r, bool json) {
         j.set("kv", json_value(ex::json_text(r.kv)));
         j.set("budget_bytes", json_value(r.budget_bytes));
         j.set("n_pages", json_value(r.n_pages));
+        j.set("reserve_tokens", json_value(r.reserve_tokens));
         j.set("bytes_per_token", json_value((long long)r.bytes_per_token));
         j.set("requests", json_value(r.requests));
         j.set("finished", json_value(r.finished));
@@ -305,6 +307,9 @@ int run(int argc, char** argv) {
         {"page-size", "N", "tokens per page (default 16)"},
         {"max-seqs", "N", "requests running at once at most (default 256)"},
         {"chunk", "N", "prefill tokens per forward pass, beside the decode tokens (default 512)"},
+        {"reserve-tokens", "N", "admit a request only if the free pages also hold N more tokens "
+                                "of it and of every running request (default 64; 0: admit "
+                                "whatever fits now, and preempt more)"},
         {"max-seconds", "S", "stop each run after S seconds (default: when all have finished)"},
         {"warmup", "S", "throughput counts only tokens generated after S seconds (default 0)"},
         {"json", "", "print one JSON line per run on stdout"},
@@ -351,6 +356,7 @@ int run(int argc, char** argv) {
     settings.sched.page_size = int(cl.get_int("page-size", 16));
     settings.sched.max_sequences = int(cl.get_int("max-seqs", 256));
     settings.sched.chunk = int(cl.get_int("chunk", 512));
+    settings.sched.reserve_tokens = int(cl.get_int("reserve-tokens", 64));
     settings.sched.max_tokens = std::min(model.max_positions(), std::max(longest, 1));
     settings.max_seconds = cl.get_double("max-seconds", 0);
     settings.warmup = cl.get_double("warmup", 0);
@@ -361,6 +367,7 @@ int run(int argc, char** argv) {
     require(settings.sched.page_size > 0 && settings.sched.max_sequences > 0 &&
                 settings.sched.chunk > 0,
             tool + ": --page-size, --max-seqs and --chunk must be positive");
+    require(settings.sched.reserve_tokens >= 0, tool + ": --reserve-tokens must not be negative");
     if (!settings.out_ids.empty()) std::ofstream(settings.out_ids, std::ios::trunc);
     const int ps = settings.sched.page_size;
     const int max_tokens = settings.sched.max_tokens;

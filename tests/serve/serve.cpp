@@ -77,23 +77,27 @@ struct history_engine {
     }
 };
 
-/// Runs every request to the end on `engine`, checking the page plan after every step.
+/// Runs every request to the end on `engine`, checking the page plan after every step; returns
+/// the tokens the forward passes computed (prompts, recomputations and decode tokens).
 template <class Engine>
-void serve_all(sv::scheduler& s, Engine& engine) {
+long long serve_all(sv::scheduler& s, Engine& engine) {
     double t = 0;
     int steps = 0;
+    long long computed = 0;
     while (!s.done()) {
-        sv::run_step(s, engine, [&] { return t; });
+        for (const sv::step_item& it : sv::run_step(s, engine, [&] { return t; }).items)
+            computed += it.count;
         t += 0.01;
         REQUIRE(engine.free_pages() == s.free_pages());
         REQUIRE(++steps < 100000);  // no livelock
     }
+    return computed;
 }
 
 }  // namespace
 
 TEST_CASE("scheduler: every request gets its solo tokens under preemption", "[serve]") {
-    for (std::uint64_t seed = 0; seed < 40; ++seed) {
+    for (std::uint64_t seed = 0; seed < 80; ++seed) {
         const int page_size = int(1 + seed % 7);  // 1..7: not only powers of two
         std::vector<sv::request> reqs = sv::generate_requests(
             int(4 + seed % 9), seed, {1, 40}, {1, 30}, {seed % 2 ? 50.0 : 0.0, seed % 3 == 0}, 97);
@@ -106,6 +110,7 @@ TEST_CASE("scheduler: every request gets its solo tokens under preemption", "[se
         p.max_sequences = int(1 + seed % 6);
         p.chunk = int(1 + seed % 23);
         p.max_tokens = longest;
+        p.reserve_tokens = seed < 40 ? 0 : int(seed % 13);  // with and without admission headroom
         sv::scheduler s(p);
         for (const sv::request& r : reqs) s.submit(r);
         history_engine engine(page_size, p.n_pages, p.max_sequences);
@@ -141,6 +146,40 @@ TEST_CASE("scheduler: preemption happens when pages run out, oldest request firs
     REQUIRE(s.peak_running() >= 2);
     REQUIRE(s.requests()[0].preemptions == 0);  // the oldest is never the victim
     REQUIRE(s.requests()[0].finish_time <= s.requests()[3].finish_time);
+}
+
+TEST_CASE("scheduler: admission headroom stops the newest request's preempt-recompute loop",
+          "[serve]") {
+    // The serve bench's trace (prompts 512-4096, outputs 128-512, all at time 0), its first
+    // 150 requests, on the pool of fp16 TinyLlama at 512 MiB (1489 pages of 16 tokens: about
+    // 10 requests). Without headroom each admission fills the pool, the next page a decode
+    // crosses preempts the newest request, and its prompt is computed again when it is
+    // readmitted a few steps later.
+    const std::vector<sv::request> reqs =
+        sv::generate_requests(150, 0, {512, 4096}, {128, 512}, {}, 97);
+    long long computed[2] = {};
+    int preemptions[2] = {}, peak[2] = {};
+    for (const int reserve : {0, 64}) {
+        sv::scheduler s({.n_pages = 1489, .page_size = 16, .max_sequences = 256, .chunk = 2048,
+                         .max_tokens = 4096 + 511, .reserve_tokens = reserve});
+        for (const sv::request& r : reqs) s.submit(r);
+        history_engine engine(16, 1489, 256);
+        const int k = reserve > 0;
+        computed[k] = serve_all(s, engine);
+        preemptions[k] = s.preemptions();
+        peak[k] = s.peak_running();
+        REQUIRE(s.finished() == int(reqs.size()));
+        REQUIRE(s.free_pages() == 1489);
+    }
+    long long needed = 0;  // every prompt once, and every generated token but the last
+    for (const sv::request& r : reqs) needed += long(r.prompt.size()) + r.max_new_tokens - 1;
+    std::printf("admission headroom: %lld and %lld tokens computed for %lld needed, %d and %d "
+                "preemptions, %d and %d sequences at most (reserve 0 and 64 tokens)\n",
+                computed[0], computed[1], needed, preemptions[0], preemptions[1], peak[0], peak[1]);
+    CHECK(preemptions[0] > 4 * std::max(preemptions[1], 1));
+    CHECK(computed[1] < computed[0]);
+    CHECK(computed[1] - needed < (computed[0] - needed) / 4);
+    CHECK(peak[1] >= peak[0] - 2);  // the headroom costs at most a couple of sequences
 }
 
 TEST_CASE("scheduler: a request that could never fit is refused, not queued forever", "[serve]") {
