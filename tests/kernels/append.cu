@@ -1,5 +1,6 @@
 // Tests for kvcar/kernels/append.cuh: batched encode + append on the device writes the records
-// the host kv_cache writes for the same tokens (prefill chunks, decode steps, reuse maps, pages).
+// the host kv_cache writes for the same tokens (prefill chunks, decode steps, reuse maps, pages),
+// and its two kernels (tiled for linear codecs, warp per record) write the same bytes.
 #include "common/gpu_test.cuh"
 
 #include <kvcar/cuda/device_kv_cache.cuh>
@@ -147,6 +148,94 @@ TEST_CASE("append: linear autoencoder and quantized latents", "[kernels]") {
     check_append(dense_layout(g, 2), ae.codec<float>(), false, 1e-5);
     check_append(dense_layout(g), make_quantized<fp8_e4m3>(lin.codec<float>()), false, 1e-6);
     check_append(dense_layout(g), make_quantized<std::int8_t>(lin.codec<float>()), false, 1e-6);
+}
+
+namespace {
+
+/// Appends the same steps to two device caches, one through kernels::append (linear codecs take
+/// the tiled kernel) and one through the warp-per-record kernel, and compares every record byte
+/// for byte: both sum in the host codec's order with the same roundings.
+template <class Codec, class Layout>
+void check_tiles_match_warps(const Layout& layout, const std::vector<Codec>& codecs) {
+    const kv_geometry g = layout.geometry();
+    const std::size_t width = std::size_t(g.token_width());
+    const typename gpu::device_kv_cache<Codec, Layout>::params sizes{4, 256, 16, 64};
+    gpu::device_kv_cache<Codec, Layout> tiled(layout, codecs, sizes), warps(layout, codecs, sizes);
+    REQUIRE(kernels::detail::append_affine_tiles_supported(tiled.view(),
+                                                           tiled.max_latent_width()));
+    std::vector<int> seqs;
+    for (int i = 0; i < 3; ++i) {
+        seqs.push_back(tiled.add_sequence());
+        REQUIRE(warps.add_sequence() == seqs.back());
+    }
+    // Chunks longer than one 32-row tile, ending mid-tile; a decode step; an empty item.
+    const std::vector<std::vector<int>> steps{{70, 1, 33}, {1, 1, 1}, {40, 0, 9}};
+    std::uint32_t seed = 100;
+    for (const std::vector<int>& counts : steps) {
+        int total = 0;
+        for (int c : counts) total += c;
+        for (int layer = 0; layer < g.n_layers; ++layer) {
+            const gpu::device_buffer<float> k(random_floats(std::size_t(total) * width, seed++));
+            const gpu::device_buffer<float> v(random_floats(std::size_t(total) * width, seed++));
+            kernels::append(tiled, layer, seqs, counts, k.data(), v.data());
+            // The same append by hand, through the warp kernel.
+            const std::vector<std::int32_t> positions =
+                warps.prepare_append(layer, seqs, counts, nullptr);
+            std::vector<std::int32_t> host{0};
+            for (int c : counts) host.push_back(host.back() + c);
+            host.insert(host.end(), seqs.begin(), seqs.end());
+            host.insert(host.end(), positions.begin(), positions.end());
+            const gpu::device_buffer<std::int32_t> ints(host);
+            kernels::append_params p;
+            p.k = k.data();
+            p.v = v.data();
+            p.token_offsets = ints.data();
+            p.sequences = ints.data() + seqs.size() + 1;
+            p.positions = ints.data() + 2 * seqs.size() + 1;
+            p.batch = int(seqs.size());
+            p.total_tokens = total;
+            p.layer = layer;
+            kernels::detail::launch_append_warps(warps.view(), p, warps.max_latent_width(),
+                                                 nullptr);
+            KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
+        }
+    }
+    for (int slot = 0; slot < layout.n_slots(); ++slot) {
+        for (int seq : seqs) {
+            const int n = tiled.length(seq);
+            REQUIRE(n == warps.length(seq));
+            REQUIRE(tiled.download_records(slot, seq, 0, n) ==
+                    warps.download_records(slot, seq, 0, n));
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("append: the tiled linear kernel writes the warp kernel's bytes", "[kernels]") {
+    // Whole-layer groups (4 heads of 64, the latent attention's shape) and a reused key slot;
+    // per-slot ranks differ, so the widest one sets the latent stride in shared memory.
+    const kv_geometry g{2, 4, 64};
+    const reuse_map map(g, 4, {{1, 0, 0, 0}}, {});
+    std::vector<linear_codec<f16>> plain;
+    std::vector<quantized_codec<linear_codec<float>, std::int8_t>> int8;
+    std::vector<quantized_codec<linear_codec<float>, fp8_e4m3>> fp8;
+    std::vector<linear_params> params;  // owns the codecs' tensors
+    params.reserve(std::size_t(map.n_slots()));
+    for (int slot = 0; slot < map.n_slots(); ++slot) {
+        params.push_back(kvcar_test::random_linear(256, slot % 2 ? 40 : 64, 4, 7u + 2u * slot));
+        plain.push_back(params.back().codec<f16>());
+        int8.push_back(make_quantized<std::int8_t>(params.back().codec<float>()));
+        fp8.push_back(make_quantized<fp8_e4m3>(params.back().codec<float>()));
+    }
+    check_tiles_match_warps(map, plain);
+    check_tiles_match_warps(map, int8);
+    check_tiles_match_warps(map, fp8);
+    // Per-head groups (64 wide, rank 16): many groups per launch.
+    const linear_params head = kvcar_test::random_linear(64, 16, 1, 3);
+    check_tiles_match_warps(dense_layout(g),
+                            std::vector(std::size_t(dense_layout(g).n_slots()),
+                                        make_quantized<std::int8_t>(head.codec<float>())));
 }
 
 TEST_CASE("append: a failed plan changes nothing", "[kernels]") {

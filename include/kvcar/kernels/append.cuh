@@ -1,11 +1,15 @@
 // kvcar/kernels/append.cuh — encode new tokens' K/V and write their records into a device cache.
 //
 // One launch per layer per step appends a batch of sequences at once: a decode step (one token
-// each) or a prefill chunk (many tokens each). One warp encodes one record — one (token, group,
-// K/V) — through device::warp_encode; groups whose slot this layer does not own (reused from an
-// earlier layer) are skipped, as kv_cache::append does. Records of one token are written by
-// different warps, records of different tokens land in different page positions: no two warps
-// write the same bytes.
+// each) or a prefill chunk (many tokens each). Groups whose slot this layer does not own (reused
+// from an earlier layer) are skipped, as kv_cache::append does. Two kernels:
+//   affine tiles  linear codecs, plain or quantized (append/affine_tiles.cuh): a block computes
+//                 the latents of a tile of tokens, reading the projection once per tile;
+//   warps         every other codec: one warp encodes one record — one (token, group, K/V) —
+//                 through device::warp_encode. Records of one token are written by different
+//                 warps, records of different tokens land in different page positions: no two
+//                 warps write the same bytes.
+// Both write the bytes the host codec writes for the same floats.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -28,6 +32,7 @@
 #include "kvcar/cuda/launch.cuh"
 #include "kvcar/device/cache_view.cuh"
 #include "kvcar/device/encode.cuh"
+#include "kvcar/kernels/append/affine_tiles.cuh"
 
 namespace kvcar::kernels {
 
@@ -50,12 +55,7 @@ __global__ void __launch_bounds__(append_warps * 32)
     const kv_kind kind = kv_kind(rest % kv_kind_count);
     const int slot = cache.write_slots[cache.logical_index(p.layer, group, kind)];
     if (slot < 0) return;  // reused: this layer stores nothing for the group
-    // The item owning this row: the last b with token_offsets[b] <= row.
-    int lo = 0, hi = p.batch - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (p.token_offsets[mid] <= row) lo = mid; else hi = mid - 1;
-    }
+    const int lo = append_item_of(p, row);
     const int position = p.positions[lo] + (row - p.token_offsets[lo]);
     const float* x = (kind == kv_kind::key ? p.k : p.v) + std::size_t(row) * cache.token_width() +
                      std::size_t(group) * cache.group_width();
@@ -63,21 +63,10 @@ __global__ void __launch_bounds__(append_warps * 32)
     device::warp_encode(cache.codecs[slot], x, out, scratch + warp * scratch_per_warp);
 }
 
-}  // namespace detail
-
-/// Enqueues the encode + write of p.total_tokens rows on `stream`. The pages for every written
-/// position must already be in the block table (device_kv_cache::prepare_append does that).
-/// `max_latent_width`: the widest latent of the view's codecs (sizes the warps' scratch).
-template <kv_codec Codec>
-void append(const device::cache_view<Codec>& cache, const append_params& p, int max_latent_width,
-            cudaStream_t stream = nullptr) {
-    require(p.batch >= 0 && p.total_tokens >= 0, "append: batch and total_tokens must not be negative");
-    require(p.layer >= 0 && p.layer < cache.n_layers,
-            "append: layer " + std::to_string(p.layer) + " is out of range [0, " +
-                std::to_string(cache.n_layers) + ")");
-    if (p.batch == 0 || p.total_tokens == 0) return;
-    require(p.k && p.v && p.token_offsets && p.sequences && p.positions,
-            "append: k, v, token_offsets, sequences and positions must be device pointers");
+/// Enqueues the warp-per-record kernel (every codec).
+template <class Codec>
+void launch_append_warps(const device::cache_view<Codec>& cache, const append_params& p,
+                         int max_latent_width, cudaStream_t stream) {
     const long long records =
         (long long)p.total_tokens * cache.groups_per_layer * kv_kind_count;
     const long long blocks = (records + detail::append_warps - 1) / detail::append_warps;
@@ -89,6 +78,30 @@ void append(const device::cache_view<Codec>& cache, const append_params& p, int 
     kernel<<<gpu::checked_grid(blocks, 1, 1, "append_kernel"), detail::append_warps * 32, smem,
              stream>>>(cache, p, per_warp);
     KVCAR_CUDA_CHECK_LAUNCH("append_kernel");
+}
+
+}  // namespace detail
+
+/// Enqueues the encode + write of p.total_tokens rows on `stream`. The pages for every written
+/// position must already be in the block table (device_kv_cache::prepare_append does that).
+/// `max_latent_width`: the widest latent of the view's codecs (sizes the kernels' scratch).
+template <kv_codec Codec>
+void append(const device::cache_view<Codec>& cache, const append_params& p, int max_latent_width,
+            cudaStream_t stream = nullptr) {
+    require(p.batch >= 0 && p.total_tokens >= 0, "append: batch and total_tokens must not be negative");
+    require(p.layer >= 0 && p.layer < cache.n_layers,
+            "append: layer " + std::to_string(p.layer) + " is out of range [0, " +
+                std::to_string(cache.n_layers) + ")");
+    if (p.batch == 0 || p.total_tokens == 0) return;
+    require(p.k && p.v && p.token_offsets && p.sequences && p.positions,
+            "append: k, v, token_offsets, sequences and positions must be device pointers");
+    if constexpr (detail::affine_append_codec<Codec>) {
+        if (detail::append_affine_tiles_supported(cache, max_latent_width)) {
+            detail::launch_append_affine_tiles(cache, p, max_latent_width, stream);
+            return;
+        }
+    }
+    detail::launch_append_warps(cache, p, max_latent_width, stream);
 }
 
 /// Appends counts[i] tokens to sequences[i] in `layer` of a device cache: k and v are device
