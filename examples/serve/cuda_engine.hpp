@@ -24,6 +24,8 @@ struct cuda_engine {
                                  std::span<const int> tokens) {
         return session.greedy(sequences, counts, tokens);
     }
+    /// Host time of the passes so far: building and launching them, and waiting for the GPU.
+    cuda_backend::host_time host_time() const { return session.pass_host_time(); }
     /// Pages of the device cache's pool no sequence holds.
     int free_pages() const { return session.free_pages(); }
 };

@@ -114,6 +114,9 @@ struct run_result {
     std::size_t peak_kv_bytes = 0;
     bool stopped_early = false;
     ex::weights_used weights;
+    // Engines that report it (the CUDA one): the run's host time building and launching the
+    // passes, and waiting for the GPU at their end; -1 otherwise.
+    double engine_enqueue_s = -1, engine_wait_s = -1;
 };
 
 /// Everything about a run that is not the engine.
@@ -160,6 +163,11 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
     sv::scheduler s(settings.sched);
     for (const sv::request& r : *settings.requests) s.submit(r);
 
+    // The engine's own account of where its time went, when it keeps one.
+    constexpr bool timed = requires { engine.host_time(); };
+    const auto host_before = [&] {
+        if constexpr (timed) return engine.host_time(); else return 0;
+    }();
     const auto start = ex::clock_type::now();
     const auto clock = [&] { return ex::seconds_since(start); };
     progress_reporter progress(settings.progress);
@@ -192,6 +200,11 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
         progress.update(clock(), s);
     }
     out.seconds = clock();
+    if constexpr (timed) {
+        const auto host_after = engine.host_time();
+        out.engine_enqueue_s = host_after.enqueue_s - host_before.enqueue_s;
+        out.engine_wait_s = host_after.wait_s - host_before.wait_s;
+    }
     if (warm_tokens < 0 || out.seconds <= warm_time) {  // ended within the warm-up: count all
         warm_tokens = 0;
         warm_time = 0;
@@ -267,6 +280,10 @@ void report(const run_result& r, bool json) {
         j.set("peak_sequences", json_value(r.peak_sequences));
         j.set("peak_kv_bytes", json_value((long long)r.peak_kv_bytes));
         j.set("preemptions", json_value(r.preemptions));
+        if (r.engine_enqueue_s >= 0) {
+            j.set("engine_enqueue_s", json_value(r.engine_enqueue_s));
+            j.set("engine_wait_s", json_value(r.engine_wait_s));
+        }
         j.set("weights", ex::weights_json(r.weights));
         std::printf("%s\n", kvcar::io::to_json(j).c_str());
         std::fflush(stdout);
@@ -285,6 +302,10 @@ void report(const run_result& r, bool json) {
     std::printf("  peak           %d sequences live, %s of KV pages held; %d preemptions\n",
                 r.peak_sequences, ex::human_bytes(double(r.peak_kv_bytes)).c_str(),
                 r.preemptions);
+    if (r.engine_enqueue_s >= 0)
+        std::printf("  engine host    %.2f s building and launching passes, %.2f s waiting for "
+                    "the GPU (of %.2f s)\n",
+                    r.engine_enqueue_s, r.engine_wait_s, r.seconds);
     std::fflush(stdout);
 }
 
@@ -322,6 +343,9 @@ int run(int argc, char** argv) {
     const bool use_cuda = ex::parse_use_cuda(cl);
     [[maybe_unused]] const ex::weights_choice weights = ex::parse_weights_option(cl, use_cuda);
     const bool json = cl.has("json");
+    // Checked before the model loads; past a sequence's length it changes nothing.
+    const int reserve_tokens =
+        int(std::min(cl.get_int_at_least("reserve-tokens", 64, 0), 1LL << 30));
 
     const auto load_start = ex::clock_type::now();
     const ex::language_model model =
@@ -356,7 +380,7 @@ int run(int argc, char** argv) {
     settings.sched.page_size = int(cl.get_int("page-size", 16));
     settings.sched.max_sequences = int(cl.get_int("max-seqs", 256));
     settings.sched.chunk = int(cl.get_int("chunk", 512));
-    settings.sched.reserve_tokens = int(cl.get_int("reserve-tokens", 64));
+    settings.sched.reserve_tokens = reserve_tokens;
     settings.sched.max_tokens = std::min(model.max_positions(), std::max(longest, 1));
     settings.max_seconds = cl.get_double("max-seconds", 0);
     settings.warmup = cl.get_double("warmup", 0);
@@ -367,7 +391,6 @@ int run(int argc, char** argv) {
     require(settings.sched.page_size > 0 && settings.sched.max_sequences > 0 &&
                 settings.sched.chunk > 0,
             tool + ": --page-size, --max-seqs and --chunk must be positive");
-    require(settings.sched.reserve_tokens >= 0, tool + ": --reserve-tokens must not be negative");
     if (!settings.out_ids.empty()) std::ofstream(settings.out_ids, std::ios::trunc);
     const int ps = settings.sched.page_size;
     const int max_tokens = settings.sched.max_tokens;

@@ -140,6 +140,40 @@ TEST_CASE("model_cuda: the session's greedy ids are the argmax of its logits",
     }
 }
 
+TEST_CASE("model_cuda: argmax_kernel gives the host argmax on ties, infinities and NaNs",
+          "[models][model_cuda]") {
+    // Rows shorter and longer than the block, the maximum in every lane of a warp, ties inside
+    // one thread's strided elements and across threads, -inf rows and NaNs (never the largest).
+    std::vector<std::vector<float>> rows;
+    for (int n : {1, 31, 256, 257, 1000, 32000}) {
+        for (int at : {0, n / 2, n - 1}) {
+            std::vector<float> x(static_cast<std::size_t>(n), -1.0f);
+            x[std::size_t(at)] = 2.0f;
+            rows.push_back(x);
+            if (at + 256 < n) x[std::size_t(at + 256)] = 2.0f;  // a tie in the same thread
+            if (at + 1 < n) x[std::size_t(at + 1)] = 2.0f;      // a tie in the next thread
+            rows.push_back(x);
+        }
+    }
+    rows.push_back(std::vector<float>(300, -INFINITY));
+    std::vector<float> nan_first(300, 0.5f);
+    nan_first[0] = NAN;
+    nan_first[299] = 0.75f;
+    rows.push_back(nan_first);
+    rows.push_back(std::vector<float>(300, NAN));
+    // One launch per row length (the kernel takes a fixed vocab per launch).
+    for (const std::vector<float>& x : rows) {
+        const kvcar::gpu::device_buffer<float> dev(x);
+        kvcar::gpu::device_buffer<std::int32_t> out(std::size_t(1));
+        ex::cuda_ops::argmax_kernel<<<1, ex::cuda_ops::row_threads>>>(out.data(), dev.data(),
+                                                                      int(x.size()));
+        KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
+        std::int32_t got = -1;
+        KVCAR_CUDA_CHECK(cudaMemcpy(&got, out.data(), sizeof got, cudaMemcpyDeviceToHost));
+        CHECK(got == ex::argmax(x));
+    }
+}
+
 TEST_CASE("model_cuda: bad batches throw and leave the cache unchanged",
           "[models][model_cuda][errors]") {
     const auto m = synthetic_gpt2();

@@ -2,7 +2,9 @@
 // device_matrix.cuh): the bf16 GEMV kernel and the GemmEx path against a host reference (the
 // bf16-rounded weights, math in double) for many shapes, odd widths and n = 1 .. 16 and more; then
 // the CUDA model with bf16 weights against the same model in fp32 whose matrices were rounded to
-// bf16 beforehand (so both hold the very same weight values, and only the bf16 products differ).
+// bf16 beforehand (so both hold the very same weight values, and only the bf16 products differ);
+// and the norms and SwiGLU writing the products' bf16 inputs (fused) against the separate rounding
+// pass: bit for bit the same logits.
 //
 // Tolerances, from the arithmetic:
 //   GEMV   fp32 activations × exact bf16 weights, fp32 sums: only the order of the additions
@@ -249,6 +251,12 @@ void check_bf16_model(const ex::language_model& m) {
                     err.relative(), tol);
         CHECK(err.relative() < tol);
     }
+
+    // Norms and SwiGLU writing the products' bf16 inputs (the default) give the very logits of
+    // an fp32 write followed by the products' rounding pass: bit for bit.
+    device_model unfused(m, {}, weight_precision::bf16);
+    unfused.fuse_bf16_rounding(false);
+    CHECK(run_prompt(bf16, m, prompt, false) == run_prompt(unfused, m, prompt, false));
 
     // Greedy generation: the same ids, step by step. Each logit may move by the prefill's
     // tolerance (2e-2 of the largest), so a step whose best two logits are closer than twice that

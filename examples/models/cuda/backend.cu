@@ -45,7 +45,6 @@
 #include "examples/models/kv_dispatch.hpp"
 #include "examples/models/cuda/device_model.cuh"
 #include "examples/models/cuda/erased_cache.cuh"
-#include "examples/models/tensor_ops.hpp"
 #ifdef KVCAR_WITH_NCCL
 #include "examples/models/cuda/nccl_communicator.cuh"
 #endif
@@ -332,11 +331,12 @@ std::vector<float> session::forward(std::span<const int> sequences, std::span<co
 
 std::vector<int> session::greedy(std::span<const int> sequences, std::span<const int> counts,
                                  std::span<const int> tokens) {
-    const std::vector<float> logits = forward(sequences, counts, tokens, logits_for::last);
-    const std::size_t vocab = sequences.empty() ? 0 : logits.size() / sequences.size();
-    std::vector<int> next(sequences.size());
-    for (std::size_t b = 0; b < sequences.size(); ++b)
-        next[b] = argmax(std::span<const float>(logits).subspan(b * vocab, vocab));
+    std::vector<int> next;
+    impl_->each_rank([&](int r) {
+        rank_state& rank = impl_->ranks[std::size_t(r)];
+        std::vector<int> out = rank.cache->greedy(*rank.model, token_batch{sequences, counts, tokens});
+        if (r == 0) next = std::move(out);
+    });
     return next;
 }
 
@@ -368,5 +368,9 @@ std::size_t session::bytes_reserved() const { return impl_->ranks[0].cache->byte
 std::size_t session::weight_bytes() const { return impl_->ranks[0].model->weight_bytes(); }
 weight_precision session::weights() const { return impl_->ranks[0].model->weights(); }
 int session::free_pages() const { return impl_->ranks[0].cache->free_pages(); }
+host_time session::pass_host_time() const {
+    const auto& t = impl_->ranks[0].model->host_time();
+    return {t.enqueue, t.wait, t.passes};
+}
 
 }  // namespace kvcar::examples::cuda_backend

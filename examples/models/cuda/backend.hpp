@@ -57,6 +57,14 @@ struct session_params {
     weight_precision weights = weight_precision::fp32;
 };
 
+/// Host time of a session's forward passes (rank 0): `enqueue_s` building and launching them
+/// (validation, planning, uploads, launches), `wait_s` waiting for the GPU at their end.
+struct host_time {
+    double enqueue_s = 0;
+    double wait_s = 0;
+    long long passes = 0;
+};
+
 class session {
 public:
     /// Uploads `model`'s weights and builds a device cache of codec `kv`. Throws kvcar::error for
@@ -79,7 +87,8 @@ public:
     std::vector<float> forward(std::span<const int> sequences, std::span<const int> counts,
                                std::span<const int> tokens, logits_for which = logits_for::all);
     /// A batch as above; returns the greedy next token of each item: the argmax of its last
-    /// token's logits (the first on ties, as examples/models/tensor_ops.hpp's argmax).
+    /// token's logits (the first on ties, as examples/models/tensor_ops.hpp's argmax), computed
+    /// on the GPU, so only one int per item comes back.
     std::vector<int> greedy(std::span<const int> sequences, std::span<const int> counts,
                             std::span<const int> tokens);
     /// Appends `tokens` to `seq` and returns log p(targets[i] | tokens[0..i], earlier tokens)
@@ -104,6 +113,9 @@ public:
     weight_precision weights() const;
     /// Pages of the cache's pool that no sequence holds (a scheduler checks its plan with it).
     int free_pages() const;
+    /// Host time of the passes so far (forward and greedy; rank 0): where a step's time goes
+    /// between the host and the GPU.
+    host_time pass_host_time() const;
 
 private:
     struct impl;

@@ -189,6 +189,17 @@ static __global__ void round_to_bf16_kernel(kvcar::bf16* out, const float* in, l
     if (i < count) out[i] = kvcar::to_bf16(in[i]);
 }
 
+/// out (fp32, [n][out_dim]) = in · wᵀ for activations already rounded to bf16 (a producer that
+/// writes bf16 itself: the CUDA model's norms and SwiGLU), one cublasGemmEx as below.
+inline void bf16_gemm_rounded(cublasHandle_t h, float* out, const kvcar::bf16* in,
+                              const kvcar::bf16* w, int n, int in_dim, int out_dim) {
+    if (n == 0 || out_dim == 0) return;
+    const float one = 1.0f, zero = 0.0f;
+    KVCAR_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out_dim, n, in_dim, &one, w,
+                                    CUDA_R_16BF, in_dim, in, CUDA_R_16BF, in_dim, &zero, out,
+                                    CUDA_R_32F, out_dim, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 /// out (fp32, [n][out_dim]) = bf16(in) · wᵀ on the tensor cores: `in` is rounded into `scratch`
 /// (n · in_dim elements), then one cublasGemmEx with bf16 A and B, fp32 C and fp32 compute
 /// (CUBLAS_COMPUTE_32F: products exact, sums in fp32). The layout argument is linear()'s in
@@ -202,10 +213,7 @@ inline void bf16_gemm(cublasHandle_t h, cudaStream_t s, float* out, const float*
     const int T = 256;
     round_to_bf16_kernel<<<elementwise_blocks(count, T), T, 0, s>>>(scratch, in, count);
     KVCAR_CUDA_CHECK_LAUNCH("round_to_bf16_kernel");
-    const float one = 1.0f, zero = 0.0f;
-    KVCAR_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out_dim, n, in_dim, &one, w,
-                                    CUDA_R_16BF, in_dim, scratch, CUDA_R_16BF, in_dim, &zero, out,
-                                    CUDA_R_32F, out_dim, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    bf16_gemm_rounded(h, out, scratch, w, n, in_dim, out_dim);
 }
 
 }  // namespace kvcar::examples::cuda_ops

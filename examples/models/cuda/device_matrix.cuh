@@ -96,15 +96,36 @@ public:
             cuda_ops::bf16_gemv(stream_, out, in, w.bf16(), nullptr, n, in_dim, out_dim);
             return;
         }
-        const std::size_t need = std::size_t(n) * std::size_t(in_dim);
-        if (need > scratch_.size()) {
+        kvcar::bf16* scratch = rounded_input(std::size_t(n) * std::size_t(in_dim));
+        cuda_ops::bf16_gemm(blas_, stream_, out, in, w.bf16(), scratch, n, in_dim, out_dim);
+    }
+
+    /// Whether the product with `w` over n rows would round its activations to bf16 first (bf16
+    /// storage, more rows than the GEMV takes). Then the producer of the activations can write
+    /// them as bf16 itself, into rounded_input(), and the product is from_rounded(): the same
+    /// values, without the rounding pass. `fuse_rounding` off keeps the separate pass (a test
+    /// compares the two).
+    bool takes_rounded(const device_matrix& w, int n) const {
+        return fuse_rounding && w.precision() == weight_precision::bf16 &&
+               n > cuda_ops::gemv_max_rows;
+    }
+    /// Room for `count` bf16 activations (n · w.cols()) that from_rounded() reads.
+    kvcar::bf16* rounded_input(std::size_t count) {
+        if (count > scratch_.size()) {
             // The old buffer may still be read by work already enqueued.
             KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
-            scratch_.reserve_discard(std::max(need, scratch_.size() * 3 / 2));
+            scratch_.reserve_discard(std::max(count, scratch_.size() * 3 / 2));
         }
-        cuda_ops::bf16_gemm(blas_, stream_, out, in, w.bf16(), scratch_.data(), n, in_dim,
-                            out_dim);
+        return scratch_.data();
     }
+    /// out = rounded_input() · wᵀ for n rows (precondition: takes_rounded(w, n)).
+    void from_rounded(float* out, const device_matrix& w, int n) {
+        cuda_ops::bf16_gemm_rounded(blas_, out, scratch_.data(), w.bf16(), n, w.cols(), w.rows());
+    }
+
+    /// Producers write bf16 for the tensor-core products (takes_rounded); off: an fp32 write and
+    /// the product's own rounding pass, the same values.
+    bool fuse_rounding = true;
 
 private:
     cublasHandle_t blas_;

@@ -5,7 +5,9 @@
 // with its weights uploaded once by the family's own part (gpt2/gpt2_cuda.cuh,
 // llama/llama_cuda.cuh) and every step on one stream. The weight matrices are fp32 (cuBLAS SGEMM,
 // the exact path) or bf16 (a bf16 checkpoint kept bf16: half the memory and weight traffic;
-// device_matrix.cuh, bf16_linear.cuh); norms, biases and activations are fp32 either way. Where
+// device_matrix.cuh, bf16_linear.cuh); norms, biases and activations are fp32 either way (with
+// bf16 weights, a norm or SwiGLU that feeds a tensor-core product writes that product's bf16
+// input itself: the values the product's rounding pass would make, without the pass). Where
 // the families differ, the family's traits (device_weights.cuh: norm, MLP and position kinds)
 // pick the kernel:
 //
@@ -45,6 +47,7 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -164,16 +167,16 @@ public:
     template <class Codec, class Layout>
     std::vector<float> forward(gpu::device_kv_cache<Codec, Layout>& cache,
                                const token_batch& batch, logits_for which = logits_for::all) {
+        const auto start = host_clock::now();
         const int rows = run(cache, batch, which);
+        const auto enqueued = host_clock::now();
         std::vector<float> logits(std::size_t(rows) * std::size_t(vocab_));
-        if (rows == 0) {
-            KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
-            return logits;
-        }
-        KVCAR_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.data(),
-                                         logits.size() * sizeof(float), cudaMemcpyDeviceToHost,
-                                         stream_.get()));
+        if (rows > 0)
+            KVCAR_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.data(),
+                                             logits.size() * sizeof(float),
+                                             cudaMemcpyDeviceToHost, stream_.get()));
         KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+        count_pass(start, enqueued);
         return logits;
     }
 
@@ -183,6 +186,47 @@ public:
                                std::span<const int> tokens, logits_for which = logits_for::all) {
         const int count = int(tokens.size());
         return forward(cache, token_batch{{&seq, 1}, {&count, 1}, tokens}, which);
+    }
+
+    /// Host time of the passes forward() and greedy() ran: `enqueue` in run() and the launches
+    /// after it (validation, page and split planning, uploads, launches: the host's share of a
+    /// step), `wait` in the synchronization that ends the pass (GPU work the host did not
+    /// cover). When enqueue is most of a step, the host bounds it, not the GPU.
+    struct pass_seconds {
+        double enqueue = 0, wait = 0;
+        long long passes = 0;
+    };
+    const pass_seconds& host_time() const { return host_time_; }
+
+    /// Whether norms and SwiGLU write the bf16 inputs of the tensor-core products themselves
+    /// (default) or in fp32 followed by the products' rounding pass: the same values, so the
+    /// same logits (a test compares the two).
+    void fuse_bf16_rounding(bool on) { linear_.fuse_rounding = on; }
+
+    /// Runs the batch like forward(…, logits_for::last) and returns each item's greedy next
+    /// token, computed on the device (argmax_kernel): one int per item comes back, not a row of
+    /// the vocabulary. Ranks that compute no logits return none.
+    template <class Codec, class Layout>
+    std::vector<int> greedy(gpu::device_kv_cache<Codec, Layout>& cache, const token_batch& batch) {
+        const auto start = host_clock::now();
+        const int rows = run(cache, batch, logits_for::last);
+        std::vector<int> ids(static_cast<std::size_t>(rows));
+        std::int32_t* dev = rows > 0 ? grow(greedy_ids_, std::size_t(rows)) : nullptr;
+        if (rows > 0) {
+            cuda_ops::argmax_kernel<<<unsigned(rows), cuda_ops::row_threads, 0, stream_.get()>>>(
+                dev, logits_.data(), vocab_);
+            KVCAR_CUDA_CHECK_LAUNCH("argmax_kernel");
+        }
+        // The copy counts as waiting: into pageable memory (ids), cudaMemcpyAsync returns only
+        // once the pass has run, so taken before it, enqueue held the whole step (the 2026-12-07
+        // serving run reported 29.9 of 30 s as enqueue).
+        const auto enqueued = host_clock::now();
+        if (rows > 0)
+            KVCAR_CUDA_CHECK(cudaMemcpyAsync(ids.data(), dev, ids.size() * sizeof(int),
+                                             cudaMemcpyDeviceToHost, stream_.get()));
+        KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+        count_pass(start, enqueued);
+        return ids;
     }
 
     /// Runs the batch like forward(…, logits_for::all) and returns, for every row r,
@@ -317,8 +361,7 @@ private:
         for (int l = 0; l < int(w_.layers.size()); ++l) {
             const device_layer& L = w_.layers[std::size_t(l)];
             // --- attention ---
-            norm(h, x, L.norm1_w, L.norm1_b, n);
-            linear_(qkv, h, L.qkv_w, n);
+            normed_product(qkv, h, x, L.norm1_w, L.norm1_b, L.qkv_w, n);
             cuda_ops::split_qkv_kernel<<<blocks((long long)n * QKV), T, 0, s>>>(
                 qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), q, k, v, n, Q, KV);
             KVCAR_CUDA_CHECK_LAUNCH("split_qkv_kernel");
@@ -346,17 +389,23 @@ private:
             residual(x, proj, L.o_b, n, D);
 
             // --- MLP ---
-            norm(h, x, L.norm2_w, L.norm2_b, n);
-            linear_(ff, h, L.up_w, n);
+            normed_product(ff, h, x, L.norm2_w, L.norm2_b, L.up_w, n);
             if (fam.mlp == mlp_kind::gelu) {
                 cuda_ops::bias_gelu_kernel<<<blocks((long long)n * F), T, 0, s>>>(
                     ff, L.up_b.data(), n, F);
                 KVCAR_CUDA_CHECK_LAUNCH("bias_gelu_kernel");
+                linear_(proj, act, L.down_w, n);
+            } else if (linear_.takes_rounded(L.down_w, n)) {
+                // SwiGLU writes the down product's bf16 input itself (no rounding pass).
+                cuda_ops::silu_mul_kernel<<<blocks((long long)n * F), T, 0, s>>>(
+                    linear_.rounded_input(N * std::size_t(F)), ff, n, F);
+                KVCAR_CUDA_CHECK_LAUNCH("silu_mul_kernel");
+                linear_.from_rounded(proj, L.down_w, n);
             } else {
                 cuda_ops::silu_mul_kernel<<<blocks((long long)n * F), T, 0, s>>>(act, ff, n, F);
                 KVCAR_CUDA_CHECK_LAUNCH("silu_mul_kernel");
+                linear_(proj, act, L.down_w, n);
             }
-            linear_(proj, act, L.down_w, n);
             sum_across_ranks(proj, std::size_t(n) * std::size_t(D));
             residual(x, proj, L.down_b, n, D);
         }
@@ -372,10 +421,19 @@ private:
             KVCAR_CUDA_CHECK_LAUNCH("gather_rows_kernel");
             final_in = last;
         }
-        norm(h, final_in, w_.final_norm_w, w_.final_norm_b, rows);
         float* logits = grow(logits_, std::size_t(rows) * std::size_t(V));
-        linear_(logits, h, w_.head(), rows);
+        normed_product(logits, h, final_in, w_.final_norm_w, w_.final_norm_b, w_.head(), rows);
         return rows;
+    }
+
+    using host_clock = std::chrono::steady_clock;
+
+    /// Adds one pass to host_time_: enqueued − start to enqueue, now − enqueued to wait.
+    void count_pass(host_clock::time_point start, host_clock::time_point enqueued) {
+        const auto end = host_clock::now();
+        host_time_.enqueue += std::chrono::duration<double>(enqueued - start).count();
+        host_time_.wait += std::chrono::duration<double>(end - enqueued).count();
+        ++host_time_.passes;
     }
 
     /// The all-reduce that completes a row-split product (nothing without a communicator; a
@@ -384,8 +442,24 @@ private:
         if (tp_.comm) tp_.comm->all_reduce_sum(data, count, stream_.get());
     }
 
-    /// The family's norm (norm_kind) of `rows` rows of d_model.
-    void norm(float* out, const float* in, const gpu::device_buffer<float>& w,
+    /// out = norm(x) · Wᵀ over `rows` rows. When the product rounds its input to bf16 first
+    /// (linear_op::takes_rounded), the norm writes bf16 straight into the product's input: the
+    /// same values without the fp32 write, read and rounding pass. Otherwise through `h`.
+    void normed_product(float* out, float* h, const float* x, const gpu::device_buffer<float>& w,
+                        const gpu::device_buffer<float>& b, const device_matrix& W, int rows) {
+        if (linear_.takes_rounded(W, rows)) {
+            norm(linear_.rounded_input(std::size_t(rows) * std::size_t(w_.d_model)), x, w, b,
+                 rows);
+            linear_.from_rounded(out, W, rows);
+        } else {
+            norm(h, x, w, b, rows);
+            linear_(out, h, W, rows);
+        }
+    }
+
+    /// The family's norm (norm_kind) of `rows` rows of d_model, written as Out (float or bf16).
+    template <class Out>
+    void norm(Out* out, const float* in, const gpu::device_buffer<float>& w,
               const gpu::device_buffer<float>& b, int rows) {
         if (w_.family.norm == norm_kind::layernorm) {
             cuda_ops::layernorm_kernel<<<unsigned(rows), cuda_ops::row_threads, 0, stream_.get()>>>(
@@ -428,13 +502,14 @@ private:
     cuda_ops::cublas_handle blas_;
     cuda_model::linear_op linear_;  ///< every product: SGEMM, or bf16 GEMV / GemmEx
     kernels::attention_workspace workspace_;
+    pass_seconds host_time_;
 
     // The family's traits, this rank's shape, and its weights.
     device_weights w_;
 
     // Activations, grown to the largest batch seen.
     gpu::device_buffer<float> x_, h_, qkv_, q_, k_, v_, att_, proj_, ff_, act_, last_, logits_;
-    gpu::device_buffer<std::int32_t> ints_, targets_;
+    gpu::device_buffer<std::int32_t> ints_, targets_, greedy_ids_;
     gpu::device_buffer<double> log_probs_;
 };
 

@@ -14,13 +14,17 @@
 #error "examples/models/cuda/device_ops.cuh needs nvcc"
 #endif
 
+#include <climits>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+
+#include <cub/block/block_reduce.cuh>
 
 #include "kvcar/common.hpp"
 #include "kvcar/cuda/error.cuh"
@@ -129,13 +133,23 @@ static __global__ void embed_kernel(float* x, const T* table, const float* posit
     }
 }
 
+/// Stores an fp32 result as T: unchanged for float; for bf16 rounded to nearest even exactly as
+/// round_to_bf16_kernel rounds it (kvcar::to_bf16), so a kernel that writes bf16 gives the very
+/// values of an fp32 write followed by a rounding pass, without that pass's read and write.
+template <class T>
+__device__ inline T store_as(float v) {
+    if constexpr (std::is_same_v<T, float>) return v;
+    else return kvcar::to_bf16(v);
+}
+
 /// LayerNorm of row r: (x - mean) / sqrt(var + eps) · w + b, biased variance, two passes.
+template <class Out>
 static __global__ void __launch_bounds__(row_threads)
-    layernorm_kernel(float* out, const float* in, const float* w, const float* b, int dim,
+    layernorm_kernel(Out* out, const float* in, const float* w, const float* b, int dim,
                      float eps) {
     __shared__ float shared[row_threads / 32];
     const float* x = in + std::size_t(blockIdx.x) * dim;
-    float* y = out + std::size_t(blockIdx.x) * dim;
+    Out* y = out + std::size_t(blockIdx.x) * dim;
     float s = 0.0f;
     for (int i = int(threadIdx.x); i < dim; i += row_threads) s += x[i];
     const float mean = block_sum<row_threads>(s, shared) / float(dim);
@@ -144,19 +158,20 @@ static __global__ void __launch_bounds__(row_threads)
     const float var = block_sum<row_threads>(sq, shared) / float(dim);
     const float inv_std = 1.0f / ::sqrtf(var + eps);
     for (int i = int(threadIdx.x); i < dim; i += row_threads)
-        y[i] = (x[i] - mean) * inv_std * w[i] + b[i];
+        y[i] = store_as<Out>((x[i] - mean) * inv_std * w[i] + b[i]);
 }
 
 /// RMSNorm of row r: w · (x / sqrt(mean(x²) + eps)).
+template <class Out>
 static __global__ void __launch_bounds__(row_threads)
-    rmsnorm_kernel(float* out, const float* in, const float* w, int dim, float eps) {
+    rmsnorm_kernel(Out* out, const float* in, const float* w, int dim, float eps) {
     __shared__ float shared[row_threads / 32];
     const float* x = in + std::size_t(blockIdx.x) * dim;
-    float* y = out + std::size_t(blockIdx.x) * dim;
+    Out* y = out + std::size_t(blockIdx.x) * dim;
     float sq = 0.0f;
     for (int i = int(threadIdx.x); i < dim; i += row_threads) sq += x[i] * x[i];
     const float inv_rms = 1.0f / ::sqrtf(block_sum<row_threads>(sq, shared) / float(dim) + eps);
-    for (int i = int(threadIdx.x); i < dim; i += row_threads) y[i] = w[i] * (x[i] * inv_rms);
+    for (int i = int(threadIdx.x); i < dim; i += row_threads) y[i] = store_as<Out>(w[i] * (x[i] * inv_rms));
 }
 
 /// Splits the fused projection qkv[r] = [q | k | v] (widths q_width, kv_width, kv_width) into
@@ -204,12 +219,13 @@ static __global__ void bias_gelu_kernel(float* x, const float* bias, int rows, i
 }
 
 /// out[r][i] = silu(gu[r][i]) · gu[r][dim + i]: SwiGLU on the fused [gate | up] projection.
-static __global__ void silu_mul_kernel(float* out, const float* gu, int rows, int dim) {
+template <class Out>
+static __global__ void silu_mul_kernel(Out* out, const float* gu, int rows, int dim) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)rows * dim) return;
     const long long r = i / dim, c = i - r * dim;
     const float g = gu[r * 2 * dim + c], u = gu[r * 2 * dim + dim + c];
-    out[i] = g / (1.0f + ::expf(-g)) * u;
+    out[i] = store_as<Out>(g / (1.0f + ::expf(-g)) * u);
 }
 
 /// x += y + bias (bias may be null): the residual stream after a projection, in the CPU's order
@@ -244,6 +260,40 @@ static __global__ void __launch_bounds__(row_threads)
         s += ::exp(double(x[i]) - max_logit);
     const double sum = block_sum<row_threads>(s, shared_sum);
     if (threadIdx.x == 0) out[blockIdx.x] = double(x[targets[blockIdx.x]]) - max_logit - ::log(sum);
+}
+
+/// A candidate of argmax_kernel: a logit and its index in the row.
+struct indexed_logit {
+    float value;
+    int index;
+};
+
+/// Of two candidates, the larger logit; on a tie the lower index (the first in the row).
+struct first_largest {
+    __device__ indexed_logit operator()(const indexed_logit& a, const indexed_logit& b) const {
+        if (a.value != b.value) return a.value > b.value ? a : b;
+        return a.index < b.index ? a : b;
+    }
+};
+
+/// out[r] = the index of the largest logit of row r, the first one on ties; NaNs never win and a
+/// row of NaNs gives 0 (tensor_ops.hpp's argmax, the host's greedy token, exactly). A serving
+/// step then downloads one int per sequence, not its row of the vocabulary (128 KB at 32000).
+/// Each thread keeps the first of its strided elements' maxima (its indices only grow), and
+/// cub::BlockReduce merges the threads' candidates.
+static __global__ void __launch_bounds__(row_threads)
+    argmax_kernel(std::int32_t* out, const float* logits, int vocab) {
+    using block_reduce = cub::BlockReduce<indexed_logit, row_threads>;
+    __shared__ typename block_reduce::TempStorage temp;
+    const float* x = logits + std::size_t(blockIdx.x) * vocab;
+    indexed_logit mine{-INFINITY, INT_MAX};
+    for (int i = int(threadIdx.x); i < vocab; i += row_threads) {
+        const float v = x[i];
+        if (v > mine.value) mine = {v, i};
+        else if (v == mine.value && mine.index == INT_MAX) mine.index = i;  // the first -inf
+    }
+    const indexed_logit best = block_reduce(temp).Reduce(mine, first_largest{});
+    if (threadIdx.x == 0) out[blockIdx.x] = best.index == INT_MAX ? 0 : best.index;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ struct any_cache {
     virtual void remove_sequence(int seq) = 0;
     virtual int length(int seq) const = 0;
     virtual std::vector<float> forward(device_model& m, const token_batch& b, logits_for w) = 0;
+    virtual std::vector<int> greedy(device_model& m, const token_batch& b) = 0;
     virtual std::vector<double> log_probs(device_model& m, const token_batch& b,
                                           std::span<const int> targets) = 0;
     virtual std::size_t bytes_per_token() const = 0;
@@ -59,6 +60,9 @@ struct typed_cache final : any_cache {
     int length(int seq) const override { return cache.length(seq); }
     std::vector<float> forward(device_model& m, const token_batch& b, logits_for w) override {
         return m.forward(cache, b, w);
+    }
+    std::vector<int> greedy(device_model& m, const token_batch& b) override {
+        return m.greedy(cache, b);
     }
     std::vector<double> log_probs(device_model& m, const token_batch& b,
                                   std::span<const int> targets) override {
