@@ -96,6 +96,13 @@ def svg_plot(panels, path):
         f.write("\n".join(parts) + "\n")
 
 
+def host_split(r):
+    """The engine's host time, launch / wait, when the run reports it."""
+    if "engine_enqueue_s" not in r:
+        return "—"
+    return f"{r['engine_enqueue_s']:.1f} / {r['engine_wait_s']:.1f}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
@@ -126,6 +133,15 @@ def main():
            "pass costs the same whatever the values, so the speed is the real shape's. The "
            "quality column is the perplexity cost of the same kind of codec, calibrated on the "
            "real tiny checkpoints (`quality.md`: Llama-tiny / GPT-2-tiny).", ""]
+    reserves = sorted({r.get("reserve_tokens", 0)
+                       for path in glob.glob(os.path.join(args.data, "serve-*.jsonl"))
+                       for r in load(path)})
+    md += ["Admission headroom (`--reserve-tokens`): " +
+           ", ".join(f"{n} tokens" for n in reserves) +
+           " (a request is admitted only if the free pages also hold that many more tokens of "
+           "it and of every running sequence; 0 admits while its prompt fits). The `host` column "
+           "is the CUDA engine's own account of the whole run: seconds building and launching "
+           "passes, and seconds waiting for the GPU at their end.", ""]
     panels = []
     for path in sorted(glob.glob(os.path.join(args.data, "serve-*.jsonl"))):
         shape = os.path.basename(path)[6:-6]
@@ -137,9 +153,9 @@ def main():
         md += [f"## {shape}", "",
                "| codec | bytes/token | vs fp16 | quality (Δ ppl) | budget | tokens/s | × fp16 | "
                "peak seqs | peak KV | TTFT p50 / p99 (s) | per token p50 / p99 (s) | "
-               "preempted | finished | window (s) |",
+               "preempted | finished | window (s) | host: launch / wait (s) |",
                "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-               "| ---: | ---: |"]
+               "| ---: | ---: | ---: |"]
         lines = {}
         for r in sorted(rows, key=lambda r: (codec_of(r["kv"]), r["budget_bytes"])):
             c = codec_of(r["kv"])
@@ -156,12 +172,14 @@ def main():
                 f"{r['peak_sequences']} | {size(r['peak_kv_bytes'] / GiB)} | "
                 f"{r['ttft_p50_s']:.2f} / {r['ttft_p99_s']:.2f} | "
                 f"{r['tpot_p50_s']:.3f} / {r['tpot_p99_s']:.3f} | {r['preemptions']} | "
-                f"{r['finished']}/{r['requests']} | {r.get('warmup_s', 0):.1f}–{r['seconds']:.1f} |")
+                f"{r['finished']}/{r['requests']} | {r.get('warmup_s', 0):.1f}–{r['seconds']:.1f} | "
+                f"{host_split(r)} |")
             lines.setdefault(c, []).append((r["budget_bytes"] / GiB, r["tokens_per_s"]))
         md.append("")
         panels.append((shape, lines))
     if not panels:
         raise SystemExit(f"no serve-*.jsonl results in {args.data}")
+    os.makedirs(args.out, exist_ok=True)
     svg_plot(panels, os.path.join(args.out, "serving.svg"))
     md += ["![generated tokens/s against the KV budget, one line per codec](serving.svg)", ""]
     timing = read("timing.txt")
