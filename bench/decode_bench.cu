@@ -24,7 +24,9 @@
 //                  [--context L] [--round R] [--check-seconds S]
 //                  [--latent-warps 8|16] [--latent-stages N] [--latent-chunk T]
 //                  [--direct-ctas-per-sm N] [--direct-chunk T] [--merge-many-splits N] [--dependent-launch]
-//                  > kvcar.jsonl
+//                  [--activations f32|f16|bf16] > kvcar.jsonl
+// --activations: q and out in that type (default f32), as a runtime holds them; the row's
+// "activations" says which.
 // The --latent-* and --direct-* flags override the tensor-core latent and direct paths' own plans
 // (attention_workspace::tuning), to sweep them; the row's "tune" says what was asked.
 // --dependent-launch turns programmatic dependent launch on ("tune" ends in " pdl"), so that
@@ -51,6 +53,8 @@
 namespace {
 
 kvcar::kernels::attention_workspace::tuning tune;  // --latent-* (0: the path decides)
+// --activations: the element type of q and out (a runtime's fp16 / bf16, or fp32)
+kvcar::activation_type activations = kvcar::activation_type::f32;
 
 #define BENCH_CHECK(call)                                                                      \
     do {                                                                                       \
@@ -77,6 +81,29 @@ __global__ void fill_random(float* x, std::size_t n, unsigned seed) {
         h ^= h >> 16; h *= 0x7feb352du; h ^= h >> 15; h *= 0x846ca68bu; h ^= h >> 16;
         x[i] = float(h & 0xffffff) / 8388608.0f - 1.0f;
     }
+}
+
+/// to = from in another activation type (narrowing rounds to nearest even; widening is exact).
+__global__ void convert_activations(kvcar::input_activations from, kvcar::output_activations to,
+                                    std::size_t n) {
+    for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::size_t(gridDim.x) * blockDim.x)
+        kvcar::gpu::store(to, i, kvcar::gpu::load(from, i));
+}
+
+const char* activation_name(kvcar::activation_type t) {
+    return t == kvcar::activation_type::f16 ? "f16" : t == kvcar::activation_type::bf16 ? "bf16" : "f32";
+}
+
+bool parse_activations(const char* name, kvcar::activation_type& t) {
+    for (auto c : {kvcar::activation_type::f32, kvcar::activation_type::f16, kvcar::activation_type::bf16})
+        if (!std::strcmp(name, activation_name(c))) { t = c; return true; }
+    return false;
+}
+
+void convert_device(kvcar::input_activations from, kvcar::output_activations to, std::size_t n) {
+    convert_activations<<<256, 256>>>(from, to, n);
+    BENCH_CHECK(cudaGetLastError());
 }
 
 void random_device(float* x, std::size_t n, unsigned seed) {
@@ -322,6 +349,16 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
     BENCH_CHECK(cudaMalloc(&q, qn * sizeof(float)));
     BENCH_CHECK(cudaMalloc(&out, qn * sizeof(float)));
     random_device(q, qn, 99u);
+    // fp16 / bf16 activations: the kernels read q_t and write out_t; q holds q_t widened (the
+    // queries the check's reference sees) and out gets out_t widened after the timed runs.
+    void *q_t = nullptr, *out_t = nullptr;
+    if (activations != kvcar::activation_type::f32) {
+        BENCH_CHECK(cudaMalloc(&q_t, qn * kvcar::size_of(activations)));
+        BENCH_CHECK(cudaMalloc(&out_t, qn * kvcar::size_of(activations)));
+        convert_device(q, kvcar::output_activations(q_t, activations), qn);
+        convert_device(kvcar::input_activations(q_t, activations), out, qn);  // scratch: out
+        BENCH_CHECK(cudaMemcpy(q, out, qn * sizeof(float), cudaMemcpyDeviceToDevice));
+    }
     std::vector<std::int32_t> ints(2 * std::size_t(c.batch));
     for (int b = 0; b < c.batch; ++b) {
         ints[std::size_t(b)] = seqs[std::size_t(b)];
@@ -331,8 +368,8 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
     BENCH_CHECK(cudaMemcpy(dev_ints, ints.data(), ints.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
 
     kvcar::kernels::decode_attention_params p;
-    p.q = q;
-    p.out = out;
+    p.q = q_t ? kvcar::input_activations(q_t, activations) : kvcar::input_activations(q);
+    p.out = out_t ? kvcar::output_activations(out_t, activations) : kvcar::output_activations(out);
     p.sequences = dev_ints;
     p.kv_lengths = dev_ints + c.batch;
     p.batch = c.batch;
@@ -352,6 +389,7 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
     const kvcar::kernels::decode_path path = ws.last_path;
     const bool latent_tc = path == kvcar::kernels::decode_path::latent_tensor_cores;
     const bool direct_tc = path == kvcar::kernels::decode_path::direct_tensor_cores;
+    if (out_t) convert_device(kvcar::input_activations(out_t, activations), out, qn);
 
     // Check the output of the last timed run against the CPU reference.
     check_result chk;
@@ -432,7 +470,13 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
         }
         BENCH_CHECK(cudaFree(staging));
     }
-    const char* check = check_skipped ? "skipped" : chk.max_err <= 5e-3 ? "ok" : "FAIL";
+    // fp16 / bf16 outputs add one rounding of the output type (relative to the row's scale).
+    const double out_rounding = activations == kvcar::activation_type::bf16  ? 1.0 / 256.0
+                                : activations == kvcar::activation_type::f16 ? 1.0 / 2048.0
+                                                                             : 0.0;
+    const char* check = check_skipped                         ? "skipped"
+                        : chk.max_err <= 5e-3 + out_rounding ? "ok"
+                                                              : "FAIL";
 
     const double stored = double(cache.bytes_per_token()) * c.context * c.batch;
     const double fp16 = double(g.fp16_bytes_per_token()) * c.context * c.batch;
@@ -441,17 +485,19 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
                 "\"stored_bytes\":%.0f,\"fp16_bytes\":%.0f,\"bytes_per_token\":%zu,"
                 "\"stored_gbps\":%.2f,\"splits\":%d,\"latent_tensor_cores\":%s,"
                 "\"direct_tensor_cores\":%s,\"path\":\"%s\",\"timing\":\"%s\",\"reps\":%d,\"round\":%d,"
-                "\"check\":\"%s\",\"check_err\":%.3e,\"check_rows\":%d,"
+                "\"check\":\"%s\",\"check_err\":%.3e,\"check_rows\":%d,\"activations\":\"%s\","
                 "\"tune\":\"w%d s%d c%d d%d k%d m%d%s\"}\n",
                 codec_name, gpu, c.m.name, c.batch, c.m.heads, c.m.kv_heads, c.m.head_dim, c.context,
                 ms, stored, fp16, cache.bytes_per_token(), stored / ms / 1e6, splits,
                 latent_tc ? "true" : "false", direct_tc ? "true" : "false",
                 kvcar::kernels::to_string(path), graph ? "graph" : "eager", tm.reps, round, check, chk.max_err,
-                chk.rows, tune.latent_warps, tune.latent_stages, tune.latent_chunk,
+                chk.rows, activation_name(activations), tune.latent_warps, tune.latent_stages, tune.latent_chunk,
                 tune.direct_ctas_per_sm, tune.direct_chunk, tune.merge_many_splits, tune.dependent_launch ? " pdl" : "");
     std::fflush(stdout);
     BENCH_CHECK(cudaFree(q));
     BENCH_CHECK(cudaFree(out));
+    if (q_t) BENCH_CHECK(cudaFree(q_t));
+    if (out_t) BENCH_CHECK(cudaFree(out_t));
     BENCH_CHECK(cudaFree(dev_ints));
 }
 
@@ -481,7 +527,9 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--direct-chunk") && i + 1 < argc) tune.direct_chunk = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--merge-many-splits") && i + 1 < argc) tune.merge_many_splits = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--dependent-launch")) tune.dependent_launch = true;
-        else { std::fprintf(stderr, "usage: decode_bench [--reps N] [--grid quick|full] [--codec NAME] [--model NAME] [--batch B] [--context L] [--round R] [--check-seconds S] [--latent-warps 8|16] [--latent-stages N] [--latent-chunk T] [--direct-ctas-per-sm N] [--direct-chunk T] [--merge-many-splits N] [--dependent-launch]\n"); return 2; }
+        else if (!std::strcmp(argv[i], "--activations") && i + 1 < argc &&
+                 parse_activations(argv[i + 1], activations)) ++i;
+        else { std::fprintf(stderr, "usage: decode_bench [--reps N] [--grid quick|full] [--codec NAME] [--model NAME] [--batch B] [--context L] [--round R] [--check-seconds S] [--latent-warps 8|16] [--latent-stages N] [--latent-chunk T] [--direct-ctas-per-sm N] [--direct-chunk T] [--merge-many-splits N] [--dependent-launch] [--activations f32|f16|bf16]\n"); return 2; }
     }
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) { std::fprintf(stderr, "decode_bench: no GPU\n"); return 1; }

@@ -7,7 +7,9 @@
 // kernel header has to include the reference to learn what rope_mode is.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "kvcar/rope.hpp"
 
@@ -21,6 +23,63 @@ enum class rope_mode {
     /// Keys are stored un-rotated: each decoded key is rotated by its token index, and each
     /// query by its position, before the dot product (Palu-style pre-RoPE caching).
     on_read,
+};
+
+/// Element type of the activations the decode kernels read (queries) and write (outputs): what
+/// a runtime holds them in. The kernels convert on load and store, inside the kernels that touch
+/// them anyway, so a runtime in fp16 or bf16 pays no conversion pass and no fp32 copy.
+enum class activation_type : std::uint8_t { f32, f16, bf16 };
+
+/// Bytes of one element of t.
+constexpr std::size_t size_of(activation_type t) { return t == activation_type::f32 ? 4 : 2; }
+
+/// The activation_type of element type T: float here; __half and __nv_bfloat16 in
+/// kvcar/cuda/activations.cuh, which the kernels include (host code has no such types).
+template <class T>
+struct activation_type_of;
+template <>
+struct activation_type_of<float> {
+    static constexpr activation_type value = activation_type::f32;
+};
+/// An element type the kernels take activations in.
+template <class T>
+concept activation_element = requires { activation_type_of<std::remove_const_t<T>>::value; };
+
+/// A device array of activations that a kernel reads, with its element type. Built from a typed
+/// pointer (`p.q = q` for a float, __half or __nv_bfloat16 q), or from a pointer and a type.
+struct input_activations {
+    const void* data = nullptr;
+    activation_type type = activation_type::f32;
+
+    constexpr input_activations() = default;
+    constexpr input_activations(std::nullptr_t) {}
+    constexpr input_activations(const void* d, activation_type t) : data(d), type(t) {}
+    template <activation_element T>
+    constexpr input_activations(const T* d)
+        : data(d), type(activation_type_of<std::remove_const_t<T>>::value) {}
+    explicit constexpr operator bool() const { return data != nullptr; }
+    /// The same array from element `elements` on.
+    input_activations advanced(std::size_t elements) const {
+        return {static_cast<const std::byte*>(data) + elements * size_of(type), type};
+    }
+};
+
+/// A device array of activations that a kernel writes, with its element type.
+struct output_activations {
+    void* data = nullptr;
+    activation_type type = activation_type::f32;
+
+    constexpr output_activations() = default;
+    constexpr output_activations(std::nullptr_t) {}
+    constexpr output_activations(void* d, activation_type t) : data(d), type(t) {}
+    template <activation_element T>
+        requires(!std::is_const_v<T>)
+    constexpr output_activations(T* d) : data(d), type(activation_type_of<T>::value) {}
+    explicit constexpr operator bool() const { return data != nullptr; }
+    /// The same array from element `elements` on.
+    output_activations advanced(std::size_t elements) const {
+        return {static_cast<std::byte*>(data) + elements * size_of(type), type};
+    }
 };
 
 /// Options of attention over a cache, for the host reference and the kernels' host entry points:
@@ -52,8 +111,8 @@ struct append_params {
 
 /// Device-side arguments of decode attention. Every pointer is device memory.
 struct decode_attention_params {
-    const float* q = nullptr;                  ///< [batch][n_heads][head_dim]
-    float* out = nullptr;                      ///< [batch][n_heads][head_dim]
+    input_activations q;                       ///< [batch][n_heads][head_dim]: f32, f16 or bf16
+    output_activations out;                    ///< [batch][n_heads][head_dim]: f32, f16 or bf16
     const std::int32_t* sequences = nullptr;   ///< [batch] cache sequence of each query
     const std::int32_t* kv_lengths = nullptr;  ///< [batch] tokens each query sees (position + 1)
     /// [batch] each query's position for RoPE on read; null: kv_lengths[b] - 1 (a decode step)

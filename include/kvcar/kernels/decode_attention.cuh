@@ -152,7 +152,7 @@ inline decode_attention_params decode_shape(int batch, int max_kv_length,
 template <gpu::uploadable_codec Codec, kv_layout Layout>
 decode_attention_params device_cache_step(const gpu::device_kv_cache<Codec, Layout>& cache,
                                           int layer, std::span<const int> sequences,
-                                          const float* q, float* out,
+                                          input_activations q, output_activations out,
                                           const attention_params& opt, attention_workspace& ws,
                                           cudaStream_t stream, const char* who) {
     ws.use_stream(stream);  // ws.ints below grows in this stream's order
@@ -188,10 +188,11 @@ decode_attention_params device_cache_step(const gpu::device_kv_cache<Codec, Layo
 
 /// Decode step for the sequences of a device cache: one query per sequence at its last cached
 /// position of `layer` (append this step's K/V first, as a model does). q, out: device
-/// [sequences.size()][opt.n_heads][head_dim]. A sequence of length 0 gets zeros.
+/// [sequences.size()][opt.n_heads][head_dim], each float, __half or __nv_bfloat16. A sequence
+/// of length 0 gets zeros.
 template <gpu::uploadable_codec Codec, kv_layout Layout>
 void decode_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int layer,
-                      std::span<const int> sequences, const float* q, float* out,
+                      std::span<const int> sequences, input_activations q, output_activations out,
                       const attention_params& opt, attention_workspace& ws,
                       cudaStream_t stream = nullptr) {
     const decode_attention_params p = detail::device_cache_step(

@@ -49,6 +49,9 @@ struct decode_plan {
     int n_kv_heads = 0;     ///< its KV heads per layer
     int head_dim = 0;       ///< its head width
     std::vector<decode_path> paths;                  ///< [n_layers]: the path each layer takes
+    // No activation types: every path reads them from the run's parameters, so one plan serves
+    // f32, f16 and bf16 q and out alike (the tensor-core direct path's alignment is checked at
+    // each run).
 };
 
 namespace detail {
@@ -94,8 +97,8 @@ decode_plan plan_decode_attention(const device::cache_view<Codec>& cache,
     // Placeholder device pointers: the captured launches are never run (see the file comment).
     decode_attention_params p = shape;
     const auto placeholder = reinterpret_cast<const std::int32_t*>(std::uintptr_t(256));
-    p.q = reinterpret_cast<const float*>(placeholder);
-    p.out = reinterpret_cast<float*>(std::uintptr_t(256));
+    p.q = input_activations(placeholder, shape.q.type);
+    p.out = output_activations(reinterpret_cast<void*>(std::uintptr_t(256)), shape.out.type);
     p.sequences = placeholder;
     p.kv_lengths = placeholder;
     if (shape.q_positions) p.q_positions = placeholder;
@@ -160,6 +163,9 @@ void run_decode_attention(const decode_plan& plan, const device::cache_view<Code
     ws.last_path = decode_path::none;
     if (p.batch == 0) return;
     const decode_path path = plan.paths[std::size_t(p.layer)];
+    // The tensor-core direct path reads q 4 elements at a time; the plan saw an aligned q.
+    require(path != decode_path::direct_tensor_cores || aligned4(p.q),
+            "run_decode_attention: q is not aligned to 4 elements, as the planned path needs");
     const auto run_slice = [&](const decode_attention_params& slice) {
         const bool ran =
             detail::run_planned_path(detail::decode_policies{}, path, cache, slice, ws, stream);
@@ -186,9 +192,9 @@ decode_plan plan_decode_attention(const gpu::device_kv_cache<Codec, Layout>& cac
 /// the planned path runs.
 template <gpu::uploadable_codec Codec, kv_layout Layout>
 void run_decode_attention(const decode_plan& plan, const gpu::device_kv_cache<Codec, Layout>& cache,
-                          int layer, std::span<const int> sequences, const float* q, float* out,
-                          const attention_params& opt, attention_workspace& ws,
-                          cudaStream_t stream = nullptr) {
+                          int layer, std::span<const int> sequences, input_activations q,
+                          output_activations out, const attention_params& opt,
+                          attention_workspace& ws, cudaStream_t stream = nullptr) {
     const decode_attention_params p = detail::device_cache_step(
         cache, layer, sequences, q, out, opt, ws, stream, "run_decode_attention");
     run_decode_attention(plan, cache.view(), p, ws, stream);

@@ -67,7 +67,7 @@ namespace detail::autoencoder_tc {
 /// memory. Writes fp16 q̃ [batch][n_heads][hid_pad], zero past the codec's h.
 template <class Codec, int BB>
 __global__ void __launch_bounds__(aux_threads)
-    project_kernel(device::cache_view<Codec> cache, const float* q, __half* qt, float* qbias,
+    project_kernel(device::cache_view<Codec> cache, input_activations q, __half* qt, float* qbias,
                    int layer, int batch, int n_heads, int heads_per_kv, int hid_pad) {
     extern __shared__ __align__(16) float q_s[];  // [BB][hd]
     const int hh = int(blockIdx.x), b0 = int(blockIdx.y) * BB;
@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(aux_threads)
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
     for (int idx = tid; idx < BB * hd; idx += aux_threads) {
         const int bb = idx / hd, i = idx - (idx / hd) * hd;
-        q_s[idx] = bb < nb ? q[(std::size_t(b0 + bb) * n_heads + hh) * hd + i] : 0.0f;
+        q_s[idx] = bb < nb ? gpu::load(q, (std::size_t(b0 + bb) * n_heads + hh) * hd + i) : 0.0f;
     }
     __syncthreads();
     const int k_end = min(hid_pad, int(blockIdx.z + 1) * project_rows);
@@ -120,8 +120,8 @@ __global__ void __launch_bounds__(aux_threads)
 template <class Codec, int BB>
 __global__ void __launch_bounds__(lift_threads)
     lift_kernel(device::cache_view<Codec> cache, const float* zbar, int zbar_stride,
-                const std::int32_t* kv_lengths, float* out, int layer, int batch, int n_heads,
-                int heads_per_kv) {
+                const std::int32_t* kv_lengths, output_activations out, int layer, int batch,
+                int n_heads, int heads_per_kv) {
     extern __shared__ __align__(16) float lift_s[];  // z̄ [BB][zbar_stride], then sums
     const int hh = int(blockIdx.x), b0 = int(blockIdx.y) * BB;
     const int nb = min(BB, batch - b0);
@@ -159,8 +159,9 @@ __global__ void __launch_bounds__(lift_threads)
 #pragma unroll
                 for (int bb = 0; bb < BB; ++bb)
                     if (bb < nb)
-                        out[(std::size_t(b0 + bb) * n_heads + hh) * hd + i] =
-                            (kv_lengths[b0 + bb] > 0 ? cv.dec2_b[first + i] : 0.0f) + acc[bb];
+                        gpu::store(out, (std::size_t(b0 + bb) * n_heads + hh) * hd + i,
+                                   (kv_lengths[b0 + bb] > 0 ? cv.dec2_b[first + i] : 0.0f) +
+                                       acc[bb]);
             } else {
 #pragma unroll
                 for (int bb = 0; bb < BB; ++bb) sums[(slice * BB + bb) * hd + i] = acc[bb];
@@ -174,8 +175,8 @@ __global__ void __launch_bounds__(lift_threads)
             float v = 0.0f;
             for (int s = 0; s < ksplit; ++s) v += sums[(s * BB + bb) * hd + i];
             // Σ p = 1 after the merge; an empty item has no tokens and gives zeros, not b2.
-            out[(std::size_t(b0 + bb) * n_heads + hh) * hd + i] =
-                (kv_lengths[b0 + bb] > 0 ? cv.dec2_b[first + i] : 0.0f) + v;
+            gpu::store(out, (std::size_t(b0 + bb) * n_heads + hh) * hd + i,
+                       (kv_lengths[b0 + bb] > 0 ? cv.dec2_b[first + i] : 0.0f) + v);
         }
     }
 }

@@ -32,7 +32,9 @@ struct merge_params {
     const float* part_acc = nullptr;          ///< [batch][n_heads][splits][acc_stride]
     const float* part_ml = nullptr;           ///< [batch][n_heads][splits][2]: max, sum
     const std::int32_t* kv_lengths = nullptr; ///< [batch]: tells how many splits saw tokens
-    float* out = nullptr;                     ///< [batch][n_heads][width]
+    /// [batch][n_heads][width]: the attention output (f32, f16 or bf16), or the f32 latent or
+    /// hidden z̄ that a lift reads next
+    output_activations out;
     int batch = 0, n_heads = 0;
     int width = 0;       ///< merged floats per (item, head)
     int chunk = 0;       ///< tokens per split
@@ -133,9 +135,9 @@ __global__ void __launch_bounds__(THREADS) combine_kernel(merge_params m) {
             t.z += u.z;
             t.w += u.w;
         }
-        float* dst = m.out + row * m.width + col;
+        const std::size_t dst = row * m.width + col;
         const float r[4] = {t.x * inv, t.y * inv, t.z * inv, t.w * inv};
-        for (int e = 0; e < 4 && col + e < m.width; ++e) dst[e] = r[e];
+        for (int e = 0; e < 4 && col + e < m.width; ++e) gpu::store(m.out, dst + e, r[e]);
     }
 }
 

@@ -25,6 +25,7 @@
 #include "kvcar/common.hpp"
 #include "kvcar/cuda/launch.cuh"
 #include "kvcar/attention_params.hpp"
+#include "kvcar/cuda/activations.cuh"
 #include "kvcar/rope.hpp"
 
 namespace kvcar::kernels {
@@ -127,6 +128,11 @@ inline void validate(const decode_attention_params& p, int n_layers, int n_kv_he
             me + ": scale must be finite and not negative (0 picks 1/sqrt(head_dim))");
     require(p.max_kv_length >= 0, me + ": max_kv_length is negative");
     if (p.rope == rope_mode::on_read) validate(p.rope_cfg, head_dim);
+    const auto known = [](activation_type t) {
+        return t == activation_type::f32 || t == activation_type::f16 || t == activation_type::bf16;
+    };
+    require(known(p.q.type) && known(p.out.type),
+            me + ": q and out must be f32, f16 or bf16 (activation_type)");
     if (pointers && p.batch > 0) {
         require(p.q && p.out && p.sequences && p.kv_lengths,
                 me + ": q, out, sequences and kv_lengths must be device pointers");
@@ -146,8 +152,8 @@ inline decode_attention_params item_slice(const decode_attention_params& p, int 
                                           int head_dim) {
     decode_attention_params s = p;
     const std::size_t rows = std::size_t(first) * std::size_t(p.n_heads) * std::size_t(head_dim);
-    s.q = p.q + rows;
-    s.out = p.out + rows;
+    s.q = p.q.advanced(rows);
+    s.out = p.out.advanced(rows);
     s.sequences = p.sequences + first;
     s.kv_lengths = p.kv_lengths + first;
     if (p.q_positions) s.q_positions = p.q_positions + first;

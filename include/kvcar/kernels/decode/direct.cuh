@@ -43,7 +43,7 @@ inline constexpr int direct_unroll = 4;   // tokens a lane has in flight per pas
 struct direct_params {
     const page_view* slots;
     const std::int32_t* read_slots;
-    const float* q;
+    input_activations q;  // [batch][H][HEAD_DIM]
     const std::int32_t* sequences;
     const std::int32_t* kv_lengths;
     float* part_acc;  // [batch][H][max_splits][HEAD_DIM]
@@ -112,12 +112,12 @@ __global__ void __launch_bounds__(THREADS) direct_attention_kernel(direct_params
     float qsum[GQA];  // Σ q over the whole head (quantized offsets)
 #pragma unroll
     for (int g = 0; g < GQA; ++g) {
-        const float* qp = p.q + (std::size_t(b) * p.n_heads + std::size_t(kvh) * GQA + g) *
-                                    HEAD_DIM + sub * VEC;
+        const std::size_t qp = (std::size_t(b) * p.n_heads + std::size_t(kvh) * GQA + g) *
+                                   HEAD_DIM + sub * VEC;
         qsum[g] = 0.0f;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-            q[g][e] = qp[e] * p.scale;
+            q[g][e] = gpu::load(p.q, qp + e) * p.scale;
             qsum[g] += q[g][e];
         }
         if constexpr (QUANT) {

@@ -147,14 +147,13 @@ __global__ void __launch_bounds__(direct_mma_threads, 2)
     std::uint32_t qf[KSTEPS][2];
     {
         const bool real = g < GQA;
-        const float* qrow =
-            p.q + (std::size_t(b) * p.n_heads + std::size_t(kvh) * GQA + (real ? g : 0)) * HEAD_DIM;
+        const std::size_t qrow =
+            (std::size_t(b) * p.n_heads + std::size_t(kvh) * GQA + (real ? g : 0)) * HEAD_DIM;
         const float qs = p.scale * log2e;  // scores in log2 units: exp2 in the softmax
 #pragma unroll
         for (int s = 0; s < KSTEPS; ++s) {
             const int e = 64 * (s / 4) + 16 * t + 4 * (s % 4);
-            const float4 v = real ? *reinterpret_cast<const float4*>(qrow + e)
-                                  : make_float4(0.f, 0.f, 0.f, 0.f);
+            const float4 v = real ? gpu::load4(p.q, qrow + e) : make_float4(0.f, 0.f, 0.f, 0.f);
             qf[s][0] = pack_half2(v.x * qs, v.y * qs);
             qf[s][1] = pack_half2(v.z * qs, v.w * qs);
         }
@@ -420,7 +419,7 @@ struct direct_tensor_cores_policy {
     static bool supported(const device::cache_view<Codec>& cache, const decode_attention_params& p,
                           attention_workspace&) {
         if (p.rope == rope_mode::on_read) return false;
-        if ((reinterpret_cast<std::uintptr_t>(p.q) & 15u) != 0) return false;  // float4 reads
+        if (!aligned4(p.q)) return false;  // 4 elements per load
         bool built = false;
         dispatch_head_dim(cache.head_dim, [&]<int HEAD_DIM>() {
             dispatch_gqa(p.n_heads / cache.n_kv_heads,

@@ -70,7 +70,7 @@ __device__ void rope_rows(float* rows, int count, int row_stride, int heads, int
 template <class Codec>
 struct split_params {
     device::cache_view<Codec> cache;
-    const float* q;        // output-space queries [batch][H][hd]
+    input_activations q;   // output-space queries [batch][H][hd]
     const float* qz;       // latent queries [batch][H][qz_stride]
     const float* qbias;    // [batch][H]
     const std::int32_t* sequences;
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(THREADS) split_attention_kernel(split_params<C
     for (int idx = tid; idx < NQ * qw; idx += THREADS) {
         const int h = idx / qw, i = idx - (idx / qw) * qw;
         const std::size_t row = std::size_t(b) * p.n_heads + h0 + h;
-        qv[h * qs + i] = LATENT ? p.qz[row * p.qz_stride + i] : p.q[row * hd + i];
+        qv[h * qs + i] = LATENT ? p.qz[row * p.qz_stride + i] : gpu::load(p.q, row * hd + i);
     }
     for (int h = tid; h < NQ; h += THREADS)
         bias[h] = LATENT ? p.qbias[std::size_t(b) * p.n_heads + h0 + h] : 0.0f;

@@ -61,9 +61,10 @@ __device__ bool merge_splits(const float* part_acc, const float* part_ml, int le
 template <class Codec, int THREADS>
 __global__ void __launch_bounds__(THREADS)
     combine_lift_kernel(device::cache_view<Codec> cache, const float* part_acc,
-                        const float* part_ml, const std::int32_t* kv_lengths, float* out,
-                        int layer, int heads_per_kv, int chunk, int max_splits, int acc_stride) {
-    extern __shared__ float merged[];  // [latent width]
+                        const float* part_ml, const std::int32_t* kv_lengths,
+                        output_activations out, int layer, int heads_per_kv, int chunk,
+                        int max_splits, int acc_stride) {
+    extern __shared__ float merged[];  // [max latent width], then [head_dim] for f16/bf16 out
     const int b = int(blockIdx.x), h = int(blockIdx.y);
     const int kvh = h / heads_per_kv;
     const int group = kvh / cache.heads_per_group, in_group = kvh % cache.heads_per_group;
@@ -72,22 +73,41 @@ __global__ void __launch_bounds__(THREADS)
                                             acc_stride, cv.latent_width(), merged);
     __syncthreads();  // lift reads every element of merged
     // Σ a_t = 1 after normalization; an empty item has no tokens and must give zeros, not μ.
+    const std::size_t row = (std::size_t(b) * gridDim.y + h) * cache.head_dim;
+    if (out.type == activation_type::f32) {  // lift straight into out
+        device::lift(device::block_scope<THREADS>{}, cv, merged, seen ? 1.0f : 0.0f, in_group,
+                     static_cast<float*>(out.data) + row);
+        return;
+    }
+    // f16 / bf16: lift in f32 into shared memory, then round once on the store.
+    float* lifted = merged + cache.max_latent_width;
     device::lift(device::block_scope<THREADS>{}, cv, merged, seen ? 1.0f : 0.0f, in_group,
-                 out + (std::size_t(b) * gridDim.y + h) * cache.head_dim);
+                 lifted);
+    __syncthreads();
+    for (int i = int(threadIdx.x); i < cache.head_dim; i += THREADS)
+        gpu::store(out, row + i, lifted[i]);
 }
 
 /// qz = P_hᵀ q and bias = q·μ_h for (item blockIdx.x, head blockIdx.y).
 template <class Codec, int THREADS>
 __global__ void __launch_bounds__(THREADS)
-    project_queries_kernel(device::cache_view<Codec> cache, const float* q, float* qz,
+    project_queries_kernel(device::cache_view<Codec> cache, input_activations q, float* qz,
                            float* qbias, int layer, int heads_per_kv, int qz_stride) {
+    extern __shared__ float widened[];  // [head_dim]: an f16 / bf16 query in f32
     const int b = int(blockIdx.x), h = int(blockIdx.y);
     const std::size_t row = std::size_t(b) * gridDim.y + h;
     const int kvh = h / heads_per_kv;
     const int group = kvh / cache.heads_per_group, in_group = kvh % cache.heads_per_group;
     const Codec ck = cache.codecs[cache.slot(layer, group, kv_kind::key)];
-    const float bias = device::project_query(device::block_scope<THREADS>{}, ck,
-                                             q + row * cache.head_dim, in_group,
+    const float* qrow = widened;
+    if (q.type == activation_type::f32) {
+        qrow = static_cast<const float*>(q.data) + row * cache.head_dim;
+    } else {
+        for (int i = int(threadIdx.x); i < cache.head_dim; i += THREADS)
+            widened[i] = gpu::load(q, row * cache.head_dim + i);
+        __syncthreads();
+    }
+    const float bias = device::project_query(device::block_scope<THREADS>{}, ck, qrow, in_group,
                                              qz + row * qz_stride);
     if (threadIdx.x == 0) qbias[row] = bias;
 }
@@ -115,10 +135,14 @@ struct latent_policy {
         const split_params<Codec>& sp = launch.params;
         // Both grids are checked before the first launch, so a bad shape enqueues nothing.
         const dim3 heads = gpu::checked_grid(p.batch, p.n_heads, 1, "project_queries_kernel");
-        const std::size_t lift_smem = sizeof(float) * cache.max_latent_width;
+        const std::size_t lift_smem =
+            sizeof(float) * (cache.max_latent_width +
+                             (p.out.type == activation_type::f32 ? 0 : cache.head_dim));
+        const std::size_t widen_smem =
+            p.q.type == activation_type::f32 ? 0 : sizeof(float) * cache.head_dim;
         gpu::allow_dynamic_smem(combine_lift_kernel<Codec, aux_threads>, lift_smem,
                                  ws.max_shared_bytes(), "combine_lift_kernel");
-        project_queries_kernel<Codec, aux_threads><<<heads, aux_threads, 0, stream>>>(
+        project_queries_kernel<Codec, aux_threads><<<heads, aux_threads, widen_smem, stream>>>(
             cache, p.q, const_cast<float*>(sp.qz), const_cast<float*>(sp.qbias), p.layer, G,
             cache.max_latent_width);
         KVCAR_CUDA_CHECK_LAUNCH("project_queries_kernel");

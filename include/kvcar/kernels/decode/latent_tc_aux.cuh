@@ -37,7 +37,7 @@ __host__ __device__ constexpr int project_threads(int items) {
 /// ΣQz of quantized codecs is summed by the split kernel from the fp16 Qz it multiplies.
 template <class Codec, int BB>
 __global__ void __launch_bounds__(project_threads(BB))
-    project_kernel(device::cache_view<Codec> cache, const float* q, __half* qz, float* qbias,
+    project_kernel(device::cache_view<Codec> cache, input_activations q, __half* qz, float* qbias,
                    int layer, int batch, int n_heads, int heads_per_kv, int qz_ld) {
     extern __shared__ __align__(16) float q_s[];  // [BB][head_dim], then [groups][BB][columns]
     gpu::wait_for_prior_grids();  // q (launched with overlap)
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(project_threads(BB))
     constexpr int RG = project_row_slices(BB), NT = project_threads(BB);
     for (int idx = tid; idx < BB * hd; idx += NT) {
         const int bb = idx / hd, r = idx - (idx / hd) * hd;
-        q_s[idx] = bb < nb ? q[(std::size_t(b0 + bb) * n_heads + h) * hd + r] : 0.0f;
+        q_s[idx] = bb < nb ? gpu::load(q, (std::size_t(b0 + bb) * n_heads + h) * hd + r) : 0.0f;
     }
     __syncthreads();
     const int rg = tid / project_columns, jj = tid % project_columns;
@@ -109,7 +109,8 @@ __host__ __device__ constexpr int lift_rows_per_block(int items) { return items 
 template <class Codec, int BB>
 __global__ void __launch_bounds__(lift_threads)
     lift_kernel(device::cache_view<Codec> cache, const float* zbar, int zbar_stride,
-                const std::int32_t* kv_lengths, float* out, int layer, int batch, int n_heads,
+                const std::int32_t* kv_lengths, output_activations out, int layer, int batch,
+                int n_heads,
                 int heads_per_kv) {
     extern __shared__ __align__(16) float z_s[];  // [BB][d]
     gpu::wait_for_prior_grids();  // the merged z̄ (launched with overlap)
@@ -159,8 +160,8 @@ __global__ void __launch_bounds__(lift_threads)
             const float v = device::warp_sum(acc[bb]);
             // Σ a = 1 after normalization; an empty item has no tokens and gives zeros, not μ.
             if (lane == 0 && bb < nb)
-                out[(std::size_t(b0 + bb) * n_heads + h) * hd + r] =
-                    (kv_lengths[b0 + bb] > 0 ? mu : 0.0f) + v;
+                gpu::store(out, (std::size_t(b0 + bb) * n_heads + h) * hd + r,
+                           (kv_lengths[b0 + bb] > 0 ? mu : 0.0f) + v);
         }
     }
 }
