@@ -37,9 +37,10 @@ constexpr std::size_t size_of(activation_type t) { return t == activation_type::
 /// kvcar/cuda/activations.cuh, which the kernels include (host code has no such types).
 template <class T>
 struct activation_type_of;
+/// float is f32.
 template <>
 struct activation_type_of<float> {
-    static constexpr activation_type value = activation_type::f32;
+    static constexpr activation_type value = activation_type::f32;  ///< f32
 };
 /// An element type the kernels take activations in.
 template <class T>
@@ -48,15 +49,19 @@ concept activation_element = requires { activation_type_of<std::remove_const_t<T
 /// A device array of activations that a kernel reads, with its element type. Built from a typed
 /// pointer (`p.q = q` for a float, __half or __nv_bfloat16 q), or from a pointer and a type.
 struct input_activations {
-    const void* data = nullptr;
-    activation_type type = activation_type::f32;
+    const void* data = nullptr;                    ///< device memory: elements of `type`
+    activation_type type = activation_type::f32;   ///< the element type of data
 
     constexpr input_activations() = default;
+    /// No array (a shape without pointers, as plans take).
     constexpr input_activations(std::nullptr_t) {}
+    /// An untyped pointer and the type of its elements.
     constexpr input_activations(const void* d, activation_type t) : data(d), type(t) {}
+    /// A typed pointer: float, __half or __nv_bfloat16 (with kvcar/cuda/activations.cuh).
     template <activation_element T>
     constexpr input_activations(const T* d)
         : data(d), type(activation_type_of<std::remove_const_t<T>>::value) {}
+    /// Whether there is an array.
     explicit constexpr operator bool() const { return data != nullptr; }
     /// The same array from element `elements` on.
     input_activations advanced(std::size_t elements) const {
@@ -66,15 +71,19 @@ struct input_activations {
 
 /// A device array of activations that a kernel writes, with its element type.
 struct output_activations {
-    void* data = nullptr;
-    activation_type type = activation_type::f32;
+    void* data = nullptr;                          ///< device memory: elements of `type`
+    activation_type type = activation_type::f32;   ///< the element type of data
 
     constexpr output_activations() = default;
+    /// No array (a shape without pointers, as plans take).
     constexpr output_activations(std::nullptr_t) {}
+    /// An untyped pointer and the type of its elements.
     constexpr output_activations(void* d, activation_type t) : data(d), type(t) {}
+    /// A typed pointer: float, __half or __nv_bfloat16 (with kvcar/cuda/activations.cuh).
     template <activation_element T>
         requires(!std::is_const_v<T>)
     constexpr output_activations(T* d) : data(d), type(activation_type_of<T>::value) {}
+    /// Whether there is an array.
     explicit constexpr operator bool() const { return data != nullptr; }
     /// The same array from element `elements` on.
     output_activations advanced(std::size_t elements) const {

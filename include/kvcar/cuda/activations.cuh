@@ -21,13 +21,15 @@
 
 namespace kvcar {
 
+/// __half is f16.
 template <>
 struct activation_type_of<__half> {
-    static constexpr activation_type value = activation_type::f16;
+    static constexpr activation_type value = activation_type::f16;  ///< f16
 };
+/// __nv_bfloat16 is bf16.
 template <>
 struct activation_type_of<__nv_bfloat16> {
-    static constexpr activation_type value = activation_type::bf16;
+    static constexpr activation_type value = activation_type::bf16;  ///< bf16
 };
 
 }  // namespace kvcar
