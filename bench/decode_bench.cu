@@ -55,6 +55,7 @@ namespace {
 kvcar::kernels::attention_workspace::tuning tune;  // --latent-* (0: the path decides)
 // --activations: the element type of q and out (a runtime's fp16 / bf16, or fp32)
 kvcar::activation_type activations = kvcar::activation_type::f32;
+long rows_printed = 0;  // a run whose filters match nothing says so, not an empty file
 
 #define BENCH_CHECK(call)                                                                      \
     do {                                                                                       \
@@ -494,6 +495,7 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
                 chk.rows, activation_name(activations), tune.latent_warps, tune.latent_stages, tune.latent_chunk,
                 tune.direct_ctas_per_sm, tune.direct_chunk, tune.merge_many_splits, tune.dependent_launch ? " pdl" : "");
     std::fflush(stdout);
+    ++rows_printed;
     BENCH_CHECK(cudaFree(q));
     BENCH_CHECK(cudaFree(out));
     if (q_t) BENCH_CHECK(cudaFree(q_t));
@@ -533,6 +535,10 @@ int main(int argc, char** argv) {
     }
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) { std::fprintf(stderr, "decode_bench: no GPU\n"); return 1; }
+    if (grid != "quick" && grid != "full") {
+        std::fprintf(stderr, "decode_bench: --grid must be quick or full, got '%s'\n", grid.c_str());
+        return 2;
+    }
     cudaDeviceProp prop{};
     BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
     timer tm(reps);
@@ -578,6 +584,12 @@ int main(int argc, char** argv) {
                 }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "decode_bench: %s\n", e.what());
+        return 1;
+    }
+    if (rows_printed == 0) {
+        std::fprintf(stderr, "decode_bench: no row: no shape of --grid %s matches --model, --codec, "
+                             "--batch and --context (the quick grid has batches 1, 32, 64 and "
+                             "contexts 512, 4096, 32768; --grid full has them all)\n", grid.c_str());
         return 1;
     }
     return 0;
