@@ -357,8 +357,7 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
         BENCH_CHECK(cudaMalloc(&q_t, qn * kvcar::size_of(activations)));
         BENCH_CHECK(cudaMalloc(&out_t, qn * kvcar::size_of(activations)));
         convert_device(q, kvcar::output_activations(q_t, activations), qn);
-        convert_device(kvcar::input_activations(q_t, activations), out, qn);  // scratch: out
-        BENCH_CHECK(cudaMemcpy(q, out, qn * sizeof(float), cudaMemcpyDeviceToDevice));
+        convert_device(kvcar::input_activations(q_t, activations), q, qn);
     }
     std::vector<std::int32_t> ints(2 * std::size_t(c.batch));
     for (int b = 0; b < c.batch; ++b) {

@@ -133,9 +133,9 @@ def main():
            "pass costs the same whatever the values, so the speed is the real shape's. The "
            "quality column is the perplexity cost of the same kind of codec, calibrated on the "
            "real tiny checkpoints (`quality.md`: Llama-tiny / GPT-2-tiny).", ""]
-    reserves = sorted({r.get("reserve_tokens", 0)
-                       for path in glob.glob(os.path.join(args.data, "serve-*.jsonl"))
-                       for r in load(path)})
+    results = {path: load(path)
+               for path in sorted(glob.glob(os.path.join(args.data, "serve-*.jsonl")))}
+    reserves = sorted({r.get("reserve_tokens", 0) for rows in results.values() for r in rows})
     md += ["Admission headroom (`--reserve-tokens`): " +
            ", ".join(f"{n} tokens" for n in reserves) +
            " (a request is admitted only if the free pages also hold that many more tokens of "
@@ -143,9 +143,9 @@ def main():
            "is the CUDA engine's own account of the whole run: seconds building and launching "
            "passes, and seconds waiting for the GPU at their end.", ""]
     panels = []
-    for path in sorted(glob.glob(os.path.join(args.data, "serve-*.jsonl"))):
+    for path, loaded in results.items():
         shape = os.path.basename(path)[6:-6]
-        rows = [r for r in load(path) if codec_of(r["kv"]) is not None]
+        rows = [r for r in loaded if codec_of(r["kv"]) is not None]
         if not rows:
             continue
         fp16 = {r["budget_bytes"]: r for r in rows if codec_of(r["kv"]) == 0}
