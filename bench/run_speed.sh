@@ -12,6 +12,9 @@
 #
 #   bash bench/run_speed.sh [quick|full] [out-dir] [rounds]
 # Environment: REPS (runs per median, 31), MODEL (one model's shapes only, e.g. llama3-8b),
+# DEADLINE (seconds: a round starts only if the last round's length still fits before it, so a
+# time-limited session ends with whole rounds; unset: all rounds),
+# ACTIVATIONS (kvcar's q and out: f32, or f16 / bf16 as a runtime and the fp16 peers hold them; f32),
 # CODECS (a space-separated subset of decode_bench's codecs), SIDES (round 1's order),
 # BUILD_DIR (reuse that configured build folder instead of configuring build-bench), PREBUILT=1
 # (with BUILD_DIR: use its bench binaries as they are).
@@ -24,6 +27,7 @@ rounds=${3:-3}
 reps=${REPS:-31}
 only=()
 [ -n "${MODEL:-}" ] && only=(--model "$MODEL")
+acts=(--activations "${ACTIVATIONS:-f32}")
 mkdir -p "$out"
 fi_inc=${FLASHINFER_INCLUDE_DIR:-}
 if [ -z "$fi_inc" ] && [ -f .fi/include/flashinfer/attention/decode.cuh ]; then
@@ -52,10 +56,11 @@ run_side() {
       if [ -n "${CODECS:-}" ]; then  # CODECS: a space-separated subset of decode_bench's codecs
         for c in $CODECS; do
           "$build"/bench/decode_bench --grid "$grid" --reps "$reps" --round "$2" "${only[@]}" \
-            --codec "$c" >> "$out/kvcar.jsonl"
+            "${acts[@]}" --codec "$c" >> "$out/kvcar.jsonl"
         done
       else
-        "$build"/bench/decode_bench --grid "$grid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/kvcar.jsonl"
+        "$build"/bench/decode_bench --grid "$grid" --reps "$reps" --round "$2" "${only[@]}" "${acts[@]}" \
+          >> "$out/kvcar.jsonl"
       fi ;;
     peers) python3 bench/peers.py --shapes "$pgrid" --reps "$reps" --round "$2" "${only[@]}" >> "$out/peers.jsonl" ;;
     flashinfer)
@@ -65,12 +70,20 @@ run_side() {
   esac
 }
 sides=(${SIDES:-kvcar peers flashinfer})  # SIDES: the order of round 1 (then it rotates)
+t_start=$(date +%s); t_round=0
 for r in $(seq 1 "$rounds"); do
+  t_now=$(date +%s)
+  if [ -n "${DEADLINE:-}" ] && [ $(( t_now - t_start + t_round )) -gt "$DEADLINE" ]; then
+    echo "round $r not started: the last round took ${t_round} s and DEADLINE=${DEADLINE} s" >&2
+    break
+  fi
   for i in 0 1 2; do
     side=${sides[$(( (i + r - 1) % 3 ))]}
     echo "round $r: $side" >&2
     run_side "$side" "$r" || echo "round $r: $side failed (rc $?); its rows so far are kept" >&2
   done
+  t_round=$(( $(date +%s) - t_now ))
+  echo "round $r took ${t_round} s" >&2
 done
 echo "bench: $(wc -l < "$out/kvcar.jsonl") kvcar rows, $(wc -l < "$out/peers.jsonl") peer rows," \
      "$(wc -l < "$out/flashinfer.jsonl") flashinfer rows; checks failed:" \

@@ -113,7 +113,9 @@ def main():
               f"`{args.data}/`.\n")
     if args.note:
         md.append(args.note + "\n")
-    md.append("Method: one query token per sequence, one layer, fp32 q/out, K/V as each codec stores "
+    acts = "/".join(sorted({r.get("activations", "f32") for r in kv_rows}))
+    md.append(f"Method: one query token per sequence, one layer, kvcar's q/out in {acts} "
+              "(`decode_bench --activations`), K/V as each codec stores "
               "them; every side captured into a CUDA graph (launch gaps out of the interval), 3 "
               "warm-ups, L2 flushed (2× its size written) before every run, median of 31 runs; "
               f"{max(len(rounds), 1)} round(s), the sides interleaved in rotating order, and each "

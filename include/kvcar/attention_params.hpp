@@ -25,10 +25,16 @@ enum class rope_mode {
     on_read,
 };
 
-/// Element type of the activations the decode kernels read (queries) and write (outputs): what
-/// a runtime holds them in. The kernels convert on load and store, inside the kernels that touch
-/// them anyway, so a runtime in fp16 or bf16 pays no conversion pass and no fp32 copy.
+/// Element type of the activations the kernels read (queries, new keys and values) and write
+/// (attention outputs): what a runtime holds them in. The kernels convert on load and store,
+/// inside the kernels that touch them anyway, so a runtime in fp16 or bf16 pays no conversion
+/// pass and no fp32 copy.
 enum class activation_type : std::uint8_t { f32, f16, bf16 };
+
+/// Whether t is one of the values above (a value cast from another integer is not).
+constexpr bool is_activation_type(activation_type t) {
+    return t == activation_type::f32 || t == activation_type::f16 || t == activation_type::bf16;
+}
 
 /// Bytes of one element of t.
 constexpr std::size_t size_of(activation_type t) { return t == activation_type::f32 ? 4 : 2; }
@@ -108,8 +114,8 @@ namespace kvcar::kernels {
 
 /// Device-side arguments of an append. Every pointer is device memory.
 struct append_params {
-    const float* k = nullptr;  ///< [total_tokens][n_kv_heads * head_dim], row-major
-    const float* v = nullptr;  ///< same shape as k
+    input_activations k;  ///< [total_tokens][n_kv_heads * head_dim], row-major: f32, f16 or bf16
+    input_activations v;  ///< same shape as k; f32, f16 or bf16
     const std::int32_t* token_offsets = nullptr;  ///< [batch + 1]: item b owns rows [off[b], off[b+1])
     const std::int32_t* sequences = nullptr;      ///< [batch] cache sequence of each item
     const std::int32_t* positions = nullptr;      ///< [batch] cache position of each item's first row
@@ -162,8 +168,8 @@ inline const char* to_string(decode_path path) {
 
 /// Device-side arguments of prefill attention. Every pointer is device memory.
 struct prefill_attention_params {
-    const float* q = nullptr;   ///< [total_queries][n_heads][head_dim]
-    float* out = nullptr;       ///< [total_queries][n_heads][head_dim]
+    input_activations q;     ///< [total_queries][n_heads][head_dim]: f32, f16 or bf16
+    output_activations out;  ///< [total_queries][n_heads][head_dim]: f32, f16 or bf16
     const std::int32_t* sequences = nullptr;        ///< [batch]
     const std::int32_t* query_offsets = nullptr;    ///< [batch + 1]: item b's queries
     const std::int32_t* query_positions = nullptr;  ///< [batch] position of each item's first query

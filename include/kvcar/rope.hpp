@@ -110,20 +110,28 @@ KVCAR_HD inline void apply_rope_inverse(float* x, int head_dim, int position,
     detail::rope_rotate(x, head_dim, position, p, -1.0f);
 }
 
-/// Element `d` of `x` rotated to `position`, read from the unrotated vector: what apply_rope
-/// would leave in x[d] (x_a' = x_a cos - x_b sin, x_b' = x_b cos + x_a sin for each pair (a, b)).
-/// For code that produces each element on its own, as a tile load does; x itself is not changed.
-KVCAR_HD inline float rope_element(const float* x, int d, int head_dim, int position,
-                                   const rope_params& p) {
+/// rope_element for a vector that `x(i)` reads element by element (a widening load of an fp16
+/// or bf16 query, say), so the vector needs no fp32 copy first.
+template <class Element>
+KVCAR_HD inline float rope_element_of(const Element& x, int d, int head_dim, int position,
+                                      const rope_params& p) {
     const int rot = rope_rotary_dim(p, head_dim);
-    if (d >= rot) return x[d];
+    if (d >= rot) return x(d);
     // The pair that holds d, then its two dimensions as rope_pair_dims names them.
     const int pair = p.style == rope_style::half ? d % (rot / 2) : d / 2;
     int a, b;
     rope_pair_dims(p.style, rot, pair, a, b);
     const float angle = float(position) * rope_inv_freq(pair, rot, p.theta);
     const float c = ::cosf(angle), s = ::sinf(angle);
-    return d == a ? x[a] * c - x[b] * s : x[b] * c + x[a] * s;
+    return d == a ? x(a) * c - x(b) * s : x(b) * c + x(a) * s;
+}
+
+/// Element `d` of `x` rotated to `position`, read from the unrotated vector: what apply_rope
+/// would leave in x[d] (x_a' = x_a cos - x_b sin, x_b' = x_b cos + x_a sin for each pair (a, b)).
+/// For code that produces each element on its own, as a tile load does; x itself is not changed.
+KVCAR_HD inline float rope_element(const float* x, int d, int head_dim, int position,
+                                   const rope_params& p) {
+    return rope_element_of([x](int i) { return x[i]; }, d, head_dim, position, p);
 }
 
 }  // namespace kvcar

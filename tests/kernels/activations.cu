@@ -1,19 +1,23 @@
-// Tests for the activation types of decode_attention (kvcar/cuda/activations.cuh): q and out in
-// f16 or bf16, as runtimes hold them, on every decode path.
+// Tests for the activation types (kvcar/cuda/activations.cuh): q and out in f16 or bf16, as
+// runtimes hold them, on every decode path and both prefill paths, and k / v in f16 or bf16 on
+// both append kernels.
 //
 // The kernels widen q to f32 when they load it and compute in f32 whatever its type, so with a
 // query that f16 (bf16) represents exactly, the f16 (bf16) launch computes the very values of the
 // f32 launch and differs only in the one rounding of the store: each output element must be,
 // bit for bit, the f32 launch's element rounded to nearest even. That holds on every path, so
 // the test asks for equality, not a tolerance. The f32 launch itself is checked against the CPU
-// reference by the other kernel tests.
+// reference by the other kernel tests. An append from T k/v likewise writes the very bytes of an
+// append from the same values in f32.
 #include "kernels/decode_check.cuh"
 #include "common/gpu_test.cuh"
 
 #include <kvcar/cuda/activations.cuh>
 #include <kvcar/cuda/device_kv_cache.cuh>
+#include <kvcar/kernels/append.cuh>
 #include <kvcar/kernels/decode_attention.cuh>
 #include <kvcar/kernels/decode_plan.cuh>
+#include <kvcar/kernels/prefill_attention.cuh>
 #include <kvcar/layout/dense.hpp>
 
 #include <cuda_bf16.h>
@@ -23,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <vector>
 
 using namespace kvcar;
@@ -113,6 +118,116 @@ void check_type(const Codec& codec, int n_heads, const char* what, int heads_per
     }
 }
 
+/// n random values that T represents exactly, as T and widened to f32.
+template <class T>
+std::pair<std::vector<T>, std::vector<float>> representable(std::size_t n, std::uint32_t seed) {
+    std::vector<T> t;
+    std::vector<float> f;
+    for (float x : random_floats(n, seed)) {
+        if constexpr (std::is_same_v<T, __half>) t.push_back(__float2half_rn(x));
+        else t.push_back(__float2bfloat16_rn(x));
+        f.push_back(widened(t.back()));
+    }
+    return {t, f};
+}
+
+/// The number of elements of `got` (T) that are not `want` (f32) rounded once to T.
+template <class T>
+std::size_t rounding_mismatches(const std::vector<float>& want, const std::vector<T>& got) {
+    std::size_t mismatches = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        std::uint16_t bits;
+        std::memcpy(&bits, &got[i], sizeof bits);
+        mismatches += bits != rounded_bits<T>(want[i]);
+    }
+    return mismatches;
+}
+
+/// Appends the same steps (prefill chunks of odd sizes, one empty, then decode steps) to two
+/// device caches, one from T k/v and one from the same values in f32; every record must be the
+/// same bytes.
+template <class T, class Codec>
+void check_append_type(const Codec& codec, int heads_per_group, const char* what) {
+    INFO(what << (std::is_same_v<T, __half> ? ", f16 k/v" : ", bf16 k/v"));
+    const kv_geometry g{2, 2, 64};
+    const dense_layout layout(g, heads_per_group);
+    gpu::device_kv_cache<Codec> from_t(layout, codec, {3, 96, 16, 24});
+    gpu::device_kv_cache<Codec> from_f(layout, codec, {3, 96, 16, 24});
+    std::vector<int> seqs;
+    for (int i = 0; i < 3; ++i) {
+        seqs.push_back(from_t.add_sequence());
+        REQUIRE(from_f.add_sequence() == seqs.back());
+    }
+    const std::size_t width = std::size_t(g.token_width());
+    const std::vector<std::vector<int>> steps{{17, 0, 33}, {1, 1, 1}, {15, 16, 2}};
+    std::uint32_t seed = 3;
+    for (const std::vector<int>& counts : steps) {
+        int total = 0;
+        for (int c : counts) total += c;
+        for (int layer = 0; layer < g.n_layers; ++layer) {
+            const auto [k_t, k_f] = representable<T>(std::size_t(total) * width, seed++);
+            const auto [v_t, v_f] = representable<T>(std::size_t(total) * width, seed++);
+            gpu::device_buffer<T> k_t_dev(k_t), v_t_dev(v_t);
+            gpu::device_buffer<float> k_f_dev(k_f), v_f_dev(v_f);
+            kernels::append(from_t, layer, seqs, counts, k_t_dev.data(), v_t_dev.data());
+            kernels::append(from_f, layer, seqs, counts, k_f_dev.data(), v_f_dev.data());
+            KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
+        }
+    }
+    const std::vector<int> lengths{33, 17, 36};  // the steps' counts, summed per sequence
+    for (int slot = 0; slot < layout.n_slots(); ++slot)
+        for (std::size_t i = 0; i < seqs.size(); ++i) {
+            const int seq = seqs[i], n = lengths[i];
+            REQUIRE(from_t.length(seq) == n);
+            REQUIRE(from_f.length(seq) == n);
+            INFO("slot " << slot << ", sequence " << seq << ", " << n << " tokens");
+            REQUIRE(from_t.download_records(slot, seq, 0, n) ==
+                    from_f.download_records(slot, seq, 0, n));
+        }
+}
+
+/// Prefill of chunks in f32 and in T from the same (T-representable) queries: the T outputs
+/// are the f32 outputs rounded once. `want_tiled`: chunks the tiled path must take (a batch that
+/// mixes them with per-query items also stages rows, in T).
+template <class T, class Codec>
+void check_prefill_type(const Codec& codec, int n_heads, const std::vector<int>& lengths,
+                        const std::vector<int>& queries, rope_mode rope, int want_tiled,
+                        const char* what) {
+    INFO(what << (std::is_same_v<T, __half> ? ", f16" : ", bf16")
+              << (rope == rope_mode::on_read ? ", RoPE on read" : ""));
+    const kv_geometry g{2, 2, 64};
+    const dense_layout layout(g);
+    kv_cache<Codec, dense_layout, paged_storage> host(layout, codec, {4, 128, 16, 40});
+    gpu::device_kv_cache<Codec> dev(layout, codec, {4, 128, 16, 40});
+    std::vector<int> seqs;
+    for (std::size_t i = 0; i < lengths.size(); ++i) {
+        seqs.push_back(host.add_sequence());
+        kvcar_test::fill_sequence(host, seqs.back(), lengths[i], 70u + std::uint32_t(i));
+    }
+    dev.copy_from(host);
+    attention_params opt{.n_heads = n_heads, .scale = 0.0f, .causal = true, .rope = rope,
+                         .rope_cfg = {}};
+    int total = 0;
+    for (int q : queries) total += q;
+    const std::size_t n = std::size_t(total) * n_heads * g.head_dim;
+    for (int layer = 0; layer < g.n_layers; ++layer) {
+        const auto [q_t, q_f] = representable<T>(n, 40u + std::uint32_t(layer));
+        gpu::device_buffer<T> q_t_dev(q_t);
+        gpu::device_buffer<float> q_f_dev(q_f);
+        kernels::attention_workspace ws;
+        gpu::device_buffer<float> out_f = kvcar_test::poisoned(n);
+        kernels::prefill_attention(dev, layer, seqs, queries, q_f_dev.data(), out_f.data(), opt, ws);
+        REQUIRE(ws.last_prefill_tiled == want_tiled);
+        gpu::device_buffer<T> out_t(n);
+        KVCAR_CUDA_CHECK(cudaMemset(out_t.data(), 0xff, n * sizeof(T)));  // NaN
+        kernels::prefill_attention(dev, layer, seqs, queries, q_t_dev.data(), out_t.data(), opt, ws);
+        REQUIRE(ws.last_prefill_tiled == want_tiled);
+        KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
+        INFO("layer " << layer);
+        REQUIRE(rounding_mismatches(out_f.to_host(), out_t.to_host()) == 0);
+    }
+}
+
 template <class T>
 void check_every_path() {
     check_type<T>(identity_codec<f16>{64}, 8, "identity f16 (direct tensor cores)");
@@ -138,6 +253,64 @@ TEST_CASE("decode_attention: f16 q and out give the f32 launch's values rounded 
 TEST_CASE("decode_attention: bf16 q and out give the f32 launch's values rounded once",
           "[kernels][activations]") {
     check_every_path<__nv_bfloat16>();
+}
+
+namespace {
+
+template <class T>
+void check_append_and_prefill() {
+    check_append_type<T>(identity_codec<f16>{64}, 1, "identity f16 (warps)");
+    check_append_type<T>(make_quantized<std::int8_t>(identity_codec<float>{64}), 1, "int8 (warps)");
+    const linear_params layer = kvcar_test::random_linear(128, 40, 2, 7);
+    check_append_type<T>(layer.codec<f16>(), 2, "linear whole layer (affine tiles)");
+    check_append_type<T>(make_quantized<std::int8_t>(layer.codec<float>()), 2,
+                         "linear + int8 (affine tiles)");
+    const folded_autoencoder ae = kvcar_test::random_autoencoder(64, 48, 32, 9);
+    check_append_type<T>(ae.codec<f16>(), 1, "autoencoder (warps)");
+
+    // 24 and 17 queries take the tiled path, 1 and 3 the per-query one (rows staged in T).
+    check_prefill_type<T>(identity_codec<f16>{64}, 4, {40, 17, 5}, {24, 17, 1}, rope_mode::none,
+                          2, "identity f16, tiled + staged");
+    check_prefill_type<T>(identity_codec<f16>{64}, 8, {40, 20}, {33, 3}, rope_mode::on_read, 1,
+                          "identity f16, tiled + staged");
+    check_prefill_type<T>(identity_codec<float>{64}, 4, {40, 17}, {5, 2}, rope_mode::none, 0,
+                          "identity f32, per query only");
+}
+
+}  // namespace
+
+TEST_CASE("append and prefill_attention: f16 k/v, q and out give the f32 launch's bytes",
+          "[kernels][activations]") {
+    check_append_and_prefill<__half>();
+}
+
+TEST_CASE("append and prefill_attention: bf16 k/v, q and out give the f32 launch's bytes",
+          "[kernels][activations]") {
+    check_append_and_prefill<__nv_bfloat16>();
+}
+
+TEST_CASE("append and prefill_attention: activation types are checked before any work",
+          "[kernels][activations]") {
+    const kv_geometry g{1, 1, 64};
+    const dense_layout layout(g);
+    gpu::device_kv_cache<identity_codec<f16>> dev(layout, identity_codec<f16>{64}, {2, 64, 16, 8});
+    const int seq = dev.add_sequence();
+    gpu::device_buffer<__half> kv(2 * 64);
+    const std::vector<int> seqs{seq}, counts{1};
+    const input_activations bad(kv.data(), static_cast<activation_type>(5));
+    KVCAR_REQUIRE_ERROR(kernels::append(dev, 0, seqs, counts, bad, kv.data()), "f32, f16 or bf16");
+    kernels::append(dev, 0, seqs, counts, kv.data(), kv.data() + 64);
+    gpu::device_buffer<__half> q(4 * 64), out(4 * 64);
+    attention_params opt;
+    opt.n_heads = 4;
+    kernels::attention_workspace ws;
+    KVCAR_REQUIRE_ERROR(kernels::prefill_attention(dev, 0, seqs, counts, bad, out.data(), opt, ws),
+                        "f32, f16 or bf16");
+    KVCAR_REQUIRE_ERROR(kernels::prefill_attention(
+                            dev, 0, seqs, counts, q.data(),
+                            output_activations(out.data(), static_cast<activation_type>(9)), opt, ws),
+                        "f32, f16 or bf16");
+    KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 TEST_CASE("decode_attention: activation types are checked, and unaligned f16 q is read",

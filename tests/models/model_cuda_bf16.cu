@@ -252,8 +252,9 @@ void check_bf16_model(const ex::language_model& m) {
         CHECK(err.relative() < tol);
     }
 
-    // Norms and SwiGLU writing the products' bf16 inputs (the default) give the very logits of
-    // an fp32 write followed by the products' rounding pass: bit for bit.
+    // Norms, attention (its output in bf16) and SwiGLU writing the products' bf16 inputs (the
+    // default) give the very logits of an fp32 write followed by the products' rounding pass:
+    // bit for bit.
     device_model unfused(m, {}, weight_precision::bf16);
     unfused.fuse_bf16_rounding(false);
     CHECK(run_prompt(bf16, m, prompt, false) == run_prompt(unfused, m, prompt, false));

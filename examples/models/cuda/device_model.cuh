@@ -377,14 +377,22 @@ private:
                 KVCAR_CUDA_CHECK_LAUNCH("rope_kernel");
             }
             kernels::append(cache, l, b.sequences, b.counts, k, v, s);
+            // When the output projection rounds its input to bf16, attention stores its output
+            // in bf16 there itself (the same rounding, to nearest even): no fp32 write, no pass.
+            const bool att_rounded = linear_.takes_rounded(L.o_w, n);
+            const output_activations att_out =
+                att_rounded ? output_activations(linear_.rounded_input(N * std::size_t(Q)),
+                                                 activation_type::bf16)
+                            : output_activations(att);
             if (decode_step) {
-                kernels::decode_attention(cache, l, b.sequences, q, att, w_.attention, workspace_,
-                                          s);
+                kernels::decode_attention(cache, l, b.sequences, q, att_out, w_.attention,
+                                          workspace_, s);
             } else {
-                kernels::prefill_attention(cache, l, b.sequences, b.counts, q, att, w_.attention,
-                                           workspace_, s);
+                kernels::prefill_attention(cache, l, b.sequences, b.counts, q, att_out,
+                                           w_.attention, workspace_, s);
             }
-            linear_(proj, att, L.o_w, n);
+            if (att_rounded) linear_.from_rounded(proj, L.o_w, n);
+            else linear_(proj, att, L.o_w, n);
             sum_across_ranks(proj, std::size_t(n) * std::size_t(D));
             residual(x, proj, L.o_b, n, D);
 

@@ -1,5 +1,6 @@
-// kvcar/cuda/activations.cuh — loads and stores of the activations a decode kernel reads and
-// writes (queries, outputs) in the type the runtime holds them: f32, f16 or bf16.
+// kvcar/cuda/activations.cuh — loads and stores of the activations a kernel reads and writes
+// (queries and new keys/values in, attention outputs out) in the type the runtime holds them:
+// f32, f16 or bf16.
 //
 // The type is a run-time value of the launch (input_activations::type), the same for every
 // thread, so the switch below is a uniform branch and not a divergence; the kernels compute in
@@ -78,9 +79,29 @@ __device__ __forceinline__ void store(const output_activations& a, std::size_t i
     }
 }
 
+/// Writes v.x and v.y to elements i and i + 1 of a in one store: 8 bytes for f32, 4 for f16 and
+/// bf16, so i must be even and the array aligned to 2 elements (aligned2 checks it on the host).
+__device__ __forceinline__ void store2(const output_activations& a, std::size_t i, float2 v) {
+    switch (a.type) {
+        case activation_type::f16:
+            *reinterpret_cast<__half2*>(static_cast<__half*>(a.data) + i) = __float22half2_rn(v);
+            break;
+        case activation_type::bf16:
+            *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(a.data) + i) =
+                __float22bfloat162_rn(v);
+            break;
+        default: *reinterpret_cast<float2*>(static_cast<float*>(a.data) + i) = v; break;
+    }
+}
+
 }  // namespace kvcar::gpu
 
 namespace kvcar {
+
+/// Whether store2 may write a from element 0 (and so at every even element).
+inline bool aligned2(const output_activations& a) {
+    return reinterpret_cast<std::uintptr_t>(a.data) % (2 * size_of(a.type)) == 0;
+}
 
 /// Whether load4 may read a from element 0 (and so from every multiple of 4 elements).
 inline bool aligned4(const input_activations& a) {

@@ -27,6 +27,7 @@
 
 #include "kvcar/attention_params.hpp"
 #include "kvcar/common.hpp"
+#include "kvcar/cuda/activations.cuh"
 #include "kvcar/cuda/device_kv_cache.cuh"
 #include "kvcar/cuda/error.cuh"
 #include "kvcar/cuda/launch.cuh"
@@ -42,7 +43,11 @@ inline constexpr int append_warps = 4;
 
 template <class Codec>
 __global__ void __launch_bounds__(append_warps * 32)
-    append_kernel(device::cache_view<Codec> cache, append_params p, int scratch_per_warp) {
+    append_kernel(device::cache_view<Codec> cache, append_params p, int latent_floats,
+                  int scratch_per_warp) {
+    // Per warp: the codec's scratch (latent_floats), then, for f16 / bf16 input, the group
+    // widened to f32 (group_width floats): warp_encode reads x more than once (a projection
+    // reads every element per latent column), so it is widened once, not on every read.
     extern __shared__ float scratch[];
     const int warp = int(threadIdx.x) >> 5;
     const long long record = (long long)blockIdx.x * append_warps + warp;
@@ -57,10 +62,22 @@ __global__ void __launch_bounds__(append_warps * 32)
     if (slot < 0) return;  // reused: this layer stores nothing for the group
     const int lo = append_item_of(p, row);
     const int position = p.positions[lo] + (row - p.token_offsets[lo]);
-    const float* x = (kind == kv_kind::key ? p.k : p.v) + std::size_t(row) * cache.token_width() +
-                     std::size_t(group) * cache.group_width();
+    const input_activations src = kind == kv_kind::key ? p.k : p.v;
+    const std::size_t first = std::size_t(row) * cache.token_width() +
+                              std::size_t(group) * cache.group_width();
+    float* own = scratch + std::size_t(warp) * scratch_per_warp;
+    const float* x;
+    if (src.type == activation_type::f32) {
+        x = static_cast<const float*>(src.data) + first;
+    } else {
+        float* widened = own + latent_floats;
+        for (int i = int(threadIdx.x & 31); i < cache.group_width(); i += 32)
+            widened[i] = gpu::load(src, first + std::size_t(i));
+        __syncwarp();
+        x = widened;
+    }
     std::byte* out = cache.slots[slot].record(p.sequences[lo], position);
-    device::warp_encode(cache.codecs[slot], x, out, scratch + warp * scratch_per_warp);
+    device::warp_encode(cache.codecs[slot], x, out, own);
 }
 
 /// Enqueues the warp-per-record kernel (every codec).
@@ -70,13 +87,15 @@ void launch_append_warps(const device::cache_view<Codec>& cache, const append_pa
     const long long records =
         (long long)p.total_tokens * cache.groups_per_layer * kv_kind_count;
     const long long blocks = (records + detail::append_warps - 1) / detail::append_warps;
-    const int per_warp = std::max(max_latent_width, 1);
+    const int latent = std::max(max_latent_width, 1);
+    const bool widen = p.k.type != activation_type::f32 || p.v.type != activation_type::f32;
+    const int per_warp = latent + (widen ? cache.group_width() : 0);
     const std::size_t smem = sizeof(float) * std::size_t(per_warp) * detail::append_warps;
     auto kernel = detail::append_kernel<Codec>;
     if (smem > gpu::default_dynamic_smem)  // the limit is looked up only where it matters
         gpu::allow_dynamic_smem(kernel, smem, gpu::max_dynamic_smem_optin(), "append_kernel");
     kernel<<<gpu::checked_grid(blocks, 1, 1, "append_kernel"), detail::append_warps * 32, smem,
-             stream>>>(cache, p, per_warp);
+             stream>>>(cache, p, latent, per_warp);
     KVCAR_CUDA_CHECK_LAUNCH("append_kernel");
 }
 
@@ -95,6 +114,8 @@ void append(const device::cache_view<Codec>& cache, const append_params& p, int 
     if (p.batch == 0 || p.total_tokens == 0) return;
     require(p.k && p.v && p.token_offsets && p.sequences && p.positions,
             "append: k, v, token_offsets, sequences and positions must be device pointers");
+    require(is_activation_type(p.k.type) && is_activation_type(p.v.type),
+            "append: k and v must be f32, f16 or bf16 (activation_type)");
     if constexpr (detail::affine_append_codec<Codec>) {
         if (detail::append_affine_tiles_supported(cache, max_latent_width)) {
             detail::launch_append_affine_tiles(cache, p, max_latent_width, stream);
@@ -105,11 +126,12 @@ void append(const device::cache_view<Codec>& cache, const append_params& p, int 
 }
 
 /// Appends counts[i] tokens to sequences[i] in `layer` of a device cache: k and v are device
-/// [Σ counts][n_kv_heads * head_dim] floats, the items' rows one after another. Plans the pages
-/// (all or nothing; a host-side error changes nothing), then enqueues the encode on `stream`.
+/// [Σ counts][n_kv_heads * head_dim] arrays of f32, f16 or bf16 (a typed pointer converts), the
+/// items' rows one after another. Plans the pages (all or nothing; a host-side error changes
+/// nothing), then enqueues the encode on `stream`.
 template <gpu::uploadable_codec Codec, kv_layout Layout>
 void append(gpu::device_kv_cache<Codec, Layout>& cache, int layer, std::span<const int> sequences,
-            std::span<const int> counts, const float* k, const float* v,
+            std::span<const int> counts, input_activations k, input_activations v,
             cudaStream_t stream = nullptr) {
     const std::vector<std::int32_t> positions = cache.prepare_append(layer, sequences, counts, stream);
     const int batch = int(sequences.size());

@@ -24,6 +24,7 @@
 #include <cuda_runtime.h>
 
 #include "kvcar/common.hpp"
+#include "kvcar/cuda/activations.cuh"
 #include "kvcar/cuda/device_kv_cache.cuh"
 #include "kvcar/cuda/error.cuh"
 #include "kvcar/device/cache_view.cuh"
@@ -104,12 +105,15 @@ void prefill_attention(const device::cache_view<Codec>& cache, const prefill_att
 
 namespace detail {
 
-/// Copies rows between a batch's q/out and a compact staging array. Compact row r of item b is
-/// batch row source_rows[b] + (r − offsets[b]); `gather` copies batch → compact (dst compact),
-/// otherwise compact → batch (src compact). One block per compact row.
-static __global__ void stage_rows_kernel(float* dst, const float* src, const std::int32_t* offsets,
+/// Copies rows between a batch's q/out and a compact staging array of the same element type
+/// (the rows are moved, not converted: `width_units` 2-byte units a row, which fits f32, f16 and
+/// bf16 alike). Compact row r of item b is batch row source_rows[b] + (r − offsets[b]);
+/// `gather` copies batch → compact (dst compact), otherwise compact → batch (src compact). One
+/// block per compact row.
+static __global__ void stage_rows_kernel(std::uint16_t* dst, const std::uint16_t* src,
+                                         const std::int32_t* offsets,
                                          const std::int32_t* source_rows, int n_items, int rows,
-                                         int width, bool gather) {
+                                         int width_units, bool gather) {
     const int r = int(blockIdx.x);
     if (r >= rows) return;
     int lo = 0, hi = n_items - 1;
@@ -118,18 +122,18 @@ static __global__ void stage_rows_kernel(float* dst, const float* src, const std
         if (offsets[mid] <= r) lo = mid; else hi = mid - 1;
     }
     const std::size_t batch_row = std::size_t(source_rows[lo] + (r - offsets[lo]));
-    float* d = dst + (gather ? std::size_t(r) : batch_row) * width;
-    const float* s = src + (gather ? batch_row : std::size_t(r)) * width;
-    for (int i = int(threadIdx.x); i < width; i += int(blockDim.x)) d[i] = s[i];
+    std::uint16_t* d = dst + (gather ? std::size_t(r) : batch_row) * width_units;
+    const std::uint16_t* s = src + (gather ? batch_row : std::size_t(r)) * width_units;
+    for (int i = int(threadIdx.x); i < width_units; i += int(blockDim.x)) d[i] = s[i];
 }
 
 /// The tiled path (prefill/dense_tiles.cuh) for chunks `chunks` of a batch: items are built
 /// here, cut into launches whose dense K/V stay within a budget, and uploaded to ws.ints.
 template <class Codec>
 void prefill_tiled_chunks(const device::cache_view<Codec>& view, int layer,
-                          const std::vector<prefill_tile_item>& chunks, const float* q,
-                          float* out, const attention_params& opt, attention_workspace& ws,
-                          cudaStream_t stream) {
+                          const std::vector<prefill_tile_item>& chunks, input_activations q,
+                          output_activations out, const attention_params& opt,
+                          attention_workspace& ws, cudaStream_t stream) {
     // 256 MiB of dense fp16 K/V per launch (more when one context alone needs it).
     const std::size_t row_bytes = std::size_t(view.n_kv_heads) * view.head_dim * 2 * sizeof(__half);
     const std::size_t budget_rows = (std::size_t(256) << 20) / row_bytes;
@@ -163,7 +167,8 @@ void prefill_tiled_chunks(const device::cache_view<Codec>& view, int layer,
 
 /// Prefill for the sequences of a device cache: item b's query_counts[b] queries are its last
 /// query_counts[b] cached tokens of `layer` (the chunk just appended), in order; q and out are
-/// device [Σ query_counts][opt.n_heads][head_dim]. opt.causal picks causal or full attention.
+/// device [Σ query_counts][opt.n_heads][head_dim] arrays of f32, f16 or bf16 (a typed pointer
+/// converts). opt.causal picks causal or full attention.
 ///
 /// Two paths share a batch. A chunk of at least 16 queries (ws.tune.prefill_tiles_min_queries)
 /// takes the tiled path (prefill/dense_tiles.cuh: its context decoded once, queries attended in
@@ -173,8 +178,9 @@ void prefill_tiled_chunks(const device::cache_view<Codec>& view, int layer,
 template <gpu::uploadable_codec Codec, kv_layout Layout>
 void prefill_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int layer,
                        std::span<const int> sequences, std::span<const int> query_counts,
-                       const float* q, float* out, const attention_params& opt,
-                       attention_workspace& ws, cudaStream_t stream = nullptr) {
+                       input_activations q, output_activations out,
+                       const attention_params& opt, attention_workspace& ws,
+                       cudaStream_t stream = nullptr) {
     require(sequences.size() == query_counts.size(),
             "prefill_attention: " + std::to_string(sequences.size()) + " sequences but " +
                 std::to_string(query_counts.size()) + " query counts");
@@ -183,8 +189,10 @@ void prefill_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int lay
                 std::to_string(cache.geometry().n_layers) + ")");
     const int batch = int(sequences.size());
     const auto view = cache.view();
-    const bool q_aligned = (reinterpret_cast<std::uintptr_t>(q) & 15u) == 0 &&
-                           (reinterpret_cast<std::uintptr_t>(out) & 7u) == 0;
+    require(is_activation_type(q.type) && is_activation_type(out.type),
+            "prefill_attention: q and out must be f32, f16 or bf16 (activation_type)");
+    // The tiled path loads q 4 elements and stores out 2 elements at a time.
+    const bool q_aligned = aligned4(q) && aligned2(out);
     // Per-query items: [sequences | offsets (n + 1) | positions | lengths | batch rows].
     std::vector<std::int32_t> seqs, offsets, positions, lengths, rows;
     std::vector<detail::prefill_tile_item> tiled;
@@ -255,20 +263,26 @@ void prefill_attention(const gpu::device_kv_cache<Codec, Layout>& cache, int lay
         } else {
             // The per-query rows are scattered among the tiled ones: stage them compactly.
             require(q && out, "prefill_attention: q and out must be device pointers");
+            // The staged rows keep q's and out's types, in 2-byte units (f32 rows are two a
+            // value); staged_rows counts floats, so a row of either type takes `width` of them.
             const int width = opt.n_heads * view.head_dim;
+            const int q_units = width * int(size_of(q.type) / 2);
+            const int out_units = width * int(size_of(out.type) / 2);
             ws.use_stream(stream);
             float* staged = ws.staged_rows(2 * std::size_t(per_query_total) * width);
             float* staged_out = staged + std::size_t(per_query_total) * width;
             const std::int32_t* src_rows = dev + 4 * n + 1;
             detail::stage_rows_kernel<<<unsigned(per_query_total), 128, 0, stream>>>(
-                staged, q, p.query_offsets, src_rows, n, per_query_total,
-                width, true);
+                reinterpret_cast<std::uint16_t*>(staged), static_cast<const std::uint16_t*>(q.data),
+                p.query_offsets, src_rows, n, per_query_total, q_units, true);
             KVCAR_CUDA_CHECK_LAUNCH("stage_rows_kernel");
-            p.q = staged;
-            p.out = staged_out;
+            p.q = input_activations(staged, q.type);
+            p.out = output_activations(staged_out, out.type);
             prefill_attention(view, p, ws, stream);
             detail::stage_rows_kernel<<<unsigned(per_query_total), 128, 0, stream>>>(
-                out, staged_out, p.query_offsets, src_rows, n, per_query_total, width, false);
+                static_cast<std::uint16_t*>(out.data),
+                reinterpret_cast<const std::uint16_t*>(staged_out), p.query_offsets, src_rows, n,
+                per_query_total, out_units, false);
             KVCAR_CUDA_CHECK_LAUNCH("stage_rows_kernel");
         }
     }

@@ -32,6 +32,7 @@
 
 #include "kvcar/attention_params.hpp"
 #include "kvcar/codec/traits.hpp"
+#include "kvcar/cuda/activations.cuh"
 #include "kvcar/cuda/error.cuh"
 #include "kvcar/cuda/launch.cuh"
 #include "kvcar/device/cache_view.cuh"
@@ -87,10 +88,12 @@ __global__ void __launch_bounds__(affine_tile_threads)
     float* z = tile + std::size_t(tile_rows) * D;
 
     // 1. Stage x − μ (consecutive threads read consecutive floats of a row).
-    const float* x0 = (kind == kv_kind::key ? p.k : p.v) + std::size_t(group) * cache.group_width();
+    // f16 / bf16 input is widened here, where it is read once anyway.
+    const input_activations src = kind == kv_kind::key ? p.k : p.v;
+    const std::size_t x0 = std::size_t(group) * cache.group_width();
     for (int e = int(threadIdx.x); e < rows * D; e += affine_tile_threads) {
         const int r = e / D, i = e - r * D;
-        const float x = x0[std::size_t(first_row + r) * cache.token_width() + i];
+        const float x = gpu::load(src, x0 + std::size_t(first_row + r) * cache.token_width() + i);
         centered[e] = __fsub_rn(x, core.mean[i]);
     }
     __syncthreads();

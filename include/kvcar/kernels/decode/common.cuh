@@ -128,10 +128,7 @@ inline void validate(const decode_attention_params& p, int n_layers, int n_kv_he
             me + ": scale must be finite and not negative (0 picks 1/sqrt(head_dim))");
     require(p.max_kv_length >= 0, me + ": max_kv_length is negative");
     if (p.rope == rope_mode::on_read) validate(p.rope_cfg, head_dim);
-    const auto known = [](activation_type t) {
-        return t == activation_type::f32 || t == activation_type::f16 || t == activation_type::bf16;
-    };
-    require(known(p.q.type) && known(p.out.type),
+    require(is_activation_type(p.q.type) && is_activation_type(p.out.type),
             me + ": q and out must be f32, f16 or bf16 (activation_type)");
     if (pointers && p.batch > 0) {
         require(p.q && p.out && p.sequences && p.kv_lengths,

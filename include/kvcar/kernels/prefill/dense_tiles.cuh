@@ -40,6 +40,7 @@
 
 #include "kvcar/attention_params.hpp"
 #include "kvcar/common.hpp"
+#include "kvcar/cuda/activations.cuh"
 #include "kvcar/cuda/error.cuh"
 #include "kvcar/cuda/launch.cuh"
 #include "kvcar/device/cache_view.cuh"
@@ -151,8 +152,8 @@ __global__ void __launch_bounds__(gather_threads)
 
 /// What prefill_tiles_kernel reads and writes.
 struct prefill_tiles_params {
-    const float* q = nullptr;         ///< [rows][n_heads][head_dim]
-    float* out = nullptr;             ///< same shape
+    input_activations q;              ///< [rows][n_heads][head_dim]: f32, f16 or bf16
+    output_activations out;           ///< same shape: f32, f16 or bf16
     const __half* dense_k = nullptr;  ///< [n_kv_heads][dense_rows][head_dim]
     const __half* dense_v = nullptr;
     const prefill_tile_item* items = nullptr;  ///< [n_items]
@@ -194,15 +195,17 @@ __global__ void __launch_bounds__(prefill_threads)
         const int r = idx / (HEAD_DIM / 4), c = 4 * (idx - r * (HEAD_DIM / 4));
         float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
         if (r < nq) {
-            const float* x = p.q + (std::size_t(it.query_row + q0 + r) * p.n_heads + head) * HEAD_DIM;
+            const std::size_t x0 =
+                (std::size_t(it.query_row + q0 + r) * p.n_heads + head) * HEAD_DIM;
             if (p.rope) {
                 const int position = it.first_position + q0 + r;
-                v = make_float4(rope_element(x, c, HEAD_DIM, position, p.rope_cfg),
-                                rope_element(x, c + 1, HEAD_DIM, position, p.rope_cfg),
-                                rope_element(x, c + 2, HEAD_DIM, position, p.rope_cfg),
-                                rope_element(x, c + 3, HEAD_DIM, position, p.rope_cfg));
+                const auto x = [&](int e) { return gpu::load(p.q, x0 + std::size_t(e)); };
+                v = make_float4(rope_element_of(x, c, HEAD_DIM, position, p.rope_cfg),
+                                rope_element_of(x, c + 1, HEAD_DIM, position, p.rope_cfg),
+                                rope_element_of(x, c + 2, HEAD_DIM, position, p.rope_cfg),
+                                rope_element_of(x, c + 3, HEAD_DIM, position, p.rope_cfg));
             } else {
-                v = *reinterpret_cast<const float4*>(x + c);
+                v = gpu::load4(p.q, x0 + std::size_t(c));
             }
         }
         std::uint32_t* dst = reinterpret_cast<std::uint32_t*>(sq + r * LD + c);
@@ -346,11 +349,11 @@ __global__ void __launch_bounds__(prefill_threads)
         const int row = q0 + 16 * warp + g + 8 * r;
         if (row - q0 >= nq) continue;
         const float inv = 1.0f / sum;
-        float* dst = p.out + (std::size_t(it.query_row + row) * p.n_heads + head) * HEAD_DIM;
+        const std::size_t dst = (std::size_t(it.query_row + row) * p.n_heads + head) * HEAD_DIM;
 #pragma unroll
         for (int d = 0; d < DTILES; ++d)
-            *reinterpret_cast<float2*>(dst + 8 * d + 2 * t) =
-                make_float2(o[d][2 * r] * inv, o[d][2 * r + 1] * inv);
+            gpu::store2(p.out, dst + std::size_t(8 * d + 2 * t),
+                        make_float2(o[d][2 * r] * inv, o[d][2 * r + 1] * inv));
     }
 }
 
@@ -366,8 +369,9 @@ inline std::size_t prefill_tiles_smem(int head_dim) {
 template <class Codec>
 void launch_prefill_tiles(const device::cache_view<Codec>& cache, const prefill_tile_item* items,
                           int n_items, int kv_tiles, int q_tiles, int dense_rows, int layer,
-                          const float* q, float* out, const attention_params& opt,
-                          attention_workspace& ws, cudaStream_t stream) {
+                          input_activations q, output_activations out,
+                          const attention_params& opt, attention_workspace& ws,
+                          cudaStream_t stream) {
     const int hd = cache.head_dim;
     const std::size_t half_count = std::size_t(cache.n_kv_heads) * std::size_t(dense_rows) * hd;
     __half* dense = ws.dense_kv(2 * half_count);
