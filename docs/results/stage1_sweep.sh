@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The stage-1 autoencoder sweep of quality.md ("Why stage 1 stops at its PCA start"): the PCA
+# The stage-1 autoencoder sweep of quality-subset.md ("Why stage 1 stops at its PCA start"): the PCA
 # codec, then the autoencoder with its default settings, three learning rates, a long run and a
 # run without the PCA start, each printing its per-slot held-out error (stderr) and JSON (stdout).
 #   bash docs/results/stage1_sweep.sh BUILD_DIR DATA_DIR OUT_DIR      (~8 min on one core)
