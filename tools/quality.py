@@ -16,7 +16,9 @@ PIQA). Every result is appended to <work>/quality.json as it arrives, so a run s
 time limit still leaves a report of what finished; at the end it is copied beside the report
 (docs/results/quality.json). `--report-only --work docs/results` rebuilds the report from that
 file (e.g. on a machine that has matplotlib). The tables go between the GENERATED markers of
-docs/results/quality.md; text outside the markers is kept.
+docs/results/quality.md; text outside the markers is kept. A study whose settings differ from
+those of the report already in --docs stops before any work (--replace-report overrides), so a
+quick or subset run cannot overwrite the full-set table.
 
 --device cuda runs perplexity and PIQA on the GPU (the codecs are still fitted on the CPU);
 --ppl-tokens 0 and --piqa-limit 0 take the whole test file and all 1838 PIQA examples; --kl adds
@@ -489,6 +491,29 @@ def generated_section(results):
     return "\n".join(lines)
 
 
+RESULT_SETTINGS = ("ppl_tokens", "piqa_limit", "device", "kl", "kl_tokens", "quick")
+
+
+def check_report_settings(a):
+    """A study that would replace a report measured with other settings (the full-set GPU table
+    with a subset or --quick run, say) stops before any work, unless --replace-report: hours of
+    measurement are not overwritten by a run that asked for something else."""
+    old = Path(a.docs) / "quality.json"
+    if a.replace_report or not old.exists():
+        return
+    try:
+        theirs = json.loads(old.read_text()).get("settings", {})
+    except ValueError:
+        sys.exit(f"quality.py: {old} is not JSON; pass --replace-report to replace its report")
+    mine = {"ppl_tokens": a.ppl_tokens, "piqa_limit": a.piqa_limit, "device": a.device,
+            "kl": a.kl, "kl_tokens": a.kl_tokens, "quick": a.quick}
+    for k in RESULT_SETTINGS:
+        if k in theirs and theirs[k] != mine[k]:
+            sys.exit(f"quality.py: {old} holds a report run with {k}={theirs[k]!r}, this run has "
+                     f"{mine[k]!r}; pass --docs DIR to write this one elsewhere, or "
+                     f"--replace-report to replace it")
+
+
 def write_report(results, docs):
     docs.mkdir(parents=True, exist_ok=True)
     md = docs / "quality.md"
@@ -587,6 +612,9 @@ def main():
                    help="keep the runs of WORK/quality.json that ended ok and run only the rest "
                         "(the settings that change a result must match)")
     p.add_argument("--quick", action="store_true", help="tiny settings, to check the pipeline")
+    p.add_argument("--replace-report", action="store_true",
+                   help="write the report even where DOCS/quality.json was run with other "
+                        "settings (without it, such a run stops before any work)")
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild the report from WORK/quality.json")
     a = p.parse_args()
@@ -601,6 +629,8 @@ def main():
     for m in models:
         if m not in MODELS:
             sys.exit(f"quality.py: unknown model {m} (known: {', '.join(MODELS)})")
+    if not a.report_only:
+        check_report_settings(a)
     if a.report_only:
         results = json.loads((Path(a.work) / "quality.json").read_text())
     else:

@@ -1,5 +1,6 @@
 """tools/quality.py --resume: runs that ended ok are kept, the rest run, and a study run with
-other settings is refused. The tools are stand-ins that log their calls and print --json."""
+other settings is refused; a study never replaces a report of other settings unless asked. The
+tools are stand-ins that log their calls and print --json."""
 import json
 import subprocess
 import sys
@@ -52,8 +53,10 @@ with tempfile.TemporaryDirectory() as tmp:
 
     # Other settings: the kept numbers would not compare, so --resume refuses before any run.
     calls.unlink()
-    refused = run("--resume", "--ppl-tokens", "0")
-    assert refused.returncode != 0 and "ppl_tokens" in refused.stderr, refused.stderr
+    # (--docs elsewhere: the report's own check below is another one.)
+    refused = run("--resume", "--ppl-tokens", "0", "--docs", str(tmp / "other-docs"))
+    assert refused.returncode != 0 and "--resume" in refused.stderr, refused.stderr
+    assert "ppl_tokens" in refused.stderr, refused.stderr
     assert not calls.exists()
     # Kept calibrations count as done: the perplexity runs that wait on them start (no hang),
     # and no calibration runs again.
@@ -71,4 +74,20 @@ with tempfile.TemporaryDirectory() as tmp:
     lines = calls.read_text().splitlines()
     assert not any(l.startswith("kvcar-calibrate") for l in lines), lines
     assert sum(1 for l in lines if l.startswith("kvcar-perplexity")) == len(calibrated)
+
+    # The report in --docs was written with the default settings (subset, CPU). A study of other
+    # settings aimed at the same folder stops before any run, and the report is untouched.
+    report = (tmp / "docs" / "quality.md").read_text()
+    calls.unlink()
+    refused = subprocess.run(base + ["--device", "cuda"], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode != 0 and "device='cpu'" in refused.stderr, refused.stderr
+    assert "--replace-report" in refused.stderr, refused.stderr
+    assert not calls.exists(), "a run started before the report's settings were checked"
+    assert (tmp / "docs" / "quality.md").read_text() == report
+    # Asked for, it replaces it.
+    replaced = subprocess.run(base + ["--ppl-tokens", "7", "--replace-report"],
+                              capture_output=True, text=True, timeout=60)
+    assert replaced.returncode == 0, replaced.stdout + replaced.stderr
+    assert json.loads((tmp / "docs" / "quality.json").read_text())["settings"]["ppl_tokens"] == 7
 print("quality.py --resume: ok")
