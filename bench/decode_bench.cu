@@ -92,13 +92,9 @@ __global__ void convert_activations(kvcar::input_activations from, kvcar::output
         kvcar::gpu::store(to, i, kvcar::gpu::load(from, i));
 }
 
-const char* activation_name(kvcar::activation_type t) {
-    return t == kvcar::activation_type::f16 ? "f16" : t == kvcar::activation_type::bf16 ? "bf16" : "f32";
-}
-
 bool parse_activations(const char* name, kvcar::activation_type& t) {
     for (auto c : {kvcar::activation_type::f32, kvcar::activation_type::f16, kvcar::activation_type::bf16})
-        if (!std::strcmp(name, activation_name(c))) { t = c; return true; }
+        if (!std::strcmp(name, kvcar::to_string(c))) { t = c; return true; }
     return false;
 }
 
@@ -491,7 +487,7 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
                 ms, stored, fp16, cache.bytes_per_token(), stored / ms / 1e6, splits,
                 latent_tc ? "true" : "false", direct_tc ? "true" : "false",
                 kvcar::kernels::to_string(path), graph ? "graph" : "eager", tm.reps, round, check, chk.max_err,
-                chk.rows, activation_name(activations), tune.latent_warps, tune.latent_stages, tune.latent_chunk,
+                chk.rows, kvcar::to_string(activations), tune.latent_warps, tune.latent_stages, tune.latent_chunk,
                 tune.direct_ctas_per_sm, tune.direct_chunk, tune.merge_many_splits, tune.dependent_launch ? " pdl" : "");
     std::fflush(stdout);
     ++rows_printed;

@@ -157,6 +157,20 @@ def configs(m):
 # ---------------------------------------------------------------------------------------------
 # Running.
 
+# The settings that change a result: runs kept by --resume, or a report replaced, must match.
+RESULT_SETTINGS = ("ppl_tokens", "piqa_limit", "device", "kl", "kl_tokens")
+
+
+def settings_of(a):
+    """What a study's arguments measure, as quality.json records it under "settings"."""
+    return {
+        "ppl_tokens": a.ppl_tokens, "ctx": 512, "stride": 512, "piqa_limit": a.piqa_limit,
+        "calib_tokens": a.calib_tokens, "calib_text": "wikitext-2/wiki.valid.tokens",
+        "train_rows": a.train_rows, "epochs": a.epochs, "jobs": a.jobs, "quick": a.quick,
+        "threads_per_run": 1, "device": a.device, "kl": a.kl, "kl_tokens": a.kl_tokens,
+    }
+
+
 class Runner:
     def __init__(self, args):
         self.args = args
@@ -187,7 +201,7 @@ class Runner:
             # numbers must mean the same as the new ones, so the settings that change a result
             # must match.
             mine = self.settings()
-            for k in ("ppl_tokens", "piqa_limit", "device", "kl", "kl_tokens"):
+            for k in RESULT_SETTINGS:
                 if old.get("settings", {}).get(k) != mine[k]:
                     sys.exit(f"quality.py --resume: {kept} was run with {k}="
                              f"{old.get('settings', {}).get(k)!r}, this run has {mine[k]!r}")
@@ -197,13 +211,7 @@ class Runner:
                              if k == "config" or (isinstance(v, dict) and v.get("status") == "ok")})
 
     def settings(self):
-        a = self.args
-        return {
-            "ppl_tokens": a.ppl_tokens, "ctx": 512, "stride": 512, "piqa_limit": a.piqa_limit,
-            "calib_tokens": a.calib_tokens, "calib_text": "wikitext-2/wiki.valid.tokens",
-            "train_rows": a.train_rows, "epochs": a.epochs, "jobs": a.jobs, "quick": a.quick,
-            "threads_per_run": 1, "device": a.device, "kl": a.kl, "kl_tokens": a.kl_tokens,
-        }
+        return settings_of(self.args)
 
     def model_dir(self, model):
         return str(self.data / "models" / model)
@@ -491,9 +499,6 @@ def generated_section(results):
     return "\n".join(lines)
 
 
-RESULT_SETTINGS = ("ppl_tokens", "piqa_limit", "device", "kl", "kl_tokens", "quick")
-
-
 def check_report_settings(a):
     """A study that would replace a report measured with other settings (the full-set GPU table
     with a subset or --quick run, say) stops before any work, unless --replace-report: hours of
@@ -505,9 +510,8 @@ def check_report_settings(a):
         theirs = json.loads(old.read_text()).get("settings", {})
     except ValueError:
         sys.exit(f"quality.py: {old} is not JSON; pass --replace-report to replace its report")
-    mine = {"ppl_tokens": a.ppl_tokens, "piqa_limit": a.piqa_limit, "device": a.device,
-            "kl": a.kl, "kl_tokens": a.kl_tokens, "quick": a.quick}
-    for k in RESULT_SETTINGS:
+    mine = settings_of(a)
+    for k in RESULT_SETTINGS + ("quick",):
         if k in theirs and theirs[k] != mine[k]:
             sys.exit(f"quality.py: {old} holds a report run with {k}={theirs[k]!r}, this run has "
                      f"{mine[k]!r}; pass --docs DIR to write this one elsewhere, or "

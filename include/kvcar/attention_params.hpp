@@ -36,6 +36,11 @@ constexpr bool is_activation_type(activation_type t) {
     return t == activation_type::f32 || t == activation_type::f16 || t == activation_type::bf16;
 }
 
+/// t's name as tools and benchmark rows spell it: "f32", "f16" or "bf16".
+constexpr const char* to_string(activation_type t) {
+    return t == activation_type::f16 ? "f16" : t == activation_type::bf16 ? "bf16" : "f32";
+}
+
 /// Bytes of one element of t.
 constexpr std::size_t size_of(activation_type t) { return t == activation_type::f32 ? 4 : 2; }
 

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <utility>
 #include <vector>
 
 using namespace kvcar;
@@ -50,72 +51,6 @@ template <class T>
 float widened(T t) {
     if constexpr (std::is_same_v<T, __half>) return __half2float(t);
     else return __bfloat162float(t);
-}
-
-/// One decode step of every layer in f32 and in T, from the same (T-representable) queries.
-template <class T, class Codec>
-void check_type(const Codec& codec, int n_heads, const char* what, int heads_per_group = 1,
-                rope_mode rope = rope_mode::none) {
-    INFO(what << (std::is_same_v<T, __half> ? ", f16" : ", bf16")
-              << (rope == rope_mode::on_read ? ", RoPE on read" : ""));
-    const kv_geometry g{2, 2, 64};
-    const dense_layout layout(g, heads_per_group);
-    const std::vector<Codec> codecs(std::size_t(layout.n_slots()), codec);
-    // Odd lengths, a page boundary, one token and an empty sequence.
-    auto c = kvcar_test::make_interleaved_caches(layout, codecs, {700, 1, 0, 1500, 65}, 29u);
-    const int batch = int(c.sequences.size());
-    const std::size_t per_layer = std::size_t(batch) * n_heads * g.head_dim;
-
-    std::vector<T> q_t;
-    for (float x : random_floats(per_layer, 13u)) {
-        if constexpr (std::is_same_v<T, __half>) q_t.push_back(__float2half_rn(x));
-        else q_t.push_back(__float2bfloat16_rn(x));
-    }
-    std::vector<float> q_f;
-    for (T t : q_t) q_f.push_back(widened(t));
-    gpu::device_buffer<T> q_t_dev(q_t);
-    gpu::device_buffer<float> q_f_dev(q_f);
-
-    attention_params opt{.n_heads = n_heads, .scale = 0.0f, .causal = true, .rope = rope,
-                         .rope_cfg = {}};
-    for (int layer = 0; layer < g.n_layers; ++layer) {
-        kernels::attention_workspace ws;
-        gpu::device_buffer<float> out_f = kvcar_test::poisoned(per_layer);
-        kernels::decode_attention(c.device, layer, c.sequences, q_f_dev.data(), out_f.data(), opt,
-                                  ws);
-        const kernels::decode_path f32_path = ws.last_path;
-
-        // The device-cache form takes __half / __nv_bfloat16 pointers as they are.
-        gpu::device_buffer<T> out_t(per_layer);
-        KVCAR_CUDA_CHECK(cudaMemset(out_t.data(), 0xff, per_layer * sizeof(T)));  // NaN
-        kernels::decode_attention(c.device, layer, c.sequences, q_t_dev.data(), out_t.data(), opt,
-                                  ws);
-        REQUIRE(ws.last_path == f32_path);
-        KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
-        const std::vector<float> want = out_f.to_host();
-        const std::vector<T> got = out_t.to_host();
-        std::size_t mismatches = 0;
-        for (std::size_t i = 0; i < per_layer; ++i) {
-            std::uint16_t bits;
-            std::memcpy(&bits, &got[i], sizeof bits);
-            mismatches += bits != rounded_bits<T>(want[i]);
-        }
-        INFO("layer " << layer << ", path " << kernels::to_string(f32_path));
-        REQUIRE(mismatches == 0);
-
-        // A plan holds for every activation type: planned from the device-cache form's shape
-        // (no pointers, so f32), its runs in T give the same bytes.
-        kernels::attention_workspace ws_plan;
-        const kernels::decode_plan plan =
-            kernels::plan_decode_attention(c.device, batch, c.device.max_tokens(), opt, ws_plan);
-        gpu::device_buffer<T> planned(per_layer);
-        kernels::run_decode_attention(plan, c.device, layer, c.sequences, q_t_dev.data(),
-                                      planned.data(), opt, ws_plan);
-        REQUIRE(ws_plan.last_path == f32_path);
-        KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
-        const std::vector<T> again = planned.to_host();
-        REQUIRE(std::memcmp(again.data(), got.data(), per_layer * sizeof(T)) == 0);
-    }
 }
 
 /// n random values that T represents exactly, as T and widened to f32.
@@ -141,6 +76,59 @@ std::size_t rounding_mismatches(const std::vector<float>& want, const std::vecto
         mismatches += bits != rounded_bits<T>(want[i]);
     }
     return mismatches;
+}
+
+/// One decode step of every layer in f32 and in T, from the same (T-representable) queries.
+template <class T, class Codec>
+void check_type(const Codec& codec, int n_heads, const char* what, int heads_per_group = 1,
+                rope_mode rope = rope_mode::none) {
+    INFO(what << (std::is_same_v<T, __half> ? ", f16" : ", bf16")
+              << (rope == rope_mode::on_read ? ", RoPE on read" : ""));
+    const kv_geometry g{2, 2, 64};
+    const dense_layout layout(g, heads_per_group);
+    const std::vector<Codec> codecs(std::size_t(layout.n_slots()), codec);
+    // Odd lengths, a page boundary, one token and an empty sequence.
+    auto c = kvcar_test::make_interleaved_caches(layout, codecs, {700, 1, 0, 1500, 65}, 29u);
+    const int batch = int(c.sequences.size());
+    const std::size_t per_layer = std::size_t(batch) * n_heads * g.head_dim;
+
+    const auto [q_t, q_f] = representable<T>(per_layer, 13u);
+    gpu::device_buffer<T> q_t_dev(q_t);
+    gpu::device_buffer<float> q_f_dev(q_f);
+
+    attention_params opt{.n_heads = n_heads, .scale = 0.0f, .causal = true, .rope = rope,
+                         .rope_cfg = {}};
+    for (int layer = 0; layer < g.n_layers; ++layer) {
+        kernels::attention_workspace ws;
+        gpu::device_buffer<float> out_f = kvcar_test::poisoned(per_layer);
+        kernels::decode_attention(c.device, layer, c.sequences, q_f_dev.data(), out_f.data(), opt,
+                                  ws);
+        const kernels::decode_path f32_path = ws.last_path;
+
+        // The device-cache form takes __half / __nv_bfloat16 pointers as they are.
+        gpu::device_buffer<T> out_t(per_layer);
+        KVCAR_CUDA_CHECK(cudaMemset(out_t.data(), 0xff, per_layer * sizeof(T)));  // NaN
+        kernels::decode_attention(c.device, layer, c.sequences, q_t_dev.data(), out_t.data(), opt,
+                                  ws);
+        REQUIRE(ws.last_path == f32_path);
+        KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
+        const std::vector<T> got = out_t.to_host();
+        INFO("layer " << layer << ", path " << kernels::to_string(f32_path));
+        REQUIRE(rounding_mismatches(out_f.to_host(), got) == 0);
+
+        // A plan holds for every activation type: planned from the device-cache form's shape
+        // (no pointers, so f32), its runs in T give the same bytes.
+        kernels::attention_workspace ws_plan;
+        const kernels::decode_plan plan =
+            kernels::plan_decode_attention(c.device, batch, c.device.max_tokens(), opt, ws_plan);
+        gpu::device_buffer<T> planned(per_layer);
+        kernels::run_decode_attention(plan, c.device, layer, c.sequences, q_t_dev.data(),
+                                      planned.data(), opt, ws_plan);
+        REQUIRE(ws_plan.last_path == f32_path);
+        KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
+        const std::vector<T> again = planned.to_host();
+        REQUIRE(std::memcmp(again.data(), got.data(), per_layer * sizeof(T)) == 0);
+    }
 }
 
 /// Appends the same steps (prefill chunks of odd sizes, one empty, then decode steps) to two

@@ -110,8 +110,7 @@ template <class Codec, int BB>
 __global__ void __launch_bounds__(lift_threads)
     lift_kernel(device::cache_view<Codec> cache, const float* zbar, int zbar_stride,
                 const std::int32_t* kv_lengths, output_activations out, int layer, int batch,
-                int n_heads,
-                int heads_per_kv) {
+                int n_heads, int heads_per_kv) {
     extern __shared__ __align__(16) float z_s[];  // [BB][d]
     gpu::wait_for_prior_grids();  // the merged z̄ (launched with overlap)
     gpu::allow_dependent_grids();
