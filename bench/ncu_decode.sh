@@ -13,14 +13,19 @@ shift
 build=${BUILD_DIR:-build-bench}
 ncu=${NCU:-ncu}
 mkdir -p "$out"
+# decode_bench's arguments for one shape "codec:model:batch:context[:...]" and the file tag of it.
+shape_args() {
+  IFS=: read -r codec model batch context kernel <<< "$1"
+  tag=$(echo "${codec}_${model}_B${batch}_L${context}" | tr '/' '_')
+  args=(--grid full --codec "$codec" --model "$model" --batch "$batch" --context "$context"
+        --activations "${ACTIVATIONS:-f16}")
+}
 metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
 metrics+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active
 metrics+=,launch__grid_size,launch__block_size
 for spec in "$@"; do
-  IFS=: read -r codec model batch context <<< "$spec"
-  tag=$(echo "${codec}_${model}_B${batch}_L${context}" | tr '/' '_')
-  args=(--grid full --codec "$codec" --model "$model" --batch "$batch" --context "$context"
-        --activations "${ACTIVATIONS:-f16}" --reps "${REPS:-5}")
+  shape_args "$spec"
+  args+=(--reps "${REPS:-5}")
   # The unprofiled time first (the step as it runs), then the profile of the same shape.
   "$build"/bench/decode_bench "${args[@]}" > "$out/$tag.bench.jsonl"
   "$ncu" --metrics "$metrics" --csv --log-file "$out/$tag.csv" --launch-count 60 \
@@ -32,11 +37,9 @@ cat "$out/summary.txt"
 # DETAIL="codec:model:batch:context[:kernel-regex] ...": the stall reasons, scheduler, occupancy and
 # memory sections of the first matching kernels of each shape, as ncu prints them ($out/detail-*.txt).
 for spec in ${DETAIL:-}; do
-  IFS=: read -r codec model batch context kernel <<< "$spec"
-  tag=$(echo "${codec}_${model}_B${batch}_L${context}" | tr '/' '_')
+  shape_args "$spec"
   "$ncu" --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
     --section MemoryWorkloadAnalysis --section SpeedOfLight --kernel-name "regex:${kernel:-split_kernel}" \
     --launch-skip 3 --launch-count 1 \
-    "$build"/bench/decode_bench --grid full --codec "$codec" --model "$model" --batch "$batch" --context "$context" \
-    --activations "${ACTIVATIONS:-f16}" --reps 3 > "$out/detail-${kernel:-split_kernel}-$tag.txt" 2>&1 || true
+    "$build"/bench/decode_bench "${args[@]}" --reps 3 > "$out/detail-${kernel:-split_kernel}-$tag.txt" 2>&1 || true
 done

@@ -16,6 +16,9 @@ import re
 import statistics
 import sys
 
+# ncu reports a duration in the unit that suits it; COLUMNS scales from nanoseconds.
+TO_NS = {"nsecond": 1.0, "usecond": 1e3, "msecond": 1e6}
+
 COLUMNS = [
     ("gpu__time_duration.sum", "µs", 1e-3),
     ("dram__throughput.avg.pct_of_peak_sustained_elapsed", "dram%", 1.0),
@@ -47,12 +50,9 @@ def summarize(path):
         name = short(r["Kernel Name"])
         if name not in values:
             order.append(name)
-        unit = r.get("Metric Unit", "")
         v = float(r["Metric Value"].replace(",", ""))
-        if r["Metric Name"] == "gpu__time_duration.sum" and unit == "usecond":
-            v *= 1e3  # to ns, the unit COLUMNS scales from
-        if r["Metric Name"] == "gpu__time_duration.sum" and unit == "msecond":
-            v *= 1e6
+        if r["Metric Name"] == "gpu__time_duration.sum":
+            v *= TO_NS.get(r.get("Metric Unit", ""), 1.0)
         values[name][r["Metric Name"]].append(v)
     print(f"== {os.path.basename(path)}")
     bench = path[:-4] + ".bench.jsonl"
