@@ -33,24 +33,32 @@ paired_caches<Codec> make_interleaved_caches(const kvcar::dense_layout& layout,
                                              const std::vector<Codec>& codecs,
                                              const std::vector<int>& lengths,
                                              std::uint32_t seed) {
+    constexpr int page_size = 16;
+    constexpr int spare_step = 3;  // tokens the spare sequence takes after each sequence's start
     int max_len = 1, pages = 0;
     for (int len : lengths) {
         max_len = std::max(max_len, len);
-        pages += (len + 15) / 16;
+        pages += (len + page_size - 1) / page_size;
     }
     const int n = int(lengths.size());
+    // The spare holds spare_step * n tokens until it is removed, all while every sequence grows
+    // to its full length: the host pool needs its pages on top of theirs (at least 4 spare pages,
+    // as before, for batches of up to 21), and its max_tokens must cover it too.
+    const int spare_tokens = spare_step * n;
+    const int spare_pages = std::max(4, (spare_tokens + page_size - 1) / page_size);
     paired_caches<Codec> c{
         kvcar::kv_cache<Codec, kvcar::dense_layout, kvcar::paged_storage>(
-            layout, codecs, {n + 1, max_len, 16, pages + 4}),
+            layout, codecs,
+            {n + 1, std::max(max_len, spare_tokens), page_size, pages + spare_pages}),
         kvcar::gpu::device_kv_cache<Codec, kvcar::dense_layout>(
-            layout, codecs, {n + 2, max_len + 8, 16, pages + 9}),
+            layout, codecs, {n + 2, max_len + 8, page_size, pages + spare_pages + 5}),
         {}};
     const int spare = c.host.add_sequence();
     for (int i = 0; i < n; ++i) {
         const int seq = c.host.add_sequence();
         c.sequences.push_back(seq);
         fill_sequence(c.host, seq, lengths[std::size_t(i)] / 2, seed + 17u * seq, 64);
-        fill_sequence(c.host, spare, 3, seed + 999u + std::uint32_t(i));
+        fill_sequence(c.host, spare, spare_step, seed + 999u + std::uint32_t(i));
     }
     for (int i = 0; i < n; ++i) {
         const int seq = c.sequences[std::size_t(i)];

@@ -108,6 +108,27 @@ TEST_CASE("latent_decode_attention: Llama-like GQA whole-layer f16 latent (d = D
     check(s, same(s, lin.codec<f16>()), {40, 3}, "linear<f16> d512 scale", false, 0.05f);
 }
 
+TEST_CASE("latent_decode_attention: batches over many projection and lift blocks", "[kernels]") {
+    // The projection and the lift take up to 16 (item, query head) vectors of a KV head per CTA
+    // (latent_tc_aux.cuh). 37 items of GQA 4 are 148 vectors: 10 blocks, the last one partial,
+    // so each lift warp takes 4 rows; empty items in between must still give zeros. 3 items of
+    // GQA 8 (TinyLlama-like) are 24 vectors: a full block and a partial one; 1 item of MHA is 1
+    // vector in a block of 4.
+    const shape s{"llama", 1, 8, 128, 32};
+    const linear_params lin = kvcar_test::random_linear(1024, 512, 8, 31);
+    std::vector<int> lengths;
+    for (int i = 0; i < 37; ++i) lengths.push_back(i % 9 == 4 ? 0 : 1 + (i * 37) % 150);
+    check(s, same(s, lin.codec<f16>()), lengths, "linear<f16> d512 B37");
+    check(s, same(s, make_quantized<std::int8_t>(lin.codec<float>())), lengths,
+          "quantized<linear,int8> d512 B37", true);
+    const shape tiny{"tinyllama", 1, 4, 64, 32};
+    const linear_params lin128 = kvcar_test::random_linear(256, 128, 4, 32);
+    check(tiny, same(tiny, lin128.codec<f16>()), {70, 1, 33}, "linear<f16> d128 B3");
+    const shape mha{"gpt2", 1, 12, 64, 12};
+    const linear_params lin384 = kvcar_test::random_linear(768, 384, 12, 33);
+    check(mha, same(mha, lin384.codec<f16>()), {129}, "linear<f16> d384 B1");
+}
+
 TEST_CASE("latent_decode_attention: TinyLlama-like shapes and a 64-head model", "[kernels]") {
     const shape tiny{"tinyllama", 2, 4, 64, 32};
     const linear_params lin = kvcar_test::random_linear(256, 128, 4, 7);

@@ -30,10 +30,10 @@
 //     warp w of NW owns the V-latent columns 8(w + NW·j) … 8(w + NW·j) + 7 of every head;
 //   * the unnormalized Acc, the split's m and l go to the same partial buffers as the other
 //     paths.
-// Around it: a projection kernel computes Qz (fp16) and the bias for a block of 16 items per
-// head and a slice of latent columns, reading P_h once per 16 items; the shared combine kernel
-// merges the splits into z̄; a lift kernel computes P_h z̄ + μ_h for 16 items per head and a
-// block of output rows.
+// Around it: a projection kernel computes Qz (fp16) and the bias for up to 16 (item, query
+// head) vectors of one KV head and a slice of latent columns, reading P_h once for all of them;
+// the shared combine kernel merges the splits into z̄; a lift kernel computes P_h z̄ + μ_h for up
+// to 16 vectors of a KV head and a block of output rows.
 //
 // Limits (the dispatcher in decode_attention.cuh falls back to the generic path outside them):
 // codec a linear_codec<f16>, or a linear codec under quantized_codec with int8 or fp8 e4m3
@@ -293,26 +293,25 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
         sp.part_acc = ws.partial_acc(rows * pl.splits * pl.acc_stride);
         sp.part_ml = ws.partial_ml(rows * pl.splits * 2);
 
-        // Items per projection / lift CTA: as many as the batch has, up to 16 (each read of
-        // P_h serves them all; unused slots would cost multiply-adds and reductions).
-        auto with_items = [&](auto&& body) {
-            if (p.batch <= 1) body(std::integral_constant<int, 1>{});
-            else if (p.batch <= 4) body(std::integral_constant<int, 4>{});
-            else body(std::integral_constant<int, lt::items_per_block>{});
+        // Vectors (item, query head of a KV head) per projection / lift CTA: each read of P_h
+        // serves them all (latent_tc_aux.cuh).
+        const int vectors = p.batch * G;
+        auto with_vectors = [&](auto&& body) {
+            if (lt::vectors_per_block(vectors) == 4) body(std::integral_constant<int, 4>{});
+            else body(std::integral_constant<int, 16>{});
         };
-        with_items([&](auto items) {
-            constexpr int BB = decltype(items)::value;
+        with_vectors([&]<int VB>(std::integral_constant<int, VB>) {
+            const int vector_blocks = (vectors + VB - 1) / VB;
             const std::size_t project_smem =
-                sizeof(float) * BB * (cache.head_dim + lt::project_columns * lt::project_row_slices(BB));
+                sizeof(float) * VB * (cache.head_dim + lt::project_columns * lt::project_row_slices);
             const dim3 project_grid = gpu::checked_grid(
-                H, (p.batch + BB - 1) / BB,
-                (pl.lat_pad + lt::project_columns - 1) / lt::project_columns,
-                "latent_decode_attention project_kernel");
-            auto project = lt::project_kernel<Codec, BB>;
+                cache.n_kv_heads, (pl.lat_pad + lt::project_columns - 1) / lt::project_columns,
+                vector_blocks, "latent_decode_attention project_kernel");
+            auto project = lt::project_kernel<Codec, VB>;
             gpu::allow_dynamic_smem(project, project_smem, ws.max_shared_bytes(),
                                      "latent_decode_attention project_kernel");
             gpu::launch(project,
-                        {project_grid, dim3(lt::project_threads(BB)), project_smem, stream,
+                        {project_grid, dim3(lt::aux_threads), project_smem, stream,
                          ws.overlap_launches()},
                         "latent_decode_attention project_kernel", cache, p.q, qz, bias,
                         p.layer, p.batch, H, G, pl.lat_pad);
@@ -331,21 +330,22 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
                                                   /*out=*/zbar, p.batch, H, /*width=*/zw,
                                                   pl.chunk, pl.splits, pl.acc_stride},
                              ws, stream, "latent_decode_attention combine_kernel");
-        with_items([&](auto items) {
-            constexpr int BB = decltype(items)::value;
-            const std::size_t lift_smem = sizeof(float) * BB * std::size_t(zw);
-            auto lift = lt::lift_kernel<Codec, BB>;
+        with_vectors([&]<int VB>(std::integral_constant<int, VB>) {
+            const int vector_blocks = (vectors + VB - 1) / VB;
+            const int rows_per_warp = lt::lift_rows_per_warp(vector_blocks);
+            const int rows_per_block = lt::aux_threads / 32 * rows_per_warp;
+            const std::size_t lift_smem = sizeof(float) * VB * std::size_t(zw);
+            auto lift = lt::lift_kernel<Codec, VB>;
             gpu::allow_dynamic_smem(lift, lift_smem, ws.max_shared_bytes(),
                                      "latent_decode_attention lift_kernel");
             const dim3 lift_grid = gpu::checked_grid(
-                H, (p.batch + BB - 1) / BB,
-                (cache.head_dim + lt::lift_rows_per_block(BB) - 1) / lt::lift_rows_per_block(BB),
-                "latent_decode_attention lift_kernel");
+                cache.n_kv_heads, (cache.head_dim + rows_per_block - 1) / rows_per_block,
+                vector_blocks, "latent_decode_attention lift_kernel");
             gpu::launch(lift,
-                        {lift_grid, dim3(lt::lift_threads), lift_smem, stream,
+                        {lift_grid, dim3(lt::aux_threads), lift_smem, stream,
                          ws.overlap_launches()},
                         "latent_decode_attention lift_kernel", cache, zbar, zw, p.kv_lengths,
-                        p.out, p.layer, p.batch, H, G);
+                        p.out, p.layer, p.batch, H, G, rows_per_warp);
         });
     }
 }

@@ -55,7 +55,6 @@ inline constexpr int max_stages = 4;
 /// Bytes of tiles a CTA keeps in flight while it computes one: above DRAM latency × a
 /// multiprocessor's share of the bandwidth (~1.5 µs × 3.35 TB/s / 132 ≈ 38 KB).
 inline constexpr int inflight_bytes = 64 * 1024;
-inline constexpr int items_per_block = 16;  // projection and lift: items sharing one read of P_h
 
 __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 

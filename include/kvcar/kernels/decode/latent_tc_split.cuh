@@ -195,22 +195,33 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
             }
         }
     };
-    // Tiles are issued in order, each once: issue_stage is tile i's ring stage (i mod S).
-    int issue_stage = 0;
-    auto issue = [&](int i) {
+    // K and V tiles are issued in order, each once, each its own copy group, into the K and V
+    // halves of ring stage i mod S. A half is reissued as soon as its last reader is done: V_i's
+    // after the P·V of tile i (at the top of the next iteration), K_i's after the softmax of tile
+    // i (quantized K's scales are read there), before P·V. So K_{i+S} is requested a P·V
+    // earlier than a whole stage would allow; on one H100 a CTA of this kernel streamed one
+    // 66 KB tile per ~3 µs (latent-chunk sweep, batch 1, 512 tokens in one split), latency-bound,
+    // not bandwidth-bound. Every call commits one group, an empty one past the last tile, so that
+    // the groups still pending always count the same: K_i is followed by 2S - 1 groups when
+    // tile i starts, V_i by 2S - 2 when its P·V starts (the waits below).
+    int k_stage = 0, v_stage = 0;
+    auto issue_k = [&](int i) {
         if (i < n_tiles) {
             const int t0 = begin + i * tile;
-            const int n = min(tile, end - t0);
-            unsigned char* stage = ring + std::size_t(issue_stage) * L.stage_bytes;
-            issue_stage = issue_stage + 1 == S ? 0 : issue_stage + 1;
-            copy_rows(pk, walk_k, dk, t0, n, stage);
-            cp_async_commit();
-            copy_rows(pv, walk_v, dv, t0, n, stage + L.v_part);
-            const bool next = t0 + tile + my_row < end;
-            walk_k.advance(pk, seq, tile, next);
-            walk_v.advance(pv, seq, tile, next);
-        } else {
-            cp_async_commit();  // empty groups keep the count of groups per tile at two
+            unsigned char* stage = ring + std::size_t(k_stage) * L.stage_bytes;
+            k_stage = k_stage + 1 == S ? 0 : k_stage + 1;
+            copy_rows(pk, walk_k, dk, t0, min(tile, end - t0), stage);
+            walk_k.advance(pk, seq, tile, t0 + tile + my_row < end);
+        }
+        cp_async_commit();
+    };
+    auto issue_v = [&](int i) {
+        if (i >= 0 && i < n_tiles) {
+            const int t0 = begin + i * tile;
+            unsigned char* stage = ring + std::size_t(v_stage) * L.stage_bytes + L.v_part;
+            v_stage = v_stage + 1 == S ? 0 : v_stage + 1;
+            copy_rows(pv, walk_v, dv, t0, min(tile, end - t0), stage);
+            walk_v.advance(pv, seq, tile, t0 + tile + my_row < end);
         }
         cp_async_commit();
     };
@@ -237,11 +248,16 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
     const int kb_row = (lane >> 4) * 8 + (lane & 7), kb_col = ((lane >> 3) & 1) * 8;
     const int v_row = ((lane >> 3) & 1) * 8 + (lane & 7), v_pair = lane >> 4;
 
-    for (int s = 0; s < S - 1; ++s) issue(s);
+    // The order of the groups as if iterations -S … -1 had run: V_-1 (empty), K_0, V_0, K_1, …,
+    // V_(S-2), K_(S-1).
+    for (int j = 0; j < S; ++j) {
+        issue_v(j - 1);
+        issue_k(j);
+    }
     int read_stage = 0;  // tile i's ring stage
     for (int i = 0; i < n_tiles; ++i) {
-        __syncthreads();  // tile i - 1 is finished: its ring stage, scores and probs are free
-        issue(i + S - 1);
+        __syncthreads();  // tile i - 1 is finished: its V half, the scores and probs are free
+        issue_v(i + S - 1);
         const int t0 = begin + i * tile;
         const int n = min(tile, end - t0);
         const unsigned char* stage = ring + std::size_t(read_stage) * L.stage_bytes;
@@ -358,7 +374,8 @@ __global__ void __launch_bounds__(NW * 32, NW == 8 && two_ctas_per_sm(MT, NB) ? 
                 }
             }
         }
-        __syncthreads();
+        __syncthreads();  // probabilities and α written; nobody reads K_i any more
+        issue_k(i + S);
 
         // O = α·O + P · V_tile over this warp's column blocks.
 #pragma unroll
