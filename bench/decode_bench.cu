@@ -23,6 +23,7 @@
 //     decode_bench [--reps 31] [--grid quick|full] [--codec NAME] [--model NAME] [--batch B]
 //                  [--context L] [--round R] [--check-seconds S]
 //                  [--latent-warps 8|16] [--latent-stages N] [--latent-chunk T]
+//                  [--latent-aux-vectors 4|16] [--latent-lift-rows 1|2|4]
 //                  [--direct-ctas-per-sm N] [--direct-chunk T] [--merge-many-splits N] [--dependent-launch]
 //                  [--activations f32|f16|bf16] > kvcar.jsonl
 // --activations: q and out in that type (default f32), as a runtime holds them; the row's
@@ -482,13 +483,13 @@ void run(const char* codec_name, const bench_case& c, int heads_per_group, std::
                 "\"stored_gbps\":%.2f,\"splits\":%d,\"latent_tensor_cores\":%s,"
                 "\"direct_tensor_cores\":%s,\"path\":\"%s\",\"timing\":\"%s\",\"reps\":%d,\"round\":%d,"
                 "\"check\":\"%s\",\"check_err\":%.3e,\"check_rows\":%d,\"activations\":\"%s\","
-                "\"tune\":\"w%d s%d c%d d%d k%d m%d%s\"}\n",
+                "\"tune\":\"w%d s%d c%d v%d r%d d%d k%d m%d%s\"}\n",
                 codec_name, gpu, c.m.name, c.batch, c.m.heads, c.m.kv_heads, c.m.head_dim, c.context,
                 ms, stored, fp16, cache.bytes_per_token(), stored / ms / 1e6, splits,
                 latent_tc ? "true" : "false", direct_tc ? "true" : "false",
                 kvcar::kernels::to_string(path), graph ? "graph" : "eager", tm.reps, round, check, chk.max_err,
                 chk.rows, kvcar::to_string(activations), tune.latent_warps, tune.latent_stages, tune.latent_chunk,
-                tune.direct_ctas_per_sm, tune.direct_chunk, tune.merge_many_splits, tune.dependent_launch ? " pdl" : "");
+                tune.latent_aux_vectors, tune.latent_lift_rows, tune.direct_ctas_per_sm, tune.direct_chunk, tune.merge_many_splits, tune.dependent_launch ? " pdl" : "");
     std::fflush(stdout);
     ++rows_printed;
     BENCH_CHECK(cudaFree(q));
@@ -520,13 +521,15 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--latent-warps") && i + 1 < argc) tune.latent_warps = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--latent-stages") && i + 1 < argc) tune.latent_stages = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--latent-chunk") && i + 1 < argc) tune.latent_chunk = std::atoi(argv[++i]);
+        else if (!std::strcmp(argv[i], "--latent-aux-vectors") && i + 1 < argc) tune.latent_aux_vectors = std::atoi(argv[++i]);
+        else if (!std::strcmp(argv[i], "--latent-lift-rows") && i + 1 < argc) tune.latent_lift_rows = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--direct-ctas-per-sm") && i + 1 < argc) tune.direct_ctas_per_sm = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--direct-chunk") && i + 1 < argc) tune.direct_chunk = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--merge-many-splits") && i + 1 < argc) tune.merge_many_splits = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--dependent-launch")) tune.dependent_launch = true;
         else if (!std::strcmp(argv[i], "--activations") && i + 1 < argc &&
                  parse_activations(argv[i + 1], activations)) ++i;
-        else { std::fprintf(stderr, "usage: decode_bench [--reps N] [--grid quick|full] [--codec NAME] [--model NAME] [--batch B] [--context L] [--round R] [--check-seconds S] [--latent-warps 8|16] [--latent-stages N] [--latent-chunk T] [--direct-ctas-per-sm N] [--direct-chunk T] [--merge-many-splits N] [--dependent-launch] [--activations f32|f16|bf16]\n"); return 2; }
+        else { std::fprintf(stderr, "usage: decode_bench [--reps N] [--grid quick|full] [--codec NAME] [--model NAME] [--batch B] [--context L] [--round R] [--check-seconds S] [--latent-warps 8|16] [--latent-stages N] [--latent-chunk T] [--latent-aux-vectors 4|16] [--latent-lift-rows 1|2|4] [--direct-ctas-per-sm N] [--direct-chunk T] [--merge-many-splits N] [--dependent-launch] [--activations f32|f16|bf16]\n"); return 2; }
     }
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) { std::fprintf(stderr, "decode_bench: no GPU\n"); return 1; }

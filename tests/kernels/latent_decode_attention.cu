@@ -69,12 +69,14 @@ double decode_error(test_caches<Codec>& c, const attention_params& opt,
 
 template <class Codec>
 void check(const shape& s, const std::vector<Codec>& codecs, const std::vector<int>& lengths,
-           const char* codec_name, bool direct = false, float scale = 0.0f) {
+           const char* codec_name, bool direct = false, float scale = 0.0f,
+           const kernels::attention_workspace::tuning& tune = {}) {
     auto caches = make_caches(s, codecs, lengths, 11u);
     attention_params opt;
     opt.n_heads = s.n_heads;
     opt.scale = scale;
     kernels::attention_workspace ws;
+    ws.tune = tune;
     const double err = decode_error(caches, opt, ws, 3u, direct);
     std::printf("latent_decode_attention %-10s %-26s H%-2d KV%-2d hd%-3d B%zu: rel err %.2e "
                 "(splits %d, chunk %d)\n",
@@ -127,6 +129,30 @@ TEST_CASE("latent_decode_attention: batches over many projection and lift blocks
     const shape mha{"gpt2", 1, 12, 64, 12};
     const linear_params lin384 = kvcar_test::random_linear(768, 384, 12, 33);
     check(mha, same(mha, lin384.codec<f16>()), {129}, "linear<f16> d384 B1");
+}
+
+TEST_CASE("latent_decode_attention: every projection / lift block shape a tuning can choose",
+          "[kernels]") {
+    // decode_bench's --latent-aux-vectors and --latent-lift-rows sweep these; each choice must
+    // give the same attention, whatever the batch (partial vector blocks, rows past head_dim).
+    const shape s{"llama", 1, 8, 128, 32};
+    const linear_params lin = kvcar_test::random_linear(1024, 512, 8, 34);
+    std::vector<int> lengths;
+    for (int i = 0; i < 19; ++i) lengths.push_back(i % 7 == 3 ? 0 : 1 + (i * 53) % 120);
+    const shape tiny{"tinyllama", 1, 4, 64, 32};
+    const linear_params lin128 = kvcar_test::random_linear(256, 128, 4, 35);
+    for (int vectors : {4, 16}) {
+        for (int rows : {1, 2, 4}) {
+            kernels::attention_workspace::tuning tune;
+            tune.latent_aux_vectors = vectors;
+            tune.latent_lift_rows = rows;
+            const std::string tag = " v" + std::to_string(vectors) + " r" + std::to_string(rows);
+            check(s, same(s, lin.codec<f16>()), lengths, ("linear<f16> d512 B19" + tag).c_str(),
+                  false, 0.0f, tune);
+            check(tiny, same(tiny, lin128.codec<f16>()), {70, 1, 33},
+                  ("linear<f16> d128 B3" + tag).c_str(), false, 0.0f, tune);
+        }
+    }
 }
 
 TEST_CASE("latent_decode_attention: TinyLlama-like shapes and a 64-head model", "[kernels]") {

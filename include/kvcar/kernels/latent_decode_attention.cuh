@@ -296,8 +296,11 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
         // Vectors (item, query head of a KV head) per projection / lift CTA: each read of P_h
         // serves them all (latent_tc_aux.cuh).
         const int vectors = p.batch * G;
+        const int aux_vectors = ws.tune.latent_aux_vectors == 4 || ws.tune.latent_aux_vectors == 16
+                                    ? ws.tune.latent_aux_vectors
+                                    : lt::vectors_per_block(vectors);
         auto with_vectors = [&](auto&& body) {
-            if (lt::vectors_per_block(vectors) == 4) body(std::integral_constant<int, 4>{});
+            if (aux_vectors == 4) body(std::integral_constant<int, 4>{});
             else body(std::integral_constant<int, 16>{});
         };
         with_vectors([&]<int VB>(std::integral_constant<int, VB>) {
@@ -332,7 +335,10 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
                              ws, stream, "latent_decode_attention combine_kernel");
         with_vectors([&]<int VB>(std::integral_constant<int, VB>) {
             const int vector_blocks = (vectors + VB - 1) / VB;
-            const int rows_per_warp = lt::lift_rows_per_warp(vector_blocks);
+            const int lift_rows = ws.tune.latent_lift_rows;
+            const int rows_per_warp = lift_rows == 1 || lift_rows == 2 || lift_rows == 4
+                                          ? lift_rows
+                                          : lt::lift_rows_per_warp(vector_blocks);
             const int rows_per_block = lt::aux_threads / 32 * rows_per_warp;
             const std::size_t lift_smem = sizeof(float) * VB * std::size_t(zw);
             auto lift = lt::lift_kernel<Codec, VB>;
