@@ -91,6 +91,9 @@ struct plan {
     std::string why;
     int mt = 0, nb = 0, nw = 0, stages = 0, chunk = 0, splits = 0;
     int lat_pad = 0, raw_ld = 0, acc_stride = 0;
+    /// Projection / lift CTAs: (item, query head) vectors each (4 or 16), their count, and the
+    /// rows of P_h per lift warp (latent_tc_aux.cuh).
+    int aux_vectors = 0, vector_blocks = 0, lift_rows = 0;
     std::size_t smem = 0;
 };
 
@@ -176,6 +179,15 @@ plan make_plan(const device::cache_view<Codec>& cache, const decode_attention_pa
                              max_chunk, tile, 3 * tile, ws.tune.latent_chunk);
     pl.chunk = sp.chunk;
     pl.splits = sp.splits;
+    // Each read of a row of P_h serves aux_vectors (item, query head) vectors of its KV head.
+    const int vectors = p.batch * (p.n_heads / cache.n_kv_heads);
+    const int tuned_vectors = ws.tune.latent_aux_vectors, tuned_rows = ws.tune.latent_lift_rows;
+    pl.aux_vectors = tuned_vectors == 4 || tuned_vectors == 16 ? tuned_vectors
+                                                               : vectors_per_block(vectors);
+    pl.vector_blocks = (vectors + pl.aux_vectors - 1) / pl.aux_vectors;
+    pl.lift_rows = tuned_rows == 1 || tuned_rows == 2 || tuned_rows == 4
+                       ? tuned_rows
+                       : lift_rows_per_warp(pl.vector_blocks);
     pl.ok = true;
     return pl;
 }
@@ -295,21 +307,16 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
 
         // Vectors (item, query head of a KV head) per projection / lift CTA: each read of P_h
         // serves them all (latent_tc_aux.cuh).
-        const int vectors = p.batch * G;
-        const int aux_vectors = ws.tune.latent_aux_vectors == 4 || ws.tune.latent_aux_vectors == 16
-                                    ? ws.tune.latent_aux_vectors
-                                    : lt::vectors_per_block(vectors);
         auto with_vectors = [&](auto&& body) {
-            if (aux_vectors == 4) body(std::integral_constant<int, 4>{});
+            if (pl.aux_vectors == 4) body(std::integral_constant<int, 4>{});
             else body(std::integral_constant<int, 16>{});
         };
         with_vectors([&]<int VB>(std::integral_constant<int, VB>) {
-            const int vector_blocks = (vectors + VB - 1) / VB;
             const std::size_t project_smem =
                 sizeof(float) * VB * (cache.head_dim + lt::project_columns * lt::project_row_slices);
             const dim3 project_grid = gpu::checked_grid(
                 cache.n_kv_heads, (pl.lat_pad + lt::project_columns - 1) / lt::project_columns,
-                vector_blocks, "latent_decode_attention project_kernel");
+                pl.vector_blocks, "latent_decode_attention project_kernel");
             auto project = lt::project_kernel<Codec, VB>;
             gpu::allow_dynamic_smem(project, project_smem, ws.max_shared_bytes(),
                                      "latent_decode_attention project_kernel");
@@ -334,24 +341,19 @@ void latent_decode_attention(const device::cache_view<Codec>& cache,
                                                   pl.chunk, pl.splits, pl.acc_stride},
                              ws, stream, "latent_decode_attention combine_kernel");
         with_vectors([&]<int VB>(std::integral_constant<int, VB>) {
-            const int vector_blocks = (vectors + VB - 1) / VB;
-            const int lift_rows = ws.tune.latent_lift_rows;
-            const int rows_per_warp = lift_rows == 1 || lift_rows == 2 || lift_rows == 4
-                                          ? lift_rows
-                                          : lt::lift_rows_per_warp(vector_blocks);
-            const int rows_per_block = lt::aux_threads / 32 * rows_per_warp;
+            const int rows_per_block = lt::aux_threads / 32 * pl.lift_rows;
             const std::size_t lift_smem = sizeof(float) * VB * std::size_t(zw);
             auto lift = lt::lift_kernel<Codec, VB>;
             gpu::allow_dynamic_smem(lift, lift_smem, ws.max_shared_bytes(),
                                      "latent_decode_attention lift_kernel");
             const dim3 lift_grid = gpu::checked_grid(
                 cache.n_kv_heads, (cache.head_dim + rows_per_block - 1) / rows_per_block,
-                vector_blocks, "latent_decode_attention lift_kernel");
+                pl.vector_blocks, "latent_decode_attention lift_kernel");
             gpu::launch(lift,
                         {lift_grid, dim3(lt::aux_threads), lift_smem, stream,
                          ws.overlap_launches()},
                         "latent_decode_attention lift_kernel", cache, zbar, zw, p.kv_lengths,
-                        p.out, p.layer, p.batch, H, G, rows_per_warp);
+                        p.out, p.layer, p.batch, H, G, pl.lift_rows);
         });
     }
 }
