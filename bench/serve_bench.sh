@@ -28,7 +28,8 @@
 # Overrides: SECONDS_TINY / SECONDS_8B, WARMUP_TINY / WARMUP_8B, BUDGETS_TINY / BUDGETS_8B,
 # RESERVE (kvcar-serve's --reserve-tokens, admission headroom; default 64), REQUESTS, SHAPES ("tinyllama-1.1b llama3-8b"), KV (a comma list of identity-f16, int8, lin-d2,
 # lin-d4-int8, ae-d2; default all five), MODELS (where the checkpoints go; not under OUT_DIR,
-# whose files come back from the GPU machine).
+# whose files come back from the GPU machine), SERVE_ARGS (more kvcar-serve options, e.g.
+# --no-graphs to enqueue decode steps launch by launch instead of replaying CUDA graphs).
 #
 # Speed does not depend on the weights' values: the checkpoints and codecs are noise, with the
 # real shapes, the real kernels and the same bytes per token.
@@ -88,7 +89,7 @@ for shape in $shapes; do
   "$build/examples/kvcar-serve" --model "$m" --device cuda --json \
     --requests "$requests" --seed 0 --prompt-len 512:4096 --output-len 128:512 --rate 0 \
     --chunk 2048 --max-seqs 256 --page-size 16 --max-seconds "$seconds" \
-    --warmup "$warmup" --reserve-tokens "${RESERVE:-64}" \
+    --warmup "$warmup" --reserve-tokens "${RESERVE:-64}" ${SERVE_ARGS:-} \
     --kv "$kv" --kv-budget "$budgets" >> "$out/serve-$shape.jsonl" 2>> "$out/serve-$shape.log" ||
     stamp "kvcar-serve failed on $shape (see serve-$shape.log)"
   stamp "done $shape: $(wc -l < "$out/serve-$shape.jsonl") results"

@@ -222,6 +222,13 @@ inline option_spec device_option_spec() {
 #endif
 }
 
+/// --no-graphs: the CUDA session's decode steps enqueued launch by launch instead of replayed
+/// as CUDA graphs (cuda_backend::session_params::decode_graphs), to compare the two.
+inline option_spec no_graphs_option_spec() {
+    return {"no-graphs", "", "with --device cuda: enqueue each decode step's launches one by one "
+                             "instead of replaying a CUDA graph of them"};
+}
+
 /// True for --device cuda. A build without CUDA refuses it rather than silently using the CPU.
 inline bool parse_use_cuda(const command_line& cl) {
     const std::string device = cl.get("device", "cpu");

@@ -117,6 +117,7 @@ struct run_result {
     // Engines that report it (the CUDA one): the run's host time building and launching the
     // passes, and waiting for the GPU at their end; -1 otherwise.
     double engine_enqueue_s = -1, engine_wait_s = -1;
+    long long engine_graph_steps = -1;  // decode steps launched as one CUDA graph
 };
 
 /// Everything about a run that is not the engine.
@@ -204,6 +205,7 @@ run_result serve(Engine& engine, const run_settings& settings, int spare_pages) 
         const auto host_after = engine.host_time();
         out.engine_enqueue_s = host_after.enqueue_s - host_before.enqueue_s;
         out.engine_wait_s = host_after.wait_s - host_before.wait_s;
+        out.engine_graph_steps = host_after.graph_steps - host_before.graph_steps;
     }
     if (warm_tokens < 0 || out.seconds <= warm_time) {  // ended within the warm-up: count all
         warm_tokens = 0;
@@ -283,6 +285,7 @@ void report(const run_result& r, bool json) {
         if (r.engine_enqueue_s >= 0) {
             j.set("engine_enqueue_s", json_value(r.engine_enqueue_s));
             j.set("engine_wait_s", json_value(r.engine_wait_s));
+            j.set("engine_graph_steps", json_value(r.engine_graph_steps));
         }
         j.set("weights", ex::weights_json(r.weights));
         std::printf("%s\n", kvcar::io::to_json(j).c_str());
@@ -304,8 +307,8 @@ void report(const run_result& r, bool json) {
                 r.preemptions);
     if (r.engine_enqueue_s >= 0)
         std::printf("  engine host    %.2f s building and launching passes, %.2f s waiting for "
-                    "the GPU (of %.2f s)\n",
-                    r.engine_enqueue_s, r.engine_wait_s, r.seconds);
+                    "the GPU (of %.2f s); %lld of %d steps as one CUDA graph\n",
+                    r.engine_enqueue_s, r.engine_wait_s, r.seconds, r.engine_graph_steps, r.steps);
     std::fflush(stdout);
 }
 
@@ -314,6 +317,7 @@ int run(int argc, char** argv) {
     specs.insert(specs.end(), {
         ex::device_option_spec(),
         ex::weights_option_spec(),
+        ex::no_graphs_option_spec(),
         {"trace", "FILE", "JSONL requests: {\"id\", \"prompt_ids\" | \"prompt\", "
                           "\"max_new_tokens\", \"arrival\"} per line"},
         {"requests", "N", "without --trace: N requests drawn from --seed (default 32)"},
@@ -449,7 +453,8 @@ int run(int argc, char** argv) {
                                            .max_tokens = storage.max_tokens,
                                            .page_size = storage.page_size,
                                            .n_pages = storage.n_pages,
-                                           .weights = ex::resolve_weights(weights, model)});
+                                           .weights = ex::resolve_weights(weights, model),
+                                           .decode_graphs = !cl.has("no-graphs")});
             weights_used = ex::gpu_weights(weights, model, gpu);
             sv::cuda_engine engine{gpu};
             run_budgets(engine);

@@ -83,6 +83,7 @@ int run(int argc, char** argv) {
     });
     for (const ex::option_spec& o : ex::tensor_parallel_option_specs()) specs.push_back(o);
     specs.push_back(ex::weights_option_spec());
+    specs.push_back(ex::no_graphs_option_spec());
     ex::command_line cl("kvcar-generate", "Generate text with a model whose KV cache is kvcar's.",
                         specs);
     if (!cl.parse(argc, argv)) return 0;
@@ -232,7 +233,8 @@ int run(int argc, char** argv) {
                                        .max_tokens = capacity,
                                        .tensor_parallel = tp.ranks,
                                        .ranks_share_one_gpu = tp.share_one_gpu,
-                                       .weights = ex::resolve_weights(weights, model)});
+                                       .weights = ex::resolve_weights(weights, model),
+                                       .decode_graphs = !cl.has("no-graphs")});
         weights_used = ex::gpu_weights(weights, model, gpu);
         if (tp.ranks > 0) {
             std::fprintf(stderr, "tensor parallel: %d ranks (%s), KV bytes below are per GPU\n",

@@ -4,7 +4,8 @@
 // steps), on synthetic models (head_dim 64: the direct decode kernel; untied head; GQA) and on
 // the shared tiny checkpoints (head_dim 32: the generic kernel); aidreams260K's greedy ids equal
 // run.c's; the session computes perplexity's log-probabilities and greedy ids (the argmax of its
-// logits); bad batches throw and leave the cache as it was. Real checkpoints are read from
+// logits); decode steps replayed as CUDA graphs give the ids of launches one by one; bad
+// batches throw and leave the cache as it was. Real checkpoints are read from
 // KVCAR_SHARED_DATA; those cases skip without it.
 // Codec files: model_cuda_codec_file.cu; the shared helpers: model_cuda_fixtures.cuh.
 #include "model_cuda_fixtures.cuh"
@@ -137,6 +138,66 @@ TEST_CASE("model_cuda: the session's greedy ids are the argmax of its logits",
                                 b * std::size_t(V), std::size_t(V))));
         counts.assign(seqs.size(), 1);  // decode steps feed the greedy ids back
         tokens = ids;
+    }
+}
+
+TEST_CASE("model_cuda: decode steps replayed as CUDA graphs give the ids of launches one by one",
+          "[models][model_cuda][graphs]") {
+    // Two sessions fed the same batches, one replaying decode steps as CUDA graphs
+    // (decode_graphs.cuh), one enqueueing the same launches one by one. Graphs run the very same
+    // kernels with the same arguments, so the ids must agree exactly, step by step, while the
+    // batch changes size, contexts cross a length bucket and reach the capacity's (100), and a
+    // long prefill in between reallocates the activations every captured graph points to.
+    for (const ex::cached_keys keys : {ex::cached_keys::post_rope, ex::cached_keys::pre_rope}) {
+        const auto m = synthetic_llama(keys, 128);
+        const int V = m.vocab_size();
+        for (const char* kv : {"identity-f16", "int8", "fp8"}) {
+            INFO("--kv " << kv << (keys == ex::cached_keys::pre_rope ? ", pre-RoPE keys" : ""));
+            ex::cuda_backend::session graphs(m, kv, {.max_sequences = 4, .max_tokens = 100});
+            ex::cuda_backend::session plain(
+                m, kv, {.max_sequences = 4, .max_tokens = 100, .decode_graphs = false});
+            std::vector<int> seqs;
+            for (int i = 0; i < 3; ++i) {
+                seqs.push_back(graphs.add_sequence());
+                REQUIRE(plain.add_sequence() == seqs.back());
+            }
+            std::vector<int> counts{7, 1, 12};
+            std::vector<int> tokens = random_ids(20, V, 11);
+            for (int step = 0; step < 70; ++step) {
+                if (step == 30) {  // one sequence ends, a new one prefills 40 tokens beside the decodes
+                    graphs.remove_sequence(seqs[1]);
+                    plain.remove_sequence(seqs[1]);
+                    const int fresh = graphs.add_sequence();
+                    REQUIRE(plain.add_sequence() == fresh);
+                    seqs[1] = fresh;
+                    counts[1] = 40;
+                    const std::vector<int> prompt = random_ids(40, V, 3);
+                    tokens.insert(tokens.begin() + 2, prompt.begin(), prompt.end());
+                    tokens.erase(tokens.begin() + 1);
+                }
+                if (step == 50) {  // the batch shrinks to two
+                    graphs.remove_sequence(seqs[0]);
+                    plain.remove_sequence(seqs[0]);
+                    seqs.erase(seqs.begin());
+                    counts.erase(counts.begin());
+                    tokens.erase(tokens.begin());
+                }
+                const std::vector<int> want = plain.greedy(seqs, counts, tokens);
+                const std::vector<int> got = graphs.greedy(seqs, counts, tokens);
+                INFO("step " << step);
+                REQUIRE(got == want);
+                counts.assign(seqs.size(), 1);
+                tokens = got;
+            }
+            const auto t = graphs.pass_host_time();
+            // Keys (items, bucket): (3, 64) and (3, 100) before the prefill, (3, 100) again
+            // after it reallocated the activations, (2, 100): each captured once its first step
+            // has run uncaptured.
+            CHECK(t.graph_captures >= 4);
+            CHECK(t.graph_steps >= 55);
+            CHECK(plain.pass_host_time().graph_steps == 0);
+            CHECK(plain.pass_host_time().graph_captures == 0);
+        }
     }
 }
 

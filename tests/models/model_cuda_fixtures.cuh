@@ -90,9 +90,9 @@ inline ex::language_model synthetic_gpt2() {
 }
 
 /// A Llama with random weights: 2 layers, 4 query heads and 2 KV heads of 64 (GQA 2), an untied
-/// head, keys cached post- or pre-RoPE.
-inline ex::language_model synthetic_llama(ex::cached_keys keys) {
-    ex::llama_config c{.vocab_size = 300, .max_positions = 64, .d_model = 256, .n_layers = 2,
+/// head, keys cached post- or pre-RoPE; a context of `max_positions`.
+inline ex::language_model synthetic_llama(ex::cached_keys keys, int max_positions = 64) {
+    ex::llama_config c{.vocab_size = 300, .max_positions = max_positions, .d_model = 256, .n_layers = 2,
                        .n_heads = 4, .n_kv_heads = 2, .head_dim = 64, .d_ff = 384,
                        .norm_eps = 1e-5f, .rope = {}};
     std::mt19937 rng(11);

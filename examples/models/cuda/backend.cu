@@ -255,6 +255,7 @@ session::session(const language_model& model, const std::string& kv, session_par
         impl_->ranks[0].model =
             std::make_unique<device_model>(model, cuda_model::tensor_parallel_params{},
                                            params.weights);
+        impl_->ranks[0].model->use_decode_graphs(params.decode_graphs);
         return;
     }
 
@@ -369,8 +370,9 @@ std::size_t session::weight_bytes() const { return impl_->ranks[0].model->weight
 weight_precision session::weights() const { return impl_->ranks[0].model->weights(); }
 int session::free_pages() const { return impl_->ranks[0].cache->free_pages(); }
 host_time session::pass_host_time() const {
-    const auto& t = impl_->ranks[0].model->host_time();
-    return {t.enqueue, t.wait, t.passes};
+    const device_model& m = *impl_->ranks[0].model;
+    const auto& t = m.host_time();
+    return {t.enqueue, t.wait, t.passes, m.graph_steps(), m.graph_captures()};
 }
 
 }  // namespace kvcar::examples::cuda_backend

@@ -55,6 +55,10 @@ struct session_params {
     /// numbers) or bf16 (half the memory; a bf16 checkpoint's own values). The tools pick it
     /// with --weights (weights_option.hpp: auto = bf16 for a BF16 checkpoint).
     weight_precision weights = weight_precision::fp32;
+    /// Decode steps (every item one token) replayed as CUDA graphs, one per batch size and
+    /// context bucket (examples/models/cuda/decode_graphs.cuh); off, the same launches are
+    /// enqueued one by one. Not used with tensor_parallel.
+    bool decode_graphs = true;
 };
 
 /// Host time of a session's forward passes (rank 0): `enqueue_s` building and launching them
@@ -63,6 +67,8 @@ struct host_time {
     double enqueue_s = 0;
     double wait_s = 0;
     long long passes = 0;
+    long long graph_steps = 0;  ///< decode steps launched as one CUDA graph
+    long long graph_captures = 0;
 };
 
 class session {

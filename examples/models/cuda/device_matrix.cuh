@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <string>
 #include <vector>
@@ -105,6 +106,9 @@ public:
     /// them as bf16 itself, into rounded_input(), and the product is from_rounded(): the same
     /// values, without the rounding pass. `fuse_rounding` off keeps the separate pass (a test
     /// compares the two).
+    /// Times rounded_input() reallocated: a CUDA graph captured before it moved is stale.
+    std::uint64_t growths = 0;
+
     bool takes_rounded(const device_matrix& w, int n) const {
         return fuse_rounding && w.precision() == weight_precision::bf16 &&
                n > cuda_ops::gemv_max_rows;
@@ -115,6 +119,7 @@ public:
             // The old buffer may still be read by work already enqueued.
             KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_));
             scratch_.reserve_discard(std::max(count, scratch_.size() * 3 / 2));
+            ++growths;
         }
         return scratch_.data();
     }

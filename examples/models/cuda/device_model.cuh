@@ -26,7 +26,9 @@
 // at its own position, so prompts of different lengths prefill together and a decode step runs
 // every sequence's next token in one pass (one GEMM per weight for the whole batch). When every
 // item has one token the attention is kvcar's decode kernel (split-KV over pages); otherwise the
-// causal prefill kernel.
+// causal prefill kernel. Such a decode step does its host work first (pages, one upload), so its
+// launches read only device memory and are replayed as one CUDA graph per batch size and context
+// bucket (decode_graphs.cuh; use_decode_graphs(false) enqueues them one by one).
 //
 // Tensor parallelism (tensor_parallel_params): a device_model can hold one rank's share of the
 // model, Megatron-style. Rank r of `world` keeps the query heads and KV heads of
@@ -63,28 +65,23 @@
 #include "kvcar/cuda/error.cuh"
 #include "kvcar/kernels/append.cuh"
 #include "kvcar/kernels/decode_attention.cuh"
+#include "kvcar/kernels/decode_plan.cuh"
 #include "kvcar/kernels/prefill_attention.cuh"
 #include "kvcar/reference/attention.hpp"
 #include "kvcar/shard.hpp"
 
 #include "examples/models/cuda/communicator.cuh"
+#include "examples/models/cuda/decode_graphs.cuh"
 #include "examples/models/cuda/device_matrix.cuh"
 #include "examples/models/cuda/device_ops.cuh"
 #include "examples/models/cuda/device_weights.cuh"
+#include "examples/models/cuda/pass_arrays.hpp"
 #include "examples/models/gpt2/gpt2_cuda.cuh"
 #include "examples/models/llama/llama_cuda.cuh"
 #include "examples/models/model.hpp"
 #include "examples/models/model_common.hpp"
 
 namespace kvcar::examples::cuda_model {
-
-/// The tokens of one forward pass: item b appends counts[b] tokens, the next counts[b] entries of
-/// `tokens`, to cache sequence sequences[b] (each sequence at most once).
-struct token_batch {
-    std::span<const int> sequences;
-    std::span<const int> counts;
-    std::span<const int> tokens;
-};
 
 /// Which share of the model a device_model computes and how it meets the other shares.
 struct tensor_parallel_params {
@@ -198,6 +195,15 @@ public:
     };
     const pass_seconds& host_time() const { return host_time_; }
 
+    /// Whether decode steps are captured and replayed as CUDA graphs (default on). Off, a step
+    /// enqueues the very same launches one by one. Graphs are never used with a communicator.
+    void use_decode_graphs(bool on) { graphs_.enabled = on; }
+    /// Decode steps launched as one CUDA graph, graphs captured, and why the last capture
+    /// failed ("" if none did).
+    long long graph_steps() const { return graphs_.launches(); }
+    long long graph_captures() const { return graphs_.captures(); }
+    const std::string& graph_failure() const { return graphs_.failure(); }
+
     /// Whether norms and SwiGLU write the bf16 inputs of the tensor-core products themselves
     /// (default) or in fp32 followed by the products' rounding pass: the same values, so the
     /// same logits (a test compares the two).
@@ -265,50 +271,100 @@ public:
     }
 
 private:
-    /// Checks everything that can be checked on the host, so a bad batch changes nothing.
-    template <class Codec, class Layout>
-    void validate(const gpu::device_kv_cache<Codec, Layout>& cache, const token_batch& b,
-                  std::vector<int>& first_positions) const {
-        const std::string who = std::string(w_.family.name) + " (cuda)";
-        check_cache_geometry(who, cache.geometry(), geometry_);
-        require(b.sequences.size() == b.counts.size(),
-                who + ": " + std::to_string(b.sequences.size()) + " sequences but " +
-                    std::to_string(b.counts.size()) + " token counts");
-        require(!b.sequences.empty(), who + ": the batch has no sequences");
-        std::size_t total = 0;
-        for (int c : b.counts) {
-            require(c > 0, who + ": a sequence in the batch has " + std::to_string(c) +
-                               " tokens (a forward pass needs at least one per sequence)");
-            total += std::size_t(c);
-        }
-        require(total == b.tokens.size(), who + ": the counts add up to " +
-                                              std::to_string(total) + " tokens but " +
-                                              std::to_string(b.tokens.size()) + " were given");
-        first_positions.clear();
-        std::size_t offset = 0;
-        for (std::size_t i = 0; i < b.sequences.size(); ++i) {
-            const int seq = b.sequences[i];
-            require(cache.is_live(seq), who + ": sequence " + std::to_string(seq) +
-                                            " is not live in the cache");
-            for (std::size_t j = 0; j < i; ++j)
-                require(b.sequences[j] != seq, who + ": sequence " + std::to_string(seq) +
-                                                   " appears twice in one batch");
-            const int pos0 = cache.length(seq);
-            check_chunk(who, b.tokens.subspan(offset, std::size_t(b.counts[i])), pos0, vocab_,
-                        max_positions_, cache.max_tokens());
-            first_positions.push_back(pos0);
-            offset += std::size_t(b.counts[i]);
-        }
-    }
-
     /// The forward pass; leaves the logits in logits_ and returns their rows (0 on ranks that
-    /// compute no logits).
+    /// compute no logits). A decode step (one token per item) goes to decode_step; anything
+    /// else appends and attends through the cache's own entry points, layer by layer.
     template <class Codec, class Layout>
     int run(gpu::device_kv_cache<Codec, Layout>& cache, const token_batch& b, logits_for which) {
-        std::vector<int> first_positions;
-        validate(cache, b, first_positions);
+        const pass_limits limits{std::string(w_.family.name) + " (cuda)", geometry_, vocab_,
+                                 max_positions_};
+        const std::vector<int> first_positions = validate_batch(limits, cache, b);
+        if (is_decode_step(b)) return decode_step(cache, b, first_positions, which);
         const cudaStream_t s = stream_.get();
-        const int n = int(b.tokens.size()), items = int(b.sequences.size());
+        const std::vector<std::int32_t> ints = prefill_arrays(b, first_positions);
+        std::int32_t* dev = grow(ints_, ints.size());
+        KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev, ints.data(), ints.size() * 4, cudaMemcpyHostToDevice, s));
+        const auto append_kv = [&](int layer, const float* k, const float* v) {
+            kernels::append(cache, layer, b.sequences, b.counts, k, v, s);
+        };
+        const auto attend = [&](int layer, const float* q, output_activations out) {
+            kernels::prefill_attention(cache, layer, b.sequences, b.counts, q, out, w_.attention,
+                                       workspace_, s);
+        };
+        return enqueue_layers(int(b.tokens.size()), int(b.sequences.size()), dev, which,
+                              append_kv, attend);
+    }
+
+    /// A decode step: one token per item. Unlike a prefill pass, the host work comes first and
+    /// once: every layer's pages and lengths (prepare_append), then one upload of the step's
+    /// arrays at a fixed address (pass_arrays.hpp); the layers' launches then read only device
+    /// memory, with attention run for the length bucket. So the launches are the same from step
+    /// to step, and a CUDA graph of them replays the step with one launch (decode_graphs.cuh).
+    template <class Codec, class Layout>
+    int decode_step(gpu::device_kv_cache<Codec, Layout>& cache, const token_batch& b,
+                    const std::vector<int>& first_positions, logits_for which) {
+        const cudaStream_t s = stream_.get();
+        for (int l = 0; l < geometry_.n_layers; ++l) {
+            const std::vector<std::int32_t> pos = cache.prepare_append(l, b.sequences, b.counts, s);
+            require(std::equal(pos.begin(), pos.end(), first_positions.begin()),
+                    "cuda model: layer " + std::to_string(l) +
+                        " of the cache holds another length than layer 0 for a sequence");
+        }
+        const decode_arrays arrays(b, first_positions);
+        std::int32_t* dev = grow(ints_, arrays.ints.size());
+        KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev, arrays.ints.data(), arrays.ints.size() * 4,
+                                         cudaMemcpyHostToDevice, s));
+        const int n = arrays.n;
+        const device::cache_view<Codec> view = cache.view();
+        const int bucket = decode_length_bucket(arrays.longest, cache.max_tokens());
+        kernels::append_params ap;
+        ap.token_offsets = dev + arrays.token_offsets();
+        ap.sequences = dev + arrays.sequences();
+        ap.positions = dev + arrays.positions();
+        ap.batch = n;
+        ap.total_tokens = n;
+        kernels::decode_attention_params dp = kernels::detail::decode_shape(n, bucket, w_.attention);
+        dp.sequences = dev + arrays.sequences();
+        dp.kv_lengths = dev + arrays.kv_lengths();
+        const auto append_kv = [&](int layer, const float* k, const float* v) {
+            ap.k = k;
+            ap.v = v;
+            ap.layer = layer;
+            kernels::append(view, ap, cache.max_latent_width(), s);
+        };
+        // Without graphs (or with a communicator, whose all-reduce is not captured here): the
+        // same launches, decode attention choosing its path on each call.
+        if (!graphs_.enabled || tp_.comm) {
+            const auto attend = [&](int layer, const float* q, output_activations out) {
+                dp.layer = layer;
+                dp.q = q;
+                dp.out = out;
+                kernels::decode_attention(view, dp, workspace_, s);
+            };
+            return enqueue_layers(n, n, dev, which, append_kv, attend);
+        }
+        decode_graphs::entry& g = graphs_.at(cache.serial(), n, bucket, int(which));
+        if (!g.planned) {
+            g.plan = kernels::plan_decode_attention(view, dp, workspace_, s);
+            g.planned = true;
+        }
+        const auto attend = [&](int layer, const float* q, output_activations out) {
+            dp.layer = layer;
+            dp.q = q;
+            dp.out = out;
+            kernels::run_decode_attention(g.plan, view, dp, workspace_, s);
+        };
+        return graphs_.run(g, s, buffer_generation(),
+                           [&] { return enqueue_layers(n, n, dev, which, append_kv, attend); });
+    }
+
+    /// Every layer and the head over a pass of n tokens from `items` items whose arrays are
+    /// `dev_ints` ([tokens n | positions n | last row of each item]): append_kv(layer, k, v)
+    /// stores the layer's K/V, attend(layer, q, out) writes its attention. Returns the logit rows.
+    template <class AppendKV, class Attend>
+    int enqueue_layers(int n, int items, const std::int32_t* dev_ints, logits_for which,
+                       const AppendKV& append_kv, const Attend& attend) {
+        const cudaStream_t s = stream_.get();
         const device_family& fam = w_.family;
         const int D = w_.d_model, F = w_.d_ff, V = vocab_, hd = geometry_.head_dim;
         const int n_heads = w_.n_heads;
@@ -316,19 +372,6 @@ private:
         // SwiGLU's first matrix is the fused [gate | up]: twice the hidden width.
         const int up_width = fam.mlp == mlp_kind::swiglu ? 2 * F : F;
         const std::size_t N = std::size_t(n);
-
-        // [tokens | positions | last row of each item]: one upload per pass.
-        std::vector<std::int32_t> ints(2 * N + std::size_t(items));
-        bool decode_step = true;
-        for (int i = 0, row = 0; i < items; ++i) {
-            for (int t = 0; t < b.counts[std::size_t(i)]; ++t, ++row) {
-                ints[std::size_t(row)] = b.tokens[std::size_t(row)];
-                ints[N + std::size_t(row)] = first_positions[std::size_t(i)] + t;
-            }
-            ints[2 * N + std::size_t(i)] = row - 1;
-            decode_step = decode_step && b.counts[std::size_t(i)] == 1;
-        }
-        std::int32_t* dev_ints = grow(ints_, ints.size());
         const std::int32_t* tokens = dev_ints;
         const std::int32_t* positions = dev_ints + N;
         const std::int32_t* last_rows = dev_ints + 2 * N;
@@ -344,8 +387,6 @@ private:
         float* ff = grow(ff_, N * up_width);
         // GELU activates in place; SwiGLU writes silu(gate) ⊙ up beside its input.
         float* act = fam.mlp == mlp_kind::gelu ? ff : grow(act_, N * F);
-        KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev_ints, ints.data(), ints.size() * 4,
-                                         cudaMemcpyHostToDevice, s));
 
         const int T = 256;
         const auto blocks = [&](long long count) { return cuda_ops::elementwise_blocks(count, T); };
@@ -376,7 +417,7 @@ private:
                                         s>>>(k, positions, n, geometry_.n_kv_heads, hd, w_.rope);
                 KVCAR_CUDA_CHECK_LAUNCH("rope_kernel");
             }
-            kernels::append(cache, l, b.sequences, b.counts, k, v, s);
+            append_kv(l, k, v);
             // When the output projection rounds its input to bf16, attention stores its output
             // in bf16 there itself (the same rounding, to nearest even): no fp32 write, no pass.
             const bool att_rounded = linear_.takes_rounded(L.o_w, n);
@@ -384,13 +425,7 @@ private:
                 att_rounded ? output_activations(linear_.rounded_input(N * std::size_t(Q)),
                                                  activation_type::bf16)
                             : output_activations(att);
-            if (decode_step) {
-                kernels::decode_attention(cache, l, b.sequences, q, att_out, w_.attention,
-                                          workspace_, s);
-            } else {
-                kernels::prefill_attention(cache, l, b.sequences, b.counts, q, att_out,
-                                           w_.attention, workspace_, s);
-            }
+            attend(l, q, att_out);
             if (att_rounded) linear_.from_rounded(proj, L.o_w, n);
             else linear_(proj, att, L.o_w, n);
             sum_across_ranks(proj, std::size_t(n) * std::size_t(D));
@@ -496,8 +531,16 @@ private:
         if (count > b.size()) {
             KVCAR_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
             b.reserve_discard(std::max(count, b.size() * 3 / 2));
+            ++growths_;
         }
         return b.data();
+    }
+
+    /// Reallocations so far of every buffer a decode step's launches hold: the activations,
+    /// the products' bf16 input and attention's workspace. A graph captured at another count
+    /// holds freed addresses.
+    std::uint64_t buffer_generation() const {
+        return growths_ + linear_.growths + workspace_.growths();
     }
 
     // Shape.
@@ -510,6 +553,8 @@ private:
     cuda_ops::cublas_handle blas_;
     cuda_model::linear_op linear_;  ///< every product: SGEMM, or bf16 GEMV / GemmEx
     kernels::attention_workspace workspace_;
+    decode_graphs graphs_;       ///< decode steps replayed as CUDA graphs (decode_graphs.cuh)
+    std::uint64_t growths_ = 0;  ///< reallocations of the buffers below (grow)
     pass_seconds host_time_;
 
     // The family's traits, this rank's shape, and its weights.

@@ -22,6 +22,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -171,6 +172,10 @@ public:
     }
     /// Device bytes of the pools (held or free).
     std::size_t pool_bytes() const { return pool_.bytes(); }
+    /// A number no other cache of this process had: state a caller keeps per cache (a CUDA graph
+    /// that holds this cache's device addresses) can tell it from a later cache that was
+    /// allocated at the same addresses. A move takes it along with the memory.
+    std::uint64_t serial() const { return serial_; }
 
     // --- sequences (the same contract as kv_cache) ---------------------------------------------
     /// Whether `seq` was handed out by add_sequence and not removed since; false for any
@@ -434,6 +439,12 @@ private:
     int max_latent_ = 0;
     int max_decode_scratch_ = 0;
     int max_hidden_ = 0;  // widest autoencoder hidden layer (sizes tensor-core decode)
+    std::uint64_t serial_ = next_serial();
+
+    static std::uint64_t next_serial() {
+        static std::atomic<std::uint64_t> count{0};
+        return ++count;
+    }
 };
 
 }  // namespace kvcar::gpu

@@ -77,6 +77,9 @@ public:
         return data_;
     }
 
+    /// Elements held now.
+    std::size_t size() const { return size_; }
+
 private:
     void release() noexcept {
         if (data_) cudaFree(data_);  // a destructor cannot throw; a failed free leaks at worst
@@ -141,6 +144,9 @@ public:
     int last_splits = 0;
     /// Tokens per split in the last launch (the last split may hold fewer).
     int last_chunk = 0;
+    /// How many times a buffer was reallocated. A CUDA graph captured over these buffers holds
+    /// their addresses: it is stale once this count has moved (capture it again).
+    std::uint64_t growths() const { return growths_; }
     /// The path the last decode_attention took (one value, not a flag per path).
     decode_path last_path = decode_path::none;
     /// Chunks the last prefill_attention (device-cache form) ran on the tiled path.
@@ -185,22 +191,29 @@ public:
     void end_sizing(cudaStream_t stream) {
         sizing_ = false;
         use_stream(stream);
-        if (need_[0]) acc_.grow(need_[0], stream_, pools());
-        if (need_[1]) ml_.grow(need_[1], stream_, pools());
-        if (need_[2]) qz_.grow(need_[2], stream_, pools());
-        if (need_[3]) qbias_.grow(need_[3], stream_, pools());
-        if (need_[4]) ints_.grow(need_[4], stream_, pools());
-        if (need_[5]) dense_.grow(need_[5], stream_, pools());
-        if (need_[6]) rows_.grow(need_[6], stream_, pools());
+        if (need_[0]) grow(acc_, need_[0]);
+        if (need_[1]) grow(ml_, need_[1]);
+        if (need_[2]) grow(qz_, need_[2]);
+        if (need_[3]) grow(qbias_, need_[3]);
+        if (need_[4]) grow(ints_, need_[4]);
+        if (need_[5]) grow(dense_, need_[5]);
+        if (need_[6]) grow(rows_, need_[6]);
     }
 
 private:
     template <class T>
     T* take(detail::stream_scratch<T>& buffer, std::size_t n, int which) {
-        if (!sizing_) return buffer.grow(n, stream_, pools());
+        if (!sizing_) return grow(buffer, n);
         need_[which] = std::max(need_[which], n);
         // A placeholder, never dereferenced: the captured launches are discarded unrun.
         return reinterpret_cast<T*>(std::uintptr_t(256));
+    }
+    template <class T>
+    T* grow(detail::stream_scratch<T>& buffer, std::size_t n) {
+        const std::size_t before = buffer.size();
+        T* data = buffer.grow(n, stream_, pools());
+        if (buffer.size() != before) ++growths_;
+        return data;
     }
     /// Whether the current device has memory pools (cudaMallocAsync), looked up once.
     bool pools() {
@@ -221,6 +234,7 @@ private:
     int max_smem_ = 0;
     int pools_ = -1;
     int dependent_launch_ = -1;
+    std::uint64_t growths_ = 0;
     bool sizing_ = false;
     std::size_t need_[7] = {};  // acc, ml, qz, qbias, ints, dense, rows
 };
