@@ -27,9 +27,15 @@
 
 namespace kvcar::kernels::detail::latent_tc {
 
-/// Vectors (item, query head of one KV head) per projection or lift CTA: 4 when a launch has at
-/// most 4 (batch 1 of a GQA-4 model, where more would be empty slots), else 16.
-__host__ __device__ constexpr int vectors_per_block(int vectors) { return vectors <= 4 ? 4 : 16; }
+/// Vectors (item, query head of one KV head) per projection or lift CTA: 4. The first choice, 16
+/// from 5 vectors up (fewer CTAs, each row of P_h read once for 16 vectors), was slower at every
+/// batch of the 2026-12-08 H100 sweep (docs/results/decode-sweep-2026-12-08.md, Llama-3-8B
+/// layer, batches 1-64, 512-32k tokens): with 4 vectors and the lift rows below the whole latent
+/// step ran 1.06-1.41x faster at batch 8, 1.02-1.27x at 32, 1.01-1.23x at 64 (not profiled; more
+/// CTAs of fewer vectors spread the projection and the lift over more multiprocessors, and a row
+/// of P_h that several CTAs read is likely an L2 hit after the first). 16 stays a tuning choice
+/// (attention_workspace::tuning).
+__host__ __device__ constexpr int vectors_per_block(int /*vectors*/) { return 4; }
 
 inline constexpr int aux_threads = 256;
 inline constexpr int project_columns = 64;                         // latent columns per CTA

@@ -158,8 +158,8 @@ public:
         int latent_stages = 0;  ///< its ring stages (2 … 4, as shared memory allows)
         int latent_chunk = 0;   ///< tokens per split (rounded up to the 32-token tile)
         /// (item, query head) vectors per projection and lift CTA: 4 or 16 (latent_tc_aux.cuh's
-        /// vectors_per_block picks 4 up to 4 vectors, else 16; untuned on a GPU, and batch 64
-        /// got slower with it: docs/results/decode-ab-2026-12-07.md).
+        /// vectors_per_block picks 4, the faster in the 2026-12-08 sweep,
+        /// docs/results/decode-sweep-2026-12-08.md).
         int latent_aux_vectors = 0;
         int latent_lift_rows = 0;  ///< rows of P_h per lift warp: 1, 2 or 4 (lift_rows_per_warp)
         int direct_ctas_per_sm = 0;  ///< tensor-core direct path: split target, CTAs per SM
