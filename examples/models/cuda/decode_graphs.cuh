@@ -90,6 +90,10 @@ public:
     };
 
     bool enabled = true;
+    /// Instantiated graphs kept at most. Each holds its kernels' parameters in device memory,
+    /// and a server meets many batch sizes: when a capture would pass this, every graph is
+    /// dropped and the sizes in use are captured again as they come.
+    int max_graphs = 64;
 
     /// The entry of (cache, items, bucket, which logits), created empty on first sight;
     /// `cache` is the cache's serial(), not its address, which a later cache may reuse.
@@ -111,6 +115,7 @@ public:
             ++e.uncaptured_runs;
             return enqueue();
         }
+        make_room();
         if (!capture(e, stream, generation, enqueue)) return enqueue();
         e.exec.launch(stream);
         ++launches_;
@@ -151,6 +156,12 @@ private:
         e.generation = generation;
         ++captures_;
         return true;
+    }
+    void make_room() {
+        int live = 0;
+        for (const auto& [key, e] : entries_) live += e.exec ? 1 : 0;
+        if (live < max_graphs) return;
+        for (auto& [key, e] : entries_) e.exec.reset();
     }
     void give_up(entry& e, const std::string& why) {
         e.uncapturable = true;
