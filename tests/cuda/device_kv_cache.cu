@@ -6,7 +6,9 @@
 #include <kvcar/layout/dense.hpp>
 #include <kvcar/layout/reuse_map.hpp>
 
+#include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 using namespace kvcar;
@@ -34,6 +36,13 @@ TEST_CASE("device_kv_cache: construction shape and errors", "[cuda]") {
     REQUIRE(view.groups_per_layer == 2);
     REQUIRE(view.group_width() == 64);
     REQUIRE(view.max_latent_width == 64);
+
+    // Every cache gets its own serial, and a move takes it along with the memory.
+    f16_cache other = small_cache();
+    REQUIRE(other.serial() != c.serial());
+    const std::uint64_t serial = other.serial();
+    const f16_cache moved = std::move(other);
+    REQUIRE(moved.serial() == serial);
 
     KVCAR_REQUIRE_ERROR(f16_cache(dense_layout(geom), identity_codec<f16>{32}, {3, 40, 16, 6}),
                         "slot 0 has group width 32");

@@ -89,6 +89,9 @@ void check_planned(const kv_geometry& g, int n_heads, const Codec& codec, const 
     const kernels::decode_plan plan =
         kernels::plan_decode_attention(c.device.view(), s.params(0), ws);
     REQUIRE(plan.paths == eager_paths);
+    // The plan sized the workspace; runs never reallocate it, so a graph of them stays valid
+    // while growths() holds (what a caller capturing the step checks).
+    const std::uint64_t planned_growths = ws.growths();
     s.out = kvcar_test::poisoned(eager.size());
     for (int layer = 0; layer < g.n_layers; ++layer) {
         kernels::run_decode_attention(plan, c.device.view(), s.params(layer), ws);
@@ -96,6 +99,7 @@ void check_planned(const kv_geometry& g, int n_heads, const Codec& codec, const 
     }
     KVCAR_CUDA_CHECK(cudaDeviceSynchronize());
     REQUIRE(s.out.to_host() == eager);
+    REQUIRE(ws.growths() == planned_growths);
 
     // The device-cache forms a model calls, planned for the cache's capacity (longer than any
     // context of this step: the splits follow each run's own lengths) and run with the lengths
