@@ -3,7 +3,7 @@
 // Why: a decode step is a few hundred small launches (per layer: norm, products, split, RoPE,
 // append, attention, residuals; TinyLlama has 22 layers). At the batch sizes a memory budget
 // allows, the GPU runs them faster than the host enqueues them: the 2026-12-07 serving run of
-// fp16 at 512 MiB spent 20 of its 30 s enqueueing (docs/results/serving.md). A graph replays the
+// fp16 at 512 MiB spent 19 of its 30 s enqueueing (docs/results/serving.md). A graph replays the
 // whole step with one launch.
 //
 // What makes a step replayable is that every kernel argument is the same from step to step:
@@ -16,10 +16,11 @@
 //     both run the very same kernels and give the same bits;
 //   - no buffer the step uses may be reallocated after the capture. Every owner counts its
 //     reallocations (`generation`); a graph captured at another count is captured again.
-// A graph is keyed by (cache serial, items, bucket, which logits). The first step of a key runs uncaptured, which
-// sizes every buffer (a growth inside a capture is an error); the second captures, instantiates
-// and launches; later ones only launch. A capture that fails marks its key: its steps run
-// uncaptured, with the same kernels, and the reason is kept for the caller to report.
+// A graph is keyed by (cache serial, items, bucket, which logits). The first step of a key runs
+// uncaptured, which sizes every buffer (a growth inside a capture is an error); the second
+// captures, instantiates and launches; later ones only launch. A capture that fails marks its
+// key: its steps run uncaptured, with the same kernels, and the reason is kept for the caller
+// to report.
 #pragma once
 
 #if !defined(__CUDACC__)

@@ -283,7 +283,8 @@ private:
         const cudaStream_t s = stream_.get();
         const std::vector<std::int32_t> ints = prefill_arrays(b, first_positions);
         std::int32_t* dev = grow(ints_, ints.size());
-        KVCAR_CUDA_CHECK(cudaMemcpyAsync(dev, ints.data(), ints.size() * 4, cudaMemcpyHostToDevice, s));
+        KVCAR_CUDA_CHECK(
+            cudaMemcpyAsync(dev, ints.data(), ints.size() * 4, cudaMemcpyHostToDevice, s));
         const auto append_kv = [&](int layer, const float* k, const float* v) {
             kernels::append(cache, layer, b.sequences, b.counts, k, v, s);
         };
@@ -323,7 +324,8 @@ private:
         ap.positions = dev + arrays.positions();
         ap.batch = n;
         ap.total_tokens = n;
-        kernels::decode_attention_params dp = kernels::detail::decode_shape(n, bucket, w_.attention);
+        kernels::decode_attention_params dp =
+            kernels::detail::decode_shape(n, bucket, w_.attention);
         dp.sequences = dev + arrays.sequences();
         dp.kv_lengths = dev + arrays.kv_lengths();
         const auto append_kv = [&](int layer, const float* k, const float* v) {
