@@ -19,8 +19,7 @@
 // A graph is keyed by (cache serial, items, bucket, which logits). The first step of a key runs
 // uncaptured, which sizes every buffer (a growth inside a capture is an error); the second
 // captures, instantiates and launches; later ones only launch. A capture that fails marks its
-// key: its steps run uncaptured, with the same kernels, and the reason is kept for the caller
-// to report.
+// key: its steps run uncaptured, with the same kernels, and the reason is printed once.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -81,8 +80,7 @@ class decode_graphs {
 public:
     /// One key's state.
     struct entry {
-        kernels::decode_plan plan;  ///< decode attention's path per layer (planned once)
-        bool planned = false;
+        kernels::decode_plan plan;  ///< decode attention's path per layer (empty until planned)
         int uncaptured_runs = 0;
         bool uncapturable = false;
         std::uint64_t generation = 0;  ///< buffers' reallocation count when `exec` was captured
@@ -126,8 +124,6 @@ public:
     long long launches() const { return launches_; }
     /// Graphs captured so far (recaptures included).
     long long captures() const { return captures_; }
-    /// Why the last capture failed ("" when none did).
-    const std::string& failure() const { return failure_; }
 
 private:
     /// Captures the work `enqueue` puts on `stream` into e's graph (thread-local capture: other
@@ -167,14 +163,14 @@ private:
     void give_up(entry& e, const std::string& why) {
         e.uncapturable = true;
         e.exec.reset();
-        if (failure_.empty())  // said once: the steps still run, only slower
+        if (!told_)  // said once: the steps still run, only slower
             std::fprintf(stderr, "kvcar: a decode step could not be captured as a CUDA graph (%s); "
                                  "such steps run launch by launch\n", why.c_str());
-        failure_ = why;
+        told_ = true;
     }
     std::map<std::tuple<std::uint64_t, int, int, int>, entry> entries_;
     long long captures_ = 0, launches_ = 0;
-    std::string failure_;
+    bool told_ = false;
 };
 
 }  // namespace kvcar::examples::cuda_model

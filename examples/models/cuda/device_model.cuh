@@ -198,11 +198,9 @@ public:
     /// Whether decode steps are captured and replayed as CUDA graphs (default on). Off, a step
     /// enqueues the very same launches one by one. Graphs are never used with a communicator.
     void use_decode_graphs(bool on) { graphs_.enabled = on; }
-    /// Decode steps launched as one CUDA graph, graphs captured, and why the last capture
-    /// failed ("" if none did).
+    /// Decode steps launched as one CUDA graph, and graphs captured.
     long long graph_steps() const { return graphs_.launches(); }
     long long graph_captures() const { return graphs_.captures(); }
-    const std::string& graph_failure() const { return graphs_.failure(); }
 
     /// Whether norms and SwiGLU write the bf16 inputs of the tensor-core products themselves
     /// (default) or in fp32 followed by the products' rounding pass: the same values, so the
@@ -335,29 +333,22 @@ private:
             kernels::append(view, ap, cache.max_latent_width(), s);
         };
         // Without graphs (or with a communicator, whose all-reduce is not captured here): the
-        // same launches, decode attention choosing its path on each call.
-        if (!graphs_.enabled || tp_.comm) {
-            const auto attend = [&](int layer, const float* q, output_activations out) {
-                dp.layer = layer;
-                dp.q = q;
-                dp.out = out;
-                kernels::decode_attention(view, dp, workspace_, s);
-            };
-            return enqueue_layers(n, n, dev, which, append_kv, attend);
-        }
-        decode_graphs::entry& g = graphs_.at(cache.serial(), n, bucket, int(which));
-        if (!g.planned) {
-            g.plan = kernels::plan_decode_attention(view, dp, workspace_, s);
-            g.planned = true;
-        }
+        // same launches, decode attention choosing its path on each call. With graphs: the path
+        // planned once for the key, and the step captured or replayed (decode_graphs.cuh).
+        decode_graphs::entry* g = graphs_.enabled && !tp_.comm
+                                      ? &graphs_.at(cache.serial(), n, bucket, int(which))
+                                      : nullptr;
+        if (g && g->plan.paths.empty())
+            g->plan = kernels::plan_decode_attention(view, dp, workspace_, s);
         const auto attend = [&](int layer, const float* q, output_activations out) {
             dp.layer = layer;
             dp.q = q;
             dp.out = out;
-            kernels::run_decode_attention(g.plan, view, dp, workspace_, s);
+            if (g) kernels::run_decode_attention(g->plan, view, dp, workspace_, s);
+            else kernels::decode_attention(view, dp, workspace_, s);
         };
-        return graphs_.run(g, s, buffer_generation(),
-                           [&] { return enqueue_layers(n, n, dev, which, append_kv, attend); });
+        const auto enqueue = [&] { return enqueue_layers(n, n, dev, which, append_kv, attend); };
+        return g ? graphs_.run(*g, s, buffer_generation(), enqueue) : enqueue();
     }
 
     /// Every layer and the head over a pass of n tokens from `items` items whose arrays are
